@@ -1,0 +1,1 @@
+"""The ``raftsso`` command line (click only; installed as ``raftsso_cli``)."""

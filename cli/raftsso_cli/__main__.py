@@ -1,0 +1,3 @@
+from raftsso_cli.main import main
+
+main()

@@ -1,0 +1,92 @@
+"""Operator commands: ``init``, ``status``, ``rotate``."""
+
+from __future__ import annotations
+
+import secrets
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from raftsso import cluster_status
+from raftsso.deployment import init_deployment
+from raftsso.remote import ClusterClient
+from raftsso_cli.common import print_json, remote_config, table
+
+
+@click.command()
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--nodes", default=3, show_default=True, help="Number of replicas (odd).")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address every node listens on (one machine).")
+@click.option("--base-port", default=7100, show_default=True,
+              help="First port; each node uses three (raft, service, metrics).")
+def init(directory: Path, nodes: int, host: str, base_port: int) -> None:
+    """Create a new deployment in DIRECTORY: CA, certificates, seal key, configs."""
+    cluster_id = init_deployment(directory, nodes=nodes, host=host, base_port=base_port)
+    click.echo(f"created cluster {cluster_id} with {nodes} node(s) in {directory}")
+    click.echo(f"start it:  raftsso local up {directory}")
+    click.echo(f"keep {directory / 'ca.key'} offline; every seal.key copy is as sensitive "
+               "as the master secret itself. Back up the secret once the cluster is up.")
+
+
+def _fmt(value: Any, suffix: str = "") -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.2f}{suffix}"
+    return f"{value}{suffix}"
+
+
+def print_status(status: dict[str, Any]) -> None:
+    rows = [[n["id"], n["address"], _fmt(n["reachable"]), _fmt(n["role"]), _fmt(n["term"]),
+             _fmt(n["commit_index"]), _fmt(n["primary_version"]),
+             _fmt(n.get("last_contact"), "s")] for n in status["nodes"]]
+    click.echo(f"cluster {status['cluster_id'] or '?'}  leader {status['leader'] or 'NONE'}  "
+               f"quorum {_fmt(status['has_quorum'])}  "
+               f"primary version {_fmt(status['primary_version'])}")
+    click.echo(table(["node", "address", "reachable", "role", "term", "commit index",
+                      "primary version", "last contact"], rows))
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.pass_context
+def status(ctx: click.Context, as_json: bool) -> None:
+    """Show every node's view; exit 0 with a leader and a quorum, 3 without."""
+    cfg = remote_config(ctx)
+    with ClusterClient.from_config(cfg) as client:
+        result = cluster_status.gather(client, timeout=min(cfg.timeout, 2.0))
+    if as_json:
+        print_json({k: result[k] for k in ("cluster_id", "leader", "has_quorum",
+                                           "primary_version", "nodes")})
+    else:
+        print_status(result)
+        if not cluster_status.healthy(result):
+            click.echo("no leader with a quorum: writes (rotation) are unavailable; "
+                       "SSO clients keep decrypting with their cached secrets", err=True)
+    sys.exit(0 if cluster_status.healthy(result) else 3)
+
+
+@click.command()
+@click.option("--now", is_flag=True,
+              help="Make the new version primary at once instead of staging it.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.pass_context
+def rotate(ctx: click.Context, now: bool, as_json: bool) -> None:
+    """Generate a new master secret version (staged unless --now)."""
+    cfg = remote_config(ctx, role="admin")
+    request_id = secrets.token_bytes(16)  # the same id on every retry: applied once
+    with ClusterClient.from_config(cfg) as client:
+        result = client.call_leader("rotate", {"request_id": request_id, "now": now})
+    out = {"version": result["version"], "state": result["state"],
+           "primary_version": result["primary_version"]}
+    if as_json:
+        print_json(out)
+    else:
+        click.echo(f"version {out['version']} is {out['state']}; primary version is "
+                   f"{out['primary_version']}")
+        click.echo("back up the new secret now (raftsso backup)", err=True)

@@ -1,0 +1,35 @@
+"""Helpers shared by the click commands."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from raftsso.config import RemoteConfig, load_remote_config
+from raftsso.errors import ConfigError
+
+
+def remote_config(ctx: click.Context, role: str | None = None) -> RemoteConfig:
+    path: Path | None = ctx.obj.get("config") if ctx.obj else None
+    if path is None:
+        raise click.UsageError("this command needs -c DIR/admin.toml (or client.toml)")
+    cfg = load_remote_config(path)
+    if role is not None and cfg.role != role:
+        raise ConfigError(f"{path} is a {cfg.role!r} configuration; this command needs "
+                          f"{role!r} (use admin.toml)")
+    return cfg
+
+
+def print_json(obj: Any) -> None:
+    click.echo(json.dumps(obj, indent=None, sort_keys=False, default=str))
+
+
+def table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
+              for i, h in enumerate(headers)]
+    lines = ["  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    return "\n".join(line.rstrip() for line in lines)

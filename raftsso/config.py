@@ -1,0 +1,307 @@
+"""Typed configuration of nodes, operators and SSO clients, read from TOML.
+
+Relative paths in a file are resolved against the file's own directory, so a deployment
+directory can be moved as a whole. Secret files (seal key, cluster secret, private keys)
+must be 0600; they are read with :func:`raftsso.fsutil.read_private`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from raftsso.errors import ConfigError
+from raftsso.fsutil import read_private
+
+CONFIG_FORMAT = 1
+SECRET_FILE_HEADER = {
+    "seal": "raftsso-seal-key v1",
+    "cluster": "raftsso-cluster-secret v1",
+}
+
+
+def split_address(address: str) -> tuple[str, int]:
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"{address!r} is not a host:port address")
+    return host.strip("[]"), int(port)
+
+
+@dataclass(frozen=True)
+class RaftTimings:
+    """Raft timings; the defaults give sub-second failover on a LAN."""
+
+    append_entries_period: float = 0.03
+    election_timeout_min: float = 0.25
+    election_timeout_max: float = 0.5
+    # pysyncobj's own default is 30 s: a leader cut off from its quorum would keep
+    # believing it leads (and accept writes that never commit) for that long.
+    leader_fallback_timeout: float = 1.0
+    # Idle follower-to-follower links must not time out (that costs an election round);
+    # dead peers are noticed by TCP resets and keepalives instead.
+    connection_timeout: float = 10.0
+    connection_retry: float = 0.5
+    commit_timeout: float = 5.0
+
+    def validate(self) -> None:
+        if not 0 < self.append_entries_period < self.election_timeout_min:
+            raise ConfigError("raft.append_entries_period must be below election_timeout_min")
+        if not self.election_timeout_min < self.election_timeout_max:
+            raise ConfigError("raft.election_timeout_min must be below election_timeout_max")
+        if self.leader_fallback_timeout <= self.append_entries_period:
+            raise ConfigError("raft.leader_fallback_timeout must exceed append_entries_period")
+        if self.commit_timeout <= 0 or self.connection_retry <= 0:
+            raise ConfigError("raft timeouts must be positive")
+
+
+@dataclass(frozen=True)
+class Peer:
+    id: str
+    raft_address: str
+    service_address: str
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    path: Path
+    node_id: str
+    cluster_id: str
+    raft_address: str
+    service_address: str
+    data_dir: Path
+    ca_cert: Path
+    cert: Path
+    key: Path
+    seal_key_file: Path
+    cluster_secret_file: Path
+    peers: tuple[Peer, ...]
+    raft: RaftTimings = field(default_factory=RaftTimings)
+    metrics_address: str | None = None
+    rotation_grace: float = 120.0
+    max_frame: int = 1 << 20
+    idle_timeout: float = 300.0
+    read_timeout: float = 10.0
+
+    @property
+    def self_peer(self) -> Peer:
+        return Peer(self.node_id, self.raft_address, self.service_address)
+
+    @property
+    def members(self) -> tuple[Peer, ...]:
+        return tuple(sorted((self.self_peer, *self.peers), key=lambda p: p.id))
+
+    def seal_key(self) -> bytes:
+        return read_secret_file(self.seal_key_file, "seal")
+
+    def cluster_secret(self) -> bytes:
+        return read_secret_file(self.cluster_secret_file, "cluster")
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    id: str
+    address: str
+
+
+@dataclass(frozen=True)
+class RemoteConfig:
+    """What an operator (admin.toml) or an SSO client (client.toml) needs to reach nodes."""
+
+    path: Path
+    cluster_id: str
+    role: str
+    ca_cert: Path
+    cert: Path
+    key: Path
+    nodes: tuple[Endpoint, ...]
+    timeout: float = 5.0
+    store: Path | None = None
+    resync_interval: float = 60.0
+    max_staleness: float | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+# -- reading ----------------------------------------------------------------------
+
+
+def _load(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"configuration file {path} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    fmt = data.get("format", CONFIG_FORMAT)
+    if fmt != CONFIG_FORMAT:
+        raise ConfigError(f"{path} has configuration format {fmt!r}; this raftsso reads "
+                          f"format {CONFIG_FORMAT}")
+    return data
+
+
+def _get(data: Mapping[str, Any], key: str, kind: type, path: Path, default: Any = ...) -> Any:
+    if key not in data:
+        if default is ...:
+            raise ConfigError(f"{path}: missing required key {key!r}")
+        return default
+    value = data[key]
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ConfigError(f"{path}: {key!r} must be of type {kind.__name__}")
+    return value
+
+
+def _path(data: Mapping[str, Any], key: str, base: Path, path: Path) -> Path:
+    p = Path(_get(data, key, str, path))
+    return p if p.is_absolute() else (base / p)
+
+
+def load_node_config(path: str | Path) -> NodeConfig:
+    p = Path(path).resolve()
+    data = _load(p)
+    base = p.parent
+    peers = []
+    for i, raw in enumerate(_get(data, "peers", list, p, [])):
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{p}: peers[{i}] must be a table")
+        peers.append(Peer(_get(raw, "id", str, p), _get(raw, "raft_address", str, p),
+                          _get(raw, "service_address", str, p)))
+    raft_raw = _get(data, "raft", dict, p, {})
+    defaults = RaftTimings()
+    timings = RaftTimings(**{
+        name: _get(raft_raw, name, float, p, getattr(defaults, name))
+        for name in defaults.__dataclass_fields__
+    })
+    unknown = set(raft_raw) - set(defaults.__dataclass_fields__)
+    if unknown:
+        raise ConfigError(f"{p}: unknown [raft] keys: {', '.join(sorted(unknown))}")
+    timings.validate()
+    cfg = NodeConfig(
+        path=p,
+        node_id=_get(data, "node_id", str, p),
+        cluster_id=_get(data, "cluster_id", str, p),
+        raft_address=_get(data, "raft_address", str, p),
+        service_address=_get(data, "service_address", str, p),
+        data_dir=_path(data, "data_dir", base, p),
+        ca_cert=_path(data, "ca_cert", base, p),
+        cert=_path(data, "cert", base, p),
+        key=_path(data, "key", base, p),
+        seal_key_file=_path(data, "seal_key_file", base, p),
+        cluster_secret_file=_path(data, "cluster_secret_file", base, p),
+        peers=tuple(peers),
+        raft=timings,
+        metrics_address=_get(data, "metrics_address", str, p, None),
+        rotation_grace=_get(data, "rotation_grace", float, p, 120.0),
+        max_frame=_get(data, "max_frame", int, p, 1 << 20),
+        idle_timeout=_get(data, "idle_timeout", float, p, 300.0),
+        read_timeout=_get(data, "read_timeout", float, p, 10.0),
+    )
+    for addr in (cfg.raft_address, cfg.service_address,
+                 *(x for peer in peers for x in (peer.raft_address, peer.service_address))):
+        split_address(addr)
+    ids = [m.id for m in cfg.members]
+    if len(set(ids)) != len(ids):
+        raise ConfigError(f"{p}: node ids must be unique (got {', '.join(ids)})")
+    return cfg
+
+
+def load_remote_config(path: str | Path) -> RemoteConfig:
+    p = Path(path).resolve()
+    data = _load(p)
+    base = p.parent
+    nodes = []
+    for i, raw in enumerate(_get(data, "nodes", list, p)):
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{p}: nodes[{i}] must be a table")
+        addr = _get(raw, "address", str, p)
+        split_address(addr)
+        nodes.append(Endpoint(_get(raw, "id", str, p), addr))
+    if not nodes:
+        raise ConfigError(f"{p}: at least one node is required")
+    store = _path(data, "store", base, p) if "store" in data else None
+    resync = _get(data, "resync_interval", float, p, 60.0)
+    staleness = _get(data, "max_staleness", float, p, None) if "max_staleness" in data else None
+    known = {"format", "cluster_id", "role", "ca_cert", "cert", "key", "nodes", "timeout",
+             "store", "resync_interval", "max_staleness"}
+    return RemoteConfig(
+        path=p,
+        cluster_id=_get(data, "cluster_id", str, p),
+        role=_get(data, "role", str, p),
+        ca_cert=_path(data, "ca_cert", base, p),
+        cert=_path(data, "cert", base, p),
+        key=_path(data, "key", base, p),
+        nodes=tuple(nodes),
+        timeout=_get(data, "timeout", float, p, 5.0),
+        store=store,
+        resync_interval=resync,
+        max_staleness=staleness,
+        extra={k: v for k, v in data.items() if k not in known},
+    )
+
+
+def read_secret_file(path: Path, kind: str) -> bytes:
+    """Read a 32-byte secret written by :func:`format_secret_file` (must be 0600)."""
+    header = SECRET_FILE_HEADER[kind]
+    raw = read_private(path, limit=4096)
+    try:
+        text = raw.decode("ascii")
+        first, b64 = text.split("\n", 2)[:2]
+        if first != header:
+            raise ValueError
+        secret = base64.b64decode(b64.strip(), validate=True)
+    except (UnicodeDecodeError, ValueError, binascii.Error):
+        raise ConfigError(f"{path} is not a raftsso {kind} secret file "
+                          f"(expected a first line {header!r})") from None
+    if len(secret) != 32:
+        raise ConfigError(f"{path}: the {kind} secret must be 32 bytes")
+    return secret
+
+
+def format_secret_file(secret: bytes, kind: str) -> bytes:
+    return f"{SECRET_FILE_HEADER[kind]}\n{base64.b64encode(secret).decode()}\n".encode()
+
+
+# -- writing ------------------------------------------------------------------------
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+        return f'"{escaped}"'
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} to TOML")
+
+
+def dump_toml(data: Mapping[str, Any]) -> str:
+    """A small TOML writer for our own flat configs (scalars, tables, arrays of tables)."""
+    lines: list[str] = []
+    tables: list[tuple[str, Mapping[str, Any]]] = []
+    arrays: list[tuple[str, list[Mapping[str, Any]]]] = []
+    for key, value in data.items():
+        if isinstance(value, Mapping):
+            tables.append((key, value))
+        elif isinstance(value, list) and value and all(isinstance(v, Mapping) for v in value):
+            arrays.append((key, value))
+        elif value is not None:
+            lines.append(f"{key} = {_toml_value(value)}")
+    for key, table in tables:
+        lines.append(f"\n[{key}]")
+        lines.extend(f"{k} = {_toml_value(v)}" for k, v in table.items() if v is not None)
+    for key, items in arrays:
+        for item in items:
+            lines.append(f"\n[[{key}]]")
+            lines.extend(f"{k} = {_toml_value(v)}" for k, v in item.items() if v is not None)
+    return "\n".join(lines) + "\n"

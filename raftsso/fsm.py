@@ -1,0 +1,238 @@
+"""The replicated state machine: versioned msgpack commands applied to the keyring.
+
+Pure: no sockets, no clock, no randomness and no pysyncobj. Everything that varies
+(key material already sealed, timestamps, request ids) is chosen by the proposer and
+carried in the command, so every replica computes the same state.
+
+``apply`` never raises: pysyncobj wedges every node for good when a replicated method
+raises, so a bad command becomes an error result and leaves the state untouched.
+
+A command is ``0x01 | msgpack {"op": str, "req": bytes(16), ...}``. The ``req`` id makes a
+retried command idempotent: the result of the last :data:`MAX_REMEMBERED` requests is kept
+(in snapshots too) and returned again instead of applying twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+from raftsso.envelope import SEALED_SIZE
+from raftsso.errors import DecodeError
+from raftsso.keyring import Keyring, KeyState, KeyVersion
+from raftsso.wire import unversioned, versioned
+
+log = logging.getLogger(__name__)
+
+COMMAND_FORMAT = 1
+SNAPSHOT_FORMAT = 1
+MAX_REMEMBERED = 4096
+REQUEST_ID_SIZE = 16
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What applying one command produced. ``code`` is empty on success."""
+
+    ok: bool
+    data: dict[str, Any] = field(default_factory=dict)
+    code: str = ""
+    message: str = ""
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"ok": self.ok, "data": self.data, "code": self.code, "message": self.message}
+
+    @classmethod
+    def from_wire(cls, raw: dict[str, Any]) -> Outcome:
+        return cls(bool(raw["ok"]), dict(raw["data"]), str(raw["code"]), str(raw["message"]))
+
+
+def _fail(code: str, message: str) -> Outcome:
+    return Outcome(False, code=code, message=message)
+
+
+def encode_command(op: str, req: bytes, **fields: Any) -> bytes:
+    if len(req) != REQUEST_ID_SIZE:
+        raise ValueError("request ids are 16 bytes")
+    return versioned(COMMAND_FORMAT, {"op": op, "req": req, **fields})
+
+
+def _field(cmd: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
+    value = cmd.get(name)
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
+        raise DecodeError(f"command field {name!r} is missing or has the wrong type")
+    return value
+
+
+def _version_field(cmd: dict[str, Any], name: str) -> int:
+    value = _field(cmd, name, int)
+    if not 0 < value < 2**32:
+        raise DecodeError(f"command field {name!r} is out of range")
+    return int(value)
+
+
+def _time_field(cmd: dict[str, Any], name: str) -> float:
+    value = float(_field(cmd, name, (int, float)))
+    if not math.isfinite(value) or value < 0:
+        raise DecodeError(f"command field {name!r} is not a valid time")
+    return value
+
+
+def _sealed_field(cmd: dict[str, Any]) -> bytes:
+    sealed = _field(cmd, "sealed", bytes)
+    if len(sealed) != SEALED_SIZE:
+        raise DecodeError("sealed secret has the wrong size")
+    return bytes(sealed)
+
+
+def _optional_version(cmd: dict[str, Any], name: str) -> int | None:
+    if cmd.get(name) is None:
+        return None
+    return _version_field(cmd, name)
+
+
+class KeyringStateMachine:
+    """Applies commands to a :class:`Keyring`; readers get immutable snapshots."""
+
+    def __init__(self) -> None:
+        self._keyring = Keyring()
+        self._requests: OrderedDict[bytes, Outcome] = OrderedDict()
+        # Written only by the Raft thread; the lock makes a read of (keyring, requests)
+        # from a service thread consistent.
+        self._lock = threading.Lock()
+
+    @property
+    def keyring(self) -> Keyring:
+        return self._keyring
+
+    def request_outcome(self, req: bytes) -> Outcome | None:
+        """The remembered outcome of a request id, if it was applied."""
+        with self._lock:
+            return self._requests.get(req)
+
+    # -- applying -------------------------------------------------------------
+
+    def apply(self, command: bytes) -> Outcome:
+        try:
+            cmd = unversioned(command, COMMAND_FORMAT, "command")
+            if not isinstance(cmd, dict):
+                raise DecodeError("a command must be a map")
+            req = _field(cmd, "req", bytes)
+            if len(req) != REQUEST_ID_SIZE:
+                raise DecodeError("request id has the wrong size")
+            op = _field(cmd, "op", str)
+        except DecodeError as exc:
+            log.error("rejected a malformed replicated command: %s", exc)
+            return _fail("BAD_COMMAND", str(exc))
+        except Exception as exc:
+            log.exception("unexpected error decoding a replicated command")
+            return _fail("INTERNAL", f"{type(exc).__name__}")
+
+        with self._lock:
+            seen = self._requests.get(req)
+            if seen is not None:
+                return seen
+            try:
+                outcome = self._dispatch(op, cmd)
+            except DecodeError as exc:
+                outcome = _fail("BAD_COMMAND", str(exc))
+            except Exception as exc:
+                log.exception("unexpected error applying %s", op)
+                outcome = _fail("INTERNAL", f"{type(exc).__name__}")
+            self._requests[req] = outcome
+            while len(self._requests) > MAX_REMEMBERED:
+                self._requests.popitem(last=False)
+            return outcome
+
+    def _dispatch(self, op: str, cmd: dict[str, Any]) -> Outcome:
+        handler = {
+            "bootstrap": self._bootstrap,
+            "rotate": self._rotate,
+            "promote": self._promote,
+            "barrier": self._barrier,
+        }.get(op)
+        if handler is None:
+            return _fail("BAD_COMMAND", f"unknown command {op!r}")
+        return handler(cmd)
+
+    def _summary(self, version: int) -> dict[str, Any]:
+        kv = self._keyring.get(version)
+        return {"version": version, "state": kv.state.value if kv else None,
+                "primary_version": self._keyring.primary}
+
+    def _barrier(self, cmd: dict[str, Any]) -> Outcome:
+        # Proposed by a new leader: once applied, its state reflects every earlier commit.
+        return Outcome(True, {"last_id": self._keyring.last_id})
+
+    def _bootstrap(self, cmd: dict[str, Any]) -> Outcome:
+        sealed = _sealed_field(cmd)
+        fp = _field(cmd, "fingerprint", str)
+        created = _time_field(cmd, "created")
+        if self._keyring.bootstrapped:
+            return _fail("CONFLICT", "the cluster already has its first secret")
+        self._keyring = self._keyring.with_version(
+            KeyVersion(1, KeyState.PRIMARY, sealed, fp, created, promoted=created))
+        return Outcome(True, self._summary(1))
+
+    def _rotate(self, cmd: dict[str, Any]) -> Outcome:
+        version = _version_field(cmd, "version")
+        sealed = _sealed_field(cmd)
+        fp = _field(cmd, "fingerprint", str)
+        created = _time_field(cmd, "created")
+        expect = _optional_version(cmd, "expect_primary")
+        now = bool(_field(cmd, "now", bool))
+        ring = self._keyring
+        if not ring.bootstrapped:
+            return _fail("NOT_READY", "the cluster has no first secret yet")
+        if expect != ring.primary:
+            return _fail("CONFLICT", f"the primary changed to version {ring.primary} "
+                                     "(another rotation won)")
+        if version != ring.last_id + 1:
+            return _fail("CONFLICT", f"version {version} is not next (last is {ring.last_id}; "
+                                     "another rotation won)")
+        ring = ring.with_version(KeyVersion(version, KeyState.STAGED, sealed, fp, created))
+        if now:
+            ring = ring.promote(version, created)
+        self._keyring = ring
+        return Outcome(True, self._summary(version))
+
+    def _promote(self, cmd: dict[str, Any]) -> Outcome:
+        version = _version_field(cmd, "version")
+        at = _time_field(cmd, "at")
+        kv = self._keyring.get(version)
+        if kv is None:
+            return _fail("NOT_FOUND", f"version {version} does not exist")
+        if kv.state is KeyState.PRIMARY:
+            return Outcome(True, self._summary(version))
+        if kv.state is not KeyState.STAGED:
+            return _fail("CONFLICT", f"version {version} is {kv.state.value}, not staged")
+        primary = self._keyring.primary
+        if primary is not None and version < primary:
+            return _fail("CONFLICT", f"version {version} is older than primary {primary}")
+        self._keyring = self._keyring.promote(version, at)
+        return Outcome(True, self._summary(version))
+
+    # -- snapshots ------------------------------------------------------------
+
+    def snapshot(self) -> bytes:
+        with self._lock:
+            return versioned(SNAPSHOT_FORMAT, {
+                "versions": [v.to_wire() for v in self._keyring.versions],
+                "requests": [[k, o.to_wire()] for k, o in self._requests.items()],
+            })
+
+    def restore(self, blob: bytes) -> None:
+        """Replace the state with a snapshot; raises :class:`DecodeError` if malformed."""
+        raw = unversioned(blob, SNAPSHOT_FORMAT, "snapshot")
+        try:
+            versions = tuple(KeyVersion.from_wire(v) for v in raw["versions"])
+            requests = OrderedDict((bytes(k), Outcome.from_wire(o)) for k, o in raw["requests"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DecodeError(f"malformed snapshot: {exc}") from None
+        with self._lock:
+            self._keyring = Keyring(tuple(sorted(versions, key=lambda v: v.id)))
+            self._requests = requests

@@ -1,0 +1,99 @@
+"""The keyring: versioned master secrets with exactly one primary (pure data, no I/O).
+
+Version states (Tink's model, ENTSSO's lifecycle):
+
+* ``staged``  distributed to clients and usable for decryption, not yet for encryption;
+* ``primary`` the one version new data is encrypted under;
+* ``active``  a former primary, still decryptable;
+* ``retired`` key material destroyed; the id and fingerprint stay for the record.
+
+Key material is held *sealed* (see :mod:`raftsso.envelope`); this module never sees a
+plaintext secret.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from typing import Any
+
+
+class KeyState(StrEnum):
+    STAGED = "staged"
+    PRIMARY = "primary"
+    ACTIVE = "active"
+    RETIRED = "retired"
+
+
+@dataclass(frozen=True)
+class KeyVersion:
+    id: int
+    state: KeyState
+    sealed: bytes | None = field(repr=False)
+    fingerprint: str
+    created: float
+    promoted: float | None = None
+    backed_up: bool = False
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "state": self.state.value, "sealed": self.sealed,
+            "fingerprint": self.fingerprint, "created": self.created,
+            "promoted": self.promoted, "backed_up": self.backed_up,
+        }
+
+    @classmethod
+    def from_wire(cls, data: dict[str, Any]) -> KeyVersion:
+        return cls(
+            id=int(data["id"]), state=KeyState(data["state"]), sealed=data["sealed"],
+            fingerprint=str(data["fingerprint"]), created=float(data["created"]),
+            promoted=None if data.get("promoted") is None else float(data["promoted"]),
+            backed_up=bool(data.get("backed_up", False)),
+        )
+
+
+@dataclass(frozen=True)
+class Keyring:
+    """An immutable view of the replicated keyring; every change makes a new one."""
+
+    versions: tuple[KeyVersion, ...] = ()
+
+    @property
+    def primary(self) -> int | None:
+        for v in self.versions:
+            if v.state is KeyState.PRIMARY:
+                return v.id
+        return None
+
+    @property
+    def last_id(self) -> int:
+        return self.versions[-1].id if self.versions else 0
+
+    @property
+    def bootstrapped(self) -> bool:
+        return bool(self.versions)
+
+    def get(self, version: int) -> KeyVersion | None:
+        for v in self.versions:
+            if v.id == version:
+                return v
+        return None
+
+    def with_version(self, new: KeyVersion) -> Keyring:
+        """Add a version (ids strictly increasing) or replace the one with the same id."""
+        kept = [v for v in self.versions if v.id != new.id]
+        kept.append(new)
+        kept.sort(key=lambda v: v.id)
+        return Keyring(tuple(kept))
+
+    def promote(self, version: int, at: float) -> Keyring:
+        """Make ``version`` primary; the former primary and older staged versions go active."""
+        out: list[KeyVersion] = []
+        for v in self.versions:
+            if v.id == version:
+                out.append(replace(v, state=KeyState.PRIMARY, promoted=at))
+            elif v.state is KeyState.PRIMARY or (v.state is KeyState.STAGED and v.id < version):
+                out.append(replace(v, state=KeyState.ACTIVE))
+            else:
+                out.append(v)
+        return Keyring(tuple(out))

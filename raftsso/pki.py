@@ -1,0 +1,148 @@
+"""The cluster's own certificate authority and the TLS contexts built on it.
+
+``raftsso init`` creates one CA per cluster. Every certificate carries its *role* in the
+subject's organizational unit: ``node`` (a replica), ``admin`` (an operator) or ``client``
+(an SSO service). Nodes authorise requests by that role only.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from raftsso.errors import ConfigError
+from raftsso.fsutil import atomic_write
+
+ROLES = ("node", "admin", "client")
+_CA_YEARS = 10
+_LEAF_DAYS = 825
+
+
+@dataclass(frozen=True)
+class Issued:
+    cert_pem: bytes
+    key_pem: bytes
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def create_ca(cluster_id: str) -> Issued:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([
+        x509.NameAttribute(NameOID.ORGANIZATION_NAME, "raftsso"),
+        x509.NameAttribute(NameOID.COMMON_NAME, f"raftsso CA {cluster_id}"),
+    ])
+    now = _now()
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=365 * _CA_YEARS))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False,
+                                     key_encipherment=False, data_encipherment=False,
+                                     key_agreement=False, key_cert_sign=True, crl_sign=True,
+                                     encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
+                       critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return Issued(cert.public_bytes(serialization.Encoding.PEM), _key_pem(key))
+
+
+def issue(ca: Issued, common_name: str, role: str, hosts: tuple[str, ...] = ()) -> Issued:
+    """Issue a leaf certificate for ``role``; ``hosts`` become its subject alternative names."""
+    if role not in ROLES:
+        raise ValueError(f"unknown role {role!r}")
+    ca_cert = x509.load_pem_x509_certificate(ca.cert_pem)
+    ca_key = serialization.load_pem_private_key(ca.key_pem, password=None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = _now()
+    usages = [ExtendedKeyUsageOID.CLIENT_AUTH]
+    if role == "node":
+        usages.append(ExtendedKeyUsageOID.SERVER_AUTH)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "raftsso"),
+            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, role),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        ]))
+        .issuer_name(ca_cert.subject).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=_LEAF_DAYS))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+                       critical=False)
+    )
+    if hosts:
+        sans: list[x509.GeneralName] = []
+        for host in hosts:
+            try:
+                sans.append(x509.IPAddress(ipaddress.ip_address(host)))
+            except ValueError:
+                sans.append(x509.DNSName(host))
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    cert = builder.sign(ca_key, hashes.SHA256())
+    return Issued(cert.public_bytes(serialization.Encoding.PEM), _key_pem(key))
+
+
+def write_pair(issued: Issued, cert_path: Path, key_path: Path) -> None:
+    atomic_write(cert_path, issued.cert_pem, mode=0o600)
+    atomic_write(key_path, issued.key_pem, mode=0o600)
+
+
+def _base_context(purpose: int, ca: Path, cert: Path, key: Path) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(purpose)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    try:
+        ctx.load_verify_locations(cafile=str(ca))
+        ctx.load_cert_chain(certfile=str(cert), keyfile=str(key))
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"cannot load TLS material ({ca}, {cert}, {key}): {exc}") from None
+    return ctx
+
+
+def server_context(ca: Path, cert: Path, key: Path) -> ssl.SSLContext:
+    """A TLS server that demands a client certificate from the cluster CA."""
+    return _base_context(ssl.PROTOCOL_TLS_SERVER, ca, cert, key)
+
+
+def client_context(ca: Path, cert: Path, key: Path) -> ssl.SSLContext:
+    """A TLS client that presents its certificate and checks the node's name against the CA."""
+    ctx = _base_context(ssl.PROTOCOL_TLS_CLIENT, ca, cert, key)
+    ctx.check_hostname = True
+    return ctx
+
+
+def peer_identity(peercert: dict[str, Any] | None) -> tuple[str, str]:
+    """``(role, common name)`` from a verified peer certificate (``ssl.getpeercert()``)."""
+    role = name = ""
+    for rdn in (peercert or {}).get("subject", ()):
+        for key, value in rdn:
+            if key == "organizationalUnitName":
+                role = value
+            elif key == "commonName":
+                name = value
+    return role, name

@@ -1,0 +1,192 @@
+"""The node's TLS service: mutual TLS, roles from certificates, versioned msgpack frames.
+
+Each connection carries any number of request/answer frames (see :mod:`raftsso.wire`).
+A frame over the size limit, a malformed frame, or a request of the wrong shape is
+answered with an error frame and the connection is closed; the node itself is unaffected.
+A connection idle for ``idle_timeout`` or stalled mid-frame for ``read_timeout`` is closed.
+
+Operations and the roles allowed to call them:
+
+============  ==================  ==================================================
+op            roles               what
+============  ==================  ==================================================
+``ping``      client, admin       liveness
+``status``    client, admin       this node's Raft view and the keyring (no keys)
+``keyring``   client, admin       every usable version with its key, primary, term,
+                                  commit index (the SSO client's cache)
+``rotate``    admin               new version: ``{"request_id": bytes16, "now": bool}``
+============  ==================  ==================================================
+
+Writes sent to a follower are answered ``NOT_LEADER`` with the leader's service address.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from raftsso import pki
+from raftsso.errors import DecodeError, FrameTooLarge, NotLeader, RaftssoError, RemoteError
+from raftsso.node import Node
+from raftsso.wire import decode_body, encode_frame, error, frame_length, ok, parse_request
+
+log = logging.getLogger(__name__)
+
+READ_ROLES = frozenset({"client", "admin"})
+ADMIN_ROLES = frozenset({"admin"})
+
+
+@dataclass(frozen=True)
+class Caller:
+    role: str
+    name: str
+    peer: str
+
+
+Handler = Callable[[Caller, dict[str, Any]], Awaitable[Any]]
+
+
+class Service:
+    """Dispatches requests to a :class:`Node`; blocking work runs in worker threads."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self._ops: dict[str, tuple[frozenset[str], Handler]] = {
+            "ping": (READ_ROLES, self._ping),
+            "status": (READ_ROLES, self._status),
+            "keyring": (READ_ROLES, self._keyring),
+            "rotate": (ADMIN_ROLES, self._rotate),
+        }
+
+    async def handle(self, caller: Caller, message: dict[str, Any]) -> dict[str, Any]:
+        try:
+            rid, op, args = parse_request(message)
+        except DecodeError as exc:
+            return error(_rid(message), "BAD_REQUEST", str(exc))
+        entry = self._ops.get(op)
+        if entry is None:
+            return error(rid, "UNKNOWN_OP", f"unknown operation {op!r}")
+        roles, handler = entry
+        if caller.role not in roles:
+            log.warning("refused %s from %s (role %r) at %s", op, caller.name, caller.role,
+                        caller.peer)
+            return error(rid, "FORBIDDEN",
+                         f"a {caller.role or 'certificate without a'} role may not call {op}")
+        try:
+            return ok(rid, await handler(caller, args))
+        except NotLeader as exc:
+            leader = self.node.leader_service_address()
+            return error(rid, "NOT_LEADER", str(exc), leader=leader)
+        except RemoteError as exc:
+            return error(rid, exc.code, str(exc), **_plain(exc.details))
+        except RaftssoError as exc:
+            return error(rid, "FAILED", str(exc))
+
+    async def _ping(self, caller: Caller, args: dict[str, Any]) -> Any:
+        return {"node_id": self.node.cfg.node_id}
+
+    async def _status(self, caller: Caller, args: dict[str, Any]) -> Any:
+        return self.node.status()
+
+    async def _keyring(self, caller: Caller, args: dict[str, Any]) -> Any:
+        return self.node.keyring()
+
+    async def _rotate(self, caller: Caller, args: dict[str, Any]) -> Any:
+        request_id = args.get("request_id")
+        now = args.get("now", False)
+        if not isinstance(request_id, bytes) or not isinstance(now, bool):
+            raise RemoteError("rotate needs request_id (16 bytes) and now (bool)",
+                              code="BAD_REQUEST")
+        if not self.node.raft.is_leader:
+            raise NotLeader("this node is not the leader")
+        result = await asyncio.to_thread(self.node.rotate, request_id, now)
+        log.info("rotation by %s: version %s (%s), primary %s", caller.name,
+                 result.get("version"), result.get("state"), result.get("primary_version"))
+        return result
+
+
+def _rid(message: Any) -> int:
+    rid = message.get("id") if isinstance(message, dict) else None
+    return rid if isinstance(rid, int) and not isinstance(rid, bool) and rid >= 0 else 0
+
+
+def _plain(details: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in details.items() if isinstance(v, str | int | float | bytes | None)}
+
+
+class Server:
+    """The asyncio TLS listener of one node."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.cfg = node.cfg
+        self.service = Service(node)
+        self._ctx = pki.server_context(self.cfg.ca_cert, self.cfg.cert, self.cfg.key)
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        from raftsso.config import split_address
+
+        host, port = split_address(self.cfg.service_address)
+        self._server = await asyncio.start_server(
+            self._connection, host, port, ssl=self._ctx, ssl_handshake_timeout=10,
+            limit=self.cfg.max_frame + 16)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 2)
+
+    async def _connection(self, reader: asyncio.StreamReader,
+                          writer: asyncio.StreamWriter) -> None:
+        peer = str(writer.get_extra_info("peername"))
+        sslobj = writer.get_extra_info("ssl_object")
+        role, name = pki.peer_identity(sslobj.getpeercert() if sslobj else None)
+        caller = Caller(role, name, peer)
+        try:
+            while True:
+                try:
+                    header = await asyncio.wait_for(reader.readexactly(4),
+                                                    self.cfg.idle_timeout)
+                except (asyncio.IncompleteReadError, TimeoutError):
+                    return
+                try:
+                    length = frame_length(header, self.cfg.max_frame)
+                except FrameTooLarge as exc:
+                    await self._send(writer, error(0, "FRAME_TOO_LARGE", str(exc)))
+                    return
+                except DecodeError as exc:
+                    await self._send(writer, error(0, "BAD_FRAME", str(exc)))
+                    return
+                try:
+                    body = await asyncio.wait_for(reader.readexactly(length),
+                                                  self.cfg.read_timeout)
+                except (asyncio.IncompleteReadError, TimeoutError):
+                    return
+                try:
+                    message = decode_body(body)
+                except DecodeError as exc:
+                    await self._send(writer, error(0, "BAD_FRAME", str(exc)))
+                    return
+                answer = await self.service.handle(caller, message)
+                await self._send(writer, answer)
+                if not answer["ok"] and answer["error"]["code"] == "BAD_REQUEST":
+                    return
+        except (ConnectionError, ssl.SSLError, OSError) as exc:
+            log.debug("connection from %s ended: %s", peer, exc)
+        except Exception:
+            log.exception("unexpected error serving %s", peer)
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(writer.wait_closed(), 1)
+
+    async def _send(self, writer: asyncio.StreamWriter, message: dict[str, Any]) -> None:
+        writer.write(encode_frame(message, max_frame=max(self.cfg.max_frame, 1 << 20)))
+        await writer.drain()

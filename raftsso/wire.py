@@ -1,0 +1,126 @@
+"""Versioned msgpack encoding and the length-prefixed frames of the node service.
+
+A frame on the TLS service is::
+
+    length (u32, big endian, of what follows) | format version (1 byte) | msgpack map
+
+Requests are ``{"id": int, "op": str, "args": map}``; answers are ``{"id": int, "ok": true,
+"result": ...}`` or ``{"id": int, "ok": false, "error": {"code": str, "message": str, ...}}``.
+The length is checked against the limit *before* a byte of the body is buffered.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from collections.abc import Mapping
+from typing import Any
+
+import msgpack
+
+from raftsso.errors import DecodeError, FrameTooLarge
+
+WIRE_FORMAT = 1
+MAX_FRAME = 1 << 20
+_LEN = struct.Struct(">I")
+
+
+def _no_ext(code: int, data: bytes) -> Any:
+    raise DecodeError(f"msgpack extension type {code} is not allowed")
+
+
+def pack(obj: Any) -> bytes:
+    """msgpack with binary and text kept apart (``use_bin_type``)."""
+    return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def unpack(data: bytes) -> Any:
+    """Strict msgpack decoding: UTF-8 text, string map keys, no extension types."""
+    try:
+        return msgpack.unpackb(data, raw=False, strict_map_key=True, ext_hook=_no_ext,
+                               timestamp=0)
+    except DecodeError:
+        raise
+    except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError,
+            msgpack.StackError, UnicodeDecodeError) as exc:
+        raise DecodeError(f"malformed msgpack: {exc}") from None
+
+
+def versioned(fmt: int, obj: Any) -> bytes:
+    """A blob that starts with its format version byte."""
+    return bytes([fmt]) + pack(obj)
+
+
+def unversioned(blob: bytes, fmt: int, what: str) -> Any:
+    """Check the leading version byte of a blob and decode the rest."""
+    if not blob:
+        raise DecodeError(f"empty {what}")
+    if blob[0] != fmt:
+        raise DecodeError(f"unsupported {what} format version {blob[0]} (expected {fmt})")
+    return unpack(blob[1:])
+
+
+def encode_frame(message: Mapping[str, Any], max_frame: int = MAX_FRAME) -> bytes:
+    body = versioned(WIRE_FORMAT, dict(message))
+    if len(body) > max_frame:
+        raise FrameTooLarge(f"frame of {len(body)} bytes exceeds the limit of {max_frame}")
+    return _LEN.pack(len(body)) + body
+
+
+def frame_length(header: bytes, max_frame: int = MAX_FRAME) -> int:
+    """Validate a 4-byte length prefix; raise before anything is buffered."""
+    if len(header) != _LEN.size:
+        raise DecodeError("truncated frame header")
+    (length,) = _LEN.unpack(header)
+    if length == 0:
+        raise DecodeError("empty frame")
+    if length > max_frame:
+        raise FrameTooLarge(f"frame of {length} bytes exceeds the limit of {max_frame}")
+    return int(length)
+
+
+def decode_body(body: bytes) -> dict[str, Any]:
+    message = unversioned(body, WIRE_FORMAT, "frame")
+    if not isinstance(message, dict):
+        raise DecodeError("a frame must hold a map")
+    return message
+
+
+def parse_request(message: Mapping[str, Any]) -> tuple[int, str, dict[str, Any]]:
+    """Check the shape of a request; return ``(id, op, args)``."""
+    rid = message.get("id")
+    op = message.get("op")
+    args = message.get("args", {})
+    if not isinstance(rid, int) or isinstance(rid, bool) or not 0 <= rid < 2**63:
+        raise DecodeError("request 'id' must be a non-negative integer")
+    if not isinstance(op, str) or not 0 < len(op) <= 64:
+        raise DecodeError("request 'op' must be a short string")
+    if not isinstance(args, dict):
+        raise DecodeError("request 'args' must be a map")
+    return rid, op, args
+
+
+def ok(rid: int, result: Any) -> dict[str, Any]:
+    return {"id": rid, "ok": True, "result": result}
+
+
+def error(rid: int, code: str, message: str, **details: Any) -> dict[str, Any]:
+    return {"id": rid, "ok": False, "error": {"code": code, "message": message, **details}}
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    chunks: list[bytes] = []
+    remaining = n
+    while remaining:
+        chunk = sock.recv(min(remaining, 1 << 16))
+        if not chunk:
+            raise ConnectionError("connection closed by peer")
+        chunks.append(chunk)
+        remaining -= len(chunk)
+    return b"".join(chunks)
+
+
+def read_frame(sock: socket.socket, max_frame: int = MAX_FRAME) -> dict[str, Any]:
+    """Blocking read of one frame (the socket's own timeout applies)."""
+    length = frame_length(_recv_exact(sock, _LEN.size), max_frame)
+    return decode_body(_recv_exact(sock, length))
