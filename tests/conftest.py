@@ -1,0 +1,20 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.harness import LocalCluster
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
+    """Three real node processes, started and healthy."""
+    c = LocalCluster(tmp_path / "deploy")
+    c.start()
+    try:
+        c.wait_healthy()
+        yield c
+    finally:
+        c.stop()
