@@ -14,7 +14,10 @@
     │   ├── Conflict           a compare-and-set lost (e.g. a concurrent rotation won)
     │   └── OutcomeUnknown     the write may or may not have been applied
     ├── ClusterUnavailable     no node, or no leader with a quorum, could be reached
-    └── StaleSecret            the client's cached keyring is older than ``max_staleness``
+    ├── StaleSecret            the client's cached keyring is older than ``max_staleness``
+    └── StoreError             the SSO store cannot be used (schema, permissions, state)
+        ├── NotFound           no such application, user or configuration value
+        └── AlreadyExists      the application (or row) exists already
 
 Exit codes of the CLI follow :func:`exit_code_for`: 3 for an unavailable cluster, 1 otherwise.
 """
@@ -94,6 +97,18 @@ class ClusterUnavailable(RaftssoError):
 
 class StaleSecret(RaftssoError):
     """The cached keyring is too old to encrypt with; decryption still works."""
+
+
+class StoreError(RaftssoError):
+    """The SSO store (the SSO database) cannot be opened or used as asked."""
+
+
+class NotFound(StoreError):
+    """No such application, user mapping or configuration value in the SSO store."""
+
+
+class AlreadyExists(StoreError):
+    """The application (or row) exists already in the SSO store."""
 
 
 _REMOTE_BY_CODE: dict[str, type[RemoteError]] = {
