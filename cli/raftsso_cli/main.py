@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from raftsso.errors import RaftssoError, exit_code_for
-from raftsso_cli import admin, local
+from raftsso_cli import admin, local, sso
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -41,6 +41,7 @@ cli.add_command(local.local)
 cli.add_command(local.node)
 cli.add_command(admin.status)
 cli.add_command(admin.rotate)
+cli.add_command(sso.sso)
 
 
 def main() -> None:

@@ -1,0 +1,574 @@
+"""The SSO client: the master secret cached in memory, encryption straight through failover.
+
+This is the SSO-service half of ENTSSO, without its outage. An :class:`SSOClient`
+
+* fetches the keyring (every usable master secret version and which one is primary) at
+  start from any node that answers, and fails with :class:`ClusterUnavailable` if none does;
+* keeps it in memory only (never on disk, in a log line, a ``repr`` or :meth:`state`);
+* resyncs every ``resync_interval`` seconds (default 60, +/-10 % jitter) from a daemon
+  thread, sticking to the node that answered last and moving on to the next one when it
+  fails; after a failure it retries sooner (0.5 s, doubling, never slower than the interval);
+* never goes back: a keyring whose ``commit_index`` is older than the newest it has seen is
+  ignored and the next node is tried (see :func:`_is_older`);
+* encrypts with the primary while the cache is *fresh* (the last successful sync is younger
+  than ``max_staleness``, default twice the resync interval) and raises
+  :class:`StaleSecret` past that, while the thread keeps trying;
+* decrypts with any cached version (staged ones included), whatever the state of the
+  cluster; a token under a version newer than any it knows triggers an immediate resync
+  (at most one per ``on_demand_interval``, default 1 s) and one retry. Every bad token ends
+  in the one opaque :class:`InvalidToken`.
+
+Where the keyring comes from is a :class:`KeyringSource`: :class:`ClusterSource` (mutual TLS
+to the nodes of a deployment) in production. The source is the *documented internal seam*
+for tests: anything with ``endpoints``, ``fetch(endpoint)`` and ``close()`` will do, and a
+``clock`` can be injected to test staleness without sleeping.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import ssl
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Protocol
+
+from raftsso import envelope
+from raftsso.config import Endpoint, RemoteConfig, load_remote_config
+from raftsso.errors import (
+    ClusterUnavailable,
+    ConfigError,
+    DecodeError,
+    InvalidToken,
+    RaftssoError,
+    StaleSecret,
+)
+from raftsso.remote import ClusterClient
+
+log = logging.getLogger(__name__)
+
+KEY_STATES = ("staged", "primary", "active")
+DEFAULT_RESYNC_INTERVAL = 60.0
+DEFAULT_ON_DEMAND_INTERVAL = 1.0
+DEFAULT_JITTER = 0.1
+_FIRST_RETRY = 0.5
+
+
+# -- where keyrings come from --------------------------------------------------------
+
+
+class KeyringSource(Protocol):
+    """Where an :class:`SSOClient` fetches keyrings from (one call per node)."""
+
+    @property
+    def endpoints(self) -> Sequence[Endpoint]:
+        """The nodes, in the order of first preference."""
+        ...
+
+    def fetch(self, endpoint: Endpoint) -> Any:
+        """The raw answer of ``endpoint`` to the ``keyring`` operation.
+
+        Raises ``OSError`` or a :class:`RaftssoError` when the node cannot answer.
+        """
+        ...
+
+    def close(self) -> None:
+        ...
+
+
+class ClusterSource:
+    """Keyrings over mutual TLS from the nodes of a deployment (one connection per node)."""
+
+    def __init__(self, cluster: ClusterClient, timeout: float | None = None) -> None:
+        self._cluster = cluster
+        self._timeout = timeout
+
+    @property
+    def endpoints(self) -> Sequence[Endpoint]:
+        return self._cluster.nodes
+
+    def fetch(self, endpoint: Endpoint) -> Any:
+        return self._cluster.call_node(endpoint.address, "keyring", timeout=self._timeout)
+
+    def close(self) -> None:
+        self._cluster.close()
+
+
+# -- the cached keyring --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Version:
+    id: int
+    state: str
+    fingerprint: str
+    envelope: envelope.Envelope = field(repr=False)
+
+
+@dataclass(frozen=True)
+class _Keyring:
+    cluster_id: str
+    node_id: str
+    term: int
+    commit_index: int
+    primary: int | None
+    versions: Mapping[int, _Version] = field(repr=False)
+
+
+@dataclass(frozen=True)
+class _Cache:
+    """What encrypt/decrypt read: replaced as a whole, so readers need no lock."""
+
+    ring: _Keyring
+    synced_at: float  # the injected (monotonic) clock
+    synced_at_wall: float
+    max_version: int
+
+
+def _int(raw: Mapping[str, Any], key: str) -> int:
+    value = raw.get(key)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise DecodeError(f"keyring field {key!r} must be a non-negative integer")
+    return value
+
+
+def _str(raw: Mapping[str, Any], key: str) -> str:
+    value = raw.get(key)
+    if not isinstance(value, str):
+        raise DecodeError(f"keyring field {key!r} must be a string")
+    return value
+
+
+def parse_keyring(raw: Any) -> _Keyring:
+    """Check a node's ``keyring`` answer and build the envelopes (:class:`DecodeError`)."""
+    if not isinstance(raw, Mapping):
+        raise DecodeError("the keyring answer is not a map")
+    primary = raw.get("primary")
+    if primary is not None and (not isinstance(primary, int) or isinstance(primary, bool)):
+        raise DecodeError("keyring field 'primary' must be an integer or null")
+    items = raw.get("versions")
+    if not isinstance(items, list):
+        raise DecodeError("keyring field 'versions' must be a list")
+    versions: dict[int, _Version] = {}
+    for item in items:
+        if not isinstance(item, Mapping):
+            raise DecodeError("a keyring version is not a map")
+        vid = _int(item, "id")
+        state = _str(item, "state")
+        fp = _str(item, "fingerprint")
+        key = item.get("key")
+        if state not in KEY_STATES:
+            raise DecodeError(f"version {vid} has an unknown state {state!r}")
+        if not isinstance(key, bytes) or len(key) != envelope.KEY_SIZE:
+            raise DecodeError(f"version {vid} comes without a 32-byte key")
+        if envelope.fingerprint(key) != fp:
+            raise DecodeError(f"the key of version {vid} does not match its fingerprint")
+        if vid in versions:
+            raise DecodeError(f"version {vid} appears twice")
+        try:
+            env = envelope.Envelope(vid, key)
+        except ValueError:
+            raise DecodeError(f"version id {vid} is out of range") from None
+        versions[vid] = _Version(vid, state, fp, env)
+    if primary is not None:
+        pv = versions.get(primary)
+        if pv is None or pv.state != "primary":
+            raise DecodeError(f"the primary version {primary} is not among the versions")
+    if [v.id for v in versions.values() if v.state == "primary"] not in ([], [primary]):
+        raise DecodeError("the keyring marks more than one version primary")
+    return _Keyring(cluster_id=_str(raw, "cluster_id"), node_id=_str(raw, "node_id"),
+                    term=_int(raw, "term"), commit_index=_int(raw, "commit_index"),
+                    primary=primary, versions=versions)
+
+
+def _is_older(new: _Keyring, seen: _Keyring) -> bool:
+    """Would accepting ``new`` take the client back behind ``seen``?
+
+    Raft log positions are totally ordered across the cluster and a node's keyring at
+    applied index *i* is the keyring after the committed entries 1..i, so the applied
+    ``commit_index`` alone orders keyrings. ``term`` is deliberately not the first key: a
+    follower cut off from the others raises its term in failed elections without receiving
+    entries, so a (term, index) order would accept its *older* keyring as newer. At an
+    equal index the content is the same, whatever the term.
+    """
+    return new.commit_index < seen.commit_index
+
+
+# -- the client -------------------------------------------------------------------------
+
+
+class SSOClient:
+    """The master secret cache of one SSO service; thread-safe.
+
+    Build it with :meth:`from_config` (``client.toml``), :meth:`connect` (explicit nodes
+    and TLS context) or directly from a :class:`RemoteConfig` or a :class:`KeyringSource`.
+    The constructor performs the first sync and starts the resync thread; use the client
+    as a context manager or call :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        source: RemoteConfig | KeyringSource,
+        *,
+        cluster_id: str | None = None,
+        resync_interval: float | None = None,
+        max_staleness: float | None = None,
+        on_demand_interval: float = DEFAULT_ON_DEMAND_INTERVAL,
+        jitter: float = DEFAULT_JITTER,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+        background: bool = True,
+    ) -> None:
+        if isinstance(source, RemoteConfig):
+            cfg = source
+            cluster_id = cluster_id if cluster_id is not None else cfg.cluster_id
+            if resync_interval is None:
+                resync_interval = cfg.resync_interval
+            if max_staleness is None:
+                max_staleness = cfg.max_staleness
+            self._source: KeyringSource = ClusterSource(ClusterClient.from_config(cfg))
+        else:
+            self._source = source
+        interval = DEFAULT_RESYNC_INTERVAL if resync_interval is None else resync_interval
+        staleness = 2.0 * interval if max_staleness is None else max_staleness
+        try:
+            if not interval > 0:
+                raise ConfigError("resync_interval must be positive")
+            if not 0 <= jitter < 1:
+                raise ConfigError("jitter must be in [0, 1)")
+            if not staleness > interval * (1 + jitter):
+                raise ConfigError(
+                    f"max_staleness ({staleness:g} s) must exceed resync_interval "
+                    f"({interval:g} s) plus its jitter, or encryption would stop between "
+                    "two successful resyncs")
+            if not self._source.endpoints:
+                raise ConfigError("an SSO client needs at least one node")
+        except BaseException:
+            self._source.close()
+            raise
+        self.resync_interval = interval
+        self.max_staleness = staleness
+        self._cluster_id = cluster_id
+        self._on_demand_interval = on_demand_interval
+        self._jitter = jitter
+        self._clock = clock
+        self._wall = wall_clock
+        self._endpoints = tuple(self._source.endpoints)
+        self._preferred = 0
+
+        self._cache: _Cache | None = None
+        self._sync_lock = threading.Lock()  # one network sync at a time
+        self._lock = threading.Lock()  # the bookkeeping below
+        self._last_error: str | None = None
+        self._last_error_at: float | None = None
+        self._last_attempt_at: float | None = None
+        self._failures = 0
+        self._syncs = 0
+        self._stale_logged = False
+        self._last_on_demand: float | None = None
+        self._closed = False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+        try:
+            self.sync()
+        except BaseException:
+            self._source.close()
+            raise
+        if background:
+            self._thread = threading.Thread(target=self._run, name="raftsso-resync",
+                                            daemon=True)
+            self._thread.start()
+
+    # construction ----------------------------------------------------------------------
+
+    @classmethod
+    def from_config(cls, path: str | Path, **options: Any) -> SSOClient:
+        """A client for the deployment described by ``client.toml`` at ``path``.
+
+        ``options`` are the keyword arguments of the constructor (for example
+        ``resync_interval=0.5``); they override the file.
+        """
+        return cls(load_remote_config(path), **options)
+
+    @classmethod
+    def connect(cls, nodes: Sequence[Endpoint | str], ssl_context: ssl.SSLContext, *,
+                timeout: float = 5.0, **options: Any) -> SSOClient:
+        """A client for explicit nodes (``Endpoint`` or ``"host:port"``) and a TLS context.
+
+        The context must present a ``client`` (or ``admin``) certificate of the cluster
+        (see :func:`raftsso.pki.client_context`).
+        """
+        endpoints = [n if isinstance(n, Endpoint) else Endpoint(n, n) for n in nodes]
+        if not endpoints:
+            raise ConfigError("an SSO client needs at least one node")
+        return cls(ClusterSource(ClusterClient(endpoints, ssl_context, timeout)), **options)
+
+    def __repr__(self) -> str:
+        cache = self._cache
+        primary = cache.ring.primary if cache else None
+        versions = sorted(cache.ring.versions) if cache else []
+        return (f"SSOClient(cluster_id={self._cluster_id!r}, primary={primary}, "
+                f"versions={versions}, closed={self._closed})")
+
+    def __enter__(self) -> SSOClient:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the resync thread, close the connections and drop the cached keyring."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._stop.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=30)
+        with self._sync_lock:
+            self._cache = None
+            self._source.close()
+
+    # envelope operations -------------------------------------------------------------
+
+    def _current(self) -> _Cache:
+        cache = self._cache
+        if cache is None:
+            raise RaftssoError("this SSO client is closed")
+        return cache
+
+    def encrypt(self, data: bytes, associated_data: bytes = b"") -> bytes:
+        """Encrypt under the primary version; :class:`StaleSecret` once the cache is stale.
+
+        The token is ``0x01 | version (u32 BE) | nonce (12) | AES-256-GCM ciphertext``, with
+        the header and ``associated_data`` authenticated (see :mod:`raftsso.envelope`).
+        """
+        cache = self._current()
+        age = self._clock() - cache.synced_at
+        if age >= self.max_staleness:
+            raise StaleSecret(
+                f"the cached master secret was last synced {age:.1f} s ago, beyond "
+                f"max_staleness ({self.max_staleness:g} s): no node of the cluster has "
+                "answered since, so encryption is refused (decryption still works). "
+                "Check that the raftsso nodes are running and reachable "
+                "(raftsso -c admin.toml status); the client keeps retrying")
+        primary = cache.ring.primary
+        if primary is None:
+            raise ClusterUnavailable("the cluster has no primary master secret yet; wait for "
+                                     "its leader to create one (raftsso status)")
+        return cache.ring.versions[primary].envelope.encrypt(data, associated_data)
+
+    def decrypt(self, token: bytes, associated_data: bytes = b"") -> bytes:
+        """Decrypt with whichever cached version made ``token``; works with no node up.
+
+        A version newer than every cached one triggers one immediate (rate-limited) resync.
+        Every failure raises the one opaque :class:`InvalidToken`.
+        """
+        cache = self._current()
+        version_id = envelope.token_key_version(token)
+        version = cache.ring.versions.get(version_id)
+        if version is None:
+            version = self._resync_for(version_id)
+            if version is None:
+                raise InvalidToken()
+        return version.envelope.decrypt(token, associated_data)
+
+    def _resync_for(self, version_id: int) -> _Version | None:
+        cache = self._current()
+        if version_id <= cache.max_version:
+            # Older than what we know and not in the keyring: retired (or never
+            # existed). Versions only grow, so a resync cannot bring it back.
+            return None
+        with self._sync_lock:
+            cache = self._current()
+            found = cache.ring.versions.get(version_id)
+            if found is not None:  # another thread synced while we waited
+                return found
+            now = self._clock()
+            with self._lock:
+                last = self._last_on_demand
+                if last is not None and now - last < self._on_demand_interval:
+                    return None
+                self._last_on_demand = now
+            try:
+                self._sync_locked()
+            except RaftssoError:
+                return None
+            return self._current().ring.versions.get(version_id)
+
+    # syncing -------------------------------------------------------------------------
+
+    def sync(self) -> None:
+        """Fetch the keyring now (from the node that answered last, then the others).
+
+        Raises :class:`ClusterUnavailable` when no node gives a usable keyring that is at
+        least as new as the cached one; the cache is then kept unchanged.
+        """
+        with self._sync_lock:
+            if self._closed:
+                raise RaftssoError("this SSO client is closed")
+            self._sync_locked()
+
+    def _sync_locked(self) -> None:
+        errors: list[str] = []
+        n = len(self._endpoints)
+        attempt_wall = self._wall()
+        with self._lock:
+            self._last_attempt_at = attempt_wall
+        for step in range(n):
+            index = (self._preferred + step) % n
+            endpoint = self._endpoints[index]
+            try:
+                ring = parse_keyring(self._source.fetch(endpoint))
+            except (OSError, RaftssoError) as exc:
+                errors.append(f"{endpoint.id}: {_describe(exc)}")
+                continue
+            problem = self._reject(ring)
+            if problem is not None:
+                errors.append(f"{endpoint.id}: {problem}")
+                continue
+            self._install(ring, index)
+            return
+        message = "no node gave a usable keyring (" + "; ".join(errors) + ")"
+        self._failed(message)
+        raise ClusterUnavailable(message)
+
+    def _reject(self, ring: _Keyring) -> str | None:
+        if self._cluster_id is not None and ring.cluster_id != self._cluster_id:
+            return (f"belongs to cluster {ring.cluster_id!r}, not {self._cluster_id!r}; "
+                    "check the nodes in the client configuration")
+        if ring.primary is None:
+            return "has no primary master secret yet (catching up, or not bootstrapped)"
+        cache = self._cache
+        if cache is not None and _is_older(ring, cache.ring):
+            return (f"answered an older keyring (applied index {ring.commit_index} < "
+                    f"{cache.ring.commit_index} already seen); ignored")
+        return None
+
+    def _install(self, ring: _Keyring, index: int) -> None:
+        previous = self._cache
+        self._cache = _Cache(ring=ring, synced_at=self._clock(), synced_at_wall=self._wall(),
+                             max_version=max(ring.versions, default=0))
+        self._preferred = index
+        if self._cluster_id is None:
+            self._cluster_id = ring.cluster_id
+        with self._lock:
+            recovered = self._failures > 0
+            self._failures = 0
+            self._syncs += 1
+            self._stale_logged = False
+        if recovered:
+            log.info("resynced the master secret keyring from %s after a failure",
+                     ring.node_id)
+        if previous is None or previous.ring.primary != ring.primary \
+                or set(previous.ring.versions) != set(ring.versions):
+            log.info("keyring from %s: primary version %s, versions %s (term %d, index %d)",
+                     ring.node_id, ring.primary, sorted(ring.versions), ring.term,
+                     ring.commit_index)
+
+    def _failed(self, message: str) -> None:
+        with self._lock:
+            first = self._failures == 0
+            self._failures += 1
+            self._last_error = message
+            self._last_error_at = self._wall()
+        cache = self._cache
+        if cache is None:
+            return  # the constructor raises; nothing cached to speak of
+        age = self._clock() - cache.synced_at
+        with self._lock:
+            newly_stale = age >= self.max_staleness and not self._stale_logged
+            if newly_stale:
+                self._stale_logged = True
+        if first:
+            log.warning("cannot resync the master secret: %s; decrypting with the cached "
+                        "keyring, encryption stops in %.0f s unless a node answers",
+                        message, max(0.0, self.max_staleness - age))
+        elif newly_stale:
+            log.error("the cached master secret is older than max_staleness (%g s): "
+                      "encryption is refused until a node answers; last error: %s",
+                      self.max_staleness, message)
+        else:
+            log.debug("resync failed again: %s", message)
+
+    def _next_delay(self) -> float:
+        with self._lock:
+            failures = self._failures
+        base = self.resync_interval
+        if failures:
+            base = min(base, _FIRST_RETRY * 2.0 ** (failures - 1))
+        return base * random.uniform(1 - self._jitter, 1 + self._jitter)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._next_delay()):
+            try:
+                self.sync()
+            except RaftssoError:
+                pass  # recorded in state(); the loop keeps trying
+            except Exception:  # never let the resync thread die
+                log.exception("unexpected error in the resync thread")
+                with self._lock:
+                    self._failures += 1
+
+    # introspection -------------------------------------------------------------------
+
+    def state(self) -> dict[str, Any]:
+        """A snapshot for operators and health checks; never contains key material.
+
+        Keys: ``cluster_id``, ``node`` (the node last synced from), ``term``,
+        ``commit_index``, ``primary``, ``versions`` (``id``, ``state``, ``fingerprint``),
+        ``last_sync`` (Unix time of the last successful sync), ``last_sync_age`` (seconds),
+        ``stale``, ``last_attempt``, ``last_error``, ``last_error_at``,
+        ``consecutive_failures``, ``syncs``, ``resync_interval``, ``max_staleness``,
+        ``closed``.
+        """
+        cache = self._cache
+        with self._lock:
+            bookkeeping = {
+                "last_attempt": self._last_attempt_at,
+                "last_error": self._last_error,
+                "last_error_at": self._last_error_at,
+                "consecutive_failures": self._failures,
+                "syncs": self._syncs,
+                "closed": self._closed,
+            }
+        ring = cache.ring if cache else None
+        age = self._clock() - cache.synced_at if cache else None
+        return {
+            "cluster_id": self._cluster_id,
+            "node": ring.node_id if ring else None,
+            "term": ring.term if ring else None,
+            "commit_index": ring.commit_index if ring else None,
+            "primary": ring.primary if ring else None,
+            "versions": [{"id": v.id, "state": v.state, "fingerprint": v.fingerprint}
+                         for v in sorted(ring.versions.values(), key=lambda v: v.id)]
+            if ring else [],
+            "last_sync": cache.synced_at_wall if cache else None,
+            "last_sync_age": age,
+            "stale": age is None or age >= self.max_staleness,
+            "resync_interval": self.resync_interval,
+            "max_staleness": self.max_staleness,
+            **bookkeeping,
+        }
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS error: {exc.reason or exc}"
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc) or type(exc).__name__
+    return str(exc) or type(exc).__name__
+
+
+__all__ = ["ClusterSource", "KeyringSource", "SSOClient", "parse_keyring"]
