@@ -45,8 +45,9 @@ def _request(sock: ssl.SSLSocket, payload: bytes) -> dict[str, object] | None:
 
 
 def _assert_still_serving(cluster: LocalCluster, node_id: str, primary: int = 1) -> None:
-    status = cluster.node_status(node_id)
-    assert status["primary_version"] == primary
+    # A follower may apply the first secret a moment after the leader reports it.
+    wait_for(lambda: cluster.node_status(node_id)["primary_version"] == primary,
+             what=f"{node_id} to serve primary version {primary}")
     assert cluster.alive(node_id)
 
 
