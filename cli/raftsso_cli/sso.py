@@ -23,16 +23,22 @@ from raftsso_cli.common import print_json, remote_config, table
 MAX_SECRET = 1 << 20
 
 
+class InputError(click.ClickException):
+    """Wrong use of the command: one line on stderr (no usage block), exit 2."""
+
+    exit_code = 2
+
+
 def _store_path(ctx: click.Context) -> Path:
     obj = ctx.obj or {}
     explicit = obj.get("store")
     if isinstance(explicit, Path):
         return explicit
     if obj.get("config") is None:
-        raise click.UsageError("this command needs -c DIR/client.toml or sso --store PATH")
+        raise InputError("this command needs -c DIR/client.toml or sso --store PATH")
     cfg = remote_config(ctx)
     if cfg.store is None:
-        raise click.UsageError(f"{cfg.path} sets no store = \"...\"; pass sso --store PATH")
+        raise InputError(f"{cfg.path} sets no store = \"...\"; pass sso --store PATH")
     return cfg.store
 
 
@@ -56,14 +62,14 @@ def _read_secret(what: str, raw: bool) -> bytes:
         return str(text).encode()
     data: bytes = sys.stdin.buffer.read(MAX_SECRET + 1)
     if len(data) > MAX_SECRET:
-        raise click.UsageError(f"the {what} on stdin is larger than {MAX_SECRET} bytes")
+        raise InputError(f"the {what} on stdin is larger than {MAX_SECRET} bytes")
     if not raw:  # `echo secret | raftsso …` adds one newline; it is not part of the secret
         if data.endswith(b"\r\n"):
             data = data[:-2]
         elif data.endswith(b"\n"):
             data = data[:-1]
     if not data:
-        raise click.UsageError(f"no {what} on stdin")
+        raise InputError(f"no {what} on stdin")
     return data
 
 
