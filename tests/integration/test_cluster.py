@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from raftsso.errors import RaftssoError
 from tests.harness import LocalCluster, wait_for
 
 pytestmark = pytest.mark.integration
@@ -132,3 +133,25 @@ def test_restart_of_a_single_node_keeps_its_data(tmp_path: Path) -> None:
         assert c.wait_healthy()["primary_version"] == 2
     finally:
         c.stop()
+
+
+def test_a_leader_without_quorum_steps_down_and_refuses_writes(cluster: LocalCluster) -> None:
+    leader = cluster.leader()
+    followers = [i for i in cluster.ids if i != leader]
+    for f in followers:
+        cluster.signal(f, signal.SIGSTOP)
+    try:
+        # pysyncobj's default would keep it "leader" for 30 s; ours steps down in ~1 s.
+        wait_for(lambda: cluster.node_status(leader)["role"] != "leader",
+                 what="the isolated leader to step down")
+        endpoint = next(n for n in cluster.client.nodes if n.id == leader)
+        with pytest.raises(RaftssoError) as info:
+            cluster.client.call_node(endpoint.address, "rotate",
+                                     {"request_id": b"q" * 16, "now": True}, timeout=10)
+        assert getattr(info.value, "code", "") in ("NOT_LEADER", "NO_QUORUM", "UNAVAILABLE")
+        assert cluster.node_status(leader)["primary_version"] == 1
+    finally:
+        for f in followers:
+            cluster.signal(f, signal.SIGCONT)
+    cluster.wait_healthy()
+    assert cluster.rotate(now=True)["version"] == 2

@@ -1,0 +1,1 @@
+"""Benchmarks of raftsso: numbers printed and written to bench/results/, never asserted."""
