@@ -121,3 +121,19 @@ class Envelope:
                                       header + associated_data)
         except InvalidTag:
             raise InvalidToken() from None
+
+
+def aead_encrypt(key: bytes, plaintext: bytes, associated_data: bytes,
+                 _nonce: bytes | None = None) -> bytes:
+    """``nonce | AES-256-GCM(key, plaintext)`` for file formats (backups)."""
+    nonce = _nonce if _nonce is not None else os.urandom(NONCE_SIZE)
+    return nonce + AESGCM(key).encrypt(nonce, plaintext, associated_data)
+
+
+def aead_decrypt(key: bytes, blob: bytes, associated_data: bytes) -> bytes:
+    if len(blob) < NONCE_SIZE + TAG_SIZE or len(key) != KEY_SIZE:
+        raise InvalidToken()
+    try:
+        return AESGCM(key).decrypt(blob[:NONCE_SIZE], blob[NONCE_SIZE:], associated_data)
+    except InvalidTag:
+        raise InvalidToken() from None

@@ -154,6 +154,9 @@ class KeyringStateMachine:
             "rotate": self._rotate,
             "promote": self._promote,
             "barrier": self._barrier,
+            "retire": self._retire,
+            "backed_up": self._backed_up,
+            "restore": self._restore,
         }.get(op)
         if handler is None:
             return _fail("BAD_COMMAND", f"unknown command {op!r}")
@@ -215,6 +218,81 @@ class KeyringStateMachine:
             return _fail("CONFLICT", f"version {version} is older than primary {primary}")
         self._keyring = self._keyring.promote(version, at)
         return Outcome(True, self._summary(version))
+
+    def _retire(self, cmd: dict[str, Any]) -> Outcome:
+        version = _version_field(cmd, "version")
+        kv = self._keyring.get(version)
+        if kv is None:
+            return _fail("NOT_FOUND", f"version {version} does not exist")
+        if kv.state is KeyState.PRIMARY:
+            return _fail("CONFLICT", f"version {version} is the primary; rotate first")
+        if kv.state is not KeyState.RETIRED:
+            self._keyring = self._keyring.retire(version)
+        return Outcome(True, self._summary(version))
+
+    def _backed_up(self, cmd: dict[str, Any]) -> Outcome:
+        raw = _field(cmd, "fingerprints", dict)
+        fingerprints: dict[int, str] = {}
+        for key, value in raw.items():
+            if not key.isdigit() or not isinstance(value, str):
+                raise DecodeError("fingerprints must map version ids to strings")
+            fingerprints[int(key)] = value
+        self._keyring, marked = self._keyring.mark_backed_up(fingerprints)
+        return Outcome(True, {"marked": marked})
+
+    def _restore(self, cmd: dict[str, Any]) -> Outcome:
+        """Merge versions from a backup; never drops or overwrites a different version.
+
+        A *new* cluster (only its bootstrap version, never backed up) may have that version
+        replaced when ``replace_new`` is set: disaster recovery into a fresh deployment.
+        """
+        at = _time_field(cmd, "at")
+        replace_new = bool(_field(cmd, "replace_new", bool))
+        backup_primary = _optional_version(cmd, "primary")
+        incoming = []
+        for raw in _field(cmd, "versions", list):
+            if not isinstance(raw, dict):
+                raise DecodeError("restored versions must be maps")
+            incoming.append(KeyVersion(
+                id=_version_field(raw, "id"), state=KeyState.ACTIVE, sealed=_sealed_field(raw),
+                fingerprint=_field(raw, "fingerprint", str),
+                created=_time_field(raw, "created"), backed_up=True))
+        if not incoming:
+            return _fail("BAD_COMMAND", "the backup holds no versions")
+        if backup_primary is not None and backup_primary not in {v.id for v in incoming}:
+            raise DecodeError("the backup's primary is not among its versions")
+        ring = self._keyring
+        conflicts = [v.id for v in incoming
+                     if (cur := ring.get(v.id)) is not None and cur.fingerprint != v.fingerprint]
+        replaced: list[int] = []
+        if conflicts:
+            new = (len(ring.versions) == 1 and ring.versions[0].id == 1
+                   and not ring.versions[0].backed_up)
+            if not (replace_new and new):
+                return _fail("CONFLICT", (
+                    f"version(s) {', '.join(map(str, conflicts))} of this cluster differ from "
+                    "the backup's; restore only merges into the cluster the backup came "
+                    "from, or replaces the first secret of a brand-new cluster"))
+            replaced = [ring.versions[0].id]
+            ring = Keyring()
+        added, revived = [], []
+        for v in incoming:
+            cur = ring.get(v.id)
+            if cur is None:
+                ring = ring.with_version(v)
+                added.append(v.id)
+            elif cur.state is KeyState.RETIRED:
+                ring = ring.with_version(v)  # the same key, destroyed too early: bring it back
+                revived.append(v.id)
+        ring, _ = ring.mark_backed_up({v.id: v.fingerprint for v in incoming})
+        primary = ring.primary
+        if backup_primary is not None and (primary is None or backup_primary > primary):
+            ring = ring.promote(backup_primary, at)
+        elif ring.primary is None:  # a backup without a primary: never leave none
+            ring = ring.promote(ring.last_id, at)
+        self._keyring = ring
+        return Outcome(True, {"added": added, "revived": revived, "replaced": replaced,
+                              "primary_version": ring.primary})
 
     # -- snapshots ------------------------------------------------------------
 

@@ -97,3 +97,21 @@ class Keyring:
             else:
                 out.append(v)
         return Keyring(tuple(out))
+
+    def retire(self, version: int) -> Keyring:
+        """Destroy a version's key material; its id and fingerprint stay for the record."""
+        return Keyring(tuple(
+            replace(v, state=KeyState.RETIRED, sealed=None) if v.id == version else v
+            for v in self.versions))
+
+    def mark_backed_up(self, fingerprints: dict[int, str]) -> tuple[Keyring, list[int]]:
+        """Flag the versions whose id and fingerprint match a backup's."""
+        marked = []
+        out = []
+        for v in self.versions:
+            if fingerprints.get(v.id) == v.fingerprint and v.sealed is not None:
+                out.append(replace(v, backed_up=True))
+                marked.append(v.id)
+            else:
+                out.append(v)
+        return Keyring(tuple(out)), marked

@@ -20,6 +20,7 @@ import logging
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -223,8 +224,15 @@ class Node:
 
     # writes ---------------------------------------------------------------------------
 
-    def rotate(self, request_id: bytes, now: bool) -> dict[str, Any]:
-        """Create a new version (staged, or primary with ``now``): a CAS on the primary."""
+    def _replicate(self, request_id: bytes, what: str,
+                   build: Callable[[Keyring], bytes]) -> dict[str, Any]:
+        """Propose the command ``build`` makes from the current keyring, exactly once.
+
+        Writes are serialised on this leader (two would read the same keyring and one lose
+        its compare-and-set for nothing). An unknown outcome is resolved by re-reading the
+        request id, then retrying the very same command, which the state machine applies
+        at most once.
+        """
         if len(request_id) != REQUEST_ID_SIZE:
             raise RemoteError("request_id must be 16 bytes", code="BAD_REQUEST")
         timeout = self.cfg.raft.commit_timeout
@@ -232,34 +240,75 @@ class Node:
         seen = self.fsm.request_outcome(request_id)
         if seen is not None:
             return _result(seen)
-        # One rotation at a time per leader: both would read the same primary and one
-        # would lose the compare-and-set for nothing.
         with self._write_lock:
-            ring = self.fsm.keyring
-            version = ring.last_id + 1
-            key = envelope.new_key()
-            sealed = envelope.seal(self._seal_key, key, cluster_id=self.cfg.cluster_id,
-                                   version=version)
-            command = encode_command(
-                "rotate", request_id, version=version, sealed=sealed,
-                fingerprint=envelope.fingerprint(key), created=time.time(),
-                expect_primary=ring.primary, now=now)
+            command = build(self.fsm.keyring)
             deadline = time.monotonic() + 2 * timeout
             while True:
                 try:
-                    outcome = self.raft.propose(command, timeout)
-                    break
+                    return _result(self.raft.propose(command, timeout))
                 except OutcomeUnknown:
-                    # Re-read instead of guessing: the request id tells whether it applied.
                     seen = self.fsm.request_outcome(request_id)
                     if seen is not None:
                         return _result(seen)
                     if not self.raft.is_leader or time.monotonic() >= deadline:
                         raise OutcomeUnknown(
-                            "the rotation may or may not have been applied; retry with "
-                            "the same request id", request_id=request_id) from None
-                    # Same command, same request id: the state machine applies it once.
-        return _result(outcome)
+                            f"the {what} may or may not have been applied; retry with the "
+                            "same request id", request_id=request_id) from None
+
+    def rotate(self, request_id: bytes, now: bool) -> dict[str, Any]:
+        """Create a new version (staged, or primary with ``now``): a CAS on the primary."""
+
+        def build(ring: Keyring) -> bytes:
+            version = ring.last_id + 1
+            key = envelope.new_key()
+            sealed = envelope.seal(self._seal_key, key, cluster_id=self.cfg.cluster_id,
+                                   version=version)
+            return encode_command(
+                "rotate", request_id, version=version, sealed=sealed,
+                fingerprint=envelope.fingerprint(key), created=time.time(),
+                expect_primary=ring.primary, now=now)
+
+        return self._replicate(request_id, "rotation", build)
+
+    def retire(self, request_id: bytes, version: int) -> dict[str, Any]:
+        """Destroy a non-primary version's key material in the replicated state."""
+        return self._replicate(request_id, "retirement", lambda ring: encode_command(
+            "retire", request_id, version=version))
+
+    def mark_backed_up(self, request_id: bytes, fingerprints: dict[int, str]) -> dict[str, Any]:
+        """Record that a backup holds these versions (ids with their fingerprints)."""
+        return self._replicate(request_id, "backup record", lambda ring: encode_command(
+            "backed_up", request_id, fingerprints={str(k): v for k, v in fingerprints.items()}))
+
+    def restore(self, request_id: bytes, *, cluster_id: str, primary: int | None,
+                versions: list[dict[str, Any]], force: bool) -> dict[str, Any]:
+        """Merge a backup's versions (plaintext keys from the operator) into this cluster.
+
+        The keys are sealed here, under this cluster's seal key and id. A backup of
+        another cluster needs ``force``, which also lets it replace the first secret of a
+        brand-new cluster (disaster recovery).
+        """
+        if cluster_id != self.cfg.cluster_id and not force:
+            raise Conflict(f"the backup is of cluster {cluster_id}, this is "
+                           f"{self.cfg.cluster_id}; use --force for disaster recovery")
+        sealed_versions = []
+        for v in versions:
+            key, vid = v.get("key"), v.get("id")
+            if not isinstance(key, bytes) or len(key) != envelope.KEY_SIZE or \
+                    not isinstance(vid, int) or not 0 < vid < 2**32 or \
+                    envelope.fingerprint(key) != v.get("fingerprint"):
+                raise RemoteError("a restored version is malformed or its fingerprint does "
+                                  "not match its key", code="BAD_REQUEST")
+            created = v.get("created")
+            sealed_versions.append({
+                "id": vid, "fingerprint": v["fingerprint"],
+                "created": float(created) if isinstance(created, int | float) else time.time(),
+                "sealed": envelope.seal(self._seal_key, key, cluster_id=self.cfg.cluster_id,
+                                        version=vid),
+            })
+        return self._replicate(request_id, "restore", lambda ring: encode_command(
+            "restore", request_id, versions=sealed_versions, primary=primary,
+            replace_new=force, at=time.time()))
 
 
 def _req() -> bytes:

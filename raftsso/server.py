@@ -61,6 +61,9 @@ class Service:
             "status": (READ_ROLES, self._status),
             "keyring": (READ_ROLES, self._keyring),
             "rotate": (ADMIN_ROLES, self._rotate),
+            "retire": (ADMIN_ROLES, self._retire),
+            "backed_up": (ADMIN_ROLES, self._backed_up),
+            "restore": (ADMIN_ROLES, self._restore),
         }
 
     async def handle(self, caller: Caller, message: dict[str, Any]) -> dict[str, Any]:
@@ -94,6 +97,9 @@ class Service:
         return self.node.status()
 
     async def _keyring(self, caller: Caller, args: dict[str, Any]) -> Any:
+        # A backup must hold the newest state: it asks for the leader's keyring.
+        if args.get("require_leader") is True:
+            self._require_leader()
         return self.node.keyring()
 
     async def _rotate(self, caller: Caller, args: dict[str, Any]) -> Any:
@@ -108,6 +114,55 @@ class Service:
         log.info("rotation by %s: version %s (%s), primary %s", caller.name,
                  result.get("version"), result.get("state"), result.get("primary_version"))
         return result
+
+    async def _retire(self, caller: Caller, args: dict[str, Any]) -> Any:
+        request_id = _request_id(args)
+        version = args.get("version")
+        if not isinstance(version, int) or isinstance(version, bool) or version <= 0:
+            raise RemoteError("retire needs version (a positive integer)", code="BAD_REQUEST")
+        self._require_leader()
+        result = await asyncio.to_thread(self.node.retire, request_id, version)
+        log.info("version %s retired by %s", version, caller.name)
+        return result
+
+    async def _backed_up(self, caller: Caller, args: dict[str, Any]) -> Any:
+        request_id = _request_id(args)
+        raw = args.get("fingerprints")
+        if not isinstance(raw, dict) or not all(
+                isinstance(k, str) and k.isdigit() and isinstance(v, str) for k, v in raw.items()):
+            raise RemoteError("backed_up needs fingerprints: {version: fingerprint}",
+                              code="BAD_REQUEST")
+        self._require_leader()
+        return await asyncio.to_thread(self.node.mark_backed_up, request_id,
+                                       {int(k): v for k, v in raw.items()})
+
+    async def _restore(self, caller: Caller, args: dict[str, Any]) -> Any:
+        request_id = _request_id(args)
+        cluster_id, versions = args.get("cluster_id"), args.get("versions")
+        primary, force = args.get("primary"), args.get("force", False)
+        if not isinstance(cluster_id, str) or not isinstance(versions, list) or \
+                not all(isinstance(v, dict) for v in versions) or not versions or \
+                not (primary is None or isinstance(primary, int)) or not isinstance(force, bool):
+            raise RemoteError("restore needs cluster_id, versions, primary and force",
+                              code="BAD_REQUEST")
+        self._require_leader()
+        result = await asyncio.to_thread(
+            lambda: self.node.restore(request_id, cluster_id=cluster_id, primary=primary,
+                                      versions=versions, force=force))
+        log.info("restore by %s from a backup of cluster %s: %s", caller.name, cluster_id,
+                 {k: result.get(k) for k in ("added", "revived", "replaced", "primary_version")})
+        return result
+
+    def _require_leader(self) -> None:
+        if not self.node.raft.is_leader:
+            raise NotLeader("this node is not the leader")
+
+
+def _request_id(args: dict[str, Any]) -> bytes:
+    request_id = args.get("request_id")
+    if not isinstance(request_id, bytes) or len(request_id) != 16:
+        raise RemoteError("request_id must be 16 bytes", code="BAD_REQUEST")
+    return request_id
 
 
 def _rid(message: Any) -> int:

@@ -13,6 +13,7 @@ from raftsso import cluster_status
 from raftsso.deployment import init_deployment
 from raftsso.remote import ClusterClient
 from raftsso_cli.common import print_json, remote_config, table
+from raftsso_cli.lifecycle import warn_not_backed_up
 
 
 @click.command()
@@ -28,7 +29,9 @@ def init(directory: Path, nodes: int, host: str, base_port: int) -> None:
     click.echo(f"created cluster {cluster_id} with {nodes} node(s) in {directory}")
     click.echo(f"start it:  raftsso local up {directory}")
     click.echo(f"keep {directory / 'ca.key'} offline; every seal.key copy is as sensitive "
-               "as the master secret itself. Back up the secret once the cluster is up.")
+               "as the master secret itself.")
+    click.echo(f"once it is up, back up the master secret at once: raftsso -c "
+               f"{directory / 'admin.toml'} backup --out FILE --password-file PF")
 
 
 def _fmt(value: Any, suffix: str = "") -> str:
@@ -65,6 +68,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
                                            "primary_version", "nodes")})
     else:
         print_status(result)
+        warn_not_backed_up(result["versions"])
         if not cluster_status.healthy(result):
             click.echo("no leader with a quorum: writes (rotation) are unavailable; "
                        "SSO clients keep decrypting with their cached secrets", err=True)
@@ -92,4 +96,5 @@ def rotate(ctx: click.Context, now: bool, as_json: bool, timeout: float) -> None
     else:
         click.echo(f"version {out['version']} is {out['state']}; primary version is "
                    f"{out['primary_version']}")
-        click.echo("back up the new secret now (raftsso backup)", err=True)
+        click.echo("back up the new secret now: raftsso -c admin.toml backup --out FILE "
+                   "--password-file PF", err=True)

@@ -1,0 +1,238 @@
+"""Secret lifecycle commands: ``keys``, ``backup``, ``backup-info``, ``restore``,
+``retire``, ``rewrap``."""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from raftsso import backup as backups
+from raftsso import cluster_status
+from raftsso.errors import ConfigError, RaftssoError
+from raftsso.fsutil import atomic_write, read_private
+from raftsso.remote import ClusterClient
+from raftsso_cli.common import print_json, remote_config, table
+
+
+def _when(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def _password(path: Path) -> bytes:
+    raw = read_private(path, limit=4096)
+    password = raw[:-1] if raw.endswith(b"\n") else raw
+    password = password[:-1] if password.endswith(b"\r") else password
+    backups.check_password(password)
+    return password
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.pass_context
+def keys(ctx: click.Context, as_json: bool) -> None:
+    """List every master secret version: state, creation, fingerprint, backed up."""
+    cfg = remote_config(ctx)
+    with ClusterClient.from_config(cfg) as client:
+        status = cluster_status.gather(client, timeout=min(cfg.timeout, 2.0))
+    if status["leader"] is None:
+        raise RaftssoError("no leader answered; the version list may be stale, so none "
+                           "is shown (see `raftsso status`)")
+    versions = status["versions"]
+    if as_json:
+        print_json({"primary_version": status["primary_version"], "versions": versions})
+        return
+    rows = [[str(v["id"]), v["state"], _when(v["created"]), v["fingerprint"],
+             "yes" if v["backed_up"] else "NO"] for v in versions]
+    click.echo(table(["version", "state", "created", "fingerprint", "backed up"], rows))
+    warn_not_backed_up(versions)
+
+
+def warn_not_backed_up(versions: list[dict[str, Any]]) -> None:
+    missing = [str(v["id"]) for v in versions
+               if not v["backed_up"] and v["state"] != "retired"]
+    if missing:
+        click.echo(f"warning: version(s) {', '.join(missing)} were never backed up; run "
+                   "`raftsso -c admin.toml backup --out FILE --password-file PF`", err=True)
+
+
+@click.command()
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="The backup file to write (0600).")
+@click.option("--password-file", required=True,
+              type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="A 0600 file holding the backup password (12+ characters).")
+@click.option("--reminder", default="", help="A password reminder, stored readable in the file.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing file at --out.")
+@click.pass_context
+def backup(ctx: click.Context, out: Path, password_file: Path, reminder: str,
+           overwrite: bool) -> None:
+    """Write every non-retired version to a password-protected backup file."""
+    cfg = remote_config(ctx, role="admin")
+    password = _password(password_file)
+    if out.exists() and not overwrite:
+        raise ConfigError(f"{out} exists; choose another name or pass --overwrite")
+    with ClusterClient.from_config(cfg) as client:
+        ring = client.call_leader("keyring", {"require_leader": True})
+        versions = [backups.BackupVersion(v["id"], v["state"], v["fingerprint"],
+                                          v["created"], v["key"])
+                    for v in ring["versions"] if v.get("key")]
+        blob = backups.write_backup(password, cluster_id=ring["cluster_id"],
+                                    primary=ring["primary"], versions=versions,
+                                    reminder=reminder)
+        atomic_write(out, blob, mode=0o600)
+        client.call_leader("backed_up", {
+            "request_id": secrets.token_bytes(16),
+            "fingerprints": {str(v.id): v.fingerprint for v in versions}})
+    click.echo(f"backed up version(s) {', '.join(str(v.id) for v in versions)} of cluster "
+               f"{ring['cluster_id']} to {out}")
+    if reminder:
+        click.echo("note: the reminder is stored readable; it must not reveal the password",
+                   err=True)
+
+
+@click.command("backup-info")
+@click.argument("file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def backup_info(file: Path, as_json: bool) -> None:
+    """Show a backup's cluster, versions and password reminder (no password needed)."""
+    info = backups.read_info(file.read_bytes())
+    if as_json:
+        print_json({"cluster_id": info.cluster_id, "created": info.created,
+                    "reminder": info.reminder, "primary_version": info.primary,
+                    "versions": [{"id": v.id, "state": v.state, "fingerprint": v.fingerprint,
+                                  "created": v.created} for v in info.versions],
+                    "kdf": info.kdf})
+        return
+    click.echo(f"cluster   {info.cluster_id}")
+    click.echo(f"written   {_when(info.created)}")
+    click.echo(f"reminder  {info.reminder or '(none)'}")
+    click.echo(f"kdf       {info.kdf['name']} {info.kdf['memory_kib']} KiB, "
+               f"{info.kdf['iterations']} passes, {info.kdf['lanes']} lanes")
+    click.echo(table(["version", "state", "created", "fingerprint"],
+                     [[str(v.id), v.state, _when(v.created), v.fingerprint]
+                      for v in info.versions]))
+    click.echo("(the header is verified only when the backup is opened with its password)")
+
+
+@click.command()
+@click.argument("file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option("--password-file", required=True,
+              type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option("--force", is_flag=True,
+              help="Restore a backup of another cluster (disaster recovery into a new one).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.pass_context
+def restore(ctx: click.Context, file: Path, password_file: Path, force: bool,
+            as_json: bool) -> None:
+    """Load a backup into the cluster: merges, never drops or overwrites a newer version."""
+    cfg = remote_config(ctx, role="admin")
+    info = backups.open_backup(file.read_bytes(), _password(password_file))
+    with ClusterClient.from_config(cfg) as client:
+        result = client.call_leader("restore", {
+            "request_id": secrets.token_bytes(16), "cluster_id": info.cluster_id,
+            "primary": info.primary, "force": force,
+            "versions": [{"id": v.id, "key": v.key, "fingerprint": v.fingerprint,
+                          "created": v.created} for v in info.versions]})
+    if as_json:
+        print_json(result)
+        return
+    click.echo(f"restored from {file}: added {result['added'] or 'none'}, "
+               f"revived {result['revived'] or 'none'}, replaced {result['replaced'] or 'none'}"
+               f"; primary version is {result['primary_version']}")
+
+
+@click.command()
+@click.argument("version", type=int)
+@click.option("--store", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="The SSO store to check for rows still under VERSION.")
+@click.option("--force", is_flag=True, help="Retire even if rows may still use VERSION.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation with --force.")
+@click.pass_context
+def retire(ctx: click.Context, version: int, store: Path | None, force: bool,
+           yes: bool) -> None:
+    """Destroy VERSION's key material (refused while a store row uses it)."""
+    from raftsso.store import SSOStore
+
+    cfg = remote_config(ctx, role="admin")
+    store = store or cfg.store
+    if store is not None:
+        with SSOStore(store) as db:
+            in_use = db.key_versions().get(version, 0)
+        if in_use and not force:
+            raise RaftssoError(f"version {version} still encrypts {in_use} row(s) of {store}; "
+                               f"run `raftsso -c {cfg.path} rewrap --store {store}` first")
+    elif not force:
+        raise RaftssoError(f"cannot check that no stored data uses version {version}: pass "
+                           "--store PATH (or --force to destroy it anyway)")
+    if force and not yes:
+        click.confirm(f"Destroy version {version} for good? Data still under it becomes "
+                      "unreadable", abort=True)
+    with ClusterClient.from_config(cfg) as client:
+        result = client.call_leader("retire", {"request_id": secrets.token_bytes(16),
+                                               "version": version})
+    click.echo(f"version {result['version']} is {result['state']}")
+
+
+@click.command()
+@click.option("--store", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="The SSO store (default: store = ... in the config).")
+@click.option("--batch", default=500, show_default=True, help="Rows per transaction.")
+@click.pass_context
+def rewrap(ctx: click.Context, store: Path | None, batch: int) -> None:
+    """Re-encrypt every store row that is not under the primary version.
+
+    Batches are single transactions; the command is idempotent and can be stopped and
+    run again at any moment.
+    """
+    from raftsso.client import SSOClient
+    from raftsso.store import SSOStore
+
+    cfg = remote_config(ctx)
+    path = store or cfg.store
+    if path is None:
+        raise click.UsageError("pass --store PATH (no store = ... in the config)")
+    if batch < 1:
+        raise click.UsageError("--batch must be positive")
+    with SSOClient(cfg, background=False) as client, SSOStore(path, cipher=client) as db:
+        primary = client.state()["primary"]
+        todo = sum(n for v, n in db.key_versions().items() if v != primary)
+        done, unreadable = _rewrap_rows(db, client, primary, todo, batch)
+    click.echo(f"rewrap: {done} of {todo} row(s) re-encrypted under version {primary}")
+    if unreadable:
+        shown = ", ".join(f"{r.key.kind}:{r.key.app}/{r.key.name} (version {r.key_version})"
+                          for r in unreadable[:5])
+        raise RaftssoError(f"{len(unreadable)} row(s) could not be decrypted and were left "
+                           f"as they are: {shown}")
+
+
+def _rewrap_rows(db: Any, client: Any, primary: int, todo: int,
+                 batch: int) -> tuple[int, list[Any]]:
+    from raftsso.errors import InvalidToken
+
+    done = 0
+    after = None
+    unreadable: list[Any] = []
+    with click.progressbar(length=todo, label="rewrap", file=sys.stderr,
+                           show_pos=True) as bar:
+        while True:
+            rows = db.rows_not_under(primary, after=after, limit=batch)
+            if not rows:
+                return done, unreadable
+            updates = []
+            for row in rows:
+                try:
+                    plain = client.decrypt(row.token, row.associated_data)
+                except InvalidToken:
+                    unreadable.append(row)  # retired or foreign version: leave it be
+                    continue
+                updates.append((row, client.encrypt(plain, row.associated_data)))
+            done += db.replace_tokens(updates)
+            bar.update(len(rows))
+            after = rows[-1].key

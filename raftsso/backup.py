@@ -1,0 +1,166 @@
+"""Password-protected backup files of the master secrets (ENTSSO's ``-backupSecret``).
+
+::
+
+    "RSSOBAK" | format (1) | header length (u32 BE) | header (msgpack) | nonce (12) | sealed
+
+The header is readable without the password (``backup-info``: cluster id, versions with
+fingerprints, the password reminder, the KDF parameters) and is *authenticated*: it is the
+associated data of the AES-256-GCM encryption of the body, so a changed header fails like
+a wrong password. The key comes from the password through Argon2id (64 MiB, 3 passes,
+4 lanes by default). The body holds every non-retired version's key.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
+
+from raftsso import envelope
+from raftsso.errors import DecodeError, InvalidToken, RaftssoError
+from raftsso.wire import pack, unpack
+
+MAGIC = b"RSSOBAK"
+FORMAT = 1
+_LEN = struct.Struct(">I")
+MAX_HEADER = 1 << 20
+MIN_PASSWORD = 12
+DEFAULT_KDF = {"name": "argon2id", "memory_kib": 65536, "iterations": 3, "lanes": 4}
+# Bounds on KDF parameters read from a file, so a crafted file cannot make us allocate
+# gigabytes or spin for hours before the password is even checked.
+_KDF_LIMITS = {"memory_kib": (8, 1 << 21), "iterations": (1, 64), "lanes": (1, 64)}
+
+
+class BackupError(RaftssoError):
+    """A backup file cannot be used: malformed, wrong password, or damaged."""
+
+
+@dataclass(frozen=True)
+class BackupVersion:
+    id: int
+    state: str
+    fingerprint: str
+    created: float
+    key: bytes | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class BackupInfo:
+    cluster_id: str
+    created: float
+    reminder: str
+    primary: int | None
+    versions: tuple[BackupVersion, ...]
+    kdf: dict[str, Any]
+
+
+def check_password(password: bytes) -> None:
+    if len(password) < MIN_PASSWORD:
+        raise BackupError(f"the backup password must be at least {MIN_PASSWORD} characters")
+
+
+def _derive(password: bytes, kdf: dict[str, Any]) -> bytes:
+    return Argon2id(salt=kdf["salt"], length=envelope.KEY_SIZE, iterations=kdf["iterations"],
+                    lanes=kdf["lanes"], memory_cost=kdf["memory_kib"]).derive(password)
+
+
+def write_backup(password: bytes, *, cluster_id: str, primary: int | None,
+                 versions: list[BackupVersion], reminder: str = "",
+                 kdf: dict[str, Any] | None = None) -> bytes:
+    """The bytes of a backup file (the caller writes them atomically, 0600)."""
+    check_password(password)
+    if not versions or any(v.key is None or len(v.key) != envelope.KEY_SIZE for v in versions):
+        raise BackupError("a backup needs at least one version with its key")
+    params = {**(kdf or DEFAULT_KDF), "salt": os.urandom(16)}
+    header = pack({
+        "kdf": params, "cluster_id": cluster_id, "created": time.time(),
+        "reminder": reminder, "primary": primary,
+        "versions": [{"id": v.id, "state": v.state, "fingerprint": v.fingerprint,
+                      "created": v.created} for v in versions],
+    })
+    prefix = MAGIC + bytes([FORMAT]) + _LEN.pack(len(header)) + header
+    body = pack({"versions": [{"id": v.id, "key": v.key, "fingerprint": v.fingerprint}
+                              for v in versions]})
+    return prefix + envelope.aead_encrypt(_derive(password, params), body, prefix)
+
+
+def _split(blob: bytes) -> tuple[bytes, dict[str, Any], bytes]:
+    head = len(MAGIC) + 1 + _LEN.size
+    if len(blob) < head or blob[:len(MAGIC)] != MAGIC:
+        raise BackupError("not a raftsso backup file")
+    if blob[len(MAGIC)] != FORMAT:
+        raise BackupError(f"backup format {blob[len(MAGIC)]} is not supported "
+                          f"(this raftsso reads format {FORMAT})")
+    (length,) = _LEN.unpack_from(blob, len(MAGIC) + 1)
+    if length > MAX_HEADER or head + length > len(blob):
+        raise BackupError("the backup file is truncated or damaged")
+    try:
+        header = unpack(blob[head:head + length])
+    except DecodeError:
+        raise BackupError("the backup file's header is damaged") from None
+    if not isinstance(header, dict):
+        raise BackupError("the backup file's header is damaged")
+    return blob[:head + length], header, blob[head + length:]
+
+
+def _kdf(header: dict[str, Any]) -> dict[str, Any]:
+    kdf = header.get("kdf")
+    if not isinstance(kdf, dict) or kdf.get("name") != "argon2id" or \
+            not isinstance(kdf.get("salt"), bytes) or len(kdf["salt"]) < 8:
+        raise BackupError("the backup file names an unknown or damaged key derivation")
+    for name, (low, high) in _KDF_LIMITS.items():
+        value = kdf.get(name)
+        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+            raise BackupError(f"the backup file's KDF parameter {name} is out of range")
+    return kdf
+
+
+def read_info(blob: bytes) -> BackupInfo:
+    """The header, without the password (not yet authenticated: see :func:`open_backup`)."""
+    _, header, _ = _split(blob)
+    try:
+        versions = tuple(
+            BackupVersion(int(v["id"]), str(v["state"]), str(v["fingerprint"]),
+                          float(v["created"]))
+            for v in header["versions"])
+        primary = header.get("primary")
+        return BackupInfo(
+            cluster_id=str(header["cluster_id"]), created=float(header["created"]),
+            reminder=str(header.get("reminder", "")),
+            primary=int(primary) if isinstance(primary, int) else None,
+            versions=versions, kdf={k: v for k, v in _kdf(header).items() if k != "salt"})
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BackupError(f"the backup file's header is damaged ({exc})") from None
+
+
+def open_backup(blob: bytes, password: bytes) -> BackupInfo:
+    """Decrypt and verify a backup; :class:`BackupError` for a wrong password or damage."""
+    prefix, header, sealed = _split(blob)
+    info = read_info(blob)
+    try:
+        body = unpack(envelope.aead_decrypt(_derive(password, _kdf(header)), sealed, prefix))
+    except InvalidToken:
+        raise BackupError("wrong password, or the backup file was changed or damaged") from None
+    except DecodeError:
+        raise BackupError("the backup file's contents are damaged") from None
+    keys: dict[int, bytes] = {}
+    try:
+        for v in body["versions"]:
+            key = v["key"]
+            if not isinstance(key, bytes) or len(key) != envelope.KEY_SIZE or \
+                    envelope.fingerprint(key) != v["fingerprint"]:
+                raise BackupError(f"version {v.get('id')} in the backup is damaged")
+            keys[int(v["id"])] = key
+    except (KeyError, TypeError, ValueError):
+        raise BackupError("the backup file's contents are damaged") from None
+    if set(keys) != {v.id for v in info.versions}:
+        raise BackupError("the backup's header and contents disagree")
+    versions = tuple(BackupVersion(v.id, v.state, v.fingerprint, v.created, keys[v.id])
+                     for v in info.versions)
+    return BackupInfo(info.cluster_id, info.created, info.reminder, info.primary, versions,
+                      info.kdf)
