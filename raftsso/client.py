@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import random
+import secrets
 import ssl
 import threading
 import time
@@ -83,16 +84,20 @@ class KeyringSource(Protocol):
 class ClusterSource:
     """Keyrings over mutual TLS from the nodes of a deployment (one connection per node)."""
 
-    def __init__(self, cluster: ClusterClient, timeout: float | None = None) -> None:
+    def __init__(self, cluster: ClusterClient, timeout: float | None = None,
+                 client_id: str | None = None) -> None:
         self._cluster = cluster
         self._timeout = timeout
+        # Lets nodes tell which clients have synced a staged version (early promotion).
+        self.client_id = client_id or secrets.token_hex(8)
 
     @property
     def endpoints(self) -> Sequence[Endpoint]:
         return self._cluster.nodes
 
     def fetch(self, endpoint: Endpoint) -> Any:
-        return self._cluster.call_node(endpoint.address, "keyring", timeout=self._timeout)
+        return self._cluster.call_node(endpoint.address, "keyring",
+                                       {"client_id": self.client_id}, timeout=self._timeout)
 
     def close(self) -> None:
         self._cluster.close()

@@ -63,7 +63,9 @@ def encode_command(op: str, req: bytes, **fields: Any) -> bytes:
 
 def _field(cmd: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
     value = cmd.get(name)
-    if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    # bool is an int subclass: accept it only where a bool is what the field is.
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
         raise DecodeError(f"command field {name!r} is missing or has the wrong type")
     return value
 
@@ -100,6 +102,7 @@ class KeyringStateMachine:
 
     def __init__(self) -> None:
         self._keyring = Keyring()
+        self._index = 0  # the Raft index of the last command applied to the keyring
         self._requests: OrderedDict[bytes, Outcome] = OrderedDict()
         # Written only by the Raft thread; the lock makes a read of (keyring, requests)
         # from a service thread consistent.
@@ -109,6 +112,15 @@ class KeyringStateMachine:
     def keyring(self) -> Keyring:
         return self._keyring
 
+    def view(self) -> tuple[Keyring, int]:
+        """The keyring and the Raft index it reflects, read together.
+
+        Two replicas at the same index hold the same keyring, so clients can order
+        answers from different nodes by this index.
+        """
+        with self._lock:
+            return self._keyring, self._index
+
     def request_outcome(self, req: bytes) -> Outcome | None:
         """The remembered outcome of a request id, if it was applied."""
         with self._lock:
@@ -116,7 +128,8 @@ class KeyringStateMachine:
 
     # -- applying -------------------------------------------------------------
 
-    def apply(self, command: bytes) -> Outcome:
+    def apply(self, command: bytes, index: int | None = None) -> Outcome:
+        """Apply one command (``index``: its Raft log index, recorded with the result)."""
         try:
             cmd = unversioned(command, COMMAND_FORMAT, "command")
             if not isinstance(cmd, dict):
@@ -133,6 +146,8 @@ class KeyringStateMachine:
             return _fail("INTERNAL", f"{type(exc).__name__}")
 
         with self._lock:
+            if index is not None and index > self._index:
+                self._index = index
             seen = self._requests.get(req)
             if seen is not None:
                 return seen
@@ -234,7 +249,8 @@ class KeyringStateMachine:
         raw = _field(cmd, "fingerprints", dict)
         fingerprints: dict[int, str] = {}
         for key, value in raw.items():
-            if not key.isdigit() or not isinstance(value, str):
+            if not (isinstance(key, str) and key.isascii() and key.isdigit()) or \
+                    not isinstance(value, str):
                 raise DecodeError("fingerprints must map version ids to strings")
             fingerprints[int(key)] = value
         self._keyring, marked = self._keyring.mark_backed_up(fingerprints)
@@ -299,6 +315,7 @@ class KeyringStateMachine:
     def snapshot(self) -> bytes:
         with self._lock:
             return versioned(SNAPSHOT_FORMAT, {
+                "index": self._index,
                 "versions": [v.to_wire() for v in self._keyring.versions],
                 "requests": [[k, o.to_wire()] for k, o in self._requests.items()],
             })
@@ -306,11 +323,43 @@ class KeyringStateMachine:
     def restore(self, blob: bytes) -> None:
         """Replace the state with a snapshot; raises :class:`DecodeError` if malformed."""
         raw = unversioned(blob, SNAPSHOT_FORMAT, "snapshot")
+        if not isinstance(raw, dict):
+            raise DecodeError("a snapshot must be a map")
         try:
-            versions = tuple(KeyVersion.from_wire(v) for v in raw["versions"])
-            requests = OrderedDict((bytes(k), Outcome.from_wire(o)) for k, o in raw["requests"])
+            versions = tuple(_snapshot_version(v) for v in raw["versions"])
+            requests = OrderedDict(_snapshot_request(r) for r in raw["requests"])
+            index = raw.get("index", 0)
         except (KeyError, TypeError, ValueError) as exc:
             raise DecodeError(f"malformed snapshot: {exc}") from None
+        ids = [v.id for v in versions]
+        if ids != sorted(set(ids)):
+            raise DecodeError("malformed snapshot: version ids are not unique and increasing")
+        if sum(v.state is KeyState.PRIMARY for v in versions) > 1:
+            raise DecodeError("malformed snapshot: more than one primary")
+        if not isinstance(index, int) or isinstance(index, bool) or index < 0:
+            raise DecodeError("malformed snapshot: bad index")
         with self._lock:
-            self._keyring = Keyring(tuple(sorted(versions, key=lambda v: v.id)))
+            self._keyring = Keyring(versions)
             self._requests = requests
+            self._index = index
+
+
+def _snapshot_version(raw: Any) -> KeyVersion:
+    if not isinstance(raw, dict):
+        raise TypeError("a version must be a map")
+    version = KeyVersion.from_wire(raw)
+    if not 0 < version.id < 2**32 or isinstance(raw["id"], bool):
+        raise ValueError("version id out of range")
+    if version.sealed is None:
+        if version.state is not KeyState.RETIRED:
+            raise ValueError(f"version {version.id} has no key but is {version.state.value}")
+    elif not isinstance(version.sealed, bytes) or len(version.sealed) != SEALED_SIZE:
+        raise ValueError(f"version {version.id} has a malformed sealed key")
+    return version
+
+
+def _snapshot_request(raw: Any) -> tuple[bytes, Outcome]:
+    if not isinstance(raw, list) or len(raw) != 2 or not isinstance(raw[0], bytes) or \
+            len(raw[0]) != REQUEST_ID_SIZE or not isinstance(raw[1], dict):
+        raise ValueError("a remembered request must be [16 bytes, outcome]")
+    return raw[0], Outcome.from_wire(raw[1])

@@ -81,14 +81,19 @@ def status(ctx: click.Context, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--timeout", default=15.0, show_default=True,
               help="Seconds to keep looking for a leader with a quorum.")
+@click.option("--expect-primary", type=int, default=None,
+              help="Only rotate if the primary is still this version (compare-and-set).")
 @click.pass_context
-def rotate(ctx: click.Context, now: bool, as_json: bool, timeout: float) -> None:
+def rotate(ctx: click.Context, now: bool, as_json: bool, timeout: float,
+           expect_primary: int | None) -> None:
     """Generate a new master secret version (staged unless --now)."""
     cfg = remote_config(ctx, role="admin")
     request_id = secrets.token_bytes(16)  # the same id on every retry: applied once
     with ClusterClient.from_config(cfg) as client:
-        result = client.call_leader("rotate", {"request_id": request_id, "now": now},
-                                    deadline=timeout)
+        args: dict[str, Any] = {"request_id": request_id, "now": now}
+        if expect_primary is not None:
+            args["expect_primary"] = expect_primary
+        result = client.call_leader("rotate", args, deadline=timeout)
     out = {"version": result["version"], "state": result["state"],
            "primary_version": result["primary_version"]}
     if as_json:

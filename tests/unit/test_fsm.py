@@ -481,9 +481,6 @@ def test_the_valid_fields_used_above_are_valid() -> None:
         assert booted().apply(encode_command(op, req(), **_valid_fields(op))).ok
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: fsm._time_field accepts booleans: _field() only rejects bool when kind is int, "
-    "not for the (int, float) tuple used for times, so created=True is applied as 1.0"))
 @pytest.mark.parametrize("op,name", [("bootstrap", "created"), ("rotate", "created"),
                                      ("promote", "at")])
 def test_apply_boolean_times_are_a_bad_command(op: str, name: str) -> None:
@@ -610,10 +607,6 @@ INCONSISTENT_SNAPSHOTS = {
 }
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: KeyringStateMachine.restore / KeyVersion.from_wire check only that fields exist "
-    "and convert: a snapshot with two primaries, duplicate version ids, a non-bytes sealed "
-    "secret or a non-bytes request id (bytes(5) -> 5 zero bytes) is accepted"))
 @pytest.mark.parametrize("blob", INCONSISTENT_SNAPSHOTS.values(),
                          ids=INCONSISTENT_SNAPSHOTS.keys())
 def test_restore_rejects_inconsistent_snapshots(blob: bytes) -> None:
