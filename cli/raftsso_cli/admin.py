@@ -103,3 +103,27 @@ def rotate(ctx: click.Context, now: bool, as_json: bool, timeout: float,
                    f"{out['primary_version']}")
         click.echo("back up the new secret now: raftsso -c admin.toml backup --out FILE "
                    "--password-file PF", err=True)
+
+
+@click.command("transfer-leader")
+@click.argument("node_id")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.pass_context
+def transfer_leader(ctx: click.Context, node_id: str, as_json: bool) -> None:
+    """Make NODE_ID the leader (the primary), and wait until it is.
+
+    The seed's "designate a new master secret server manually", without the restore.
+    """
+    cfg = remote_config(ctx, role="admin")
+    if node_id not in {n.id for n in cfg.nodes}:
+        raise click.BadParameter(f"{node_id} is not in {cfg.path} "
+                                 f"({', '.join(n.id for n in cfg.nodes)})",
+                                 param_hint="NODE_ID")
+    with ClusterClient.from_config(cfg) as client:
+        result = client.call_leader("transfer_leader", {"node_id": node_id}, deadline=20.0)
+    if as_json:
+        print_json(result)
+    elif result.get("changed"):
+        click.echo(f"{node_id} is now the leader (term {result['term']})")
+    else:
+        click.echo(f"{node_id} is already the leader (term {result['term']})")

@@ -41,6 +41,7 @@ cli.add_command(local.local)
 cli.add_command(local.node)
 cli.add_command(admin.status)
 cli.add_command(admin.rotate)
+cli.add_command(admin.transfer_leader)
 cli.add_command(sso.sso)
 for _command in (lifecycle.keys, lifecycle.backup, lifecycle.backup_info, lifecycle.restore,
                  lifecycle.retire, lifecycle.rewrap):
