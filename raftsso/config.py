@@ -86,6 +86,12 @@ class NodeConfig:
     max_frame: int = 1 << 20
     idle_timeout: float = 300.0
     read_timeout: float = 10.0
+    # Append-only JSON-lines audit file (raftsso.audit); None: DATA_DIR/audit.jsonl.
+    audit_log: Path | None = None
+
+    @property
+    def audit_path(self) -> Path:
+        return self.audit_log if self.audit_log is not None else self.data_dir / "audit.jsonl"
 
     @property
     def self_peer(self) -> Peer:
@@ -203,6 +209,7 @@ def load_node_config(path: str | Path) -> NodeConfig:
         max_frame=_get(data, "max_frame", int, p, 1 << 20),
         idle_timeout=_get(data, "idle_timeout", float, p, 300.0),
         read_timeout=_get(data, "read_timeout", float, p, 10.0),
+        audit_log=_path(data, "audit_log", base, p) if "audit_log" in data else None,
     )
     for addr in (cfg.raft_address, cfg.service_address,
                  *(x for peer in peers for x in (peer.raft_address, peer.service_address))):

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from raftsso import envelope
+from raftsso import envelope, events
 from raftsso.config import NodeConfig
 from raftsso.errors import (
     Conflict,
@@ -86,8 +86,16 @@ class Node:
         self.raft.stop()
 
     def _role_changed(self, old: str, new: str) -> None:
+        term = self.raft.sync.raftCurrentTerm if self.raft._sync else None
         log.info("raft role of %s: %s -> %s (term %s)", self.cfg.node_id, old, new,
-                 self.raft.sync.raftCurrentTerm if self.raft._sync else "?")
+                 "?" if term is None else term)
+        # Runs in the Raft thread: events.emit only queues the line.
+        if new == "leader":
+            events.emit(events.LEADER_ELECTED, f"{self.cfg.node_id} leads in term {term}",
+                        term=term)
+        elif old == "leader":
+            events.emit(events.LEADERSHIP_LOST, f"{self.cfg.node_id} is now {new}",
+                        term=term, role=new)
         self._wake.set()
 
     # leader duties -------------------------------------------------------------------
@@ -127,6 +135,9 @@ class Node:
                 outcome = self._propose(encode_command("promote", _req(), version=v.id, at=now))
                 log.info("promotion of staged version %d after the grace period: %s", v.id,
                          "done" if outcome.ok else outcome.message)
+                if outcome.ok:
+                    events.emit(events.ROTATION_PROMOTED, f"version {v.id} is primary",
+                                version=v.id, reason="grace_period")
 
     def _bootstrap(self) -> None:
         key = envelope.new_key()
@@ -137,9 +148,16 @@ class Node:
         if outcome.ok:
             log.info("created the cluster's first master secret (version 1, fingerprint %s); "
                      "back it up now", envelope.fingerprint(key))
+            events.emit(events.FIRST_SECRET_CREATED, version=1,
+                        fingerprint=envelope.fingerprint(key))
 
     def _propose(self, command: bytes) -> Outcome:
         return self.raft.propose(command, self.cfg.raft.commit_timeout)
+
+    @property
+    def ready_for_writes(self) -> bool:
+        """This node leads and has applied its term's barrier (read-only, any thread)."""
+        return self._ready_term == self.raft.term and self.raft.is_leader
 
     def wait_ready_leader(self, timeout: float) -> None:
         """Block until this node leads with a quorum and has applied its term's barrier."""

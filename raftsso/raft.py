@@ -598,6 +598,11 @@ class RaftNode:
         return int(self.sync.raftLastApplied)
 
     @property
+    def leader_commit_index(self) -> int:
+        """The leader's commit index as last told to this node (read-only, for /readyz)."""
+        return int(self.sync._SyncObj__leaderCommitIndex or 0)
+
+    @property
     def leader_id(self) -> str | None:
         leader = self.sync._getLeader()
         if leader is None:

@@ -1,4 +1,9 @@
-"""Runs one node process: logging, umask, Raft, TLS service, clean shutdown on SIGTERM."""
+"""Runs one node process: logging, umask, Raft, TLS service, clean shutdown on SIGTERM.
+
+Also wires the operations side: event lines (:mod:`raftsso.events`), the metrics and
+health endpoint (:mod:`raftsso.metrics`, started first so ``/healthz`` answers while Raft
+starts), the audit log (:mod:`raftsso.audit`) and the cluster watch (:mod:`raftsso.watch`).
+"""
 
 from __future__ import annotations
 
@@ -9,9 +14,14 @@ import signal
 import sys
 from pathlib import Path
 
+from raftsso import events
+from raftsso.audit import AuditLog
 from raftsso.config import load_node_config
+from raftsso.metrics import HealthServer, NodeMetrics
 from raftsso.node import Node
 from raftsso.server import Server
+from raftsso.telemetry import RequestTelemetry
+from raftsso.watch import ClusterWatch
 
 log = logging.getLogger("raftsso")
 
@@ -28,23 +38,52 @@ def run_node(config_path: str | Path) -> int:
     """Run a node until SIGTERM or SIGINT; returns the process exit code."""
     os.umask(0o077)  # every file this process creates is private, pysyncobj's included
     cfg = load_node_config(config_path)
+    events.configure(cfg.node_id)
     node = Node(cfg)
-    node.start()
+    metrics = NodeMetrics(node)
+    events.add_listener(metrics.count_event)
+    health = (HealthServer(cfg.metrics_address, metrics, node)
+              if cfg.metrics_address is not None else None)
+    if health is None:
+        log.warning("no metrics_address in %s: /metrics, /healthz and /readyz are off",
+                    cfg.path)
+    audit = AuditLog(cfg.audit_path, cfg.node_id)
+    audit.on_write_error = metrics.audit_write_errors.inc
+    watch = ClusterWatch(node, metrics)
+    if health is not None:
+        health.start()
     try:
-        return asyncio.run(_serve(node))
+        node.start()
+        watch.start()
+        return asyncio.run(_serve(node, metrics, audit))
     finally:
+        watch.stop()
         node.stop()
+        audit.close()
+        if health is not None:
+            health.close()
         log.info("node %s stopped", cfg.node_id)
+        events.shutdown()
 
 
-async def _serve(node: Node) -> int:
+async def _serve(node: Node, metrics: NodeMetrics | None = None,
+                 audit: AuditLog | None = None) -> int:
     server = Server(node)
+    server.service.observers.append(RequestTelemetry(audit, metrics))
+    if metrics is not None:
+        server.on_tls_failure = lambda reason: metrics.tls_handshake_failures.labels(
+            reason).inc()
+        server.on_connection = metrics.connections.inc
     await server.start()
     log.info("node %s serving on %s", node.cfg.node_id, node.cfg.service_address)
+    events.emit(events.NODE_STARTED, f"serving on {node.cfg.service_address}",
+                raft_address=node.cfg.raft_address, service_address=node.cfg.service_address,
+                metrics_address=node.cfg.metrics_address, cluster_id=node.cfg.cluster_id)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+    events.emit(events.NODE_STOPPING)
     await server.close()
     return 0

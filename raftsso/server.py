@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -51,11 +52,28 @@ class Caller:
 Handler = Callable[[Caller, dict[str, Any]], Awaitable[Any]]
 
 
+@dataclass(frozen=True)
+class Observed:
+    """One answered request, as seen by observers (metrics, audit, events)."""
+
+    caller: Caller
+    op: str
+    args: dict[str, Any]
+    roles: frozenset[str]  # the roles allowed to call op (empty: unknown op)
+    code: str | None  # None: success
+    result: Any
+    seconds: float
+
+
+Observer = Callable[[Observed], None]
+
+
 class Service:
     """Dispatches requests to a :class:`Node`; blocking work runs in worker threads."""
 
     def __init__(self, node: Node) -> None:
         self.node = node
+        self.observers: list[Observer] = []
         self._ops: dict[str, tuple[frozenset[str], Handler]] = {
             "ping": (READ_ROLES, self._ping),
             "status": (READ_ROLES, self._status),
@@ -67,6 +85,29 @@ class Service:
         }
 
     async def handle(self, caller: Caller, message: dict[str, Any]) -> dict[str, Any]:
+        start = time.perf_counter()
+        answer = await self._handle(caller, message)
+        if self.observers:
+            self._observe(caller, message, answer, time.perf_counter() - start)
+        return answer
+
+    def _observe(self, caller: Caller, message: Any, answer: dict[str, Any],
+                 seconds: float) -> None:
+        op = message.get("op") if isinstance(message, dict) else None
+        op = op if isinstance(op, str) else ""
+        args = message.get("args") if isinstance(message, dict) else None
+        code = None if answer.get("ok") else str(answer.get("error", {}).get("code"))
+        entry = self._ops.get(op)
+        seen = Observed(caller, op, args if isinstance(args, dict) else {},
+                        entry[0] if entry else frozenset(), code, answer.get("result"),
+                        seconds)
+        for observer in self.observers:
+            try:
+                observer(seen)
+            except Exception:  # observing must never break serving
+                log.exception("request observer failed")
+
+    async def _handle(self, caller: Caller, message: dict[str, Any]) -> dict[str, Any]:
         try:
             rid, op, args = parse_request(message)
         except DecodeError as exc:
@@ -170,6 +211,37 @@ def _rid(message: Any) -> int:
     return rid if isinstance(rid, int) and not isinstance(rid, bool) and rid >= 0 else 0
 
 
+HANDSHAKE_TIMEOUT = 10.0
+
+
+def _peer_address(peername: Any) -> str:
+    if isinstance(peername, tuple) and len(peername) >= 2:
+        host = str(peername[0])
+        return f"[{host}]:{peername[1]}" if ":" in host else f"{host}:{peername[1]}"
+    return str(peername)
+
+
+def handshake_failure_reason(exc: BaseException) -> str:
+    """A small fixed set of labels for why a TLS handshake failed (a metrics label)."""
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    if isinstance(exc, ssl.SSLError):
+        text = f"{exc.reason or ''} {exc}".upper()
+        if "PEER_DID_NOT_RETURN_A_CERTIFICATE" in text or "NO_CERTIFICATE" in text:
+            return "no_client_certificate"
+        if "CERTIFICATE" in text or "UNKNOWN_CA" in text or "BAD_SIGNATURE" in text:
+            return "bad_certificate"
+        if ("WRONG_VERSION" in text or "UNSUPPORTED_PROTOCOL" in text or "HTTP" in text
+                or "PROTOCOL" in text or "NO_SHARED_CIPHER" in text):
+            return "protocol"
+        if "EOF" in text:
+            return "closed"
+        return "tls_error"
+    if isinstance(exc, ConnectionError | EOFError | asyncio.IncompleteReadError):
+        return "closed"
+    return "other"
+
+
 def _plain(details: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in details.items() if isinstance(v, str | int | float | bytes | None)}
 
@@ -183,14 +255,18 @@ class Server:
         self.service = Service(node)
         self._ctx = pki.server_context(self.cfg.ca_cert, self.cfg.cert, self.cfg.key)
         self._server: asyncio.Server | None = None
+        # Called with a short reason for every connection whose TLS handshake fails.
+        self.on_tls_failure: Callable[[str], None] | None = None
+        self.on_connection: Callable[[], None] | None = None
 
     async def start(self) -> None:
         from raftsso.config import split_address
 
         host, port = split_address(self.cfg.service_address)
+        # TLS is started per connection (not ssl= here) so that failed handshakes, which
+        # asyncio would swallow, can be counted: see _handshake.
         self._server = await asyncio.start_server(
-            self._connection, host, port, ssl=self._ctx, ssl_handshake_timeout=10,
-            limit=self.cfg.max_frame + 16)
+            self._connection, host, port, limit=self.cfg.max_frame + 16)
 
     async def close(self) -> None:
         if self._server is not None:
@@ -200,7 +276,11 @@ class Server:
 
     async def _connection(self, reader: asyncio.StreamReader,
                           writer: asyncio.StreamWriter) -> None:
-        peer = str(writer.get_extra_info("peername"))
+        peer = _peer_address(writer.get_extra_info("peername"))
+        if self.on_connection is not None:
+            self.on_connection()
+        if not await self._handshake(writer, peer):
+            return
         sslobj = writer.get_extra_info("ssl_object")
         role, name = pki.peer_identity(sslobj.getpeercert() if sslobj else None)
         caller = Caller(role, name, peer)
@@ -241,6 +321,18 @@ class Server:
             writer.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(writer.wait_closed(), 1)
+
+    async def _handshake(self, writer: asyncio.StreamWriter, peer: str) -> bool:
+        try:
+            await writer.start_tls(self._ctx, ssl_handshake_timeout=HANDSHAKE_TIMEOUT)
+            return True
+        except Exception as exc:  # every failed handshake, whatever the cause, is counted
+            reason = handshake_failure_reason(exc)
+            log.debug("TLS handshake with %s failed (%s): %s", peer, reason, exc)
+            if self.on_tls_failure is not None:
+                self.on_tls_failure(reason)
+            writer.transport.abort()
+            return False
 
     async def _send(self, writer: asyncio.StreamWriter, message: dict[str, Any]) -> None:
         writer.write(encode_frame(message, max_frame=max(self.cfg.max_frame, 1 << 20)))

@@ -1,0 +1,347 @@
+"""Operational events: one JSON line per event, with a stable numeric id.
+
+An event is something an operator may alert on (a leader change, a lost quorum, a version
+that was never backed up). Each has an id that never changes meaning, a name, a level and,
+where ENTSSO logged the same situation, the ENTSSO event id; the catalogue below is the
+source of ``docs/events.md`` (a unit test keeps the two in step).
+
+Emitting::
+
+    from raftsso import events
+    events.emit(events.ROTATION_STAGED, version=4, by="admin-1")
+
+writes, on the ``raftsso.events`` logger, one line such as::
+
+    {"ts": "2025-01-01T12:00:00.123Z", "event_id": 1200, "event": "rotation_staged",
+     "level": "info", "node": "node1", "message": "version 4 staged", "version": 4, ...}
+
+Rules that keep the lines safe and cheap:
+
+* Field values are reduced to JSON scalars and lists of them; ``bytes`` are *never*
+  written (they appear as ``"<N bytes withheld>"``), so a key or a request id cannot leak
+  through a careless field. Field names are restricted to ``[a-z0-9_]``.
+* :func:`emit` never raises (a log line must not stop a node) and never blocks on I/O once
+  :func:`configure` has installed the queue: the Raft thread may call it.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import datetime as dt
+import json
+import logging
+import logging.handlers
+import queue
+import re
+import sys
+import threading
+import time
+from collections.abc import Callable, Hashable, Mapping
+from dataclasses import dataclass
+from typing import IO, Any
+
+LOGGER_NAME = "raftsso.events"
+_logger = logging.getLogger(LOGGER_NAME)
+
+
+@dataclass(frozen=True)
+class EventType:
+    id: int
+    name: str
+    level: str  # "info", "warning", "error"
+    summary: str
+    entsso: str = ""  # the ENTSSO event id(s) for the same situation, if any
+    emitted_by: str = ""  # where in raftsso it is emitted
+
+    @property
+    def levelno(self) -> int:
+        return {"info": logging.INFO, "warning": logging.WARNING,
+                "error": logging.ERROR}[self.level]
+
+
+_CATALOGUE: dict[int, EventType] = {}
+
+
+def _event(id_: int, name: str, level: str, summary: str, entsso: str = "",
+           emitted_by: str = "") -> EventType:
+    if id_ in _CATALOGUE or any(e.name == name for e in _CATALOGUE.values()):
+        raise ValueError(f"duplicate event {id_} {name}")
+    et = EventType(id_, name, level, summary, entsso, emitted_by)
+    _CATALOGUE[id_] = et
+    return et
+
+
+# -- the catalogue (ids are stable: never renumber, never reuse) -------------------------
+
+# 10xx: node lifecycle
+NODE_STARTED = _event(
+    1000, "node_started", "info", "the node process started and serves its ports",
+    emitted_by="runner")
+NODE_STOPPING = _event(
+    1001, "node_stopping", "info", "the node received SIGTERM/SIGINT and is stopping",
+    emitted_by="runner")
+
+# 11xx: Raft and the cluster as this node sees it
+LEADER_ELECTED = _event(
+    1100, "leader_elected", "info",
+    "this node became the Raft leader (the primary that takes writes)",
+    emitted_by="node (role change)")
+LEADERSHIP_LOST = _event(
+    1101, "leadership_lost", "warning",
+    "this node stopped being the leader (a higher term, or no answers from a majority "
+    "for leader_fallback_timeout)",
+    emitted_by="node (role change)")
+LEADER_CHANGED = _event(
+    1102, "leader_changed", "info",
+    "this node sees a new leader (or a new term of the same leader); counted in "
+    "raftsso_raft_leader_changes_total",
+    emitted_by="watch")
+QUORUM_LOST = _event(
+    1110, "quorum_lost", "warning",
+    "this node sees no leader with a quorum: rotation, backup and restore are unavailable; "
+    "SSO clients keep encrypting until max_staleness and decrypting indefinitely",
+    entsso="none (ENTSSO's single server had no quorum; its outage shows as 10783/10843 "
+           "on the SSO servers)",
+    emitted_by="watch")
+QUORUM_REGAINED = _event(
+    1111, "quorum_regained", "info", "this node again sees a leader with a quorum",
+    emitted_by="watch")
+PEER_UNREACHABLE = _event(
+    1120, "peer_unreachable", "warning", "the Raft link to a peer is down",
+    emitted_by="watch")
+PEER_REACHABLE = _event(
+    1121, "peer_reachable", "info", "the Raft link to a peer is back",
+    emitted_by="watch")
+
+# 12xx: the keyring
+FIRST_SECRET_CREATED = _event(
+    1200, "first_secret_created", "warning",
+    "the cluster's first master secret (version 1) was created; back it up now",
+    entsso="the secret generated at MSS setup (ssoconfig -generateSecret)",
+    emitted_by="node (leader duties)")
+ROTATION_STAGED = _event(
+    1201, "rotation_staged", "info",
+    "a new version was created and staged (distributed, not yet used to encrypt)",
+    entsso="10520 (new master secret generated), by meaning",
+    emitted_by="server (rotate)")
+ROTATION_PROMOTED = _event(
+    1202, "rotation_promoted", "info",
+    "a version became primary (rotate --now, or a staged version after rotation_grace)",
+    entsso="10520 (new master secret in use), by meaning",
+    emitted_by="server (rotate --now), node (promotion after the grace period)")
+VERSION_RETIRED = _event(
+    1203, "version_retired", "info", "an old version's key material was destroyed",
+    emitted_by="retire command")
+REWRAP_FAILED = _event(
+    1204, "rewrap_failed", "warning",
+    "re-encryption of stored values under the primary failed and will be retried",
+    entsso="10522 (re-encryption of the SSO database failed, retried), by meaning",
+    emitted_by="reserved: rewrap runs in the CLI, not in a node; it reports on stderr")
+
+# 13xx: backup and restore
+BACKUP_WRITTEN = _event(
+    1300, "backup_written", "info",
+    "an encrypted backup of the keyring was written; its versions are marked backed up",
+    entsso="ssoconfig -backupSecret's success, by meaning",
+    emitted_by="backup command")
+VERSION_NOT_BACKED_UP = _event(
+    1301, "version_not_backed_up", "warning",
+    "a usable version has never been in a backup: losing every node would lose the data "
+    "encrypted under it",
+    emitted_by="watch (the leader, once per version and then hourly)")
+RESTORE_APPLIED = _event(
+    1302, "restore_applied", "warning", "a backup was restored into the keyring",
+    entsso="ssoconfig -restoreSecret, by meaning",
+    emitted_by="restore command")
+BACKUP_FAILED = _event(
+    1303, "backup_failed", "error", "a backup or restore request failed",
+    emitted_by="backup/restore commands")
+
+# 14xx: SSO clients as seen by this node
+CLIENT_SYNC_FAILED = _event(
+    1400, "client_sync_failed", "warning",
+    "a keyring request (an SSO client's sync) failed at this node",
+    entsso="10532 (failed to retrieve master secrets)",
+    emitted_by="server (keyring)")
+SECRET_UNAVAILABLE = _event(
+    1401, "secret_unavailable", "error",
+    "this node could not hand out the master secret (no first secret yet, or its seal "
+    "key does not match the cluster's)",
+    entsso="10783 / 10843 (secret not available from the master secret server)",
+    emitted_by="server (keyring)")
+
+# 15xx: security
+REQUEST_REFUSED = _event(
+    1500, "request_refused", "warning",
+    "a request was refused because the caller's certificate role does not allow it",
+    emitted_by="server")
+
+
+def catalogue() -> tuple[EventType, ...]:
+    """Every event type, by id."""
+    return tuple(_CATALOGUE[i] for i in sorted(_CATALOGUE))
+
+
+def by_id(event_id: int) -> EventType:
+    return _CATALOGUE[event_id]
+
+
+# -- formatting ---------------------------------------------------------------------------
+
+_FIELD_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+_RESERVED = frozenset({"ts", "event_id", "event", "level", "node", "message"})
+_MAX_STR = 512
+_MAX_LIST = 64
+
+_node_id = ""
+
+
+def _scalar(value: Any) -> Any:
+    if value is None or isinstance(value, bool | int):
+        return value
+    if isinstance(value, float):
+        return value if value == value and abs(value) != float("inf") else str(value)
+    if isinstance(value, bytes | bytearray | memoryview):
+        return f"<{len(value)} bytes withheld>"
+    if isinstance(value, Mapping | list | tuple | set | frozenset):
+        return f"<{type(value).__name__} withheld>"  # nested values could hide bytes
+    text = str(value)
+    return text if len(text) <= _MAX_STR else text[:_MAX_STR] + "…"
+
+
+def clean(value: Any) -> Any:
+    """A JSON-safe value with no raw bytes (lists and tuples kept, shallow)."""
+    if isinstance(value, list | tuple | set | frozenset):
+        items = sorted(value, key=str) if isinstance(value, set | frozenset) else value
+        return [_scalar(v) for v in list(items)[:_MAX_LIST]]
+    return _scalar(value)
+
+
+def format_event(event: EventType, message: str = "", node: str | None = None,
+                 now: dt.datetime | None = None, **fields: Any) -> str:
+    """The JSON line for one event (no newline)."""
+    ts = (now or dt.datetime.now(dt.UTC)).astimezone(dt.UTC)
+    record: dict[str, Any] = {
+        "ts": ts.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts.microsecond // 1000:03d}Z",
+        "event_id": event.id,
+        "event": event.name,
+        "level": event.level,
+        "node": _node_id if node is None else node,
+        "message": _scalar(message or event.summary),
+    }
+    for name, value in fields.items():
+        if not _FIELD_NAME.match(name) or name in _RESERVED:
+            name = f"field_{re.sub(r'[^a-z0-9_]', '_', name.lower())[:48]}"
+        record[name] = clean(value)
+    return json.dumps(record, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+_listeners: list[Callable[[EventType], None]] = []
+
+
+def add_listener(listener: Callable[[EventType], None]) -> None:
+    """Call ``listener`` with the type of every emitted event (metrics count them)."""
+    _listeners.append(listener)
+
+
+def remove_listener(listener: Callable[[EventType], None]) -> None:
+    with contextlib.suppress(ValueError):
+        _listeners.remove(listener)
+
+
+def emit(event: EventType | int, message: str = "", **fields: Any) -> None:
+    """Log one event line. Never raises; cheap enough for the Raft thread."""
+    try:
+        et = event if isinstance(event, EventType) else _CATALOGUE[event]
+        _logger.log(et.levelno, format_event(et, message, **fields))
+        for listener in list(_listeners):
+            listener(et)
+    except Exception:  # a log line must never stop a node
+        logging.getLogger(__name__).debug("could not emit event %r", event, exc_info=True)
+
+
+class RateLimiter:
+    """At most one event per key per ``interval``; the next one says how many were held back.
+
+    For events a remote party can cause at will (refused requests, failing syncs), so that
+    a misbehaving client cannot flood the node log.
+    """
+
+    MAX_KEYS = 10_000
+
+    def __init__(self, interval: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.interval = interval
+        self._clock = clock
+        self._state: dict[Hashable, tuple[float, int]] = {}
+        self._lock = threading.Lock()
+
+    def emit(self, key: Hashable, event: EventType, message: str = "", **fields: Any) -> bool:
+        now = self._clock()
+        with self._lock:
+            last = self._state.get(key)
+            if last is not None and now - last[0] < self.interval:
+                self._state[key] = (last[0], last[1] + 1)
+                return False
+            if len(self._state) >= self.MAX_KEYS:
+                self._state.clear()
+            self._state[key] = (now, 0)
+        suppressed = last[1] if last is not None else 0
+        if suppressed:
+            fields["suppressed"] = suppressed
+        emit(event, message, **fields)
+        return True
+
+
+# -- wiring -------------------------------------------------------------------------------
+
+_listener: logging.handlers.QueueListener | None = None
+_lock = threading.Lock()
+
+
+def configure(node_id: str, stream: IO[str] | None = None) -> None:
+    """Send event lines, bare (no prefix), to ``stream`` (stderr) through a queue.
+
+    The queue makes :func:`emit` non-blocking: a slow log consumer (a full pipe, a stalled
+    journald) never delays the thread that emits, the Raft thread included.
+    """
+    global _node_id, _listener
+    with _lock:
+        _node_id = node_id
+        if _listener is not None:
+            return
+        handler = logging.StreamHandler(stream or sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        q: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+        _logger.handlers[:] = [logging.handlers.QueueHandler(q)]
+        _logger.setLevel(logging.INFO)
+        _logger.propagate = False
+        _listener = logging.handlers.QueueListener(q, handler)
+        _listener.start()
+        atexit.register(shutdown)
+
+
+def shutdown() -> None:
+    """Flush queued event lines (called at exit)."""
+    global _listener
+    with _lock:
+        if _listener is not None:
+            _listener.stop()
+            _listener = None
+            _logger.handlers[:] = []
+            _logger.propagate = True
+
+
+def set_node(node_id: str) -> None:
+    global _node_id
+    _node_id = node_id
+
+
+def as_markdown_rows(items: Mapping[int, EventType] | None = None) -> list[str]:
+    """The catalogue as markdown table rows (``docs/events.md`` is checked against it)."""
+    rows = []
+    for et in catalogue() if items is None else tuple(items.values()):
+        rows.append(f"| {et.id} | `{et.name}` | {et.level} | {et.summary} | "
+                    f"{et.entsso or '-'} | {et.emitted_by or '-'} |")
+    return rows

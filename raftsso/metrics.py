@@ -1,0 +1,342 @@
+"""Prometheus metrics, ``/healthz`` and ``/readyz`` of one node, on a plain-HTTP port.
+
+The HTTP server binds ``metrics_address`` from node.toml (keep it on a management network:
+it has no TLS and no authentication, and it shows client certificate names). It runs in its
+own threads; a scrape reads the node's state without taking any lock the Raft thread
+holds, so monitoring can never stall Raft.
+
+=================  =====================================================================
+path               answer
+=================  =====================================================================
+``/metrics``       Prometheus text format, from this node's own ``CollectorRegistry``
+``/healthz``       ``200 ok``: the process is up and serving HTTP
+``/readyz``        ``200 ready`` when this node sees a leader, has a quorum and has applied
+                   what the leader has committed (as far as it knows), and the cluster has
+                   its first secret; else ``503 not ready: <reason>``
+=================  =====================================================================
+
+What each metric means is in ``docs/operations.md`` (section *Metrics*). Two need care:
+
+* ``raftsso_tls_handshake_failures_total{reason}`` counts TCP connections to the service
+  port whose TLS handshake did not complete (bad or missing client certificate, wrong
+  protocol, timeout, peer hung up); the server performs the handshake itself to see them.
+* ``raftsso_client_last_sync_age_seconds{client}`` is the time since a ``client``
+  certificate last fetched the keyring successfully *from this node*. Clients spread
+  their syncs over the nodes and follow the leader, so take the minimum across nodes
+  (``min by (client) (...)``) for a client's true sync age. Clients not seen for 24 h are
+  dropped; at most :data:`MAX_TRACKED_CLIENTS` are tracked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.server
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import Collector
+
+from raftsso import events
+from raftsso.config import split_address
+from raftsso.errors import ConfigError
+from raftsso.keyring import KeyState
+
+if TYPE_CHECKING:
+    from raftsso.node import Node
+
+log = logging.getLogger(__name__)
+
+MAX_TRACKED_CLIENTS = 1000
+CLIENT_FORGET_AFTER = 24 * 3600.0
+ROLES = ("leader", "candidate", "follower")
+FETCH_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class ClientSyncTracker:
+    """When each client certificate last fetched the keyring successfully from this node."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._last: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def synced(self, client: str) -> None:
+        now = self._clock()
+        with self._lock:
+            if client not in self._last and len(self._last) >= MAX_TRACKED_CLIENTS:
+                self._forget(now)
+                if len(self._last) >= MAX_TRACKED_CLIENTS:
+                    oldest = min(self._last, key=self._last.__getitem__)
+                    del self._last[oldest]
+            self._last[client] = now
+
+    def _forget(self, now: float) -> None:
+        for name in [n for n, t in self._last.items() if now - t > CLIENT_FORGET_AFTER]:
+            del self._last[name]
+
+    def ages(self) -> dict[str, float]:
+        now = self._clock()
+        with self._lock:
+            self._forget(now)
+            return {name: max(0.0, now - t) for name, t in self._last.items()}
+
+
+def readiness(node: Node) -> tuple[bool, str]:
+    """``(ready, reason)``: the rule behind ``/readyz`` (see the module docstring)."""
+    raft = node.raft
+    try:
+        leader = raft.leader_id
+        if leader is None:
+            return False, "no leader known to this node"
+        if not raft.has_quorum:
+            return False, "this node is not connected to a quorum"
+        applied = raft.last_applied
+        if raft.is_leader:
+            if not node.ready_for_writes:
+                return False, "leader of a new term, not ready for writes yet"
+            target = raft.commit_index
+        else:
+            target = raft.leader_commit_index
+        if applied < target:
+            return False, f"catching up: applied {applied} of {target}"
+        if not node.fsm.keyring.bootstrapped:
+            return False, "the cluster has no master secret yet"
+    except RuntimeError as exc:  # the Raft member is not running (yet, or any more)
+        return False, str(exc)
+    return True, f"leader {leader}, applied {applied}"
+
+
+class _StateCollector(Collector):
+    """Reads the node's current state at scrape time."""
+
+    def __init__(self, node: Node, metrics: NodeMetrics) -> None:
+        self._node = node
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        node = self._node
+        info = GaugeMetricFamily("raftsso_node_info", "This node's identity (always 1).",
+                                 labels=["node_id", "cluster_id"])
+        info.add_metric([node.cfg.node_id, node.cfg.cluster_id], 1)
+        yield info
+        try:
+            raft = node.raft
+            role = raft.role
+            term, commit, applied = raft.term, raft.commit_index, raft.last_applied
+            leader_commit = raft.leader_commit_index
+            leader, quorum = raft.leader_id, raft.has_quorum
+            peers = raft.peers()
+        except RuntimeError:
+            return  # Raft is not running: only the process-level metrics
+        g = GaugeMetricFamily("raftsso_raft_role", "1 for this node's current Raft role.",
+                              labels=["role"])
+        for r in ROLES:
+            g.add_metric([r], 1 if r == role else 0)
+        yield g
+        yield GaugeMetricFamily("raftsso_raft_term", "Current Raft term.", value=term)
+        yield GaugeMetricFamily("raftsso_raft_commit_index",
+                                "Highest log index known committed.", value=commit)
+        yield GaugeMetricFamily("raftsso_raft_applied_index",
+                                "Highest log index applied to the keyring.", value=applied)
+        yield GaugeMetricFamily("raftsso_raft_leader_commit_index",
+                                "The leader's commit index as last told to this node.",
+                                value=leader_commit)
+        yield GaugeMetricFamily("raftsso_raft_has_leader",
+                                "1 if this node knows a leader.", value=int(leader is not None))
+        yield GaugeMetricFamily("raftsso_raft_has_quorum",
+                                "1 if this node is connected to a majority (a leader: has "
+                                "one).", value=int(quorum))
+        ready, _ = readiness(node)
+        yield GaugeMetricFamily("raftsso_ready", "1 when /readyz answers 200.",
+                                value=int(ready))
+        conn = GaugeMetricFamily("raftsso_raft_peer_connected",
+                                 "1 if the Raft link to the peer is up.", labels=["peer"])
+        contact = GaugeMetricFamily("raftsso_raft_peer_last_contact_seconds",
+                                    "Seconds since a Raft message from the peer.",
+                                    labels=["peer"])
+        match = GaugeMetricFamily("raftsso_raft_peer_match_index",
+                                  "Leader only: highest log index replicated to the peer.",
+                                  labels=["peer"])
+        for p in peers:
+            conn.add_metric([p.id], int(p.connected))
+            if p.last_contact is not None:
+                contact.add_metric([p.id], p.last_contact)
+            if p.match_index is not None and role == "leader":
+                match.add_metric([p.id], p.match_index)
+        yield conn
+        yield contact
+        yield match
+        ring = node.fsm.keyring
+        versions = GaugeMetricFamily("raftsso_keyring_versions",
+                                     "Keyring versions by state.", labels=["state"])
+        for state in KeyState:
+            versions.add_metric([state.value], sum(1 for v in ring.versions
+                                                   if v.state is state))
+        yield versions
+        yield GaugeMetricFamily("raftsso_keyring_primary_version",
+                                "Id of the primary version (0: none yet).",
+                                value=ring.primary or 0)
+        yield GaugeMetricFamily("raftsso_keyring_last_version", "Highest version id.",
+                                value=ring.last_id)
+        yield GaugeMetricFamily(
+            "raftsso_keyring_versions_not_backed_up",
+            "Usable versions never included in a backup.",
+            value=sum(1 for v in ring.versions
+                      if v.state is not KeyState.RETIRED and not v.backed_up))
+        ages = self._metrics.clients.ages()
+        age = GaugeMetricFamily(
+            "raftsso_client_last_sync_age_seconds",
+            "Seconds since the client certificate last fetched the keyring from this node.",
+            labels=["client"])
+        for name, seconds in sorted(ages.items()):
+            age.add_metric([name], seconds)
+        yield age
+        yield GaugeMetricFamily("raftsso_clients_seen",
+                                "Client certificates that fetched the keyring from this "
+                                "node in the last 24 h.", value=len(ages))
+
+
+class NodeMetrics:
+    """The node's metrics: a private registry, counters fed by the service and the watch."""
+
+    def __init__(self, node: Node | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.clients = ClientSyncTracker(clock)
+        r = self.registry
+        self.requests = Counter("raftsso_requests", "Service requests by operation.",
+                                ["op"], registry=r)
+        self.request_errors = Counter("raftsso_request_errors",
+                                      "Service requests answered with an error, by code.",
+                                      ["op", "code"], registry=r)
+        self.keyring_fetches = Counter("raftsso_keyring_fetches",
+                                       "Keyring fetches (SSO client syncs) by result.",
+                                       ["result"], registry=r)
+        self.keyring_fetch_seconds = Histogram(
+            "raftsso_keyring_fetch_seconds",
+            "Time to answer a keyring fetch inside the node (after TLS, before the send).",
+            buckets=FETCH_BUCKETS, registry=r)
+        self.tls_handshake_failures = Counter(
+            "raftsso_tls_handshake_failures",
+            "Service connections whose TLS handshake failed, by reason.", ["reason"],
+            registry=r)
+        self.connections = Counter("raftsso_connections",
+                                   "Service connections accepted (TCP).", registry=r)
+        self.leader_changes = Counter("raftsso_raft_leader_changes",
+                                      "New (leader, term) pairs seen by this node.",
+                                      registry=r)
+        self.audit_write_errors = Counter("raftsso_audit_write_errors",
+                                          "Audit lines that could not be written.",
+                                          registry=r)
+        self.events = Counter("raftsso_events", "Events emitted, by name.", ["event"],
+                              registry=r)
+        if node is not None:
+            r.register(_StateCollector(node, self))
+
+    def count_event(self, event: events.EventType) -> None:
+        self.events.labels(event.name).inc()
+
+    def observe_request(self, role: str, cn: str, op: str, code: str | None,
+                        seconds: float) -> None:
+        op_label = op if op.isidentifier() and len(op) <= 32 else "other"
+        self.requests.labels(op_label).inc()
+        if code is not None:
+            self.request_errors.labels(op_label, code).inc()
+        if op == "keyring":
+            self.keyring_fetches.labels("ok" if code is None else "error").inc()
+            self.keyring_fetch_seconds.observe(seconds)
+            if code is None and role == "client":
+                self.clients.synced(cn)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+# -- HTTP -------------------------------------------------------------------------------
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    server: _HTTPServer
+    timeout = 10
+    protocol_version = "HTTP/1.0"
+
+    def do_GET(self) -> None:
+        self._answer(head=False)
+
+    def do_HEAD(self) -> None:
+        self._answer(head=True)
+
+    def _answer(self, head: bool) -> None:
+        path = self.path.split("?", 1)[0]
+        try:
+            status, ctype, body = self.server.route(path)
+        except Exception as exc:  # never let a scrape take the thread down silently
+            log.exception("metrics endpoint %s failed", path)
+            status, ctype, body = 500, "text/plain", f"error: {type(exc).__name__}\n".encode()
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        if not head:
+            self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # scrapes every few seconds would drown the node log
+
+
+class _HTTPServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    route: Callable[[str], tuple[int, str, bytes]]
+
+
+class HealthServer:
+    """``/metrics``, ``/healthz`` and ``/readyz`` on ``address`` (host:port), in threads."""
+
+    def __init__(self, address: str, metrics: NodeMetrics, node: Node | None) -> None:
+        host, port = split_address(address)
+        self.metrics = metrics
+        self.node = node
+        try:
+            self._httpd = _HTTPServer((host, port), _Handler, bind_and_activate=True)
+        except OSError as exc:
+            raise ConfigError(f"cannot listen for metrics on {address}: "
+                              f"{exc.strerror or exc}") from None
+        self._httpd.route = self.route
+        self._thread = threading.Thread(target=self._httpd.serve_forever,
+                                        kwargs={"poll_interval": 0.25},
+                                        name="metrics-http", daemon=True)
+
+    @property
+    def port(self) -> int:
+        return int(self._httpd.server_address[1])
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def route(self, path: str) -> tuple[int, str, bytes]:
+        if path == "/metrics":
+            return 200, CONTENT_TYPE_LATEST, self.metrics.render()
+        if path == "/healthz":
+            return 200, "text/plain; charset=utf-8", b"ok\n"
+        if path == "/readyz":
+            if self.node is None:
+                return 503, "text/plain; charset=utf-8", b"not ready: node not running\n"
+            ready, reason = readiness(self.node)
+            if ready:
+                return 200, "text/plain; charset=utf-8", f"ready: {reason}\n".encode()
+            return 503, "text/plain; charset=utf-8", f"not ready: {reason}\n".encode()
+        return 404, "text/plain; charset=utf-8", b"not found: /metrics, /healthz, /readyz\n"
+
+    def close(self) -> None:
+        if self._thread.is_alive():  # shutdown() waits for serve_forever: only if running
+            with contextlib.suppress(Exception):
+                self._httpd.shutdown()
+            self._thread.join(timeout=5)
+        self._httpd.server_close()
