@@ -1,0 +1,137 @@
+"""Shared pieces of the benchmark scenarios: a cluster per scenario, process figures from /proc,
+timing loops and table printing."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from tests.harness import LocalCluster, wait_for
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+@contextlib.contextmanager
+def local_cluster(prefix: str) -> Iterator[LocalCluster]:
+    """A fresh three-node cluster on 127.0.0.1 (free ports), healthy, stopped afterwards."""
+    with tempfile.TemporaryDirectory(prefix=f"raftsso-bench-{prefix}-") as tmp:
+        cluster = LocalCluster(Path(tmp) / "c")
+        cluster.start()
+        try:
+            cluster.wait_healthy()
+            yield cluster
+        finally:
+            cluster.stop()
+
+
+def caught_up(cluster: LocalCluster) -> dict[str, Any]:
+    """Wait until every node is reachable and serves the same primary and commit index."""
+
+    def check() -> dict[str, Any] | None:
+        st = cluster.status()
+        if not (st["leader"] and st["has_quorum"]):
+            return None
+        nodes = st["nodes"]
+        if all(n["reachable"] and n["primary_version"] == st["primary_version"]
+               for n in nodes) and len({n["commit_index"] for n in nodes}) == 1:
+            return st
+        return None
+
+    return wait_for(check, what="a fully caught-up cluster", interval=0.02)
+
+
+def node_pid(cluster: LocalCluster, node_id: str) -> int:
+    return cluster.procs[node_id].pid
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (and its threads) from /proc/PID/stat."""
+    with open(f"/proc/{pid}/stat") as f:
+        data = f.read()
+    fields = data[data.rindex(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+
+
+def proc_rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def proc_nofile(pid: int) -> int | None:
+    """The soft RLIMIT_NOFILE of a process (how many connections it can hold)."""
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/limits") as f:
+        for line in f:
+            if line.startswith("Max open files"):
+                value = line.split()[3]
+                return None if value == "unlimited" else int(value)
+    return None
+
+
+class CpuMeter:
+    """CPU share (1.0 = one core) of some processes over an interval."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self._t0 = time.monotonic()
+        self._c0 = {k: proc_cpu_seconds(p) for k, p in pids.items()}
+
+    def read(self) -> dict[str, float]:
+        dt = max(time.monotonic() - self._t0, 1e-9)
+        out = {}
+        for k, p in self.pids.items():
+            try:
+                out[k] = round((proc_cpu_seconds(p) - self._c0[k]) / dt, 3)
+            except OSError:
+                out[k] = float("nan")
+        return out
+
+
+def ops_per_second(fn: Callable[[], object], seconds: float, repeats: int = 3) -> float:
+    """Best-of-``repeats`` rate of ``fn`` calls, each repeat running about ``seconds``."""
+    # Calibrate a batch size that takes ~1/20 of the period so the clock is read rarely.
+    batch = 1
+    while True:
+        t = time.perf_counter()
+        for _ in range(batch):
+            fn()
+        if time.perf_counter() - t >= seconds / 20 or batch >= 1 << 22:
+            break
+        batch *= 2
+    best = 0.0
+    for _ in range(repeats):
+        n = 0
+        t0 = time.perf_counter()
+        deadline = t0 + seconds
+        while True:
+            for _ in range(batch):
+                fn()
+            n += batch
+            now = time.perf_counter()
+            if now >= deadline:
+                break
+        best = max(best, n / (now - t0))
+    return best
+
+
+def ms(x: float | None) -> str:
+    if x is None or x != x:
+        return "-"
+    return f"{x * 1000:.1f}"
+
+
+def print_table(title: str, header: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=False)]
+    print(f"\n{title}")
+    print("  " + "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=False)))
+    print("  " + "  ".join("-" * w for w in widths))
+    for row in rows:
+        print("  " + "  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=False)))
