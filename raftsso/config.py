@@ -11,7 +11,7 @@ import base64
 import binascii
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,9 @@ from raftsso.errors import ConfigError
 from raftsso.fsutil import read_private
 
 CONFIG_FORMAT = 1
+MIN_MAX_FRAME = 4 << 10
+MAX_MAX_FRAME = 64 << 20
+REMOTE_ROLES = ("admin", "client")
 SECRET_FILE_HEADER = {
     "seal": "raftsso-seal-key v1",
     "cluster": "raftsso-cluster-secret v1",
@@ -47,16 +50,21 @@ class RaftTimings:
     connection_timeout: float = 10.0
     connection_retry: float = 0.5
     commit_timeout: float = 5.0
+    # Compact the log into a snapshot once it holds more entries than this (an int).
+    log_compaction_min_entries: int = 1000
 
     def validate(self) -> None:
         if not 0 < self.append_entries_period < self.election_timeout_min:
             raise ConfigError("raft.append_entries_period must be below election_timeout_min")
         if not self.election_timeout_min < self.election_timeout_max:
             raise ConfigError("raft.election_timeout_min must be below election_timeout_max")
-        if self.leader_fallback_timeout <= self.append_entries_period:
+        if not self.leader_fallback_timeout > self.append_entries_period:
             raise ConfigError("raft.leader_fallback_timeout must exceed append_entries_period")
-        if self.commit_timeout <= 0 or self.connection_retry <= 0:
-            raise ConfigError("raft timeouts must be positive")
+        for name in ("commit_timeout", "connection_retry", "connection_timeout"):
+            if not getattr(self, name) > 0:  # also refuses NaN
+                raise ConfigError(f"raft timeouts must be positive (raft.{name})")
+        if self.log_compaction_min_entries < 2:
+            raise ConfigError("raft.log_compaction_min_entries must be at least 2")
 
 
 @dataclass(frozen=True)
@@ -183,13 +191,16 @@ def load_node_config(path: str | Path) -> NodeConfig:
     raft_raw = _get(data, "raft", dict, p, {})
     defaults = RaftTimings()
     timings = RaftTimings(**{
-        name: _get(raft_raw, name, float, p, getattr(defaults, name))
+        name: _get(raft_raw, name, type(getattr(defaults, name)), p, getattr(defaults, name))
         for name in defaults.__dataclass_fields__
     })
     unknown = set(raft_raw) - set(defaults.__dataclass_fields__)
     if unknown:
         raise ConfigError(f"{p}: unknown [raft] keys: {', '.join(sorted(unknown))}")
-    timings.validate()
+    try:
+        timings.validate()
+    except ConfigError as exc:
+        raise ConfigError(f"{p}: {exc}") from None
     cfg = NodeConfig(
         path=p,
         node_id=_get(data, "node_id", str, p),
@@ -211,13 +222,43 @@ def load_node_config(path: str | Path) -> NodeConfig:
         read_timeout=_get(data, "read_timeout", float, p, 10.0),
         audit_log=_path(data, "audit_log", base, p) if "audit_log" in data else None,
     )
-    for addr in (cfg.raft_address, cfg.service_address,
-                 *(x for peer in peers for x in (peer.raft_address, peer.service_address))):
-        split_address(addr)
+    _check_address(cfg.raft_address, "raft_address", p)
+    _check_address(cfg.service_address, "service_address", p)
+    if cfg.metrics_address is not None:
+        _check_address(cfg.metrics_address, "metrics_address", p)
+    for i, peer in enumerate(peers):
+        _check_address(peer.raft_address, f"peers[{i}].raft_address", p)
+        _check_address(peer.service_address, f"peers[{i}].service_address", p)
+    _check_range(cfg.rotation_grace >= 0, "rotation_grace", "must be 0 or more (seconds)", p)
+    _check_range(cfg.idle_timeout > 0, "idle_timeout", "must be positive (seconds)", p)
+    _check_range(cfg.read_timeout > 0, "read_timeout", "must be positive (seconds)", p)
+    _check_range(MIN_MAX_FRAME <= cfg.max_frame <= MAX_MAX_FRAME, "max_frame",
+                 f"must be between {MIN_MAX_FRAME} (4 KiB) and {MAX_MAX_FRAME} (64 MiB) bytes",
+                 p)
     ids = [m.id for m in cfg.members]
     if len(set(ids)) != len(ids):
         raise ConfigError(f"{p}: node ids must be unique (got {', '.join(ids)})")
+    # Every NodeConfig field (but path) is a node.toml key of the same name, so a field added
+    # to NodeConfig is accepted here without further change.
+    known = {f.name for f in fields(NodeConfig)} - {"path"} | {"format"}
+    unknown = set(data) - known
+    if unknown:
+        raise ConfigError(f"{p}: unknown keys: {', '.join(sorted(unknown))} (a typo? "
+                          f"node.toml knows {', '.join(sorted(known))})")
     return cfg
+
+
+def _check_address(address: str, key: str, path: Path) -> None:
+    try:
+        split_address(address)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {key}: {exc}") from None
+
+
+def _check_range(ok: bool, key: str, what: str, path: Path) -> None:
+    # ``ok`` is computed with comparisons that are False for NaN, so NaN is refused too.
+    if not ok:
+        raise ConfigError(f"{path}: {key!r} {what}")
 
 
 def load_remote_config(path: str | Path) -> RemoteConfig:
@@ -229,24 +270,35 @@ def load_remote_config(path: str | Path) -> RemoteConfig:
         if not isinstance(raw, dict):
             raise ConfigError(f"{p}: nodes[{i}] must be a table")
         addr = _get(raw, "address", str, p)
-        split_address(addr)
+        _check_address(addr, f"nodes[{i}].address", p)
         nodes.append(Endpoint(_get(raw, "id", str, p), addr))
     if not nodes:
         raise ConfigError(f"{p}: at least one node is required")
+    ids = [n.id for n in nodes]
+    if len(set(ids)) != len(ids):
+        raise ConfigError(f"{p}: node ids in [[nodes]] must be unique (got {', '.join(ids)})")
+    role = _get(data, "role", str, p)
+    _check_range(role in REMOTE_ROLES, "role", f"must be one of {', '.join(REMOTE_ROLES)} "
+                 f"(got {role!r})", p)
+    timeout = _get(data, "timeout", float, p, 5.0)
+    _check_range(timeout > 0, "timeout", "must be positive (seconds)", p)
     store = _path(data, "store", base, p) if "store" in data else None
     resync = _get(data, "resync_interval", float, p, 60.0)
+    _check_range(resync > 0, "resync_interval", "must be positive (seconds)", p)
     staleness = _get(data, "max_staleness", float, p, None) if "max_staleness" in data else None
+    if staleness is not None:
+        _check_range(staleness > 0, "max_staleness", "must be positive (seconds)", p)
     known = {"format", "cluster_id", "role", "ca_cert", "cert", "key", "nodes", "timeout",
              "store", "resync_interval", "max_staleness"}
     return RemoteConfig(
         path=p,
         cluster_id=_get(data, "cluster_id", str, p),
-        role=_get(data, "role", str, p),
+        role=role,
         ca_cert=_path(data, "ca_cert", base, p),
         cert=_path(data, "cert", base, p),
         key=_path(data, "key", base, p),
         nodes=tuple(nodes),
-        timeout=_get(data, "timeout", float, p, 5.0),
+        timeout=timeout,
         store=store,
         resync_interval=resync,
         max_staleness=staleness,
@@ -279,14 +331,27 @@ def format_secret_file(secret: bytes, kind: str) -> bytes:
 # -- writing ------------------------------------------------------------------------
 
 
+_TOML_ESCAPES = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\t": "\\t", "\r": "\\r"}
+
+
+def _toml_char(c: str) -> str:
+    # A TOML basic string may hold no control character but tab: escape the others
+    # (U+0000..U+001F, U+007F) as \uXXXX so that the output always parses back.
+    escaped = _TOML_ESCAPES.get(c)
+    if escaped is not None:
+        return escaped
+    if c < " " or c == "\x7f":
+        return f"\\u{ord(c):04X}"
+    return c
+
+
 def _toml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):
         return repr(value)
     if isinstance(value, str):
-        escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-        return f'"{escaped}"'
+        return '"' + "".join(_toml_char(c) for c in value) + '"'
     if isinstance(value, list | tuple):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     raise TypeError(f"cannot write {type(value).__name__} to TOML")

@@ -8,13 +8,15 @@ pysyncobj 0.3.17 gives a working Raft core; this module closes what it leaves op
   nor the leader's own vote in the commit count can run ahead of the disk. Term and vote are
   written with temp file, fsync, rename, fsync of the directory before any message that
   reflects them is sent. Records carry a CRC; a torn tail (a crash mid-append, never
-  acknowledged) is cut off at start with a warning. A failed fsync ends the process: it
+  acknowledged) is cut off at start with a warning, while a damaged record followed by valid
+  ones (disk corruption) stops the node at start. A failed fsync ends the process: it
   never acknowledges what it could not persist.
 * **Snapshots** use our msgpack serializer (no pickle, no fork) and are written atomically.
 * **Peer links.** A random 256-bit cluster secret is mandatory (pysyncobj's Fernet link);
   the listener binds to the configured address only; a peer frame longer than
   :data:`MAX_PEER_FRAME` drops the connection before it is buffered; peer bytes are
-  unpickled by a restricted unpickler that knows no global but ``_codecs.encode``; read-only
+  unpickled by a restricted unpickler that knows no global but ``_codecs.encode`` and an
+  argument-checking stand-in for ``bytes`` (``b""`` needs it); read-only
   members and pysyncobj's "utility" admin commands are refused.
 * **Liveness.** Every proposal has a timeout and maps pysyncobj's failure codes to
   "definitely not applied" (:class:`NotLeader`) or "unknown" (:class:`OutcomeUnknown`).
@@ -83,15 +85,43 @@ on_storage_failure: Callable[[str], None] = _die
 # -- restricted unpickling of peer bytes --------------------------------------------------
 
 _ALLOWED_GLOBALS = frozenset({("_codecs", "encode")})
+_BYTES_GLOBALS = frozenset({("__builtin__", "bytes"), ("builtins", "bytes")})
+
+
+class _SafeBytes:
+    """Stands in for ``bytes`` in peer pickles: ``bytes()`` or a copy of bytes, nothing else.
+
+    Protocol 2 pickles ``b""`` as a call of the global ``__builtin__.bytes`` with no
+    arguments (pysyncobj ends every snapshot transfer with an empty chunk). The real
+    ``bytes`` would also accept ``bytes(10**12)`` or an iterable from a peer; this one
+    accepts zero arguments or a single bytes/bytearray. It has no ``__dict__`` (empty
+    ``__slots__``), so a pickle's BUILD opcode cannot set attributes on it either.
+    """
+
+    __slots__ = ()
+
+    def __call__(self, *args: Any) -> bytes:
+        if not args:
+            return b""
+        if len(args) == 1 and isinstance(args[0], bytes | bytearray):
+            return bytes(args[0])
+        raise pickle.UnpicklingError(
+            "bytes() in a peer message takes no argument or one bytes value")
+
+
+_SAFE_BYTES = _SafeBytes()
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
     # pysyncobj's messages are dicts, lists, tuples, str, int, bool and bytes; with pickle
-    # protocol 2, bytes need _codecs.encode and nothing else. Any other global (os.system,
-    # builtins.eval, a class with __reduce__) is refused before it can be called.
+    # protocol 2, bytes need _codecs.encode and (for b"") bytes() and nothing else. Any other
+    # global (os.system, builtins.eval, a class with __reduce__) is refused before it can be
+    # called; bytes itself is replaced by the argument-checking _SafeBytes.
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) in _ALLOWED_GLOBALS:
             return super().find_class(module, name)
+        if (module, name) in _BYTES_GLOBALS:
+            return _SAFE_BYTES
         raise pickle.UnpicklingError(f"global {module}.{name} is forbidden in a peer message")
 
 
@@ -185,13 +215,28 @@ class DurableJournal(Journal):  # type: ignore[misc]
         while offset < len(data):
             entry = self._parse_record(data, offset)
             if entry is None:
+                last_idx = self._entries[-1][1] if self._entries else None
+                found = self._find_valid_record(data, offset + 1, last_idx)
+                if found is not None:
+                    os.close(fd)
+                    raise StorageError(
+                        f"Raft journal {self._path} is corrupt: the record at offset "
+                        f"{offset} is damaged but a valid record (index {found[1]}) follows "
+                        f"at offset {found[0]}. This is disk corruption, not an interrupted "
+                        "append, and cutting the journal here could lose acknowledged "
+                        "entries; this node will not start. Move its data directory away "
+                        "and let it catch up from its peers")
                 dropped = len(data) - offset
                 log.warning(
                     "Raft journal %s has a torn or corrupt tail at offset %d (%d bytes "
                     "dropped): a crash interrupted an append that this node never "
                     "acknowledged; the entries will be replicated again by the leader",
                     self._path, offset, dropped)
-                self._truncate_fd(fd, offset)
+                try:
+                    self._truncate_fd(fd, offset)
+                except StorageError:
+                    os.close(fd)
+                    raise
                 break
             record_len, command, idx, term = entry
             self._entries.append((command, idx, term))
@@ -199,6 +244,33 @@ class DurableJournal(Journal):  # type: ignore[misc]
             offset += record_len
         self._end = offset
         return fd
+
+    @classmethod
+    def _find_valid_record(cls, data: bytes, start: int,
+                           after_idx: int | None) -> tuple[int, int] | None:
+        """The first ``(offset, index)`` at or after ``start`` where a valid record begins.
+
+        This decides between a torn tail and corruption when the record at ``start - 1``
+        fails to parse. The rule: the damaged record is a *torn tail* (cut with a warning)
+        only if no complete, CRC-valid record whose index is greater than the last good
+        index begins at *any* byte offset after the damaged record's start, up to the end of
+        the file. Otherwise valid data follows damaged data, which no crash of an
+        append-only writer produces (an append is one ``pwrite`` at the end, made durable
+        before the next one starts; truncations are fsynced), so it is disk corruption.
+
+        Every offset is tried, not only the one after the damaged record's length field:
+        that field may be the damaged part. The cost is one cheap header check per byte of
+        the tail, plus a CRC when the header announces a length that fits; a torn tail is
+        at most one record, and in corruption the scan stops at the next good record. A
+        false "corruption" needs a 32-bit CRC to match by chance (or a command that embeds
+        a whole record); it errs on the safe side: the node refuses to start instead of
+        dropping data.
+        """
+        for offset in range(start, len(data) - _RECORD.size - _ENTRY.size + 1):
+            entry = cls._parse_record(data, offset)
+            if entry is not None and (after_idx is None or entry[2] > after_idx):
+                return offset, entry[2]
+        return None
 
     @staticmethod
     def _parse_record(data: bytes, offset: int) -> tuple[int, bytes, int, int] | None:
@@ -245,20 +317,23 @@ class DurableJournal(Journal):  # type: ignore[misc]
         self._offsets.append(self._end)
         self._end += len(record)
 
+    # The in-memory view changes only once the disk has: if a truncation fails (and the
+    # failure hook returns, as in tests), the journal still reports what the file holds.
+
     def clear(self) -> None:
+        self._truncate_fd(self._fd, len(_HEADER))
         self._entries = []
         self._offsets = []
         self._end = len(_HEADER)
-        self._truncate_fd(self._fd, self._end)
 
     def deleteEntriesFrom(self, entryFrom: int) -> None:
         if entryFrom >= len(self._entries):
             return
         cut = self._offsets[entryFrom]
+        self._truncate_fd(self._fd, cut)
         del self._entries[entryFrom:]
         del self._offsets[entryFrom:]
         self._end = cut
-        self._truncate_fd(self._fd, cut)
 
     def deleteEntriesTo(self, entryTo: int) -> None:
         # Log compaction: rewrite the kept entries to a new file and swap it in atomically.
@@ -312,12 +387,15 @@ class DurableJournal(Journal):  # type: ignore[misc]
             raise StorageError(f"{self._meta_path} does not hold a map")
         return meta
 
-    def _store_meta(self) -> None:
+    def _store_meta(self, meta: dict[str, Any] | None = None) -> None:
+        """Write ``meta`` (default: the current meta) durably, then make it current."""
+        new = self._meta if meta is None else meta
         try:
-            atomic_write(self._meta_path, versioned(META_FORMAT, self._meta))
+            atomic_write(self._meta_path, versioned(META_FORMAT, new))
         except StorageError as exc:
             on_storage_failure(str(exc))
             raise
+        self._meta = new
         self._meta_dirty = False
 
     def _flush_meta(self) -> None:
@@ -335,10 +413,9 @@ class DurableJournal(Journal):  # type: ignore[misc]
         return int(self._meta.get("commit_index", 1))
 
     def setCurrentTerm(self, term: int, votedForNodeId: str | None) -> None:
-        # Term and vote must be on disk before a vote or an append reflecting them leaves.
-        self._meta["term"] = term
-        self._meta["voted_for"] = votedForNodeId
-        self._store_meta()
+        # Term and vote must be on disk before a vote or an append reflecting them leaves,
+        # and are visible in memory only once they are: a failed write leaves the old ones.
+        self._store_meta({**self._meta, "term": term, "voted_for": votedForNodeId})
 
     def getCurrentTerm(self) -> int:
         return int(self._meta.get("term", 0))
@@ -516,7 +593,7 @@ class RaftNode:
             onStateChanged=self._state_changed,
             autoTick=True,
             autoTickPeriod=min(0.02, t.append_entries_period),
-            logCompactionMinEntries=1000,
+            logCompactionMinEntries=t.log_compaction_min_entries,
             logCompactionMinTime=600,
         )
 

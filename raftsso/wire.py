@@ -29,6 +29,28 @@ def _no_ext(code: int, data: bytes) -> Any:
     raise DecodeError(f"msgpack extension type {code} is not allowed")
 
 
+# msgpack decodes extension type -1 (Timestamp) itself and never calls ext_hook, and
+# strict_map_key lets bytes keys through. The hooks below run once per map and per array,
+# as each is built, and check only that container's own keys and items; together with a
+# check of the top-level value they see every decoded object once, so the cost is linear
+# in the (already size-limited) input.
+
+def _check_map(pairs: list[tuple[Any, Any]]) -> dict[str, Any]:
+    for key, value in pairs:
+        if type(key) is not str:
+            raise DecodeError(f"map keys must be strings, not {type(key).__name__}")
+        if isinstance(value, msgpack.Timestamp):
+            raise DecodeError("msgpack extension type -1 (timestamp) is not allowed")
+    return dict(pairs)
+
+
+def _check_array(items: list[Any]) -> list[Any]:
+    for item in items:
+        if isinstance(item, msgpack.Timestamp):
+            raise DecodeError("msgpack extension type -1 (timestamp) is not allowed")
+    return items
+
+
 def pack(obj: Any) -> bytes:
     """msgpack with binary and text kept apart (``use_bin_type``)."""
     return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
@@ -37,13 +59,17 @@ def pack(obj: Any) -> bytes:
 def unpack(data: bytes) -> Any:
     """Strict msgpack decoding: UTF-8 text, string map keys, no extension types."""
     try:
-        return msgpack.unpackb(data, raw=False, strict_map_key=True, ext_hook=_no_ext,
-                               timestamp=0)
+        obj = msgpack.unpackb(data, raw=False, strict_map_key=True, ext_hook=_no_ext,
+                              timestamp=0, object_pairs_hook=_check_map,
+                              list_hook=_check_array)
     except DecodeError:
         raise
     except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError,
             msgpack.StackError, UnicodeDecodeError) as exc:
         raise DecodeError(f"malformed msgpack: {exc}") from None
+    if isinstance(obj, msgpack.Timestamp):
+        raise DecodeError("msgpack extension type -1 (timestamp) is not allowed")
+    return obj
 
 
 def versioned(fmt: int, obj: Any) -> bytes:

@@ -285,10 +285,6 @@ def test_a_flipped_byte_in_the_last_record_is_caught_by_the_crc(
         assert len(_torn_warnings(caplog)) == 1, pos
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: DurableJournal._open_and_recover treats a CRC failure anywhere as a torn tail and "
-    "silently drops every later record, including valid, acknowledged ones; a bad record "
-    "followed by good records is media corruption and must refuse to start (StorageError)"))
 def test_corruption_before_valid_records_refuses_to_start(path: str,
                                                           open_journal: OpenJournal) -> None:
     entries = _entries(6)
@@ -297,6 +293,75 @@ def test_corruption_before_valid_records_refuses_to_start(path: str,
     damaged[len(HEADER) + _record_size(entries[0]) + 20] ^= 0x01  # inside record 2
     Path(path).write_bytes(bytes(damaged))
     with pytest.raises(StorageError):
+        open_journal(path)
+
+
+@pytest.mark.parametrize("record", [0, 2, 4], ids=["first", "middle", "second-to-last"])
+def test_every_damaged_byte_before_a_valid_record_refuses_to_start(
+        path: str, open_journal: OpenJournal, caplog: pytest.LogCaptureFixture,
+        record: int) -> None:
+    # Length field, CRC, index, term and command: wherever a record is damaged, a valid
+    # record after it means disk corruption; nothing is cut and the file is left as it is.
+    entries = _entries(6)
+    _fill(open_journal(path), entries)
+    full = Path(path).read_bytes()
+    start = len(HEADER) + sum(_record_size(e) for e in entries[:record])
+    caplog.set_level(logging.WARNING, logger="raftsso.raft")
+    for pos in range(start, start + _record_size(entries[record])):
+        damaged = bytearray(full)
+        damaged[pos] ^= 0x40
+        Path(path).write_bytes(bytes(damaged))
+        with pytest.raises(StorageError, match="corrupt") as info:
+            DurableJournal(path)
+        message = str(info.value)
+        assert path in message and f"offset {start}" in message, pos
+        assert "catch up from its peers" in message
+        assert Path(path).read_bytes() == bytes(damaged), pos
+    assert not _torn_warnings(caplog)
+
+
+def test_a_zeroed_block_before_valid_records_refuses_to_start(
+        path: str, open_journal: OpenJournal) -> None:
+    entries = _entries(8)
+    _fill(open_journal(path), entries)
+    damaged = bytearray(Path(path).read_bytes())
+    start = len(HEADER) + _record_size(entries[0])
+    damaged[start:start + 2 * _record_size(entries[1])] = bytes(2 * _record_size(entries[1]))
+    Path(path).write_bytes(bytes(damaged))
+    with pytest.raises(StorageError, match="index 4"):
+        open_journal(path)
+
+
+def test_a_torn_record_that_embeds_an_older_record_is_still_a_tail(
+        path: str, open_journal: OpenJournal, caplog: pytest.LogCaptureFixture) -> None:
+    # Only a record *later* than the last good one counts as "valid data follows": a torn
+    # command that happens to contain a copy of an earlier record is still just a tail.
+    entries = _entries(4)
+    _fill(open_journal(path), entries)
+    full = Path(path).read_bytes()
+    earlier = full[len(HEADER):len(HEADER) + _record_size(entries[0])]
+    torn = struct.pack(">II", 500, 0) + struct.pack(">QQ", 5, 2) + earlier
+    Path(path).write_bytes(full + torn)
+    caplog.set_level(logging.WARNING, logger="raftsso.raft")
+    j = open_journal(path)
+    assert [j[i] for i in range(len(j))] == entries
+    assert len(_torn_warnings(caplog)) == 1
+    assert Path(path).read_bytes() == full
+
+
+def test_a_torn_tail_followed_by_a_later_record_refuses_to_start(
+        path: str, open_journal: OpenJournal) -> None:
+    entries = _entries(4)
+    _fill(open_journal(path), entries)
+    full = Path(path).read_bytes()
+    later = DurableJournal(path + ".other")
+    try:
+        later.add(b"\x00later", 9, 3)
+    finally:
+        later._destroy()
+    record = Path(path + ".other").read_bytes()[len(HEADER):]
+    Path(path).write_bytes(full + b"\xff" * 11 + record)
+    with pytest.raises(StorageError, match="index 9"):
         open_journal(path)
 
 
@@ -393,10 +458,6 @@ def test_failing_fsync_of_term_and_vote_calls_the_failure_hook(
     assert DurableJournal(path).getCurrentTerm() == 2
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: DurableJournal.setCurrentTerm updates self._meta before _store_meta; when the "
-    "durable write fails (and on_storage_failure returns), getCurrentTerm/getVotedForNodeId "
-    "report a term and vote that are not on disk"))
 def test_failing_term_write_leaves_the_old_term_visible(
         path: str, open_journal: OpenJournal, failures: list[str],
         monkeypatch: pytest.MonkeyPatch) -> None:
@@ -417,6 +478,42 @@ def test_failing_truncation_calls_the_failure_hook(path: str, open_journal: Open
     with pytest.raises(StorageError):
         j.deleteEntriesFrom(2)
     assert len(failures) == 1
+
+
+@pytest.mark.parametrize("operation", ["deleteEntriesFrom", "clear"])
+@pytest.mark.parametrize("failing", ["ftruncate", "fdatasync"])
+def test_failing_truncation_leaves_the_entries_visible(
+        path: str, open_journal: OpenJournal, failures: list[str],
+        monkeypatch: pytest.MonkeyPatch, operation: str, failing: str) -> None:
+    entries = _entries(4)
+    j = open_journal(path)
+    _fill(j, entries)
+    monkeypatch.setattr(os, failing, _eio)
+    with pytest.raises(StorageError):
+        if operation == "clear":
+            j.clear()
+        else:
+            j.deleteEntriesFrom(2)
+    assert len(failures) == 1
+    assert [j[i] for i in range(len(j))] == entries
+
+
+def test_failing_term_write_keeps_a_pending_commit_index(
+        path: str, open_journal: OpenJournal, failures: list[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    j = open_journal(path)
+    j.setCurrentTerm(2, "a:1")
+    j.setRaftCommitIndex(7)
+    monkeypatch.setattr(os, "fsync", _eio)
+    with pytest.raises(StorageError):
+        j.setCurrentTerm(3, None)
+    assert (j.getCurrentTerm(), j.getVotedForNodeId(), j.getRaftCommitIndex()) == (2, "a:1", 7)
+    monkeypatch.undo()
+    monkeypatch.setattr(raft, "on_storage_failure", failures.append)
+    j.setCurrentTerm(3, None)  # writes the pending commit index along with the new term
+    again = open_journal(path)
+    assert (again.getCurrentTerm(), again.getVotedForNodeId(),
+            again.getRaftCommitIndex()) == (3, None, 7)
 
 
 def test_failing_compaction_keeps_the_old_file(path: str, open_journal: OpenJournal,

@@ -19,6 +19,7 @@ import pysyncobj.pickle as pso_pickle
 import pysyncobj.syncobj as pso_syncobj
 import pysyncobj.tcp_connection as pso_tcp
 import pytest
+from pysyncobj.serializer import Serializer
 
 from raftsso import raft
 from raftsso.errors import StorageError
@@ -71,15 +72,63 @@ def test_restricted_loads_accepts_a_replicated_call() -> None:
     assert restricted_loads(pso_pickle.dumps(call)) == call
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: the last chunk of a snapshot transmission is (b'', False, True) "
-    "(pysyncobj Serializer.getTransmissionData: isLast = size == 0); protocol 2 pickles b'' "
-    "as the global __builtin__.bytes, which _ALLOWED_GLOBALS lacks, so followers refuse "
-    "the final chunk and can never install a snapshot"))
 def test_restricted_loads_accepts_the_last_snapshot_chunk() -> None:
     message = {"type": "append_entries", "term": 4, "commit_index": 11,
                "serialized": (b"", False, True)}
     assert restricted_loads(pso_pickle.dumps(message)) == message
+
+
+def test_a_whole_snapshot_transfer_through_the_restricted_unpickler(tmp_path: Path) -> None:
+    # pysyncobj's own Serializer on both ends, every chunk pickled as the leader sends it
+    # and unpickled as our follower does: the last chunk is the empty (b"", False, True).
+    snapshot = os.urandom(10_000)
+    sent, received = tmp_path / "leader.snapshot", tmp_path / "follower.snapshot"
+    sent.write_bytes(snapshot)
+    leader = Serializer(str(sent), 4096, False, lambda *a: None, lambda *a: None, None)
+    follower = Serializer(str(received), 4096, False, lambda *a: None, lambda *a: None, None)
+    chunks = []
+    while True:
+        data = leader.getTransmissionData("node2")
+        message = {"type": "append_entries", "term": 4, "commit_index": 11, "serialized": data}
+        chunk = restricted_loads(zlib.decompress(zlib.compress(pso_pickle.dumps(message))))
+        assert chunk == message
+        chunks.append(chunk["serialized"])
+        if follower.setTransmissionData(chunk["serialized"]):
+            break
+        assert len(chunks) < 10
+    assert chunks[-1] == (b"", False, True)
+    assert [len(c[0]) for c in chunks] == [4096, 4096, 1808, 0]
+    assert received.read_bytes() == snapshot
+
+
+@pytest.mark.parametrize("payload", [
+    # bytes(n) with an int: bytes(10**12) would ask for a terabyte of zeros
+    b"\x80\x02c__builtin__\nbytes\nJ\x00\x10\xa5\x54\x85R.",
+    b"\x80\x02cbuiltins\nbytes\n\x8a\x06\x00\x10\xa5\xd4\xe8\x00\x85R.",
+    # bytes(iterable), bytes(str, encoding)
+    b"\x80\x02c__builtin__\nbytes\n](K\x01K\x02e\x85R.",
+    b"\x80\x02c__builtin__\nbytes\nX\x01\x00\x00\x00aX\x05\x00\x00\x00utf-8\x86R.",
+    # two bytes arguments
+    b"\x80\x02c__builtin__\nbytes\nC\x01aC\x01b\x86R.",
+], ids=["int", "10**12", "iterable", "str-encoding", "two-args"])
+def test_bytes_takes_no_argument_or_one_bytes_value(payload: bytes) -> None:
+    with pytest.raises(pickle.UnpicklingError, match="bytes"):
+        restricted_loads(payload)
+
+
+def test_bytes_copies_bytes_and_cannot_be_changed_by_a_pickle() -> None:
+    assert restricted_loads(b"\x80\x02c__builtin__\nbytes\nC\x03abc\x85R.") == b"abc"
+    assert restricted_loads(b"\x80\x03cbuiltins\nbytes\n)R.") == b""
+    # BUILD on the stand-in itself (set attributes from a dict) is refused ...
+    with pytest.raises((pickle.UnpicklingError, AttributeError, TypeError)):
+        restricted_loads(b"\x80\x02c__builtin__\nbytes\n}X\x01\x00\x00\x00xK\x01sb.")
+    with pytest.raises((pickle.UnpicklingError, AttributeError, TypeError)):  # slot state
+        restricted_loads(b"\x80\x02c__builtin__\nbytes\nN}X\x01\x00\x00\x00xK\x01s\x86b.")
+    assert not hasattr(raft._SAFE_BYTES, "x")
+    # ... and so is instantiating it as a class (NEWOBJ)
+    with pytest.raises((pickle.UnpicklingError, AttributeError, TypeError)):
+        restricted_loads(b"\x80\x02c__builtin__\nbytes\n)\x81.")
+    assert restricted_loads(pso_pickle.dumps(b"")) == b""
 
 
 # -- what an attacker sends --------------------------------------------------------------

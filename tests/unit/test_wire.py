@@ -222,10 +222,6 @@ def test_msgpack_negative_extension_type() -> None:
     assert "extension" in str(err)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: wire.unpack lets the msgpack Timestamp extension (type -1) through: msgpack "
-    "decodes type -1 itself and never calls ext_hook, so 'no extension types' is not "
-    "enforced for it"))
 @pytest.mark.parametrize("obj", [
     {"a": msgpack.Timestamp(1, 0)},
     {"a": [msgpack.Timestamp(0, 5)]},
@@ -252,13 +248,43 @@ def test_map_as_key() -> None:
     _assert_decode_error(decode_body, b"\x01\x81\x90\x01")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: wire.unpack documents 'string map keys' but msgpack's strict_map_key=True allows "
-    "bytes keys too, so a map with bin keys decodes"))
 @pytest.mark.parametrize("obj", [{b"id": 1}, {"id": 1, "op": "x", "args": {b"k": 1}}],
                          ids=["top-level", "nested"])
 def test_bytes_keys(obj: Any) -> None:
     _assert_decode_error(decode_body, _body(obj))
+
+
+@pytest.mark.parametrize("obj", [
+    msgpack.Timestamp(1, 0),
+    {"a": {"b": [[{"c": msgpack.Timestamp(2**40, 999)}]]}},
+    {"a": [1, "x", b"y", msgpack.Timestamp(0, 0)]},
+    [{"k": [b"v", {b"deep": 1}]}],
+    {"a": [{"b": {"c": {b"k": None}}}]},
+], ids=["top-level-timestamp", "deep-timestamp", "array-timestamp", "deep-bytes-key",
+        "deep-bytes-key-2"])
+def test_unpack_refuses_timestamps_and_bytes_keys_at_any_depth(obj: Any) -> None:
+    err = _assert_decode_error(wire.unpack, msgpack.packb(obj, use_bin_type=True))
+    assert "timestamp" in str(err) or "keys must be strings" in str(err)
+
+
+@pytest.mark.parametrize("raw", [
+    b"\xd6\xff\x00\x00\x00\x01",                      # timestamp 32
+    b"\xd7\xff" + bytes(8),                               # timestamp 64
+    b"\xc7\x0c\xff" + bytes(12),                         # timestamp 96
+    b"\x81\xa1a\xd6\xff\x00\x00\x00\x01",               # as a map value
+    b"\x81\xd6\xff\x00\x00\x00\x01\x01",               # as a map key
+    b"\xd5\xff\x00\x00",                                # type -1 with a bad length
+], ids=["ts32", "ts64", "ts96", "value", "key", "bad-length"])
+def test_unpack_refuses_raw_timestamp_encodings(raw: bytes) -> None:
+    _assert_decode_error(wire.unpack, raw)
+
+
+def test_unpack_keeps_ordinary_values() -> None:
+    obj = {"id": 1, "nested": {"list": [[1, 2], {"k": b"v"}], "none": None, "f": 1.5},
+           "empty": {}, "empty_list": [], "s": "é"}
+    assert wire.unpack(msgpack.packb(obj, use_bin_type=True)) == obj
+    assert wire.unpack(msgpack.packb([], use_bin_type=True)) == []
+    assert wire.unpack(msgpack.packb(7, use_bin_type=True)) == 7
 
 
 @pytest.mark.parametrize("message", [
