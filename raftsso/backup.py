@@ -33,7 +33,7 @@ MIN_PASSWORD = 12
 DEFAULT_KDF = {"name": "argon2id", "memory_kib": 65536, "iterations": 3, "lanes": 4}
 # Bounds on KDF parameters read from a file, so a crafted file cannot make us allocate
 # gigabytes or spin for hours before the password is even checked.
-_KDF_LIMITS = {"memory_kib": (8, 1 << 21), "iterations": (1, 64), "lanes": (1, 64)}
+_KDF_LIMITS = {"memory_kib": (8, 1 << 20), "iterations": (1, 64), "lanes": (1, 64)}
 
 
 class BackupError(RaftssoError):
@@ -117,7 +117,15 @@ def _kdf(header: dict[str, Any]) -> dict[str, Any]:
         value = kdf.get(name)
         if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
             raise BackupError(f"the backup file's KDF parameter {name} is out of range")
+    if kdf["memory_kib"] < 8 * kdf["lanes"]:  # Argon2's own rule
+        raise BackupError("the backup file's KDF parameters are inconsistent")
     return kdf
+
+
+def _int_id(value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 < value < 2**32:
+        raise ValueError("version ids are positive 32-bit integers")
+    return value
 
 
 def read_info(blob: bytes) -> BackupInfo:
@@ -125,16 +133,18 @@ def read_info(blob: bytes) -> BackupInfo:
     _, header, _ = _split(blob)
     try:
         versions = tuple(
-            BackupVersion(int(v["id"]), str(v["state"]), str(v["fingerprint"]),
+            BackupVersion(_int_id(v["id"]), str(v["state"]), str(v["fingerprint"]),
                           float(v["created"]))
             for v in header["versions"])
+        if len({v.id for v in versions}) != len(versions):
+            raise ValueError("duplicate version ids")
         primary = header.get("primary")
         return BackupInfo(
             cluster_id=str(header["cluster_id"]), created=float(header["created"]),
             reminder=str(header.get("reminder", "")),
             primary=int(primary) if isinstance(primary, int) else None,
             versions=versions, kdf={k: v for k, v in _kdf(header).items() if k != "salt"})
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:
         raise BackupError(f"the backup file's header is damaged ({exc})") from None
 
 
@@ -149,13 +159,18 @@ def open_backup(blob: bytes, password: bytes) -> BackupInfo:
     except DecodeError:
         raise BackupError("the backup file's contents are damaged") from None
     keys: dict[int, bytes] = {}
+    expected = {v.id: v.fingerprint for v in info.versions}
     try:
         for v in body["versions"]:
-            key = v["key"]
+            key, vid = v["key"], _int_id(v["id"])
+            # The key must match the fingerprint in the body *and* the one in the header
+            # that backup-info shows and restore records.
             if not isinstance(key, bytes) or len(key) != envelope.KEY_SIZE or \
                     envelope.fingerprint(key) != v["fingerprint"]:
                 raise BackupError(f"version {v.get('id')} in the backup is damaged")
-            keys[int(v["id"])] = key
+            if expected.get(vid) != v["fingerprint"] or vid in keys:
+                raise BackupError("the backup's header and contents disagree")
+            keys[vid] = key
     except (KeyError, TypeError, ValueError):
         raise BackupError("the backup file's contents are damaged") from None
     if set(keys) != {v.id for v in info.versions}:

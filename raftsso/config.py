@@ -91,6 +91,8 @@ class NodeConfig:
     raft: RaftTimings = field(default_factory=RaftTimings)
     metrics_address: str | None = None
     rotation_grace: float = 120.0
+    # "Recently seen" for staged promotion: clients served within this many seconds.
+    client_window: float = 120.0
     max_frame: int = 1 << 20
     idle_timeout: float = 300.0
     read_timeout: float = 10.0
@@ -217,6 +219,8 @@ def load_node_config(path: str | Path) -> NodeConfig:
         raft=timings,
         metrics_address=_get(data, "metrics_address", str, p, None),
         rotation_grace=_get(data, "rotation_grace", float, p, 120.0),
+        client_window=_get(data, "client_window", float, p,
+                           _get(data, "rotation_grace", float, p, 120.0)),
         max_frame=_get(data, "max_frame", int, p, 1 << 20),
         idle_timeout=_get(data, "idle_timeout", float, p, 300.0),
         read_timeout=_get(data, "read_timeout", float, p, 10.0),

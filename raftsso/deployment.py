@@ -13,13 +13,15 @@ Each node directory is self-contained so it can be copied to its own host.
 from __future__ import annotations
 
 import secrets
+import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from raftsso import envelope, pki
 from raftsso.config import CONFIG_FORMAT, dump_toml, format_secret_file
 from raftsso.errors import ConfigError
-from raftsso.fsutil import atomic_write
+from raftsso.fsutil import atomic_write, read_private
 
 PORTS_PER_NODE = 3  # raft, service, metrics (reserved)
 
@@ -39,6 +41,18 @@ class NodePlan:
     @property
     def service_address(self) -> str:
         return f"{self.host}:{self.service_port}"
+
+
+def plan_hosts(hosts: Sequence[str], base_port: int) -> list[NodePlan]:
+    """One node per host (``--hosts``): every node uses the same three ports on its host."""
+    hosts = [h.strip() for h in hosts]
+    if any(not h or any(c in h for c in " /,") for h in hosts):
+        raise ConfigError("--hosts takes host names or IP addresses separated by commas")
+    if len(set(hosts)) != len(hosts):
+        raise ConfigError("--hosts names the same host twice; one node per host")
+    plans = plan_nodes(len(hosts), hosts[0], base_port)  # validates the count and ports
+    return [NodePlan(f"node{i + 1}", h, base_port, base_port + 1, base_port + 2)
+            for i, (h, _) in enumerate(zip(hosts, plans, strict=True))]
 
 
 def plan_nodes(count: int, host: str, base_port: int) -> list[NodePlan]:
@@ -62,13 +76,20 @@ def _mkdir(path: Path) -> None:
     path.chmod(0o700)
 
 
-def init_deployment(directory: Path, nodes: int = 3, host: str = "127.0.0.1",
-                    base_port: int = 7100) -> str:
-    """Write a new deployment into ``directory`` (which must be empty); return the cluster id."""
+def init_deployment(directory: Path, nodes: int | None = 3, host: str = "127.0.0.1",
+                    base_port: int = 7100, hosts: Sequence[str] | None = None) -> str:
+    """Write a new deployment into ``directory`` (which must be empty); return the cluster id.
+
+    With ``hosts``, node *i* runs on ``hosts[i-1]`` (its certificate names that address)
+    and ``nodes`` must be None or ``len(hosts)``; without, every node runs on ``host``.
+    """
+    if hosts is not None and nodes is not None and nodes != len(hosts):
+        raise ConfigError(f"--nodes {nodes} does not match the {len(hosts)} host(s) given")
+    plans = (plan_hosts(hosts, base_port) if hosts is not None
+             else plan_nodes(3 if nodes is None else nodes, host, base_port))
     if directory.exists() and any(directory.iterdir()):
         raise ConfigError(f"{directory} is not empty; refusing to overwrite a deployment "
                           "(its secrets would be lost)")
-    plans = plan_nodes(nodes, host, base_port)
     cluster_id = "c-" + secrets.token_hex(6)
     _mkdir(directory)
     ca = pki.create_ca(cluster_id)
@@ -114,3 +135,70 @@ def init_deployment(directory: Path, nodes: int = 3, host: str = "127.0.0.1",
             "timeout": 5.0, **extra, "nodes": endpoints,
         }).encode())
     return cluster_id
+
+
+def join_node(directory: Path, node_id: str, host: str | None = None,
+              base_port: int | None = None) -> NodePlan:
+    """Prepare ``DIR/node_id`` for a node joining the existing deployment in ``directory``.
+
+    Copies the cluster's seal key and cluster secret from an existing node directory,
+    issues a node certificate from ``DIR/ca.key``, lists every current member as a peer
+    and adds the node to ``admin.toml`` and ``client.toml``. The cluster itself learns of
+    the node only through ``raftsso members add`` (after the node has started).
+    """
+    from raftsso.config import load_node_config, load_remote_config, read_secret_file
+
+    if not (directory / "ca.key").exists():
+        raise ConfigError(f"{directory} has no ca.key: it is not a deployment made by "
+                          "`raftsso init` (or the CA key was moved offline; bring it back)")
+    existing = sorted(directory.glob("*/node.toml"))
+    if not existing:
+        raise ConfigError(f"{directory} holds no node to copy the cluster's secrets from")
+    if (directory / node_id).exists():
+        raise ConfigError(f"{directory / node_id} exists already; pick a new node id")
+    configs = [load_node_config(p) for p in existing]
+    members: dict[str, dict[str, str]] = {}
+    for cfg in configs:
+        for m in cfg.members:
+            members[m.id] = {"id": m.id, "raft_address": m.raft_address,
+                             "service_address": m.service_address}
+    if node_id in members:
+        raise ConfigError(f"{node_id} is already a member of this deployment")
+    source = configs[0]
+    used = [int(a.rsplit(":", 1)[1]) for m in members.values()
+            for a in (m["raft_address"], m["service_address"])]
+    if base_port is None:
+        base_port = max(used) + 2  # past the last node's metrics port
+    host = host or source.raft_address.rsplit(":", 1)[0]
+    plan = NodePlan(node_id, host, base_port, base_port + 1, base_port + 2)
+    ca = pki.Issued((directory / "ca.pem").read_bytes(),
+                    read_private(directory / "ca.key"))
+    ndir = directory / node_id
+    _mkdir(ndir)
+    _mkdir(ndir / "data")
+    pki.write_pair(pki.issue(ca, node_id, "node", hosts=(host, node_id)),
+                   ndir / "node.pem", ndir / "node.key")
+    atomic_write(ndir / "ca.pem", ca.cert_pem)
+    atomic_write(ndir / "seal.key",
+                 format_secret_file(read_secret_file(source.seal_key_file, "seal"), "seal"))
+    atomic_write(ndir / "cluster.secret", format_secret_file(
+        read_secret_file(source.cluster_secret_file, "cluster"), "cluster"))
+    atomic_write(ndir / "node.toml", dump_toml({
+        "format": CONFIG_FORMAT, "node_id": node_id, "cluster_id": source.cluster_id,
+        "raft_address": plan.raft_address, "service_address": plan.service_address,
+        "metrics_address": f"{host}:{plan.http_port}", "data_dir": "data",
+        "ca_cert": "ca.pem", "cert": "node.pem", "key": "node.key",
+        "seal_key_file": "seal.key", "cluster_secret_file": "cluster.secret",
+        "rotation_grace": source.rotation_grace, "raft": {},
+        "peers": sorted(members.values(), key=lambda m: m["id"]),
+    }).encode())
+    for role in ("admin", "client"):
+        path = directory / f"{role}.toml"
+        if not path.exists():
+            continue
+        remote = load_remote_config(path)
+        raw = tomllib.loads(path.read_text())
+        raw["nodes"] = [{"id": n.id, "address": n.address} for n in remote.nodes] + \
+            [{"id": node_id, "address": plan.service_address}]
+        atomic_write(path, dump_toml(raw).encode())
+    return plan

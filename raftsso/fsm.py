@@ -103,6 +103,10 @@ class KeyringStateMachine:
     def __init__(self) -> None:
         self._keyring = Keyring()
         self._index = 0  # the Raft index of the last command applied to the keyring
+        # Nodes added or removed after init: id -> {raft_address, service_address, removed}.
+        # The Raft configuration itself lives in pysyncobj; this is the directory of ids
+        # and service addresses, and the tombstones that stop a removed id from rejoining.
+        self._directory: dict[str, dict[str, Any]] = {}
         self._requests: OrderedDict[bytes, Outcome] = OrderedDict()
         # Written only by the Raft thread; the lock makes a read of (keyring, requests)
         # from a service thread consistent.
@@ -120,6 +124,11 @@ class KeyringStateMachine:
         """
         with self._lock:
             return self._keyring, self._index
+
+    def directory(self) -> dict[str, dict[str, Any]]:
+        """Members added or removed after ``init`` (see :meth:`_member`)."""
+        with self._lock:
+            return {k: dict(v) for k, v in self._directory.items()}
 
     def request_outcome(self, req: bytes) -> Outcome | None:
         """The remembered outcome of a request id, if it was applied."""
@@ -172,6 +181,7 @@ class KeyringStateMachine:
             "retire": self._retire,
             "backed_up": self._backed_up,
             "restore": self._restore,
+            "member": self._member,
         }.get(op)
         if handler is None:
             return _fail("BAD_COMMAND", f"unknown command {op!r}")
@@ -256,6 +266,26 @@ class KeyringStateMachine:
         self._keyring, marked = self._keyring.mark_backed_up(fingerprints)
         return Outcome(True, {"marked": marked})
 
+    def _member(self, cmd: dict[str, Any]) -> Outcome:
+        """Record a node added to or removed from the Raft configuration.
+
+        A removed id is a tombstone: it never becomes a member again, so a node that
+        comes back with the stale data of a removed member cannot slip back in.
+        """
+        node_id = _field(cmd, "node_id", str)
+        raft_address = _field(cmd, "raft_address", str)
+        service_address = _field(cmd, "service_address", str)
+        removed = bool(_field(cmd, "removed", bool))
+        if not 0 < len(node_id) <= 64:
+            raise DecodeError("node ids are 1 to 64 characters")
+        current = self._directory.get(node_id)
+        if current is not None and current["removed"] and not removed:
+            return _fail("CONFLICT", f"{node_id} was removed from this cluster; a removed "
+                                     "node never rejoins (use a new node id)")
+        self._directory[node_id] = {"raft_address": raft_address,
+                                    "service_address": service_address, "removed": removed}
+        return Outcome(True, {"node_id": node_id, "removed": removed})
+
     def _restore(self, cmd: dict[str, Any]) -> Outcome:
         """Merge versions from a backup; never drops or overwrites a different version.
 
@@ -275,6 +305,8 @@ class KeyringStateMachine:
                 created=_time_field(raw, "created"), backed_up=True))
         if not incoming:
             return _fail("BAD_COMMAND", "the backup holds no versions")
+        if len({v.id for v in incoming}) != len(incoming):
+            raise DecodeError("the restored versions have duplicate ids")
         if backup_primary is not None and backup_primary not in {v.id for v in incoming}:
             raise DecodeError("the backup's primary is not among its versions")
         ring = self._keyring
@@ -316,6 +348,7 @@ class KeyringStateMachine:
         with self._lock:
             return versioned(SNAPSHOT_FORMAT, {
                 "index": self._index,
+                "directory": self._directory,
                 "versions": [v.to_wire() for v in self._keyring.versions],
                 "requests": [[k, o.to_wire()] for k, o in self._requests.items()],
             })
@@ -329,6 +362,10 @@ class KeyringStateMachine:
             versions = tuple(_snapshot_version(v) for v in raw["versions"])
             requests = OrderedDict(_snapshot_request(r) for r in raw["requests"])
             index = raw.get("index", 0)
+            directory = {str(k): {"raft_address": str(v["raft_address"]),
+                                  "service_address": str(v["service_address"]),
+                                  "removed": bool(v["removed"])}
+                         for k, v in raw.get("directory", {}).items()}
         except (KeyError, TypeError, ValueError) as exc:
             raise DecodeError(f"malformed snapshot: {exc}") from None
         ids = [v.id for v in versions]
@@ -342,6 +379,7 @@ class KeyringStateMachine:
             self._keyring = Keyring(versions)
             self._requests = requests
             self._index = index
+            self._directory = directory
 
 
 def _snapshot_version(raw: Any) -> KeyVersion:

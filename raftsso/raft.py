@@ -33,13 +33,14 @@ import io
 import logging
 import os
 import pickle
+import queue
 import socket
 import struct
 import threading
 import time
 import types
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,7 +53,7 @@ from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
 from pysyncobj.journal import Journal
 from pysyncobj.transport import TCPTransport
 
-from raftsso.config import NodeConfig
+from raftsso.config import NodeConfig, Peer
 from raftsso.errors import DecodeError, NotLeader, OutcomeUnknown, StorageError
 from raftsso.fsm import KeyringStateMachine, Outcome
 from raftsso.fsutil import atomic_write, fsync_dir
@@ -84,7 +85,9 @@ on_storage_failure: Callable[[str], None] = _die
 
 # -- restricted unpickling of peer bytes --------------------------------------------------
 
-_ALLOWED_GLOBALS = frozenset({("_codecs", "encode")})
+# _codecs.encode rebuilds bytes (protocol 2); pysyncobj.node.TCPNode is the node object
+# inside a membership change command (class only: NEWOBJ + BUILD, no constructor call).
+_ALLOWED_GLOBALS = frozenset({("_codecs", "encode"), ("pysyncobj.node", "TCPNode")})
 _BYTES_GLOBALS = frozenset({("__builtin__", "bytes"), ("builtins", "bytes")})
 
 
@@ -528,7 +531,8 @@ class _KeyringSyncObj(SyncObj):  # type: ignore[misc]
     @replicated  # type: ignore[untyped-decorator]
     def _apply_command(self, command: bytes) -> Outcome:
         # The one replicated method: opaque, versioned msgpack bytes (see raftsso.fsm).
-        return self._fsm.apply(command)
+        # pysyncobj applies entry raftLastApplied + 1 and counts it only afterwards.
+        return self._fsm.apply(command, index=self.raftLastApplied + 1)
 
 
 ROLE_NAMES = {0: "follower", 1: "candidate", 2: "leader"}
@@ -546,14 +550,16 @@ class RaftNode:
     """One replica's Raft member: propose commands, read its view of the cluster."""
 
     def __init__(self, cfg: NodeConfig, fsm: KeyringStateMachine,
-                 on_role_change: Callable[[str, str], None] | None = None) -> None:
+                 on_role_change: Callable[[str, str], None] | None = None,
+                 directory: Callable[[], Sequence[Peer]] | None = None) -> None:
         harden_pysyncobj()
         self._cfg = cfg
         self._fsm = fsm
         self._on_role_change = on_role_change
-        self._addr_to_id = {p.raft_address: p.id for p in cfg.members}
-        self._id_to_addr = {p.id: p.raft_address for p in cfg.members}
+        # Who is who (ids, addresses): the config's members plus later membership changes.
+        self._directory = directory or (lambda: cfg.members)
         self._sync: _KeyringSyncObj | None = None
+        self._tick_jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         secret = cfg.cluster_secret()
         if len(secret) != 32:
             raise StorageError("the cluster secret must be 32 random bytes")
@@ -589,7 +595,7 @@ class RaftNode:
             connectionTimeout=t.connection_timeout,
             connectionRetryTime=t.connection_retry,
             commandsWaitLeader=False,
-            dynamicMembershipChange=False,
+            dynamicMembershipChange=True,
             onStateChanged=self._state_changed,
             autoTick=True,
             autoTickPeriod=min(0.02, t.append_entries_period),
@@ -636,6 +642,57 @@ class RaftNode:
     def start(self) -> None:
         others = [p.raft_address for p in self._cfg.peers]
         self._sync = _KeyringSyncObj(self._fsm, self._cfg.raft_address, others, self._conf())
+        self._sync.addOnTickCallback(self._run_tick_jobs)
+
+    # pysyncobj is not thread-safe: anything beyond proposing (which goes through its
+    # queue) must run in its tick thread. Jobs are queued here and run on the next tick.
+
+    def _run_tick_jobs(self) -> None:
+        while True:
+            try:
+                job = self._tick_jobs.get_nowait()
+            except queue.Empty:
+                return
+            job()
+
+    def in_raft_thread(self, fn: Callable[[], Any], timeout: float) -> Any:
+        """Run ``fn`` in the Raft thread and return its result (or raise its exception)."""
+        done = threading.Event()
+        box: dict[str, Any] = {}
+
+        def job() -> None:
+            try:
+                box["result"] = fn()
+            except Exception as exc:  # handed back to the caller
+                box["error"] = exc
+            done.set()
+
+        self._tick_jobs.put(job)
+        if not done.wait(timeout):
+            raise OutcomeUnknown(f"the Raft thread did not answer within {timeout:.1f} s")
+        if "error" in box:
+            raise box["error"]
+        return box.get("result")
+
+    def transfer_leadership(self, node_id: str, timeout: float) -> int:
+        """Ask pysyncobj to hand leadership to ``node_id`` (Raft TimeoutNow).
+
+        Returns pysyncobj's FAIL_REASON: SUCCESS means the request was sent, not that the
+        election is over; the caller polls :attr:`leader_id`.
+        """
+        address = next(p.raft_address for p in self._directory() if p.id == node_id)
+        answer: dict[str, int] = {}
+
+        def send() -> None:
+            self.sync.transferLeadership(address, callback=lambda _r, err: answer.update(
+                error=err))
+
+        self.in_raft_thread(send, timeout)
+        return int(answer.get("error", FAIL_REASON.REQUEST_DENIED))
+
+    @property
+    def last_log_index(self) -> int:
+        return int(self.sync._SyncObj__getCurrentLogIndex())
 
     def stop(self) -> None:
         if self._sync is not None:
@@ -684,7 +741,32 @@ class RaftNode:
         leader = self.sync._getLeader()
         if leader is None:
             return None
-        return self._addr_to_id.get(getattr(leader, "id", str(leader)))
+        address = getattr(leader, "id", str(leader))
+        return next((p.id for p in self._directory() if p.raft_address == address), None)
+
+    def raft_addresses(self) -> set[str]:
+        """The Raft configuration as pysyncobj has it now (this node included)."""
+        sync = self.sync
+        return {sync.selfNode.id} | {n.id for n in sync.otherNodes}
+
+    def change_membership(self, add: bool, raft_address: str, timeout: float) -> int:
+        """Add or remove one member through Raft; returns pysyncobj's FAIL_REASON.
+
+        pysyncobj allows one change at a time and only after the leader's no-op of its
+        term committed; it answers REQUEST_DENIED otherwise.
+        """
+        done = threading.Event()
+        box: dict[str, int] = {}
+
+        def callback(_result: Any, error: int) -> None:
+            box["error"] = error
+            done.set()
+
+        change = self.sync.addNodeToCluster if add else self.sync.removeNodeFromCluster
+        change(raft_address, callback=callback)
+        if not done.wait(timeout):
+            raise OutcomeUnknown(f"the membership change did not commit within {timeout:.1f} s")
+        return box["error"]
 
     @property
     def has_quorum(self) -> bool:
@@ -709,8 +791,11 @@ class RaftNode:
         heard = dict(getattr(transport, "last_heard", {}))
         now = time.monotonic()
         views = []
-        for peer in self._cfg.peers:
+        raft_members = self.raft_addresses()
+        for peer in self._directory():
             addr = peer.raft_address
+            if addr == self._cfg.raft_address or addr not in raft_members:
+                continue
             last = heard.get(addr)
             views.append(PeerView(
                 id=peer.id,

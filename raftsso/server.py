@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from raftsso import pki
+from raftsso.config import split_address
 from raftsso.errors import DecodeError, FrameTooLarge, NotLeader, RaftssoError, RemoteError
 from raftsso.node import Node
 from raftsso.wire import decode_body, encode_frame, error, frame_length, ok, parse_request
@@ -39,6 +40,7 @@ from raftsso.wire import decode_body, encode_frame, error, frame_length, ok, par
 log = logging.getLogger(__name__)
 
 READ_ROLES = frozenset({"client", "admin"})
+NODE_ROLES = frozenset({"node"})
 ADMIN_ROLES = frozenset({"admin"})
 
 
@@ -82,6 +84,11 @@ class Service:
             "retire": (ADMIN_ROLES, self._retire),
             "backed_up": (ADMIN_ROLES, self._backed_up),
             "restore": (ADMIN_ROLES, self._restore),
+            "clients": (NODE_ROLES, self._clients),
+            "transfer_leader": (ADMIN_ROLES, self._transfer_leader),
+            "members": (READ_ROLES, self._members),
+            "member_add": (ADMIN_ROLES, self._member_add),
+            "member_remove": (ADMIN_ROLES, self._member_remove),
         }
 
     async def handle(self, caller: Caller, message: dict[str, Any]) -> dict[str, Any]:
@@ -141,17 +148,24 @@ class Service:
         # A backup must hold the newest state: it asks for the leader's keyring.
         if args.get("require_leader") is True:
             self._require_leader()
-        return self.node.keyring()
+        client_id = args.get("client_id")
+        if not (isinstance(client_id, str) and 0 < len(client_id) <= 64):
+            client_id = None
+        return self.node.keyring(client_id=client_id)
+
+    async def _clients(self, caller: Caller, args: dict[str, Any]) -> Any:
+        return self.node.client_view()
 
     async def _rotate(self, caller: Caller, args: dict[str, Any]) -> Any:
         request_id = args.get("request_id")
         now = args.get("now", False)
-        if not isinstance(request_id, bytes) or not isinstance(now, bool):
-            raise RemoteError("rotate needs request_id (16 bytes) and now (bool)",
-                              code="BAD_REQUEST")
-        if not self.node.raft.is_leader:
-            raise NotLeader("this node is not the leader")
-        result = await asyncio.to_thread(self.node.rotate, request_id, now)
+        expect = args.get("expect_primary")
+        if not isinstance(request_id, bytes) or not isinstance(now, bool) or not (
+                expect is None or (isinstance(expect, int) and not isinstance(expect, bool))):
+            raise RemoteError("rotate needs request_id (16 bytes), now (bool) and optionally "
+                              "expect_primary (int)", code="BAD_REQUEST")
+        self._require_leader()
+        result = await asyncio.to_thread(self.node.rotate, request_id, now, expect)
         log.info("rotation by %s: version %s (%s), primary %s", caller.name,
                  result.get("version"), result.get("state"), result.get("primary_version"))
         return result
@@ -170,7 +184,8 @@ class Service:
         request_id = _request_id(args)
         raw = args.get("fingerprints")
         if not isinstance(raw, dict) or not all(
-                isinstance(k, str) and k.isdigit() and isinstance(v, str) for k, v in raw.items()):
+                isinstance(k, str) and k.isascii() and k.isdigit() and isinstance(v, str)
+            for k, v in raw.items()):
             raise RemoteError("backed_up needs fingerprints: {version: fingerprint}",
                               code="BAD_REQUEST")
         self._require_leader()
@@ -193,6 +208,51 @@ class Service:
         log.info("restore by %s from a backup of cluster %s: %s", caller.name, cluster_id,
                  {k: result.get(k) for k in ("added", "revived", "replaced", "primary_version")})
         return result
+
+    async def _transfer_leader(self, caller: Caller, args: dict[str, Any]) -> Any:
+        target = args.get("node_id")
+        if not isinstance(target, str) or not target:
+            raise RemoteError("transfer_leader needs node_id", code="BAD_REQUEST")
+        self._require_leader()
+        result = await asyncio.to_thread(self.node.transfer_leadership, target)
+        log.info("leadership moved to %s by %s (term %s)", target, caller.name,
+                 result.get("term"))
+        return result
+
+    async def _members(self, caller: Caller, args: dict[str, Any]) -> Any:
+        if args.get("require_leader") is True:
+            self._require_leader()
+        return {"leader": self.node.raft.leader_id, "node_id": self.node.cfg.node_id,
+                "members": self.node.member_views()}
+
+    async def _member_add(self, caller: Caller, args: dict[str, Any]) -> Any:
+        request_id = _request_id(args)
+        node_id, raft_address = args.get("node_id"), args.get("raft_address")
+        service_address = args.get("service_address")
+        if not all(isinstance(x, str) and x for x in (node_id, raft_address, service_address)):
+            raise RemoteError("member_add needs node_id, raft_address and service_address",
+                              code="BAD_REQUEST")
+        assert isinstance(node_id, str) and isinstance(raft_address, str)
+        assert isinstance(service_address, str)
+        try:
+            split_address(raft_address)
+            split_address(service_address)
+        except RaftssoError as exc:
+            raise RemoteError(str(exc), code="BAD_REQUEST") from None
+        self._require_leader()
+        return await asyncio.to_thread(
+            lambda: self.node.change_member(request_id, node_id, add=True,
+                                            raft_address=raft_address,
+                                            service_address=service_address))
+
+    async def _member_remove(self, caller: Caller, args: dict[str, Any]) -> Any:
+        request_id = _request_id(args)
+        node_id = args.get("node_id")
+        if not isinstance(node_id, str) or not node_id:
+            raise RemoteError("member_remove needs node_id", code="BAD_REQUEST")
+        self._require_leader()
+        return await asyncio.to_thread(
+            lambda: self.node.change_member(request_id, node_id, add=False))
 
     def _require_leader(self) -> None:
         if not self.node.raft.is_leader:

@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from raftsso import cluster_status
-from raftsso.deployment import init_deployment
+from raftsso.deployment import init_deployment, join_node
 from raftsso.remote import ClusterClient
 from raftsso_cli.common import print_json, remote_config, table
 from raftsso_cli.lifecycle import warn_not_backed_up
@@ -21,10 +21,27 @@ from raftsso_cli.lifecycle import warn_not_backed_up
 @click.option("--nodes", default=3, show_default=True, help="Number of replicas (odd).")
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address every node listens on (one machine).")
-@click.option("--base-port", default=7100, show_default=True,
-              help="First port; each node uses three (raft, service, metrics).")
-def init(directory: Path, nodes: int, host: str, base_port: int) -> None:
-    """Create a new deployment in DIRECTORY: CA, certificates, seal key, configs."""
+@click.option("--base-port", default=None, type=int,
+              help="First port; each node uses three (raft, service, metrics). "
+                   "[default: 7100, or after the last node with --join]")
+@click.option("--join", "join", metavar="NODE_ID", default=None,
+              help="Add NODE_ID's directory to the existing deployment DIRECTORY instead.")
+def init(directory: Path, nodes: int, host: str, base_port: int | None,
+         join: str | None) -> None:
+    """Create a new deployment in DIRECTORY: CA, certificates, seal key, configs.
+
+    With --join NODE_ID, prepare one more node for the existing deployment in DIRECTORY;
+    start it, then run `raftsso -c DIRECTORY/admin.toml members add NODE_ID ADDRESS`.
+    """
+    if join is not None:
+        plan = join_node(directory, join, host=None if host == "127.0.0.1" else host,
+                         base_port=base_port)
+        click.echo(f"prepared {directory / join} (raft {plan.raft_address}, service "
+                   f"{plan.service_address}); admin.toml and client.toml list it now")
+        click.echo(f"next: start it, then: raftsso -c {directory / 'admin.toml'} members add "
+                   f"{join} {plan.raft_address}")
+        return
+    base_port = 7100 if base_port is None else base_port
     cluster_id = init_deployment(directory, nodes=nodes, host=host, base_port=base_port)
     click.echo(f"created cluster {cluster_id} with {nodes} node(s) in {directory}")
     click.echo(f"start it:  raftsso local up {directory}")

@@ -266,10 +266,6 @@ def test_every_flipped_byte_is_refused(mask: int) -> None:
         raise AssertionError(f"flip {mask:#x} at byte {position} was accepted")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: raftsso/backup.py _kdf() accepts lanes > memory_kib / 8; Argon2id() then raises "
-    "ValueError('memory_cost must be an integer >= 8 * lanes') out of open_backup "
-    "(e.g. a flip of bit 1 of the lanes byte: lanes 1 -> 3 with memory_kib 8)"))
 def test_every_flipped_bit_is_refused() -> None:
     for position in range(len(SMALL)):
         for bit in range(8):
@@ -397,10 +393,6 @@ def test_huge_memory_fails_fast_with_the_real_kdf() -> None:
         assert time.monotonic() - started < 0.5
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: raftsso/backup.py _kdf() checks memory_kib, iterations and lanes each on its own "
-    "but not Argon2's memory_kib >= 8 * lanes; open_backup then lets Argon2id's ValueError "
-    "escape instead of BackupError"))
 @pytest.mark.parametrize("memory,lanes", [(8, 2), (8, 64), (100, 13)])
 def test_lanes_beyond_memory_is_a_backup_error(memory: int, lanes: int) -> None:
     expect_backup_error(frame(crafted_kdf(memory_kib=memory, lanes=lanes)))
@@ -442,10 +434,6 @@ def test_damaged_header_fields(header: dict[str, Any], no_key_derivation: None) 
         open_backup(blob, PASSWORD)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: raftsso/backup.py read_info() converts a header version id with int() and catches "
-    "only KeyError/TypeError/ValueError; int(float('inf')) raises OverflowError, which escapes "
-    "read_info and open_backup (add OverflowError to the except, or require isinstance int)"))
 @pytest.mark.parametrize("bad", [float("inf"), float("-inf")])
 def test_infinite_version_id_is_a_backup_error(bad: float) -> None:
     blob = frame(crafted(versions=[_version_entry(id=bad)]))
@@ -471,11 +459,6 @@ def test_a_key_that_does_not_match_its_fingerprint() -> None:
     expect_backup_error(blob, match="version 1 in the backup is damaged")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG (low): raftsso/backup.py open_backup() checks each body key against the *body's* "
-    "fingerprint but returns it with the *header's* fingerprint without comparing them, so a "
-    "file (made with the password) whose header fingerprint differs yields a BackupVersion "
-    "whose key does not match its fingerprint (node.restore re-checks it later)"))
 def test_the_header_fingerprint_must_match_the_key() -> None:
     versions = [version(1, "primary")]
     header = header_for(versions, 1)

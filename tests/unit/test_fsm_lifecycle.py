@@ -545,10 +545,6 @@ def test_the_valid_restore_fields_used_above_are_valid() -> None:
         "added": [2, 3], "revived": [], "replaced": [], "primary_version": 3}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: raftsso/fsm.py _restore() does not check that the restored version ids are "
-    "unique: with two entries for one id (different keys) the first is installed, the "
-    "second silently ignored, and the command succeeds; it should be BAD_COMMAND"))
 @pytest.mark.parametrize("start", ["booted", "empty"])
 def test_restore_with_duplicate_ids_is_a_bad_command(start: str) -> None:
     fsm = booted() if start == "booted" else KeyringStateMachine()
