@@ -8,8 +8,11 @@ never holding a lock the Raft thread needs) and emits, on a change:
 * ``quorum_lost`` once this node has seen no leader with a quorum for ``quorum_grace``
   (so that an ordinary election, a few hundred milliseconds, is not an outage), and
   ``quorum_regained`` as soon as it sees one again;
-* ``peer_unreachable`` / ``peer_reachable`` when a Raft link goes down or comes back (a
-  peer never reached since start is reported unreachable after ``quorum_grace`` too);
+* ``peer_unreachable`` / ``peer_reachable`` when a peer becomes unreachable or comes back.
+  Unreachable: its Raft connection is down, or it should be talking to us (we lead, or it
+  is our leader) and has been silent for ``peer_silence`` (a cut network keeps a TCP
+  connection "open" for a while). Back: connected *and* heard from within
+  ``peer_silence``. A peer never reached since start is reported after ``quorum_grace``;
 * on the leader, ``version_not_backed_up`` for each usable version never included in a
   backup, once when first noticed and then every :data:`BACKUP_REMINDER` seconds.
 
@@ -48,12 +51,19 @@ class ClusterWatch:
         self.quorum_grace = (quorum_grace if quorum_grace is not None else
                              max(1.0, 2 * timings.election_timeout_max,
                                  timings.leader_fallback_timeout))
+        # A peer that should be talking to us (our followers, our leader) and has been
+        # silent this long is unreachable even while its TCP connection looks open.
+        self.peer_silence = max(timings.leader_fallback_timeout,
+                                5 * timings.append_entries_period)
+        self._led_at: float | None = None
         self._clock = clock
         self._started = clock()
         self._last_leader: tuple[str, int] | None = None
         self._quorum_ok: bool | None = None
         self._quorum_bad_since: float | None = None
         self._peer_up: dict[str, bool] = {}
+        self._tcp_up: dict[str, bool] = {}
+        self._expect_since: dict[str, float] = {}
         self._backup_warned: dict[int, float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="cluster-watch", daemon=True)
@@ -80,6 +90,8 @@ class ClusterWatch:
         raft = self.node.raft
         now = self._clock()
         leader, term, quorum = raft.leader_id, raft.term, raft.has_quorum
+        if raft.leader_id != leader or raft.term != term:
+            return  # changed while we looked (an election): look again next time
         if leader is not None and (leader, term) != self._last_leader:
             self._last_leader = (leader, term)
             if self.metrics is not None:
@@ -87,9 +99,38 @@ class ClusterWatch:
             events.emit(events.LEADER_CHANGED, f"leader is {leader} in term {term}",
                         leader=leader, term=term)
         self._quorum(leader is not None and quorum, leader, term, now)
-        for peer in raft.peers():
-            self._peer(peer.id, peer.connected, now)
-        if raft.is_leader:
+        leading = raft.is_leader
+        if leading:
+            self._led_at = now
+        # A leader that just stepped down (cut off: no answers) still expects its peers.
+        led = self._led_at is not None and now - self._led_at <= 2 * self.peer_silence
+        peers = raft.peers()
+        heard = {p.id: p.last_contact is not None and p.last_contact <= self.peer_silence
+                 for p in peers}
+        # Following a leader with a quorum that we hear from: no evidence of trouble left.
+        settled = (leader is not None and not leading and quorum
+                   and heard.get(leader, False))
+        for peer in peers:
+            if not (led or peer.id == leader):
+                self._expect_since.pop(peer.id, None)
+            reconnected = peer.connected and self._tcp_up.get(peer.id) is False
+            self._tcp_up[peer.id] = peer.connected
+            if not peer.connected:
+                up = False
+            elif led or peer.id == leader:
+                # The leader hears from every peer, a follower from its leader, all the
+                # time: silence means unreachable even while TCP looks open (counted from
+                # when we started to expect it: a new leader, a new term).
+                since = self._expect_since.setdefault(peer.id, now)
+                up = heard[peer.id] or now - since < self.peer_silence
+            elif self._peer_up.get(peer.id) is False:
+                # Idle follower-to-follower link: "back" needs a message, a new
+                # connection, or a settled cluster around us.
+                up = heard[peer.id] or reconnected or settled
+            else:
+                up = True
+            self._peer(peer.id, up, now)
+        if leading:
             self._backups(now)
 
     def _quorum(self, ok: bool, leader: str | None, term: int, now: float) -> None:
