@@ -1,53 +1,164 @@
-"""``python -m bench [--quick] [--trials N] [SCENARIO ...]``: run benchmarks, print a table,
-write JSON to bench/results/."""
+"""``python -m bench [--quick] [--trials N] [--out DIR] [SCENARIO ...]``: run benchmarks.
+
+Scenarios: encryption, rewrap, rotation, load, failover, etcd (side by side; skipped with a
+note where no ``etcd`` binary is on PATH). Each prints a table; the run writes one JSON
+report to ``--out`` (default bench/results/, git-ignored) with the machine, Python, commit
+and every scenario's configuration and numbers, plus a PNG (failover timeline, latency
+CDFs) when matplotlib is installed (``pip install -e '.[bench]'``). A full run of every
+scenario into the default directory also rewrites the generated part of bench/RESULTS.md
+and bench/latest.png.
+
+``--quick`` runs every scenario at a small size (well under a minute): it checks that the
+harness works, and its numbers mean nothing.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
+import traceback
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from bench import failover
+from bench import encryption, etcd, failover, load, plots, rewrap, rotation, summary
 
-SCENARIOS = {"failover": failover.run}
+# etcd last: its ratios are to raftsso's numbers of the same run.
+SCENARIOS: dict[str, Callable[..., dict[str, Any]]] = {
+    "encryption": encryption.run,
+    "rewrap": rewrap.run,
+    "rotation": rotation.run,
+    "load": load.run,
+    "failover": failover.run,
+    "etcd": etcd.run,
+}
+HERE = Path(__file__).parent
 
 
 def _commit() -> str:
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, check=True).stdout.strip()
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, check=True, cwd=HERE).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, check=True,
+                               cwd=HERE).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
 
+def _machine() -> dict[str, Any]:
+    model = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return {"platform": platform.platform(), "python": sys.version.split()[0],
+            "implementation": platform.python_implementation(), "cpus": os.cpu_count(),
+            "cpu_model": model, "memory_gib": round(mem, 1)}
+
+
+def _clean(obj: Any) -> Any:
+    """JSON-safe: NaN/inf become null, keys become strings."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_clean(v) for v in obj]
+    return obj
+
+
 def main() -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("scenarios", nargs="*", default=list(SCENARIOS),
-                        help=f"any of {sorted(SCENARIOS)} (default: all)")
+                        help=f"any of {list(SCENARIOS)} (default: all)")
     parser.add_argument("--quick", action="store_true",
-                        help="a few trials only: checks that the harness works (CI)")
-    parser.add_argument("--trials", type=int, default=None)
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+                        help="small sizes: checks that the harness works (CI)")
+    parser.add_argument("--trials", type=int, default=None,
+                        help="failover trials per signal (and etcd trials; default 20)")
+    parser.add_argument("--out", type=Path, default=HERE / "results")
+    parser.add_argument("--no-summary", action="store_true",
+                        help="do not rewrite bench/RESULTS.md and bench/latest.png")
     args = parser.parse_args()
-    report = {
-        "machine": {"platform": platform.platform(), "python": sys.version.split()[0],
-                    "cpus": __import__("os").cpu_count()},
+    unknown = [s for s in args.scenarios if s not in SCENARIOS]
+    if unknown:
+        parser.error(f"unknown scenario(s) {unknown}; choose from {list(SCENARIOS)}")
+    report: dict[str, Any] = {
+        "machine": _machine(),
         "commit": _commit(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "quick": args.quick,
+        "argv": sys.argv[1:],
         "results": {},
+        "errors": {},
     }
+    plot_data: dict[str, Any] = {}
+    t_all = time.perf_counter()
     for name in args.scenarios:
-        report["results"][name] = SCENARIOS[name](quick=args.quick, trials=args.trials)
+        print(f"\n=== {name} ===", flush=True)
+        t = time.perf_counter()
+        try:
+            result = SCENARIOS[name](quick=args.quick, trials=args.trials)
+        except Exception as exc:  # one broken scenario must not lose the others' numbers
+            traceback.print_exc()
+            report["errors"][name] = f"{type(exc).__name__}: {exc}"
+            continue
+        plot_data[name] = result.pop("_plot", None)
+        result["elapsed_s"] = round(time.perf_counter() - t, 2)
+        report["results"][name] = result
+    report["elapsed_s"] = round(time.perf_counter() - t_all, 2)
+    report["comparisons"] = summary.comparisons(report)
+    summary.print_targets(report)
+
     args.out.mkdir(parents=True, exist_ok=True)
-    out = args.out / f"bench-{time.strftime('%Y%m%d-%H%M%S')}{'-quick' if args.quick else ''}.json"
-    out.write_text(json.dumps(report, indent=2))
-    print(f"\nwritten: {out}")
-    return 0
+    stamp = time.strftime("%Y%m%d-%H%M%S") + ("-quick" if args.quick else "")
+    png: Path | None = args.out / f"bench-{stamp}.png"
+    if plots.available():
+        assert png is not None
+        try:
+            plots.render(plot_data, png, f"raftsso bench {report['started']} "
+                         f"({report['commit']}, {report['machine']['cpus']} CPUs)"
+                         + (" QUICK: numbers mean nothing" if args.quick else ""))
+            report["plot"] = str(png)
+        except Exception as exc:
+            traceback.print_exc()
+            report["plot"] = None
+            report["plot_note"] = f"plotting failed: {type(exc).__name__}: {exc}"
+            png = None
+    else:
+        png = None
+        report["plot"] = None
+        report["plot_note"] = ("skipped: matplotlib is not installed "
+                               "(pip install -e '.[bench]')")
+        print(f"\nplots {report['plot_note']}")
+    out = args.out / f"bench-{stamp}.json"
+    out.write_text(json.dumps(_clean(report), indent=2))
+    print(f"\nwritten: {out}" + (f" and {png}" if png else ""))
+
+    full = (not args.quick and set(args.scenarios) == set(SCENARIOS) and not report["errors"]
+            and not args.no_summary and args.out.resolve() == (HERE / "results").resolve())
+    if full:
+        latest = None
+        if png is not None:
+            shutil.copyfile(png, HERE / "latest.png")
+            latest = "latest.png"
+        summary.write_results_md(HERE / "RESULTS.md", report, latest)
+        print(f"updated: {HERE / 'RESULTS.md'}" + (f" and {HERE / 'latest.png'}"
+                                                  if latest else ""))
+    return 1 if report["errors"] else 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,252 @@
+"""The issue's targets against a report, the etcd ratios, and bench/RESULTS.md."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+BEGIN = "<!-- bench:results:begin (written by python -m bench; edit outside the markers) -->"
+END = "<!-- bench:results:end -->"
+
+
+def _get(report: dict[str, Any], *path: str) -> Any:
+    node: Any = report.get("results", {})
+    for key in path:
+        if not isinstance(node, dict) or key not in node:
+            return None
+        node = node[key]
+    return node
+
+
+def _num(x: Any) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _ms(x: Any) -> str:
+    return f"{x * 1000:.1f} ms" if _num(x) else "-"
+
+
+def comparisons(report: dict[str, Any]) -> dict[str, Any]:
+    """raftsso / etcd ratios from the same run (None where either side is missing)."""
+    out: dict[str, Any] = {}
+    etcd_ack = _get(report, "etcd", "ack_write_s", "median")
+    etcd_leader = _get(report, "etcd", "new_leader_s", "median")
+    etcd_put = _get(report, "etcd", "sequential_put_s", "median")
+    r_ack = _get(report, "failover", "sigkill", "ack_rotate_s", "median")
+    r_leader = _get(report, "failover", "sigkill", "new_leader_s", "median")
+    r_rot = _get(report, "rotation", "sequential", "p50_s")
+    if _num(etcd_ack) and _num(r_ack):
+        out["failover_ack_median_ratio"] = r_ack / etcd_ack
+    if _num(etcd_leader) and _num(r_leader):
+        out["failover_new_leader_median_ratio"] = r_leader / etcd_leader
+    if _num(etcd_put) and _num(r_rot):
+        out["sequential_write_p50_ratio"] = r_rot / etcd_put
+    return out
+
+
+def targets(report: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """(target, measured, met, scenario) rows; met is yes / NO / n/a."""
+    rows: list[tuple[str, str, str, str]] = []
+
+    def row(name: str, measured: str, ok: bool | None, scenario: str) -> None:
+        rows.append((name, measured, "n/a" if ok is None else ("yes" if ok else "NO"),
+                     scenario))
+
+    k = _get(report, "failover", "sigkill")
+    if k:
+        a = k["ack_rotate_s"]
+        row("failover SIGKILL: median <= 0.5 s", _ms(a.get("median")),
+            a.get("median", 9) <= 0.5, "failover")
+        row("failover SIGKILL: p99 <= 1.0 s", _ms(a.get("p99")), a.get("p99", 9) <= 1.0,
+            "failover")
+        row("failover SIGKILL: no trial over 2 s",
+            f"{k['over_2s']} of {k['trials']} (max {_ms(a.get('max'))})", k["over_2s"] == 0,
+            "failover")
+        ratio = comparisons(report).get("failover_ack_median_ratio")
+        etcd_ack = _get(report, "etcd", "ack_write_s", "median")
+        row("failover SIGKILL median <= half of etcd's",
+            f"{ratio:.2f} x etcd ({_ms(etcd_ack)})" if ratio is not None
+            else "etcd not measured", None if ratio is None else ratio <= 0.5, "failover/etcd")
+        s = _get(report, "failover", "sigstop") or {}
+        failed = k["failed_client_ops"] + s.get("failed_client_ops", 0)
+        ops = k["client_ops"] + s.get("client_ops", 0)
+        row("zero client encrypt/decrypt failures in any failover trial",
+            f"{failed} failed of {ops + failed} (SIGKILL {k['failed_client_ops']}, "
+            f"SIGSTOP {s.get('failed_client_ops', '-')})", failed == 0, "failover")
+    load = _get(report, "load")
+    if load:
+        best = load["max_sustained_per_s"]
+        row(">= 2,000 keyring fetches/s from one node", f"{best:,.0f}/s sustained "
+            f"(max achieved {load['max_achieved_per_s']:,.0f}/s)", best >= 2000, "load")
+        p99 = load.get("p99_at_1000_s")
+        row("keyring fetch p99 < 50 ms at 1,000/s", _ms(p99),
+            None if p99 is None else p99 < 0.05, "load")
+    rot = _get(report, "rotation", "sequential")
+    if rot:
+        row("acknowledged rotate p50 <= 5 ms (fsync)", _ms(rot["p50_s"]),
+            rot["p50_s"] <= 0.005, "rotation")
+    enc = _get(report, "encryption", "1 KiB")
+    if enc:
+        row("encrypt at 1 KiB >= 70% of raw AESGCM", f"{enc['encrypt_ratio']:.0%} "
+            f"({enc['client_encrypt']:,.0f} vs {enc['raw_encrypt']:,.0f} ops/s)",
+            enc["encrypt_ratio"] >= 0.7, "encryption")
+    rw = _get(report, "rewrap")
+    if rw:
+        row("rewrap >= 20,000 rows/s", f"{rw['rows_per_s']:,.0f} rows/s "
+            f"({rw['config']['rows']:,} rows in {rw['seconds']:.2f} s)",
+            rw["rows_per_s"] >= 20000, "rewrap")
+    return rows
+
+
+def print_targets(report: dict[str, Any]) -> None:
+    rows = targets(report)
+    if not rows:
+        return
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    print("\ntargets (issue 6; measured, never asserted)")
+    for r in rows:
+        print(f"  {r[0].ljust(widths[0])}  {r[1].ljust(widths[1])}  {r[2]}")
+    comp = comparisons(report)
+    if comp:
+        print("raftsso / etcd, same run: " + ", ".join(f"{k} {v:.2f}" for k, v in comp.items()))
+
+
+def _scenario_tables(report: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
+    f = _get(report, "failover")
+    if f:
+        lines += ["### Failover", "",
+                  f"{f['config']['trials_per_signal']} trials per signal, "
+                  f"{f['config']['clients']} SSO clients (resync "
+                  f"{f['config']['client_resync_interval_s']} s) encrypting and decrypting "
+                  "throughout.", "",
+                  "| signal | time to | median | p90 | p99 | max | failed client ops |",
+                  "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+        for kind in ("sigkill", "sigstop"):
+            e = f.get(kind)
+            if not e:
+                continue
+            for metric, label in (("new_leader_s", "new leader"),
+                                  ("ack_rotate_s", "first acknowledged rotate")):
+                s = e[metric]
+                lines.append(f"| {kind.upper()} | {label} | {_ms(s.get('median'))} | "
+                             f"{_ms(s.get('p90'))} | {_ms(s.get('p99'))} | "
+                             f"{_ms(s.get('max'))} | {e['failed_client_ops']} of "
+                             f"{e['client_ops'] + e['failed_client_ops']:,} |")
+        lines += ["", f"Slowest single client operation: SIGKILL "
+                  f"{_ms(f['sigkill']['slowest_client_op_s'])}, SIGSTOP "
+                  f"{_ms(f['sigstop']['slowest_client_op_s'])} (over 50 ms counted); largest "
+                  f"client sync age: SIGKILL {_ms(f['sigkill']['max_client_sync_age_s'])}, "
+                  f"SIGSTOP {_ms(f['sigstop']['max_client_sync_age_s'])}.", ""]
+    e = _get(report, "etcd")
+    if e and not e.get("skipped"):
+        lines += [f"### etcd {e['config']['version']} (3 members, default timings, "
+                  "same machine, same run)", "",
+                  "| measure | median | p90 | p99 | max |", "| --- | ---: | ---: | ---: | ---: |"]
+        for key, label in (("new_leader_s", "SIGKILL leader -> new leader"),
+                           ("ack_write_s", "SIGKILL leader -> first acknowledged put"),
+                           ("sequential_put_s", "sequential put (one client)")):
+            s = e[key]
+            lines.append(f"| {label} | {_ms(s.get('median'))} | {_ms(s.get('p90'))} | "
+                         f"{_ms(s.get('p99'))} | {_ms(s.get('max'))} |")
+        comp = comparisons(report)
+        lines += ["", "raftsso / etcd: " + ", ".join(f"{k.replace('_', ' ')} **{v:.2f}**"
+                                                     for k, v in comp.items()), ""]
+    elif e:
+        lines += ["### etcd", "", e.get("note", "skipped"), ""]
+    ld = _get(report, "load")
+    if ld:
+        c = ld["clients"]
+        lines += ["### Client load (keyring fetches from node1)", "",
+                  f"Phase 1: {c['connected']:,} simulated clients, each with its own mTLS "
+                  f"connection (opened in {c['connect_s']:.1f} s, "
+                  f"{c['handshakes_per_s']:.0f} handshakes/s), resync "
+                  f"{ld['config']['client_interval_s']:g} s +/-10 %: "
+                  f"{c['achieved_per_s']:.0f} fetches/s, p50 {_ms(c['p50_s'])}, p99 "
+                  f"{_ms(c['p99_s'])}, {c['errors'] + c['connect_errors']} errors; node CPU "
+                  f"{c['node_cpu']:.2f} core, RSS {c['node_rss_mib_before']:.0f} MiB idle -> "
+                  f"{c['node_rss_mib_connected']:.0f} MiB with the connections open.", "",
+                  f"Phase 2 (ramp, {ld['config']['ramp_pool']}):", "",
+                  "| offered/s | done/s | p50 | p99 | node CPU | generator CPU | sustained |",
+                  "| ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+        for s in ld["ramp"]:
+            lines.append(f"| {s['offered_per_s']:,} | {s['achieved_per_s']:,.0f} | "
+                         f"{_ms(s['p50_s'])} | {_ms(s['p99_s'])} | {s['node_cpu']:.2f} | "
+                         f"{s['generator_cpu_proc']:.2f} | "
+                         f"{'yes' if s['sustained'] else 'no'} |")
+        lines += ["", f"Highest sustained: **{ld['max_sustained_per_s']:,.0f}/s**. "
+                  f"Limit: {ld['limit']}.", ""]
+    r = _get(report, "rotation")
+    if r:
+        s, c, g = r["sequential"], r["concurrent"], r["keyring_growth"]
+        w = r["rotate_now_with_clients"]
+        lines += ["### Rotation", "",
+                  f"Sequential (n={s['n']}): p50 {_ms(s['p50_s'])}, p90 {_ms(s['p90_s'])}, "
+                  f"p99 {_ms(s['p99_s'])}, max {_ms(s['max_s'])} (first tenth p50 "
+                  f"{_ms(s['first_tenth_p50_s'])}, last tenth {_ms(s['last_tenth_p50_s'])}). "
+                  f"Concurrent ({c['threads']} threads): {c['commits_per_s']:.0f} commits/s, "
+                  f"{c['errors']} errors.", "",
+                  f"Keyring growth: {g['versions_before']} -> {g['versions_after_sequential']} "
+                  f"versions, answer {g['answer_bytes_before']:,} -> "
+                  f"{g['answer_bytes_after_sequential']:,} bytes "
+                  f"({g['bytes_per_version']:.0f} B per version), fetch p50 "
+                  f"{_ms(g['fetch_p50_s_before'])} -> {_ms(g['fetch_p50_s_after'])}.", "",
+                  f"`rotate --now` x{w['rotations']} with 4 SSO clients running: "
+                  f"**{w['failed_ops']}** failed client operations of "
+                  f"{w['ok_ops'] + w['failed_ops']:,}"
+                  + (f" (e.g. `{w['failures'][0]}`)" if w["failures"] else "") + ".", ""]
+    enc = _get(report, "encryption")
+    if enc:
+        lines += ["### Encryption (ops/s, one thread)", "",
+                  "| size | raw AESGCM enc | raw + urandom nonce | SSOClient enc | ratio | "
+                  "raw dec | SSOClient dec | ratio |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for label in ("64 B", "1 KiB", "64 KiB"):
+            x = enc.get(label)
+            if x:
+                lines.append(f"| {label} | {x['raw_encrypt']:,.0f} | "
+                             f"{x['raw_nonce_encrypt']:,.0f} | {x['client_encrypt']:,.0f} | "
+                             f"{x['encrypt_ratio']:.0%} | {x['raw_decrypt']:,.0f} | "
+                             f"{x['client_decrypt']:,.0f} | {x['decrypt_ratio']:.0%} |")
+        lines.append("")
+    rw = _get(report, "rewrap")
+    if rw:
+        extra = (f"; {rw['rows_per_s_without_startup']:,.0f} rows/s less the "
+                 f"{rw['noop_run_s']:.2f} s of an empty run"
+                 if rw.get("rows_per_s_without_startup") else "")
+        lines += ["### Rewrap", "",
+                  f"{rw['config']['rows']:,} rows: {rw['seconds']:.2f} s for the `raftsso "
+                  f"rewrap` process, **{rw['rows_per_s']:,.0f} rows/s**{extra}.", ""]
+    return lines
+
+
+def markdown(report: dict[str, Any], png: str | None) -> str:
+    m = report["machine"]
+    lines = [BEGIN, "",
+             f"Run {report['started']} at commit `{report['commit']}` on {m['platform']}, "
+             f"{m['cpus']} CPUs ({m.get('cpu_model', '?')}), {m.get('memory_gib', '?')} GiB, "
+             f"Python {m['python']}; command `python -m bench`.", "",
+             "| target (issue 6) | measured | met | scenario |", "| --- | --- | --- | --- |"]
+    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in targets(report)]
+    lines.append("")
+    if png:
+        lines += [f"![failover timeline and latency CDFs]({png})", ""]
+    lines += _scenario_tables(report)
+    lines.append(END)
+    return "\n".join(lines) + "\n"
+
+
+def write_results_md(path: Path, report: dict[str, Any], png: str | None) -> None:
+    """Replace the generated part of RESULTS.md, keeping everything outside the markers."""
+    block = markdown(report, png)
+    if path.exists():
+        text = path.read_text()
+        if BEGIN in text and END in text:
+            head, rest = text.split(BEGIN, 1)
+            tail = rest.split(END, 1)[1]
+            path.write_text(head + block.rstrip("\n") + tail)
+            return
+    path.write_text("# Benchmark results\n\nThe latest full run of `python -m bench` "
+                    "(`./dev bench`); the tables between the markers are regenerated by "
+                    "every full run.\n\n" + block + "\n## Analysis\n\n(to be written)\n")
