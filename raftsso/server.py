@@ -375,6 +375,11 @@ class Server:
                     return
         except (ConnectionError, ssl.SSLError, OSError) as exc:
             log.debug("connection from %s ended: %s", peer, exc)
+        except asyncio.CancelledError:
+            # Shutdown: end quietly (a cancelled handler makes asyncio's stream callback
+            # log a traceback for every open connection).
+            writer.transport.abort()
+            return
         except Exception:
             log.exception("unexpected error serving %s", peer)
         finally:
