@@ -22,7 +22,6 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from raftsso import envelope, events, pki
@@ -43,15 +42,6 @@ from raftsso.remote import ClusterClient
 log = logging.getLogger(__name__)
 
 MAX_TRACKED_CLIENTS = 100_000
-
-
-@dataclass(frozen=True)
-class _Unsealed:
-    version: int
-    key: bytes
-
-    def __repr__(self) -> str:
-        return f"_Unsealed(version={self.version})"
 
 
 class Node:
