@@ -66,7 +66,8 @@ def _machine() -> dict[str, Any]:
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     return {"platform": platform.platform(), "python": sys.version.split()[0],
             "implementation": platform.python_implementation(), "cpus": os.cpu_count(),
-            "cpu_model": model, "memory_gib": round(mem, 1)}
+            "cpu_model": model, "memory_gib": round(mem, 1),
+            "loadavg_at_start": [round(x, 2) for x in os.getloadavg()]}
 
 
 def _clean(obj: Any) -> Any:
@@ -120,6 +121,8 @@ def main() -> int:
         result["elapsed_s"] = round(time.perf_counter() - t, 2)
         report["results"][name] = result
     report["elapsed_s"] = round(time.perf_counter() - t_all, 2)
+    # Other work on the machine skews every number: say how busy it was.
+    report["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     report["comparisons"] = summary.comparisons(report)
     summary.print_targets(report)
 

@@ -226,7 +226,9 @@ def markdown(report: dict[str, Any], png: str | None) -> str:
     lines = [BEGIN, "",
              f"Run {report['started']} at commit `{report['commit']}` on {m['platform']}, "
              f"{m['cpus']} CPUs ({m.get('cpu_model', '?')}), {m.get('memory_gib', '?')} GiB, "
-             f"Python {m['python']}; command `python -m bench`.", "",
+             f"Python {m['python']}; `python -m bench` took "
+             f"{report.get('elapsed_s', 0):.0f} s. Load average (1/5/15 min) at start "
+             f"{m.get('loadavg_at_start')}, at end {m.get('loadavg_at_end')}.", "",
              "| target (issue 6) | measured | met | scenario |", "| --- | --- | --- | --- |"]
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in targets(report)]
     lines.append("")
