@@ -319,6 +319,10 @@ def test_disaster_recovery_into_a_new_cluster(
         new.kill()
         new.start()
         new.wait_healthy()
+        # A follower replaying its journal briefly serves the pre-restore keyring, whose
+        # version 1 is the replaced one; a client that has never synced would take it.
+        wait_for(lambda: all(new.node_status(i)["primary_version"] == 2 for i in new.ids),
+                 what="every restarted node to replay the restore")
         assert _check_store(new, store, expected, toml=new.client_toml) == {1: 50, 2: 1}
     finally:
         new.stop()

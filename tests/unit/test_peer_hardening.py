@@ -186,11 +186,18 @@ def test_restricted_loads_refuses_other_globals(payload: bytes) -> None:
         restricted_loads(payload)
 
 
-def test_restricted_loads_refuses_pysyncobj_objects() -> None:
-    # Membership changes pickle TCPNode objects; raftsso turns them off, so none arrive.
-    from pysyncobj.node import TCPNode
+def test_restricted_loads_accepts_a_membership_change_and_nothing_else_of_pysyncobj() -> None:
+    # A membership change pickles ['add', id, TCPNode]: the one pysyncobj class allowed.
+    from pysyncobj.node import Node, TCPNode
+    command = restricted_loads(pso_pickle.dumps(["add", "127.0.0.1:7109",
+                                                 TCPNode("127.0.0.1:7109")]))
+    assert command[:2] == ["add", "127.0.0.1:7109"]
+    assert isinstance(command[2], TCPNode) and command[2].address == "127.0.0.1:7109"
     with pytest.raises(pickle.UnpicklingError):
-        restricted_loads(pso_pickle.dumps(["add", "127.0.0.1:7109", TCPNode("127.0.0.1:7109")]))
+        restricted_loads(pso_pickle.dumps(Node("x")))
+    from pysyncobj.config import SyncObjConf
+    with pytest.raises(pickle.UnpicklingError):
+        restricted_loads(pso_pickle.dumps(SyncObjConf()))
 
 
 def test_restricted_loads_refuses_persistent_ids() -> None:
