@@ -11,8 +11,11 @@ never holding a lock the Raft thread needs) and emits, on a change:
 * ``peer_unreachable`` / ``peer_reachable`` when a peer becomes unreachable or comes back.
   Unreachable: its Raft connection is down, or it should be talking to us (we lead, or it
   is our leader) and has been silent for ``peer_silence`` (a cut network keeps a TCP
-  connection "open" for a while). Back: connected *and* heard from within
-  ``peer_silence``. A peer never reached since start is reported after ``quorum_grace``;
+  connection "open" for a while); reported once that has lasted ``peer_silence`` more
+  (a reconnection is not an outage). Back: connected and heard from within
+  ``peer_silence`` (on an idle follower-to-follower link: a new connection, or this node
+  following a leader with a quorum again). A peer never reached since start is reported
+  after ``quorum_grace``;
 * on the leader, ``version_not_backed_up`` for each usable version never included in a
   backup, once when first noticed and then every :data:`BACKUP_REMINDER` seconds.
 
@@ -64,6 +67,7 @@ class ClusterWatch:
         self._peer_up: dict[str, bool] = {}
         self._tcp_up: dict[str, bool] = {}
         self._expect_since: dict[str, float] = {}
+        self._down_since: dict[str, float] = {}
         self._backup_warned: dict[int, float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="cluster-watch", daemon=True)
@@ -160,7 +164,15 @@ class ClusterWatch:
                 events.emit(events.PEER_UNREACHABLE, f"peer {peer} not reached since start",
                             peer=peer, address=self._address(peer))
             return
+        if up:
+            self._down_since.pop(peer, None)
+        elif before:
+            # A reconnection takes a moment: report only a state that lasts.
+            since = self._down_since.setdefault(peer, now)
+            if now - since < self.peer_silence:
+                return
         if up != before:
+            self._down_since.pop(peer, None)
             self._peer_up[peer] = up
             events.emit(events.PEER_REACHABLE if up else events.PEER_UNREACHABLE,
                         f"peer {peer} {'is back' if up else 'is unreachable'}",
