@@ -46,6 +46,8 @@ class NodePlan:
 def plan_hosts(hosts: Sequence[str], base_port: int) -> list[NodePlan]:
     """One node per host (``--hosts``): every node uses the same three ports on its host."""
     hosts = [h.strip() for h in hosts]
+    if not hosts:
+        raise ConfigError("--hosts needs at least one host")
     if any(not h or any(c in h for c in " /,") for h in hosts):
         raise ConfigError("--hosts takes host names or IP addresses separated by commas")
     if len(set(hosts)) != len(hosts):

@@ -108,43 +108,44 @@ QUORUM_REGAINED = _event(
     1111, "quorum_regained", "info", "this node again sees a leader with a quorum",
     emitted_by="watch")
 PEER_UNREACHABLE = _event(
-    1120, "peer_unreachable", "warning", "the Raft link to a peer is down",
+    1120, "peer_unreachable", "warning",
+    "a peer is unreachable from this node (its Raft link is down, or it is silent while it "
+    "should be talking: our follower, or our leader)",
     emitted_by="watch")
 PEER_REACHABLE = _event(
-    1121, "peer_reachable", "info", "the Raft link to a peer is back",
+    1121, "peer_reachable", "info", "a peer reported unreachable is back",
     emitted_by="watch")
 
 # 12xx: the keyring
 FIRST_SECRET_CREATED = _event(
     1200, "first_secret_created", "warning",
     "the cluster's first master secret (version 1) was created; back it up now",
-    entsso="the secret generated at MSS setup (ssoconfig -generateSecret)",
     emitted_by="node (leader duties)")
 ROTATION_STAGED = _event(
     1201, "rotation_staged", "info",
     "a new version was created and staged (distributed, not yet used to encrypt)",
-    entsso="10520 (new master secret generated), by meaning",
-    emitted_by="server (rotate)")
+    entsso="10520 (master secret generation), by meaning",
+    emitted_by="server (rotate op)")
 ROTATION_PROMOTED = _event(
     1202, "rotation_promoted", "info",
     "a version became primary (rotate --now, or a staged version after rotation_grace)",
-    entsso="10520 (new master secret in use), by meaning",
-    emitted_by="server (rotate --now), node (promotion after the grace period)")
+    entsso="10520 (master secret generation), by meaning",
+    emitted_by="server (rotate --now); node (promotion after the grace period or once every "
+               "recent client synced)")
 VERSION_RETIRED = _event(
     1203, "version_retired", "info", "an old version's key material was destroyed",
-    emitted_by="retire command")
+    emitted_by="server (retire op)")
 REWRAP_FAILED = _event(
     1204, "rewrap_failed", "warning",
     "re-encryption of stored values under the primary failed and will be retried",
-    entsso="10522 (re-encryption of the SSO database failed, retried), by meaning",
+    entsso="10522 (re-encryption under a new secret, retried until it succeeds), by meaning",
     emitted_by="reserved: rewrap runs in the CLI, not in a node; it reports on stderr")
 
 # 13xx: backup and restore
 BACKUP_WRITTEN = _event(
     1300, "backup_written", "info",
     "an encrypted backup of the keyring was written; its versions are marked backed up",
-    entsso="ssoconfig -backupSecret's success, by meaning",
-    emitted_by="backup command")
+    emitted_by="server (backed_up op, sent by `raftsso backup` once the file is written)")
 VERSION_NOT_BACKED_UP = _event(
     1301, "version_not_backed_up", "warning",
     "a usable version has never been in a backup: losing every node would lose the data "
@@ -152,30 +153,29 @@ VERSION_NOT_BACKED_UP = _event(
     emitted_by="watch (the leader, once per version and then hourly)")
 RESTORE_APPLIED = _event(
     1302, "restore_applied", "warning", "a backup was restored into the keyring",
-    entsso="ssoconfig -restoreSecret, by meaning",
-    emitted_by="restore command")
+    emitted_by="server (restore op)")
 BACKUP_FAILED = _event(
     1303, "backup_failed", "error", "a backup or restore request failed",
-    emitted_by="backup/restore commands")
+    emitted_by="server (backed_up and restore ops)")
 
 # 14xx: SSO clients as seen by this node
 CLIENT_SYNC_FAILED = _event(
     1400, "client_sync_failed", "warning",
     "a keyring request (an SSO client's sync) failed at this node",
     entsso="10532 (failed to retrieve master secrets)",
-    emitted_by="server (keyring)")
+    emitted_by="server (keyring op)")
 SECRET_UNAVAILABLE = _event(
     1401, "secret_unavailable", "error",
     "this node could not hand out the master secret (no first secret yet, or its seal "
     "key does not match the cluster's)",
     entsso="10783 / 10843 (secret not available from the master secret server)",
-    emitted_by="server (keyring)")
+    emitted_by="server (keyring op)")
 
 # 15xx: security
 REQUEST_REFUSED = _event(
     1500, "request_refused", "warning",
     "a request was refused because the caller's certificate role does not allow it",
-    emitted_by="server")
+    emitted_by="server (every op)")
 
 
 def catalogue() -> tuple[EventType, ...]:
