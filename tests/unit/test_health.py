@@ -255,3 +255,18 @@ def test_bad_host_lists_are_refused(hosts: list[str]) -> None:
 def test_nodes_must_match_hosts(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="does not match"):
         init_deployment(tmp_path / "d", nodes=5, hosts=["a", "b", "c"])
+
+
+def test_deploy_examples_are_valid_configs() -> None:
+    from raftsso.config import load_remote_config
+
+    hosts = Path(__file__).resolve().parents[2] / "deploy" / "hosts"
+    configs = [load_node_config(hosts / f"node{i}.toml") for i in (1, 2, 3)]
+    assert [c.raft_address for c in configs] == [f"10.0.0.1{i}:7100" for i in (1, 2, 3)]
+    assert {c.cluster_id for c in configs} == {"c-0123456789ab"}
+    for c in configs:
+        assert {p.id for p in c.peers} == {"node1", "node2", "node3"} - {c.node_id}
+    for name, role in (("admin", "admin"), ("client", "client")):
+        remote = load_remote_config(hosts / f"{name}.toml")
+        assert remote.role == role
+        assert [n.address for n in remote.nodes] == [c.service_address for c in configs]
