@@ -76,17 +76,30 @@ def proc_nofile(pid: int) -> int | None:
     return None
 
 
+def machine_cpu() -> tuple[float, float]:
+    """(busy, total) jiffies of every CPU from /proc/stat."""
+    with open("/proc/stat") as f:
+        values = [int(v) for v in f.readline().split()[1:]]
+    idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
+    total = sum(values[:8])
+    return total - idle, total
+
+
 class CpuMeter:
-    """CPU share (1.0 = one core) of some processes over an interval."""
+    """CPU share (1.0 = one core) of some processes over an interval; ``machine`` is the
+    whole machine's busy cores (every process, ours or not)."""
 
     def __init__(self, pids: dict[str, int]) -> None:
         self.pids = pids
         self._t0 = time.monotonic()
         self._c0 = {k: proc_cpu_seconds(p) for k, p in pids.items()}
+        self._m0 = machine_cpu()
 
     def read(self) -> dict[str, float]:
         dt = max(time.monotonic() - self._t0, 1e-9)
-        out = {}
+        busy, total = machine_cpu()
+        out = {"machine": round((busy - self._m0[0]) / max(1, total - self._m0[1])
+                                * (os.cpu_count() or 1), 3)}
         for k, p in self.pids.items():
             try:
                 out[k] = round((proc_cpu_seconds(p) - self._c0[k]) / dt, 3)

@@ -10,20 +10,27 @@ and only moves on failure, so in a deployment with one ``client.toml`` the first
 every fetch. That node's CPU (1.0 = one core) and RSS are read from /proc/PID/stat and
 /proc/PID/status, so are the other nodes' and the generator processes' CPU.
 
-Phase 1, **clients**: ``CLIENTS`` (10,000) simulated clients, each with *its own*
-persistent mTLS connection (what SSOClient keeps: one connection per node it talked to;
-the node's ``idle_timeout`` of 300 s outlives a 60 s resync). Each client's first fetch is
-at a uniformly random phase of the 60 s interval, then every 60 s x U(0.9, 1.1), which is
-~167 fetches/s in steady state; the phase is measured for ``CLIENT_PHASE_S`` seconds.
+Two measurements, the ramp first on a fresh node, then the clients (whose connections
+leave their memory in the node).
 
-Phase 2, **ramp**: the same node under open-loop load at increasing rates. Each worker
-holds ``POOL`` persistent connections (a pool: a request takes an idle connection, or waits
-for one) and issues requests on a fixed schedule; latency is measured from the *scheduled*
-time, so a generator or node that falls behind shows up as latency (no coordinated
-omission). A step is *sustained* when at least 99 % of its requests complete within the step
-plus 1 s, none fails, and p99 < 50 ms. The ramp stops at the first step that is not
-sustained (retried once). What limits the number is printed: the target node's CPU (one
-asyncio thread can use at most one core) against the generator's and the machine's 2 cores.
+**Ramp**: the node under open-loop load at increasing rates. Each worker holds ``POOL``
+persistent connections (a pool: a request takes an idle connection, or waits for one) and
+issues requests on a fixed schedule; latency is measured from the *scheduled* time, so a
+generator or node that falls behind shows up as latency (no coordinated omission). A step
+is *sustained* when at least 99 % of its requests complete within the step plus 1 s, none
+fails, and p99 < 50 ms. The ramp stops at the first step that is not sustained (retried
+once). Last, a closed loop (``SATURATE_CONNECTIONS`` connections per process fetching back
+to back) gives the most the node serves flat out. What limits the number is printed from
+that measurement: the target node's CPU (one asyncio thread can use at most one core)
+against the generator's, the other nodes' and the machine's (every process, /proc/stat) on
+2 cores. ``lag`` is how late the generator launched requests.
+
+**Clients**: ``CLIENTS`` (10,000) simulated clients, each with *its own* persistent mTLS
+connection (what SSOClient keeps: one connection per node it talked to; the node's
+``idle_timeout`` of 300 s outlives a 60 s resync). Each client's first fetch is at a
+uniformly random phase of the 60 s interval, then every 60 s x U(0.9, 1.1), which is ~167
+fetches/s in steady state; the phase is measured for ``CLIENT_PHASE_S`` seconds, with the
+node's RSS before and with the connections open.
 """
 
 from __future__ import annotations
@@ -57,6 +64,7 @@ CLIENT_PHASE_S = 20.0
 RAMP = [250, 500, 1000, 1500, 2000, 2500, 3000, 4000, 5000, 6000, 8000, 10000]
 STEP_S = 4.0
 SUSTAINED_P99 = 0.05
+SATURATE_CONNECTIONS = 8  # per generator process, for the closed-loop measurement
 _LEN = struct.Struct(">I")
 
 
@@ -154,6 +162,34 @@ class _Worker:
         return await self._drive(base, [(base + offset + k / rate, -1) for k in range(n)],
                                  duration, pooled=True)
 
+    async def saturate(self, start_at: float, duration: float,
+                       connections: int) -> dict[str, Any]:
+        """Closed loop: ``connections`` of the pool fetch back to back for ``duration``."""
+        loop = asyncio.get_running_loop()
+        base = loop.time() + (start_at - time.time())
+        await asyncio.sleep(max(0.0, base - loop.time()))
+        end = base + duration
+        latencies: list[float] = []
+        errors: list[str] = []
+        cpu0 = resource.getrusage(resource.RUSAGE_SELF)
+
+        async def run(conn: _Conn) -> None:
+            while loop.time() < end:
+                t = loop.time()
+                try:
+                    await self.fetch(conn)
+                except Exception as exc:
+                    errors.append(f"{type(exc).__name__}: {exc}"[:120])
+                    return
+                latencies.append(loop.time() - t)
+
+        await asyncio.gather(*(run(c) for c in self.conns[:connections]))
+        cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+        return {"scheduled": len(latencies), "completed": len(latencies), "unfinished": 0,
+                "errors": len(errors), "error_examples": errors[:3], "latencies": latencies,
+                "lag_p99": 0.0,
+                "cpu_s": (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime)}
+
     async def _drive(self, base: float, schedule: list[tuple[float, int]], duration: float,
                      pooled: bool) -> dict[str, Any]:
         loop = asyncio.get_running_loop()
@@ -169,7 +205,6 @@ class _Worker:
 
         async def request(due: float, who: int) -> None:
             conn = await idle.get() if pooled else self.conns[who]
-            lags.append(loop.time() - due)
             try:
                 await self.fetch(conn)
                 latencies.append(loop.time() - due)
@@ -188,6 +223,7 @@ class _Worker:
         while k < len(schedule):
             now = loop.time()
             while k < len(schedule) and schedule[k][0] <= now:
+                lags.append(now - schedule[k][0])  # how late the generator itself is
                 task = loop.create_task(request(*schedule[k]))
                 pending.add(task)
                 task.add_done_callback(pending.discard)
@@ -324,40 +360,7 @@ def run(quick: bool = False, trials: int | None = None) -> dict[str, Any]:
         gen = _Generator(address, str(root / "ca.pem"), str(root / "client.pem"),
                          str(root / "client.key"), WORKERS)
         try:
-            rss0 = proc_rss_mib(pid)
-            # Phase 1: every client its own connection.
-            t = time.perf_counter()
-            conn = gen.call("connect", n=clients, prefix="client")
-            connect_s = time.perf_counter() - t
-            rss_conn = proc_rss_mib(pid)
-            meter = CpuMeter({**node_pids, **gen.pids})
-            start_at = time.time() + 0.3
-            parts = gen.call("clients", start_at=start_at, duration=phase_s,
-                             interval=interval, seed=1)
-            cpu = meter.read()
-            phase = _merge(parts, phase_s)
-            phase.update({
-                "connected": sum(c["connected"] for c in conn),
-                "connect_errors": sum(c["errors"] for c in conn),
-                "connect_s": connect_s, "handshakes_per_s": clients / connect_s,
-                "offered_per_s": clients / interval,
-                "node_cpu": cpu[target], "other_nodes_cpu": {k: v for k, v in cpu.items()
-                                                             if k != target
-                                                             and k.startswith("node")},
-                "node_rss_mib_before": rss0, "node_rss_mib_connected": rss_conn,
-                "node_rss_mib_after": proc_rss_mib(pid)})
-            clients_lat = phase.pop("_latencies")
-            out["clients"] = phase
-            print_table(
-                f"client load, phase 1: {clients:,} clients, each its own mTLS connection to "
-                f"{target}, resync {interval:g} s +/-10%",
-                ["connect", "offered/s", "done/s", "p50 ms", "p99 ms", "errors",
-                 "node CPU", "RSS MiB before/connected"],
-                [[f"{phase['connected']} in {connect_s:.1f} s", f"{clients / interval:.0f}",
-                  f"{phase['achieved_per_s']:.0f}", ms(phase["p50_s"]), ms(phase["p99_s"]),
-                  str(phase["errors"] + phase["connect_errors"]), f"{cpu[target]:.2f}",
-                  f"{rss0:.0f} / {rss_conn:.0f}"]])
-            # Phase 2: the ramp, over a pool.
+            # The ramp first, on a fresh node, over a pool.
             gen.call("connect", n=POOL * WORKERS, prefix="pool")
             steps: list[dict[str, Any]] = []
             lat_by_rate: dict[int, list[float]] = {}
@@ -381,11 +384,13 @@ def run(quick: bool = False, trials: int | None = None) -> dict[str, Any]:
                                                        and k != target), 3),
                           "generator_cpu_proc": round(sum(v for k, v in cpu.items()
                                                           if k.startswith("generator")), 3),
+                          "machine_cpu": cpu["machine"],
                           "node_rss_mib": proc_rss_mib(pid)})
                 steps.append(s)
                 print(f"  ramp {rate:6d}/s: done {s['achieved_per_s']:7.0f}/s  p50 "
                       f"{ms(s['p50_s']):>6} ms  p99 {ms(s['p99_s']):>7} ms  node CPU "
-                      f"{s['node_cpu']:.2f}  generator CPU {s['generator_cpu_proc']:.2f}  "
+                      f"{s['node_cpu']:.2f}  generator CPU {s['generator_cpu_proc']:.2f}  machine "
+                      f"{s['machine_cpu']:.2f}  lag p99 {ms(s['generator_lag_p99_s'])} ms  "
                       f"{'sustained' if sustained else 'NOT sustained'}", flush=True)
                 if sustained:
                     best = max(best, float(rate))
@@ -396,6 +401,26 @@ def run(quick: bool = False, trials: int | None = None) -> dict[str, Any]:
                 else:
                     break
             out["ramp"] = steps
+            # Closed loop: what the node serves flat out, and who is busy then.
+            meter = CpuMeter({**node_pids, **gen.pids})
+            parts = gen.call("saturate", start_at=time.time() + 0.2, duration=step_s,
+                             connections=SATURATE_CONNECTIONS)
+            cpu = meter.read()
+            sat = _merge(parts, step_s)
+            sat_lat = sat.pop("_latencies")
+            sat.update({"connections": SATURATE_CONNECTIONS * WORKERS,
+                        "node_cpu": cpu[target], "machine_cpu": cpu["machine"],
+                        "other_nodes_cpu": round(sum(v for k, v in cpu.items()
+                                                     if k.startswith("node")
+                                                     and k != target), 3),
+                        "generator_cpu_proc": round(sum(v for k, v in cpu.items()
+                                                        if k.startswith("generator")), 3)})
+            out["saturation"] = sat
+            print(f"  closed loop, {SATURATE_CONNECTIONS * WORKERS} connections back to back: "
+                  f"{sat['achieved_per_s']:.0f}/s, p50 {ms(sat['p50_s'])} ms, p99 "
+                  f"{ms(sat['p99_s'])} ms, node CPU {sat['node_cpu']:.2f}, generator CPU "
+                  f"{sat['generator_cpu_proc']:.2f}, machine {sat['machine_cpu']:.2f} of "
+                  f"{os.cpu_count()} cores", flush=True)
             out["max_sustained_per_s"] = best
             out["max_achieved_per_s"] = max(s["achieved_per_s"] for s in steps)
             at_1000 = next((s for s in steps if s["offered_per_s"] == 1000
@@ -403,18 +428,54 @@ def run(quick: bool = False, trials: int | None = None) -> dict[str, Any]:
                 (s for s in steps if s["offered_per_s"] == 1000), None)
             out["p99_at_1000_s"] = at_1000["p99_s"] if at_1000 else None
             out["p50_at_1000_s"] = at_1000["p50_s"] if at_1000 else None
-            last = steps[-1]
-            out["limit"] = _limit(last, os.cpu_count() or 1)
+            out["limit"] = _limit(sat, os.cpu_count() or 1)
             print_table(f"client load, ramp on {target} (open loop, {POOL * WORKERS} pooled "
                         "connections)", ["offered/s", "done/s", "p50 ms", "p99 ms",
-                                         "node CPU", "gen CPU", "RSS MiB", "sustained"],
+                                         "node CPU", "gen CPU", "machine CPU", "RSS MiB",
+                                         "sustained"],
                         [[str(s["offered_per_s"]), f"{s['achieved_per_s']:.0f}",
                           ms(s["p50_s"]), ms(s["p99_s"]), f"{s['node_cpu']:.2f}",
-                          f"{s['generator_cpu_proc']:.2f}", f"{s['node_rss_mib']:.0f}",
+                          f"{s['generator_cpu_proc']:.2f}", f"{s['machine_cpu']:.2f}",
+                          f"{s['node_rss_mib']:.0f}",
                           "yes" if s["sustained"] else "no"] for s in steps])
             print(f"  highest sustained: {best:.0f} fetches/s from one node; "
                   f"limit: {out['limit']}")
-            out["_plot"] = {"clients_latencies": clients_lat, "ramp_latencies": lat_by_rate}
+            # Then every client its own connection (the node keeps their memory afterwards).
+            gen.call("connect", n=0, prefix="none")  # the pool's connections closed first
+            rss0 = proc_rss_mib(pid)
+            t = time.perf_counter()
+            conn = gen.call("connect", n=clients, prefix="client")
+            connect_s = time.perf_counter() - t
+            rss_conn = proc_rss_mib(pid)
+            meter = CpuMeter({**node_pids, **gen.pids})
+            start_at = time.time() + 0.3
+            parts = gen.call("clients", start_at=start_at, duration=phase_s,
+                             interval=interval, seed=1)
+            cpu = meter.read()
+            phase = _merge(parts, phase_s)
+            phase.update({
+                "connected": sum(c["connected"] for c in conn),
+                "connect_errors": sum(c["errors"] for c in conn),
+                "connect_s": connect_s, "handshakes_per_s": clients / connect_s,
+                "offered_per_s": clients / interval,
+                "node_cpu": cpu[target], "machine_cpu": cpu["machine"],
+                "other_nodes_cpu": {k: v for k, v in cpu.items()
+                                    if k != target and k.startswith("node")},
+                "node_rss_mib_before": rss0, "node_rss_mib_connected": rss_conn,
+                "node_rss_mib_after": proc_rss_mib(pid)})
+            clients_lat = phase.pop("_latencies")
+            out["clients"] = phase
+            print_table(
+                f"client load, {clients:,} clients, each its own mTLS connection to "
+                f"{target}, resync {interval:g} s +/-10%",
+                ["connect", "offered/s", "done/s", "p50 ms", "p99 ms", "errors",
+                 "node CPU", "RSS MiB before/connected"],
+                [[f"{phase['connected']} in {connect_s:.1f} s", f"{clients / interval:.0f}",
+                  f"{phase['achieved_per_s']:.0f}", ms(phase["p50_s"]), ms(phase["p99_s"]),
+                  str(phase["errors"] + phase["connect_errors"]), f"{cpu[target]:.2f}",
+                  f"{rss0:.0f} / {rss_conn:.0f}"]])
+            out["_plot"] = {"clients_latencies": clients_lat, "ramp_latencies": lat_by_rate,
+                            "saturation_latencies": sat_lat}
         finally:
             gen.close()
     return out
@@ -422,15 +483,18 @@ def run(quick: bool = False, trials: int | None = None) -> dict[str, Any]:
 
 def _limit(step: dict[str, Any], cpus: int) -> str:
     node, gen = step["node_cpu"], step["generator_cpu_proc"]
-    total = node + gen + step["other_nodes_cpu"]
+    ours = node + gen + step["other_nodes_cpu"]
+    total = max(step.get("machine_cpu", ours), ours)
     if node >= 0.85:
         return (f"the target node: its CPU was {node:.2f} of a core (one asyncio thread under "
                 f"the GIL can use at most one); generator {gen:.2f}, machine {total:.2f} of "
                 f"{cpus} cores")
-    if total >= 0.9 * cpus:
+    if total >= 0.85 * cpus:
         return (f"the machine: {total:.2f} of {cpus} cores busy (node {node:.2f}, generator "
-                f"{gen:.2f}); the generator and the node share the cores")
+                f"{gen:.2f}, other nodes {step['other_nodes_cpu']:.2f}, anything else "
+                f"{max(0.0, total - ours):.2f}); the node cannot get a whole core")
     if gen >= 0.9 * WORKERS:
         return f"the generator: {gen:.2f} of {WORKERS} processes' cores"
-    return (f"latency, not CPU (node {node:.2f}, generator {gen:.2f} of {cpus} cores): "
-            "see p99")
+    return (f"neither the node ({node:.2f} core) nor the machine ({total:.2f} of {cpus} "
+            f"cores) is saturated: {step.get('connections', '?')} closed-loop connections at "
+            f"p50 {step['p50_s'] * 1000:.1f} ms bound the rate")

@@ -76,8 +76,13 @@ def render(plot: dict[str, Any], path: Path, title: str) -> None:
     ax = axes[1][0]
     ld = plot.get("load") or {}
     _cdf(ax, ld.get("clients_latencies", []), "simulated clients, own connections")
-    for rate, lat in sorted((ld.get("ramp_latencies") or {}).items()):
-        _cdf(ax, lat, f"ramp {rate}/s")
+    ramp = sorted((ld.get("ramp_latencies") or {}).items())
+    # A few steps keep the chart readable: the first, 1,000/s, and the last two.
+    keep = {r for r, _ in ramp[:1] + ramp[-2:]} | {1000}
+    for rate, lat in ramp:
+        if rate in keep:
+            _cdf(ax, lat, f"ramp {rate}/s (open loop)")
+    _cdf(ax, ld.get("saturation_latencies", []), "closed loop (per request)")
     ax.set_xscale("log")
     ax.set_xlabel("keyring fetch latency from the scheduled time (ms, log)")
     ax.set_ylabel("fraction")

@@ -168,13 +168,22 @@ def _scenario_tables(report: dict[str, Any]) -> list[str]:
                   f"{c['node_cpu']:.2f} core, RSS {c['node_rss_mib_before']:.0f} MiB idle -> "
                   f"{c['node_rss_mib_connected']:.0f} MiB with the connections open.", "",
                   f"Phase 2 (ramp, {ld['config']['ramp_pool']}):", "",
-                  "| offered/s | done/s | p50 | p99 | node CPU | generator CPU | sustained |",
-                  "| ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+                  "| offered/s | done/s | p50 | p99 | node CPU | generator CPU | machine CPU "
+                  "| generator lag p99 | sustained |",
+                  "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
         for s in ld["ramp"]:
             lines.append(f"| {s['offered_per_s']:,} | {s['achieved_per_s']:,.0f} | "
                          f"{_ms(s['p50_s'])} | {_ms(s['p99_s'])} | {s['node_cpu']:.2f} | "
-                         f"{s['generator_cpu_proc']:.2f} | "
+                         f"{s['generator_cpu_proc']:.2f} | {s.get('machine_cpu', 0):.2f} | "
+                         f"{_ms(s['generator_lag_p99_s'])} | "
                          f"{'yes' if s['sustained'] else 'no'} |")
+        sat = ld.get("saturation") or {}
+        if sat:
+            lines += ["", f"Closed loop ({sat['connections']} connections back to back): "
+                      f"**{sat['achieved_per_s']:,.0f}/s**, p50 {_ms(sat['p50_s'])}, p99 "
+                      f"{_ms(sat['p99_s'])}; node CPU {sat['node_cpu']:.2f}, generator "
+                      f"{sat['generator_cpu_proc']:.2f}, machine {sat['machine_cpu']:.2f} "
+                      "cores."]
         lines += ["", f"Highest sustained: **{ld['max_sustained_per_s']:,.0f}/s**. "
                   f"Limit: {ld['limit']}.", ""]
     r = _get(report, "rotation")
