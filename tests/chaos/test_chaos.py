@@ -31,8 +31,11 @@ def _random_seed() -> int:
     return int(env) if env else random.SystemRandom().randrange(2**31)
 
 
-@pytest.mark.parametrize("seed", [FIXED_SEED, _random_seed()],
-                         ids=["fixed-seed", "random-seed"])
+RANDOM_SEED = _random_seed()
+
+
+@pytest.mark.parametrize("seed", [FIXED_SEED, RANDOM_SEED],
+                         ids=[f"fixed-seed-{FIXED_SEED}", f"random-seed-{RANDOM_SEED}"])
 def test_fault_schedule(seed: int, tmp_path: Path) -> None:
     print(f"chaos seed {seed} (reproduce: RAFTSSO_CHAOS_SEED={seed} or "
           f"python -m tests.chaos --seed {seed} --duration {DURATION:g})")
