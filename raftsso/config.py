@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -98,6 +99,9 @@ class NodeConfig:
     read_timeout: float = 10.0
     # Append-only JSON-lines audit file (raftsso.audit); None: DATA_DIR/audit.jsonl.
     audit_log: Path | None = None
+    # Raft peers authenticate each other with their node certificates (raftsso.peer_tls).
+    # False: pysyncobj's password-only link (a documented fallback; see operations.md).
+    peer_tls: bool = True
 
     @property
     def audit_path(self) -> Path:
@@ -155,6 +159,10 @@ def _load(path: Path) -> dict[str, Any]:
         raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not a UTF-8 text file (is it the right file?)") from None
+    except RecursionError:
+        raise ConfigError(f"{path} nests arrays or tables too deeply") from None
     fmt = data.get("format", CONFIG_FORMAT)
     if fmt != CONFIG_FORMAT:
         raise ConfigError(f"{path} has configuration format {fmt!r}; this raftsso reads "
@@ -172,6 +180,8 @@ def _get(data: Mapping[str, Any], key: str, kind: type, path: Path, default: Any
         value = float(value)
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise ConfigError(f"{path}: {key!r} must be of type {kind.__name__}")
+    if isinstance(value, float) and not math.isfinite(value):  # TOML allows inf and nan
+        raise ConfigError(f"{path}: {key!r} must be a finite number")
     return value
 
 
@@ -225,6 +235,7 @@ def load_node_config(path: str | Path) -> NodeConfig:
         idle_timeout=_get(data, "idle_timeout", float, p, 300.0),
         read_timeout=_get(data, "read_timeout", float, p, 10.0),
         audit_log=_path(data, "audit_log", base, p) if "audit_log" in data else None,
+        peer_tls=_get(data, "peer_tls", bool, p, True),
     )
     _check_address(cfg.raft_address, "raft_address", p)
     _check_address(cfg.service_address, "service_address", p)
@@ -234,6 +245,7 @@ def load_node_config(path: str | Path) -> NodeConfig:
         _check_address(peer.raft_address, f"peers[{i}].raft_address", p)
         _check_address(peer.service_address, f"peers[{i}].service_address", p)
     _check_range(cfg.rotation_grace >= 0, "rotation_grace", "must be 0 or more (seconds)", p)
+    _check_range(cfg.client_window >= 0, "client_window", "must be 0 or more (seconds)", p)
     _check_range(cfg.idle_timeout > 0, "idle_timeout", "must be positive (seconds)", p)
     _check_range(cfg.read_timeout > 0, "read_timeout", "must be positive (seconds)", p)
     _check_range(MIN_MAX_FRAME <= cfg.max_frame <= MAX_MAX_FRAME, "max_frame",

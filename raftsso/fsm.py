@@ -362,11 +362,14 @@ class KeyringStateMachine:
             versions = tuple(_snapshot_version(v) for v in raw["versions"])
             requests = OrderedDict(_snapshot_request(r) for r in raw["requests"])
             index = raw.get("index", 0)
+            raw_directory = raw.get("directory", {})
+            if not isinstance(raw_directory, dict):
+                raise TypeError("the member directory must be a map")
             directory = {str(k): {"raft_address": str(v["raft_address"]),
                                   "service_address": str(v["service_address"]),
                                   "removed": bool(v["removed"])}
-                         for k, v in raw.get("directory", {}).items()}
-        except (KeyError, TypeError, ValueError) as exc:
+                         for k, v in raw_directory.items()}
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise DecodeError(f"malformed snapshot: {exc}") from None
         ids = [v.id for v in versions]
         if ids != sorted(set(ids)):

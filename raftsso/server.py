@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import ssl
 import time
 from collections.abc import Awaitable, Callable
@@ -161,7 +162,7 @@ class Service:
         now = args.get("now", False)
         expect = args.get("expect_primary")
         if not isinstance(request_id, bytes) or not isinstance(now, bool) or not (
-                expect is None or (isinstance(expect, int) and not isinstance(expect, bool))):
+                expect is None or _is_version(expect)):
             raise RemoteError("rotate needs request_id (16 bytes), now (bool) and optionally "
                               "expect_primary (int)", code="BAD_REQUEST")
         self._require_leader()
@@ -173,8 +174,9 @@ class Service:
     async def _retire(self, caller: Caller, args: dict[str, Any]) -> Any:
         request_id = _request_id(args)
         version = args.get("version")
-        if not isinstance(version, int) or isinstance(version, bool) or version <= 0:
-            raise RemoteError("retire needs version (a positive integer)", code="BAD_REQUEST")
+        if not isinstance(version, int) or not _is_version(version):
+            raise RemoteError("retire needs version (an integer from 1 to 2**32 - 1)",
+                              code="BAD_REQUEST")
         self._require_leader()
         result = await asyncio.to_thread(self.node.retire, request_id, version)
         log.info("version %s retired by %s", version, caller.name)
@@ -198,9 +200,17 @@ class Service:
         primary, force = args.get("primary"), args.get("force", False)
         if not isinstance(cluster_id, str) or not isinstance(versions, list) or \
                 not all(isinstance(v, dict) for v in versions) or not versions or \
-                not (primary is None or isinstance(primary, int)) or not isinstance(force, bool):
+                not (primary is None or _is_version(primary)) or not isinstance(force, bool):
             raise RemoteError("restore needs cluster_id, versions, primary and force",
                               code="BAD_REQUEST")
+        ids = [v.get("id") for v in versions]
+        if not all(_is_version(i) for i in ids) or len(set(ids)) != len(ids) or \
+                (primary is not None and primary not in ids) or not all(
+                    isinstance(v.get("created"), int | float) and not isinstance(
+                        v.get("created"), bool) and math.isfinite(v["created"])
+                    and v["created"] >= 0 for v in versions):
+            raise RemoteError("restore versions need unique ids (1 to 2**32 - 1), a finite "
+                              "creation time, and the primary among them", code="BAD_REQUEST")
         self._require_leader()
         result = await asyncio.to_thread(
             lambda: self.node.restore(request_id, cluster_id=cluster_id, primary=primary,
@@ -257,6 +267,11 @@ class Service:
     def _require_leader(self) -> None:
         if not self.node.raft.is_leader:
             raise NotLeader("this node is not the leader")
+
+
+def _is_version(value: Any) -> bool:
+    """A version id as the state machine accepts it (so nothing malformed is replicated)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value < 2**32
 
 
 def _request_id(args: dict[str, Any]) -> bytes:

@@ -18,7 +18,9 @@ from raftsso_cli.lifecycle import warn_not_backed_up
 
 @click.command()
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--nodes", default=3, show_default=True, help="Number of replicas (odd).")
+@click.option("--nodes", default=None, type=int, help="Number of replicas (odd). [default: 3]")
+@click.option("--hosts", default=None, metavar="H1,H2,H3",
+              help="One node per host (addresses or names); the same ports on each.")
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address every node listens on (one machine).")
 @click.option("--base-port", default=None, type=int,
@@ -26,8 +28,8 @@ from raftsso_cli.lifecycle import warn_not_backed_up
                    "[default: 7100, or after the last node with --join]")
 @click.option("--join", "join", metavar="NODE_ID", default=None,
               help="Add NODE_ID's directory to the existing deployment DIRECTORY instead.")
-def init(directory: Path, nodes: int, host: str, base_port: int | None,
-         join: str | None) -> None:
+def init(directory: Path, nodes: int | None, host: str, base_port: int | None,
+         join: str | None, hosts: str | None) -> None:
     """Create a new deployment in DIRECTORY: CA, certificates, seal key, configs.
 
     With --join NODE_ID, prepare one more node for the existing deployment in DIRECTORY;
@@ -42,9 +44,19 @@ def init(directory: Path, nodes: int, host: str, base_port: int | None,
                    f"{join} {plan.raft_address}")
         return
     base_port = 7100 if base_port is None else base_port
-    cluster_id = init_deployment(directory, nodes=nodes, host=host, base_port=base_port)
+    host_list = [h.strip() for h in hosts.split(",") if h.strip()] if hosts else None
+    if host_list and nodes is not None and nodes != len(host_list):
+        raise click.BadParameter(f"--nodes {nodes} disagrees with {len(host_list)} --hosts",
+                                 param_hint="--nodes")
+    nodes = len(host_list) if host_list else (nodes or 3)
+    cluster_id = init_deployment(directory, nodes=nodes, host=host, base_port=base_port,
+                                 hosts=host_list)
     click.echo(f"created cluster {cluster_id} with {nodes} node(s) in {directory}")
-    click.echo(f"start it:  raftsso local up {directory}")
+    if host_list:
+        click.echo("copy each nodeN directory to its host and run it there with the "
+                   "raftsso@ systemd unit (see deploy/README.md)")
+    else:
+        click.echo(f"start it:  raftsso local up {directory}")
     click.echo(f"keep {directory / 'ca.key'} offline; every seal.key copy is as sensitive "
                "as the master secret itself.")
     click.echo(f"once it is up, back up the master secret at once: raftsso -c "

@@ -402,12 +402,6 @@ def test_restore_of_structured_snapshots(snapshot: dict[str, Any]) -> None:
 
 
 @pytest.mark.parametrize("directory", [None, [], "x", 1])
-@pytest.mark.xfail(strict=True, raises=AttributeError, reason=(
-    "BUG: KeyringStateMachine.restore raises AttributeError, not DecodeError, for a "
-    "snapshot whose 'directory' is not a map (raw.get('directory', {}).items() outside the "
-    "type checks). RaftNode._deserialize stops the node only on DecodeError/OSError, so "
-    "pysyncobj swallows this one ('failed to load full dump') and the node carries on "
-    "without the snapshot's state instead of refusing to start"))
 def test_restore_of_a_snapshot_whose_directory_is_not_a_map(directory: Any) -> None:
     fsm = KeyringStateMachine()
     with pytest.raises(DecodeError):
@@ -415,10 +409,6 @@ def test_restore_of_a_snapshot_whose_directory_is_not_a_map(directory: Any) -> N
                                                      "directory": directory}))
 
 
-@pytest.mark.xfail(strict=True, raises=AttributeError, reason=(
-    "BUG: a snapshot file whose state has a non-map 'directory' does not stop the node "
-    "(on_storage_failure is not called; the AttributeError reaches pysyncobj, which logs "
-    "'failed to load full dump' and goes on)"))
 def test_a_snapshot_file_with_a_malformed_directory_stops_the_node(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from raftsso.config import load_node_config
@@ -432,12 +422,17 @@ def test_a_snapshot_file_with_a_malformed_directory_stops_the_node(
                                                 "index": 3, "directory": []})
     snapshot = cfg.data_dir / "raft.snapshot"
     cfg.data_dir.mkdir(parents=True, exist_ok=True)
+    node = raft.RaftNode(cfg, KeyringStateMachine())  # built before the snapshot exists
     snapshot.write_bytes(wire.versioned(raft.SNAPSHOT_FILE_FORMAT, {
         "fsm": fsm_blob, "last": [b"\x01", 3, 1], "prev": [b"\x01", 2, 1],
         "cluster": ["127.0.0.1:41000"]}))
-    node = raft.RaftNode(cfg, KeyringStateMachine())  # the file itself is well-formed
+    # Received from a leader at run time: the node stops.
     with pytest.raises(DecodeError):
         node._deserialize(str(snapshot))
+    assert failures and "loading snapshot" in failures[0]
+    # Found at start: the node refuses to start, with a message.
+    with pytest.raises(StorageError, match="cannot start"):
+        raft.RaftNode(cfg, KeyringStateMachine())
     assert failures, "the node did not stop on an unreadable snapshot"
 
 

@@ -326,13 +326,6 @@ def _restore_args(running: Running, **overrides: Any) -> dict[str, Any]:
     "retire-version-2**32", "rotate-expect_primary-2**32", "rotate-expect_primary--1",
     "restore-primary-2**40", "restore-duplicate-ids", "restore-created-nan",
 ])
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: admin requests with out-of-range or inconsistent fields pass the service's checks "
-    "(server.py only checks types: retire version > 0, rotate expect_primary is an int, "
-    "restore primary is an int, versions' ids/created are not range- or uniqueness-checked),"
-    " are proposed and fsynced into the Raft log of every node, and come back as "
-    "BAD_COMMAND, a code the protocol does not document, instead of BAD_REQUEST before "
-    "anything is replicated"))
 def test_out_of_range_fields_are_bad_requests(running: Running, case: str) -> None:
     rid = secrets.token_bytes(16)
     op, args = {
