@@ -123,6 +123,7 @@ def init_deployment(directory: Path, nodes: int | None = 3, host: str = "127.0.0
             "seal_key_file": "seal.key",
             "cluster_secret_file": "cluster.secret",
             "rotation_grace": 120.0,
+            "peer_tls": True,  # Raft peers authenticate by node certificate
             "raft": {},
             "peers": [m for m in members if m["id"] != plan.id],
         }).encode())
@@ -191,7 +192,9 @@ def join_node(directory: Path, node_id: str, host: str | None = None,
         "metrics_address": f"{host}:{plan.http_port}", "data_dir": "data",
         "ca_cert": "ca.pem", "cert": "node.pem", "key": "node.key",
         "seal_key_file": "seal.key", "cluster_secret_file": "cluster.secret",
-        "rotation_grace": source.rotation_grace, "raft": {},
+        "rotation_grace": source.rotation_grace,
+        "peer_tls": source.peer_tls,  # every member must use the same peer link mode
+        "raft": {},
         "peers": sorted(members.values(), key=lambda m: m["id"]),
     }).encode())
     for role in ("admin", "client"):

@@ -478,7 +478,7 @@ class Node:
             service_address = by_id[node_id].service_address
         timeout = 2 * self.cfg.raft.commit_timeout
         if (raft_address in self.raft.raft_addresses()) != add:
-            error = self.raft.change_membership(add, raft_address, timeout)
+            error = self.raft.change_membership(add, raft_address, timeout, node_id=node_id)
             if error != 0:
                 raise RemoteError("Raft refused the membership change (a previous change is "
                                   "not committed yet); retry", code="CHANGE_PENDING")
@@ -494,7 +494,9 @@ class Node:
                               pki.client_context(self.cfg.ca_cert, self.cfg.cert, self.cfg.key),
                               timeout=1.0)
         try:
-            probe.call_node(service_address, "ping", timeout=1.0)
+            # "clients", not "ping": this probe presents the node certificate, and the
+            # service lets the node role call "clients" only.
+            probe.call_node(service_address, "clients", timeout=1.0)
             return True
         except (OSError, RaftssoError):
             return False

@@ -12,8 +12,13 @@ pysyncobj 0.3.17 gives a working Raft core; this module closes what it leaves op
   ones (disk corruption) stops the node at start. A failed fsync ends the process: it
   never acknowledges what it could not persist.
 * **Snapshots** use our msgpack serializer (no pickle, no fork) and are written atomically.
-* **Peer links.** A random 256-bit cluster secret is mandatory (pysyncobj's Fernet link);
-  the listener binds to the configured address only; a peer frame longer than
+* **Peer links.** With ``peer_tls`` (the default) peers authenticate each other by their
+  node certificates: pysyncobj binds no port and dials nobody; :class:`PeerTLSTransport`
+  hands it socketpairs whose other ends :mod:`raftsso.peer_tls` joins to mutual-TLS links,
+  and an incoming link must name, in pysyncobj's hello, the Raft address of the member its
+  certificate names. Without it (the documented fallback) the listener binds to the
+  configured address only. In both modes a random 256-bit cluster secret is mandatory
+  (pysyncobj's Fernet link); a peer frame longer than
   :data:`MAX_PEER_FRAME` drops the connection before it is buffered; peer bytes are
   unpickled by a restricted unpickler that knows no global but ``_codecs.encode`` and an
   argument-checking stand-in for ``bytes`` (``b""`` needs it); read-only
@@ -29,6 +34,7 @@ The patches touch pysyncobj internals, so the version is pinned and checked here
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import logging
 import os
@@ -51,12 +57,15 @@ import pysyncobj.syncobj as _pso_syncobj
 import pysyncobj.tcp_connection as _pso_tcp
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
 from pysyncobj.journal import Journal
+from pysyncobj.monotonic import monotonic as _pso_monotonic
+from pysyncobj.tcp_connection import CONNECTION_STATE, TcpConnection
 from pysyncobj.transport import TCPTransport
 
 from raftsso.config import NodeConfig, Peer
 from raftsso.errors import DecodeError, NotLeader, OutcomeUnknown, StorageError
 from raftsso.fsm import KeyringStateMachine, Outcome
 from raftsso.fsutil import atomic_write, fsync_dir
+from raftsso.peer_tls import IDLE_TIMEOUT, PeerLinks
 from raftsso.wire import unversioned, versioned
 
 log = logging.getLogger(__name__)
@@ -462,11 +471,93 @@ class HardenedTransport(TCPTransport):  # type: ignore[misc]
             conn.disconnect()
             self._unknownConnections.discard(conn)
             return
+        # Over peer TLS the certificate has named the member already: its hello must agree
+        # (a member's certificate does not let it speak as another member).
+        expected = getattr(conn, "raftsso_peer_address", None)
+        if expected is not None and message != expected:
+            log.warning("refusing a Raft link from the member at %s: it introduced itself "
+                        "as %s", expected, message)
+            conn.disconnect()
+            self._unknownConnections.discard(conn)
+            return
         super()._onIncomingMessageReceived(conn, message)
 
     def _onMessageReceived(self, node: Any, message: Any) -> None:
         self.last_heard[node.id] = time.monotonic()
         super()._onMessageReceived(node, message)
+
+
+class PeerTLSTransport(HardenedTransport):
+    """:class:`HardenedTransport` whose every link is a socketpair to :mod:`raftsso.peer_tls`.
+
+    pysyncobj binds nothing and dials nothing. Incoming links arrive authenticated (the TLS
+    front queues pysyncobj's end with the peer's Raft address; they are adopted here, in
+    the Raft thread, on the next tick). An outgoing link is pysyncobj's end of a socketpair
+    whose other end :meth:`PeerLinks.dial` joins to the peer over mutual TLS; it starts in
+    the state of a TCP connect under way, so pysyncobj's own handshake (key exchange with
+    the password, then its hello) runs exactly as over TCP. Only one side of a pair dials
+    (pysyncobj's ``_shouldConnect``: the greater address).
+    """
+
+    def __init__(self, syncObj: Any, selfNode: Any, otherNodes: Any) -> None:
+        self._peer_links: PeerLinks = syncObj._peer_links
+        self._peer_incoming: queue.SimpleQueue[tuple[socket.socket, str]] = \
+            syncObj._peer_incoming
+        super().__init__(syncObj, selfNode, otherNodes)
+
+    def _createServer(self) -> None:
+        self._server = None  # the TLS front listens on raft_address
+
+    def _maybeBind(self) -> None:
+        # Nothing to bind: ready at once (TCPTransport's flag and event, read by waitReady).
+        if not getattr(self, "_ready", False):
+            self._ready = True
+            self._bindOverEvent.set()
+
+    def _onTick(self) -> None:
+        self._adopt_incoming()
+        super()._onTick()
+
+    def _new_connection(self, sock: socket.socket) -> Any:
+        conf = self._syncObj.conf
+        return TcpConnection(poller=self._syncObj._poller, socket=sock,
+                             timeout=conf.connectionTimeout,
+                             sendBufferSize=conf.sendBufferSize,
+                             recvBufferSize=conf.recvBufferSize)
+
+    def _adopt_incoming(self) -> None:
+        while True:
+            try:
+                sock, address = self._peer_incoming.get_nowait()
+            except queue.Empty:
+                return
+            conn = self._new_connection(sock)
+            conn.raftsso_peer_address = address
+            self._onNewIncomingConnection(conn)
+
+    def _connectIfNecessarySingle(self, node: Any) -> bool:
+        # TCPTransport's version, with PeerLinks.dial instead of conn.connect(ip, port).
+        current = self._connections.get(node)
+        if current is not None and current.state != CONNECTION_STATE.DISCONNECTED:
+            return True
+        if not self._shouldConnect(node):
+            return False
+        last = self._lastConnectAttempt.get(node)
+        if last is not None and \
+                _pso_monotonic() - last < self._syncObj.conf.connectionRetryTime:
+            return False
+        self._lastConnectAttempt[node] = _pso_monotonic()
+        sock = self._peer_links.dial(node.address)
+        if sock is None:
+            return False
+        conn = self._new_connection(sock)
+        conn._TcpConnection__state = CONNECTION_STATE.CONNECTING
+        conn.encryptor = self._syncObj.encryptor
+        conn.setOnConnectedCallback(functools.partial(self._onOutgoingConnected, conn))
+        conn.setOnMessageReceivedCallback(functools.partial(self._onMessageReceived, node))
+        conn.setOnDisconnectedCallback(functools.partial(self._onDisconnected, conn))
+        self._connections[node] = conn
+        return True
 
 
 _PATCHED = False
@@ -524,9 +615,14 @@ def read_snapshot_file(path: Path) -> tuple[bytes, tuple[bytes, int, int],
 
 class _KeyringSyncObj(SyncObj):  # type: ignore[misc]
     def __init__(self, fsm: KeyringStateMachine, self_addr: str, others: list[str],
-                 conf: SyncObjConf) -> None:
+                 conf: SyncObjConf, links: PeerLinks | None = None,
+                 incoming: queue.SimpleQueue[tuple[socket.socket, str]] | None = None) -> None:
         self._fsm = fsm
-        super().__init__(self_addr, others, conf, transportClass=HardenedTransport)
+        # Read by PeerTLSTransport while SyncObj.__init__ builds it.
+        self._peer_links = links
+        self._peer_incoming = incoming
+        transport = HardenedTransport if links is None else PeerTLSTransport
+        super().__init__(self_addr, others, conf, transportClass=transport)
 
     @replicated  # type: ignore[untyped-decorator]
     def _apply_command(self, command: bytes) -> Outcome:
@@ -560,6 +656,12 @@ class RaftNode:
         self._directory = directory or (lambda: cfg.members)
         self._sync: _KeyringSyncObj | None = None
         self._tick_jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        # Peer TLS (raftsso.peer_tls): the links, the authenticated incoming sockets waiting
+        # for the Raft thread, and members this leader is adding (raft address -> node id)
+        # whose directory record has not landed yet.
+        self._links: PeerLinks | None = None
+        self._incoming: queue.SimpleQueue[tuple[socket.socket, str]] = queue.SimpleQueue()
+        self._joining: dict[str, str] = {}
         secret = cfg.cluster_secret()
         if len(secret) != 32:
             raise StorageError("the cluster secret must be 32 random bytes")
@@ -570,7 +672,7 @@ class RaftNode:
         if self.snapshot_path.exists():
             # Validate before pysyncobj sees it: it would log and carry on with empty state.
             try:
-                read_snapshot_file(self.snapshot_path)
+                KeyringStateMachine().restore(read_snapshot_file(self.snapshot_path)[0])
             except (OSError, DecodeError) as exc:
                 raise StorageError(
                     f"snapshot {self.snapshot_path} is unreadable ({exc}); this node cannot "
@@ -632,7 +734,7 @@ class RaftNode:
                 os.close(fd)
             os.chmod(path, 0o600)
             fsync_dir(path.parent)
-        except (OSError, DecodeError) as exc:
+        except Exception as exc:  # any malformed snapshot: never carry on with empty state
             on_storage_failure(f"loading snapshot {path} failed: {exc}")
             raise
         return last, prev, cluster
@@ -641,8 +743,48 @@ class RaftNode:
 
     def start(self) -> None:
         others = [p.raft_address for p in self._cfg.peers]
-        self._sync = _KeyringSyncObj(self._fsm, self._cfg.raft_address, others, self._conf())
+        cfg = self._cfg
+        if cfg.peer_tls:
+            self._links = PeerLinks(
+                node_id=cfg.node_id, listen=cfg.raft_address, ca=cfg.ca_cert, cert=cfg.cert,
+                key=cfg.key, members=self.peer_members,
+                on_incoming=lambda sock, address: self._incoming.put((sock, address)),
+                idle_timeout=max(IDLE_TIMEOUT, 2 * cfg.raft.connection_timeout))
+            self._links.start()
+        else:
+            log.warning("peer_tls is off in %s: Raft peers are authenticated by the cluster "
+                        "secret alone (anyone who has it can join)", cfg.path)
+        try:
+            self._sync = _KeyringSyncObj(self._fsm, cfg.raft_address, others, self._conf(),
+                                         links=self._links, incoming=self._incoming)
+        except BaseException:
+            self._stop_links()
+            raise
         self._sync.addOnTickCallback(self._run_tick_jobs)
+
+    def peer_members(self) -> dict[str, str]:
+        """The current members but this node, ``{node id: raft address}`` (peer TLS)."""
+        members = {p.id: p.raft_address for p in self._directory()
+                   if p.id != self._cfg.node_id and not p.id.startswith("?")}
+        if self._joining and self._sync is not None:
+            # A member this leader is adding is in Raft before its directory record can
+            # commit; with one member before, that commit needs the new member itself.
+            in_raft = self.raft_addresses()
+            for address, node_id in list(self._joining.items()):
+                if address in in_raft and node_id not in members:
+                    members[node_id] = address
+        return members
+
+    def _stop_links(self) -> None:
+        if self._links is not None:
+            self._links.stop()
+            self._links = None
+        while True:
+            try:
+                sock, _ = self._incoming.get_nowait()
+            except queue.Empty:
+                return
+            sock.close()
 
     # pysyncobj is not thread-safe: anything beyond proposing (which goes through its
     # queue) must run in its tick thread. Jobs are queued here and run on the next tick.
@@ -695,6 +837,7 @@ class RaftNode:
         return int(self.sync._SyncObj__getCurrentLogIndex())
 
     def stop(self) -> None:
+        self._stop_links()
         if self._sync is not None:
             self._sync.destroy()
             self._sync = None
@@ -749,12 +892,18 @@ class RaftNode:
         sync = self.sync
         return {sync.selfNode.id} | {n.id for n in sync.otherNodes}
 
-    def change_membership(self, add: bool, raft_address: str, timeout: float) -> int:
+    def change_membership(self, add: bool, raft_address: str, timeout: float,
+                          node_id: str | None = None) -> int:
         """Add or remove one member through Raft; returns pysyncobj's FAIL_REASON.
 
         pysyncobj allows one change at a time and only after the leader's no-op of its
-        term committed; it answers REQUEST_DENIED otherwise.
+        term committed; it answers REQUEST_DENIED otherwise. ``node_id`` (of a member being
+        added) lets peer TLS admit it before its directory record has committed.
         """
+        if add and node_id is not None:
+            self._joining[raft_address] = node_id
+        elif not add:
+            self._joining.pop(raft_address, None)
         done = threading.Event()
         box: dict[str, int] = {}
 

@@ -1,0 +1,553 @@
+"""Mutual TLS between Raft peers: pysyncobj's bytes travel only over authenticated links.
+
+pysyncobj 0.3.17 pickles its messages and guards them with one shared Fernet password
+(:mod:`raftsso.raft` keeps that password, restricts the unpickler and caps frames). A leaked
+password alone would still let anyone who reaches the Raft port join as a member, send
+commands and read every sealed secret. With peer TLS (``peer_tls = true``, the default)
+pysyncobj binds no port and opens no connection of its own; this module carries its bytes::
+
+    node A (dials)                                           node B (listens)
+    pysyncobj ─socketpair─ PeerLinks ══ TLS 1.3, mutual ══ PeerLinks front ─socketpair─ pysyncobj
+                                        (A's node cert)    on B's raft_address
+
+* **Incoming.** The front listens on the node's public ``raft_address``. The TLS handshake
+  demands a client certificate of the cluster CA; the certificate must carry the role
+  ``node`` and, as its common name, the id of a current member other than this node. Only
+  then is a socketpair made and one end handed to the Raft thread together with that
+  member's Raft address (the transport refuses the link if pysyncobj's own hello names
+  another address). Nothing sent by an unauthenticated peer ever reaches pysyncobj.
+* **Outgoing.** pysyncobj asks for a link to a Raft address (:meth:`PeerLinks.dial`, from
+  its own thread) and at once gets its end of a socketpair; here the other end is connected
+  to the peer's ``raft_address`` over TLS with this node's certificate. The peer's
+  certificate must verify against the cluster CA, name the peer's host (subject alternative
+  name), carry the role ``node`` and have as common name the member id that this node's
+  directory gives for that address. Until then pysyncobj's bytes wait in the socketpair; on
+  any failure both ends close and pysyncobj retries after ``connection_retry``.
+* **Bounded.** At most :data:`MAX_HANDSHAKES` incoming handshakes at a time, each within
+  ``handshake_timeout``; a link idle for ``idle_timeout`` is closed (pysyncobj's own
+  ``connection_timeout`` is shorter and normally closes idle links first); a link whose peer
+  stops being a member is closed within a second. Reading from one side pauses while the
+  other side's write buffer is full. The two sides of a link close together. Refusals are
+  logged, at most one line per second for each reason and remote host.
+
+Why socketpairs and not a loopback port for pysyncobj: a port on 127.0.0.1 can be reached by
+every local user of the host, who with the password could join through it; a socketpair has
+no address. The links run in their own thread with its own event loop, so Raft heartbeats
+never queue behind SSO client requests on the service's loop.
+
+This module knows nothing of pysyncobj; :mod:`raftsso.raft` wires it in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from raftsso import pki
+from raftsso.config import split_address
+from raftsso.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+HANDSHAKE_TIMEOUT = 5.0
+IDLE_TIMEOUT = 120.0
+MAX_HANDSHAKES = 64
+# Bytes accepted from one side of a link before the other side is connected; beyond it
+# reading pauses (pysyncobj's frames are capped at 4 MiB, a heartbeat is ~100 bytes).
+PENDING_LIMIT = 1 << 20
+SWEEP_PERIOD = 1.0
+BIND_PATIENCE = 10.0
+KEEPALIVE = (16, 3, 5)  # idle, interval, count: pysyncobj's own tcp_keepalive
+ROLE = "node"
+
+Members = Callable[[], Mapping[str, str]]
+"""The current members other than this node: node id -> Raft address."""
+Incoming = Callable[[socket.socket, str], None]
+"""Takes pysyncobj's end of an authenticated incoming link and the peer's Raft address."""
+
+
+def peer_context(ca: Path, cert: Path, key: Path, *, server: bool) -> ssl.SSLContext:
+    """The TLS context of a Raft link: the cluster CA, this node's certificate, TLS 1.3."""
+    ctx = (pki.server_context if server else pki.client_context)(ca, cert, key)
+    # Both ends are raftsso nodes: no reason to speak anything older.
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    return ctx
+
+
+def failure_reason(exc: BaseException) -> str:
+    """A short label for a failed TLS handshake (the key of the refusal log's rate limit)."""
+    if isinstance(exc, TimeoutError):
+        return "handshake timeout"
+    if isinstance(exc, ConnectionAbortedError) and "handshake" in str(exc):
+        return "handshake timeout"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return "certificate not accepted"
+    if isinstance(exc, ssl.SSLError):
+        text = f"{exc.reason or ''} {exc}".upper()
+        if "PEER_DID_NOT_RETURN_A_CERTIFICATE" in text or "NO_CERTIFICATE" in text:
+            return "no client certificate"
+        if "CERTIFICATE" in text or "UNKNOWN_CA" in text or "BAD_SIGNATURE" in text:
+            return "certificate not accepted"
+        if "EOF" in text:
+            return "closed during the handshake"
+        return "not TLS 1.3 or not TLS at all"
+    if isinstance(exc, ConnectionError | EOFError):
+        return "closed during the handshake"
+    return type(exc).__name__
+
+
+class _Refusals:
+    """Warnings about refused peers, at most one line per second per (reason, host)."""
+
+    def __init__(self) -> None:
+        self._last: dict[tuple[str, str], float] = {}
+        self._suppressed: dict[tuple[str, str], int] = {}
+
+    def warn(self, reason: str, host: str, message: str, level: int = logging.WARNING) -> None:
+        key = (reason, host)
+        now = time.monotonic()
+        if now - self._last.get(key, -1e9) < 1.0:
+            self._suppressed[key] = self._suppressed.get(key, 0) + 1
+            return
+        if len(self._last) > 1024:  # many hosts: forget the old ones
+            self._last.clear()
+            self._suppressed.clear()
+        self._last[key] = now
+        more = self._suppressed.pop(key, 0)
+        log.log(level, "%s%s", message, f" ({more} more like it suppressed)" if more else "")
+
+
+def _host_of(peername: Any) -> str:
+    if isinstance(peername, tuple) and peername:
+        return str(peername[0])
+    return "?"
+
+
+def _peer_label(peername: Any) -> str:
+    if isinstance(peername, tuple) and len(peername) >= 2:
+        return f"{peername[0]}:{peername[1]}"
+    return "?"
+
+
+def _set_keepalive(transport: asyncio.BaseTransport) -> None:
+    sock = transport.get_extra_info("socket")
+    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, KEEPALIVE[0])
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPALIVE[1])
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE[2])
+
+
+class _Half(asyncio.Protocol):
+    """One side of a link: what it receives is written to the other side."""
+
+    def __init__(self, link: _Link) -> None:
+        self.link = link
+        self.transport: asyncio.Transport | None = None
+        self.partner: _Half | None = None
+        self.pending = bytearray()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.link.last_active = time.monotonic()
+        partner = self.partner
+        if partner is not None and partner.transport is not None:
+            partner.transport.write(data)
+            return
+        self.pending += data
+        if len(self.pending) > PENDING_LIMIT and self.transport is not None:
+            self.transport.pause_reading()
+
+    def eof_received(self) -> bool | None:
+        self.link.close()
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.link.close()
+
+    # Backpressure: while this side cannot take more, stop reading the other side.
+
+    def pause_writing(self) -> None:
+        if self.partner is not None and self.partner.transport is not None:
+            self.partner.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.partner is not None and self.partner.transport is not None:
+            self.partner.transport.resume_reading()
+
+
+class _Link:
+    """A local socketpair end joined to a TLS connection; both close together."""
+
+    def __init__(self, owner: PeerLinks, direction: str, peer_address: str) -> None:
+        self.owner = owner
+        self.direction = direction  # "in" or "out"
+        self.peer_address = peer_address  # the peer's Raft address
+        self.peer_id: str | None = None  # set once its certificate was checked
+        self.local = _Half(self)
+        self.remote = _Half(self)
+        self.last_active = time.monotonic()
+        self.closed = False
+
+    def join(self) -> None:
+        """Start forwarding both ways, first what either side sent meanwhile."""
+        if self.closed:
+            return
+        a, b = self.local, self.remote
+        assert a.transport is not None and b.transport is not None
+        a.partner, b.partner = b, a
+        # Resuming delivers nothing before the next loop iteration, so the pending bytes
+        # still go first; a write that fills a buffer then pauses the other side properly.
+        a.transport.resume_reading()
+        b.transport.resume_reading()
+        for src, dst in ((a, b), (b, a)):
+            if src.pending:
+                assert dst.transport is not None
+                dst.transport.write(bytes(src.pending))
+                src.pending.clear()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.owner._links.discard(self)
+        for half in (self.local, self.remote):
+            if half.transport is not None:
+                # Both at once: whatever one side still had to say is moot without the other.
+                half.transport.abort()
+
+
+class PeerLinks:
+    """The TLS front on ``listen`` and the outgoing links of one node, in their own thread."""
+
+    def __init__(self, *, node_id: str, listen: str, ca: Path, cert: Path, key: Path,
+                 members: Members, on_incoming: Incoming,
+                 handshake_timeout: float = HANDSHAKE_TIMEOUT,
+                 idle_timeout: float = IDLE_TIMEOUT,
+                 max_handshakes: int = MAX_HANDSHAKES) -> None:
+        self.node_id = node_id
+        self.listen = listen
+        self._members = members
+        self._on_incoming = on_incoming
+        self._server_ctx = peer_context(ca, cert, key, server=True)
+        self._client_ctx = peer_context(ca, cert, key, server=False)
+        self.handshake_timeout = handshake_timeout
+        self.idle_timeout = idle_timeout
+        self.max_handshakes = max_handshakes
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._server: asyncio.Server | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self._links: set[_Link] = set()
+        self._handshakes = 0
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._refusals = _Refusals()
+        self._closing = False
+
+    # lifecycle ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the thread and listen on ``listen`` (raises ConfigError if it cannot)."""
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        self._thread = threading.Thread(target=self._run, args=(loop,), name="raft-peer-tls",
+                                        daemon=True)
+        self._thread.start()
+        try:
+            asyncio.run_coroutine_threadsafe(self._start(), loop).result()
+        except BaseException:
+            self.stop()
+            raise
+
+    @staticmethod
+    def _run(loop: asyncio.AbstractEventLoop) -> None:
+        asyncio.set_event_loop(loop)
+        loop.run_forever()
+
+    async def _start(self) -> None:
+        host, port = split_address(self.listen)
+        loop = asyncio.get_running_loop()
+        deadline = time.monotonic() + BIND_PATIENCE
+        while True:
+            try:
+                self._server = await loop.create_server(
+                    lambda: _Front(self), host, port, reuse_address=True, backlog=128)
+                break
+            except OSError as exc:
+                # A previous process may still hold the port for a moment.
+                if time.monotonic() >= deadline:
+                    raise ConfigError(f"cannot listen for Raft peers on {self.listen}: "
+                                      f"{exc.strerror or exc}") from None
+                await asyncio.sleep(0.2)
+        self._sweeper = loop.create_task(self._sweep())
+        log.info("Raft peer links: mutual TLS on %s (role %r, current members only)",
+                 self.listen, ROLE)
+
+    def stop(self) -> None:
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None:
+            return
+        if loop.is_running():
+            with contextlib.suppress(concurrent.futures.TimeoutError, RuntimeError):
+                asyncio.run_coroutine_threadsafe(self._shutdown(), loop).result(timeout=5)
+            loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=5)
+        if not thread.is_alive():
+            loop.close()
+        self._loop = self._thread = None
+
+    async def _shutdown(self) -> None:
+        self._closing = True
+        if self._server is not None:
+            self._server.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        for link in list(self._links):
+            link.close()
+        pending = [t for t in (self._sweeper, *self._tasks) if t is not None]
+        await asyncio.gather(*pending, return_exceptions=True)
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        """Where the front listens (host, port), once started."""
+        if self._server is None or not self._server.sockets:
+            return None
+        name = self._server.sockets[0].getsockname()
+        return str(name[0]), int(name[1])
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # who is who -----------------------------------------------------------------------
+
+    def _current(self) -> Mapping[str, str]:
+        try:
+            return self._members()
+        except Exception:  # a lookup that fails admits nobody
+            log.exception("cannot read the current members; refusing Raft peer links")
+            return {}
+
+    def expected_id(self, raft_address: str) -> str | None:
+        """The member id at ``raft_address``, or None if no current member is there."""
+        return next((nid for nid, addr in self._current().items()
+                     if addr == raft_address and nid != self.node_id), None)
+
+    # outgoing -------------------------------------------------------------------------
+
+    def dial(self, raft_address: str) -> socket.socket | None:
+        """A link to the member at ``raft_address``: pysyncobj's end of it, or None.
+
+        Thread-safe and non-blocking (called from the Raft thread). The returned socket is
+        connected at once; the TLS connection behind it is made in this object's thread,
+        and if it fails the socket is closed.
+        """
+        loop = self._loop
+        if loop is None or self._closing or not loop.is_running():
+            return None
+        expected = self.expected_id(raft_address)
+        if expected is None:
+            # Normal for a moment while a member is added: Raft knows its address before
+            # this node has applied the directory record that names it.
+            self._refusals.warn("unknown member", raft_address,
+                                f"not connecting to Raft address {raft_address}: no current "
+                                "member is known there (yet)", level=logging.INFO)
+            return None
+        ours, theirs = socket.socketpair()
+        ours.setblocking(False)
+        theirs.setblocking(False)
+        try:
+            loop.call_soon_threadsafe(self._start_dial, theirs, raft_address, expected)
+        except RuntimeError:  # the loop is closed
+            ours.close()
+            theirs.close()
+            return None
+        return ours
+
+    def _start_dial(self, sock: socket.socket, raft_address: str, expected: str) -> None:
+        if self._closing:
+            sock.close()
+            return
+        self._spawn(self._dial(sock, raft_address, expected))
+
+    async def _dial(self, sock: socket.socket, raft_address: str, expected: str) -> None:
+        loop = asyncio.get_running_loop()
+        link = _Link(self, "out", raft_address)
+        self._links.add(link)
+        try:
+            await self._connect(loop, link, sock, raft_address, expected)
+        finally:
+            if link.peer_id is None:  # not joined: failed, refused or cancelled
+                link.close()
+                if link.local.transport is None:
+                    sock.close()
+
+    async def _connect(self, loop: asyncio.AbstractEventLoop, link: _Link,
+                       sock: socket.socket, raft_address: str, expected: str) -> None:
+        await loop.connect_accepted_socket(lambda: link.local, sock)
+        assert link.local.transport is not None
+        link.local.transport.pause_reading()  # pysyncobj waits until the peer is verified
+        host, port = split_address(raft_address)
+        try:
+            transport, _ = await asyncio.wait_for(loop.create_connection(
+                lambda: link.remote, host, port, ssl=self._client_ctx, server_hostname=host,
+                ssl_handshake_timeout=self.handshake_timeout), 2 * self.handshake_timeout)
+        except OSError as exc:  # ssl.SSLError and TimeoutError included
+            if isinstance(exc, ssl.SSLError | TimeoutError):
+                self._refusals.warn(failure_reason(exc), raft_address,
+                                    f"Raft link to {expected} at {raft_address} failed: "
+                                    f"{failure_reason(exc)} ({exc})")
+            else:  # the peer is down: pysyncobj retries
+                log.debug("Raft link to %s at %s failed: %s", expected, raft_address, exc)
+            return
+        _set_keepalive(transport)
+        role, name = pki.peer_identity(transport.get_extra_info("peercert"))
+        if role != ROLE or name != expected:
+            self._refusals.warn("wrong server", raft_address,
+                                f"Raft link to {raft_address} refused: it presented a "
+                                f"certificate for {name!r} (role {role!r}); expected member "
+                                f"{expected!r} (role {ROLE!r})")
+            transport.abort()
+            return
+        if link.closed:  # pysyncobj gave up meanwhile
+            transport.abort()
+            return
+        link.peer_id = expected
+        link.join()
+
+    # incoming -------------------------------------------------------------------------
+
+    def _accepted(self, transport: asyncio.Transport) -> None:
+        peer = transport.get_extra_info("peername")
+        if self._closing:
+            transport.abort()
+            return
+        if self._handshakes >= self.max_handshakes:
+            self._refusals.warn("busy", _host_of(peer),
+                                f"refused a Raft peer connection from {_peer_label(peer)}: "
+                                f"{self._handshakes} TLS handshakes are already under way")
+            transport.abort()
+            return
+        transport.pause_reading()  # start_tls resumes it for the handshake
+        self._handshakes += 1
+        self._spawn(self._admit(transport, peer))
+
+    async def _admit(self, transport: asyncio.Transport, peer: Any) -> None:
+        loop = asyncio.get_running_loop()
+        link = _Link(self, "in", "")
+        try:
+            try:
+                tls = await loop.start_tls(transport, link.remote, self._server_ctx,
+                                           server_side=True,
+                                           ssl_handshake_timeout=self.handshake_timeout)
+            except (OSError, EOFError) as exc:  # ssl.SSLError and TimeoutError included
+                reason = failure_reason(exc)
+                self._refusals.warn(reason, _host_of(peer),
+                                    f"refused a Raft peer connection from {_peer_label(peer)}: "
+                                    f"TLS handshake failed ({reason}: {exc})")
+                transport.abort()
+                return
+            except asyncio.CancelledError:
+                transport.abort()
+                raise
+        finally:
+            self._handshakes -= 1
+        if tls is None:
+            transport.abort()
+            return
+        link.remote.transport = tls  # start_tls does not call connection_made
+        role, name = pki.peer_identity(tls.get_extra_info("peercert"))
+        members = self._current()
+        problem = None
+        if role != ROLE:
+            problem = (f"its certificate has the role {role!r} (CN {name!r}); only {ROLE!r} "
+                       "certificates may speak Raft")
+        elif name == self.node_id:
+            problem = f"its certificate names this node ({name!r})"
+        elif name not in members:
+            problem = f"node {name!r} is not a current member"
+        if problem is not None:
+            self._refusals.warn(f"identity {name}", _host_of(peer),
+                                f"refused a Raft peer connection from {_peer_label(peer)}: "
+                                f"{problem}")
+            tls.abort()
+            return
+        link.peer_address = members[name]
+        _set_keepalive(transport)
+        self._links.add(link)
+        ours, theirs = socket.socketpair()
+        handed = False
+        try:
+            ours.setblocking(False)
+            theirs.setblocking(False)
+            await loop.connect_accepted_socket(lambda: link.local, ours)
+            if link.closed:  # the peer went away meanwhile
+                return
+            link.peer_id = name
+            link.join()
+            log.debug("Raft peer %s connected from %s", name, _peer_label(peer))
+            self._on_incoming(theirs, link.peer_address)
+            handed = True
+        except OSError as exc:
+            log.warning("cannot hand the Raft link from %s to pysyncobj: %s", name, exc)
+        finally:
+            if not handed:
+                theirs.close()
+                link.close()
+                if link.local.transport is None:
+                    ours.close()
+
+    # housekeeping ---------------------------------------------------------------------
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_PERIOD)
+            if not self._links:
+                continue
+            members = self._current()
+            now = time.monotonic()
+            for link in list(self._links):
+                if link.peer_id is None:
+                    continue  # still connecting: bounded by the handshake timeout
+                if members.get(link.peer_id) != link.peer_address:
+                    log.info("closing the Raft link %s %s: it is no longer a member",
+                             "from" if link.direction == "in" else "to", link.peer_id)
+                    link.close()
+                elif now - link.last_active > self.idle_timeout:
+                    log.debug("closing the idle Raft link with %s", link.peer_id)
+                    link.close()
+
+    def links(self) -> list[tuple[str, str | None, str]]:
+        """``(direction, peer id, peer Raft address)`` of the open links (for tests)."""
+        return [(link.direction, link.peer_id, link.peer_address) for link in self._links]
+
+
+class _Front(asyncio.Protocol):
+    """A fresh TCP connection on the Raft port, before its TLS handshake."""
+
+    def __init__(self, owner: PeerLinks) -> None:
+        self.owner = owner
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.owner._accepted(transport)
+
+    def data_received(self, data: bytes) -> None:  # never: reading is paused until TLS
+        pass
