@@ -123,8 +123,9 @@ class PauseNet:
 
     kind = "sigstop"
 
-    def __init__(self, nodes: int) -> None:
+    def __init__(self, nodes: int, reason: str | None = None) -> None:
         self.nodes = nodes
+        self.reason = reason  # why namespaces are not used (None: asked for SIGSTOP)
 
     def hosts(self) -> list[str] | None:
         return None  # init_deployment(host=127.0.0.1) with distinct ports
@@ -238,7 +239,10 @@ def make_net(nodes: int, mode: str = "auto") -> NamespaceNet | PauseNet:
     reason = namespaces_available()
     if reason is None:
         clean_stale_runs()
-        return NamespaceNet(nodes)
+        try:
+            return NamespaceNet(nodes)
+        except subprocess.CalledProcessError as exc:  # e.g. no bridge or veth support
+            reason = f"{' '.join(exc.cmd)}: {(exc.stderr or '').strip()}"
     if mode == "netns":
         raise RuntimeError(f"network namespaces are not available: {reason}")
-    return PauseNet(nodes)
+    return PauseNet(nodes, reason)

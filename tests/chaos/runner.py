@@ -25,7 +25,7 @@ from tests.chaos import checker
 from tests.chaos.cluster import ChaosCluster
 from tests.chaos.history import History, format_ops
 from tests.chaos.nemesis import Nemesis
-from tests.chaos.net import NamespaceNet, make_net
+from tests.chaos.net import NamespaceNet, PauseNet, make_net
 from tests.chaos.workload import AdminWorker, SSOWorker, TokenPool
 
 
@@ -115,11 +115,14 @@ def run(seed: int, duration: float, workdir: Path, *, nodes: int = 3, admins: in
     pool = TokenPool()
     out(f"chaos: seed={seed} duration={duration:g}s nodes={nodes} net={net.kind} "
         f"workdir={workdir}")
+    if isinstance(net, PauseNet) and net.reason:
+        out(f"chaos: nodes are cut off with SIGSTOP: {net.reason}")
     # The SSO clients' warnings (every fault makes some) go to a file, not the terminal.
     client_log = logging.FileHandler(workdir / "clients.log")
     client_log.setFormatter(logging.Formatter("%(asctime)s %(threadName)s %(levelname)s "
                                               "%(name)s: %(message)s"))
     raftsso_logger = logging.getLogger("raftsso")
+    previous_level = raftsso_logger.level
     raftsso_logger.addHandler(client_log)
     raftsso_logger.setLevel(logging.INFO)
     try:
@@ -210,6 +213,7 @@ def run(seed: int, duration: float, workdir: Path, *, nodes: int = 3, admins: in
     finally:
         stop.set()
         raftsso_logger.removeHandler(client_log)
+        raftsso_logger.setLevel(previous_level)
         client_log.close()
         history.close()
         if cluster is not None:
