@@ -132,7 +132,15 @@ def test_acknowledged_rotation_that_never_committed() -> None:
     s.ops.append(s.op("admin2", "rotate", "ok", request_id=secrets.token_hex(16), version=9,
                       state="primary", primary_version=9, node="node1", term=1))
     found = _checks(s.check())
-    assert "acked_durable" in found
+    assert {"acked_durable", "request_outcomes"} <= found
+
+
+def test_acknowledged_under_a_version_another_request_created() -> None:
+    """The version exists everywhere, but the acknowledged request never committed."""
+    s = Scenario()
+    s.ops.append(s.op("admin2", "rotate", "ok", request_id=secrets.token_hex(16), version=3,
+                      state="primary", primary_version=3, node="node1", term=1))
+    assert "request_outcomes" in _checks(s.check())
 
 
 def test_acknowledged_version_under_another_request() -> None:

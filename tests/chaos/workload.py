@@ -197,10 +197,9 @@ class RecordingSource:
             versions = raw.get("versions") or []
             op.finish("ok", commit_index=raw.get("commit_index"), term=raw.get("term"),
                       primary=raw.get("primary"),
-                      versions=sorted(v.get("id") for v in versions),
+                      versions=id_ranges(v.get("id") for v in versions),
                       primaries=sorted(v.get("id") for v in versions
-                                       if v.get("state") == "primary"),
-                      fingerprints={str(v.get("id")): v.get("fingerprint") for v in versions})
+                                       if v.get("state") == "primary"))
         except (AttributeError, TypeError) as exc:
             op.finish("ok", malformed=f"{type(exc).__name__}: {exc}")
         return raw
@@ -234,10 +233,21 @@ class TokenPool:
             return list(self.items)
 
 
+def id_ranges(ids: Any) -> list[list[int]]:
+    """Version ids as sorted, merged ``[first, last]`` ranges (a history stays small)."""
+    out: list[list[int]] = []
+    for vid in sorted(ids):
+        if out and vid == out[-1][1] + 1:
+            out[-1][1] = vid
+        elif not out or vid > out[-1][1]:
+            out.append([vid, vid])
+    return out
+
+
 def _ring(client: SSOClient) -> dict[str, Any]:
     st = client.state()
     return {"index": st["commit_index"], "primary": st["primary"],
-            "versions": [v["id"] for v in st["versions"]]}
+            "versions": id_ranges(v["id"] for v in st["versions"])}
 
 
 class SSOWorker(threading.Thread):
@@ -298,7 +308,7 @@ class SSOWorker(threading.Thread):
         version = envelope.token_key_version(token)
         before = _ring(self.client)
         op = self.history.begin(self.process, "decrypt", version=version, ring_before=before,
-                                known=version in before["versions"])
+                                known=any(a <= version <= b for a, b in before["versions"]))
         try:
             got = self.client.decrypt(token, ad)
         except InvalidToken:
