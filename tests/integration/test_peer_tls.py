@@ -12,7 +12,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-import signal
 import socket
 import ssl
 import struct
@@ -30,7 +29,7 @@ from pysyncobj.encryptor import getEncryptor
 from raftsso import pki
 from raftsso.config import NodeConfig, load_node_config, split_address
 from raftsso.fsutil import read_private
-from tests.harness import LocalCluster, cli, wait_for
+from tests.harness import LocalCluster, cli, free_base_port, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -178,6 +177,12 @@ def _listening(pid: int) -> tuple[set[tuple[str, int]], int]:
     return tcp, unix
 
 
+def _all_serving(cluster: LocalCluster) -> None:
+    """Every node answers on its service address (so it has bound all of its ports)."""
+    wait_for(lambda: all(cluster.node_status(i) for i in cluster.ids),
+             what="every node to serve")
+
+
 def _configured(cfg: NodeConfig) -> set[tuple[str, int]]:
     addresses = [cfg.raft_address, cfg.service_address]
     if cfg.metrics_address is not None:
@@ -210,6 +215,7 @@ def test_peer_tls_is_the_default_and_the_cluster_agrees_rotates_and_fails_over(
 
 def test_pysyncobj_binds_nothing_but_the_configured_addresses_are_listened_on(
         cluster: LocalCluster) -> None:
+    _all_serving(cluster)
     for node_id in cluster.ids:
         cfg = _cfg(cluster, node_id)
         tcp, unix = _listening(cluster.procs[node_id].pid)
@@ -300,7 +306,9 @@ def test_a_second_member_joins_a_one_node_cluster_over_peer_tls(tmp_path: Path) 
     try:
         cluster.start()
         cluster.wait_healthy()
-        r = cli("init", str(cluster.root), "--join", "node2")
+        # Ports of our own: the default (after node1's) may be taken by another test.
+        r = cli("init", str(cluster.root), "--join", "node2",
+                "--base-port", str(free_base_port(3)))
         assert r.returncode == 0, r.stderr
         cluster.ids.append("node2")
         cluster._client = None  # admin.toml now lists node2
@@ -326,13 +334,13 @@ def test_the_password_only_fallback_still_runs_a_cluster(
         fallback_cluster: LocalCluster) -> None:
     cluster = fallback_cluster
     assert not any(_cfg(cluster, i).peer_tls for i in cluster.ids)
+    _all_serving(cluster)
     for node_id in cluster.ids:
         assert "peer_tls is off" in cluster.log(node_id)
         tcp, _ = _listening(cluster.procs[node_id].pid)
         assert tcp == _configured(_cfg(cluster, node_id))  # pysyncobj on raft_address only
     assert cluster.rotate(now=True)["version"] == 2
     old = cluster.leader()
-    cluster.signal(old, signal.SIGKILL)
     cluster.kill(old)
     cluster.leader(exclude=(old,))
     assert cluster.rotate(now=True)["version"] == 3
