@@ -93,7 +93,17 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=HERE / "results")
     parser.add_argument("--no-summary", action="store_true",
                         help="do not rewrite bench/RESULTS.md and bench/latest.png")
+    parser.add_argument("--summary-from", type=Path, metavar="JSON",
+                        help="only rewrite bench/RESULTS.md from an earlier full report")
     args = parser.parse_args()
+    if args.summary_from:
+        report = json.loads(args.summary_from.read_text())
+        png = args.summary_from.with_suffix(".png")
+        summary.write_results_md(HERE / "RESULTS.md", report,
+                                 "latest.png" if (HERE / "latest.png").exists() else None)
+        print(f"updated: {HERE / 'RESULTS.md'} from {args.summary_from}"
+              + ("" if png.exists() else " (its PNG is missing; latest.png kept)"))
+        return 0
     unknown = [s for s in args.scenarios if s not in SCENARIOS]
     if unknown:
         parser.error(f"unknown scenario(s) {unknown}; choose from {list(SCENARIOS)}")

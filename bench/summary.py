@@ -134,9 +134,12 @@ def _scenario_tables(report: dict[str, Any]) -> list[str]:
                              f"{_ms(s.get('p90'))} | {_ms(s.get('p99'))} | "
                              f"{_ms(s.get('max'))} | {e['failed_client_ops']} of "
                              f"{e['client_ops'] + e['failed_client_ops']:,} |")
-        lines += ["", f"Slowest single client operation: SIGKILL "
-                  f"{_ms(f['sigkill']['slowest_client_op_s'])}, SIGSTOP "
-                  f"{_ms(f['sigstop']['slowest_client_op_s'])} (over 50 ms counted); largest "
+        def slow(kind: str) -> str:
+            x = f[kind]["slowest_client_op_s"]
+            return _ms(x) if x else "none over 50 ms"
+
+        lines += ["", f"Slowest single client operation: SIGKILL {slow('sigkill')}, SIGSTOP "
+                  f"{slow('sigstop')}; largest "
                   f"client sync age: SIGKILL {_ms(f['sigkill']['max_client_sync_age_s'])}, "
                   f"SIGSTOP {_ms(f['sigstop']['max_client_sync_age_s'])}.", ""]
     e = _get(report, "etcd")
@@ -159,7 +162,7 @@ def _scenario_tables(report: dict[str, Any]) -> list[str]:
     if ld:
         c = ld["clients"]
         lines += ["### Client load (keyring fetches from node1)", "",
-                  f"Phase 1: {c['connected']:,} simulated clients, each with its own mTLS "
+                  f"Clients: {c['connected']:,} simulated clients, each with its own mTLS "
                   f"connection (opened in {c['connect_s']:.1f} s, "
                   f"{c['handshakes_per_s']:.0f} handshakes/s), resync "
                   f"{ld['config']['client_interval_s']:g} s +/-10 %: "
@@ -167,7 +170,8 @@ def _scenario_tables(report: dict[str, Any]) -> list[str]:
                   f"{_ms(c['p99_s'])}, {c['errors'] + c['connect_errors']} errors; node CPU "
                   f"{c['node_cpu']:.2f} core, RSS {c['node_rss_mib_before']:.0f} MiB idle -> "
                   f"{c['node_rss_mib_connected']:.0f} MiB with the connections open.", "",
-                  f"Phase 2 (ramp, {ld['config']['ramp_pool']}):", "",
+                  f"Ramp (measured first, on the fresh node; {ld['config']['ramp_pool']}):",
+                  "",
                   "| offered/s | done/s | p50 | p99 | node CPU | generator CPU | machine CPU "
                   "| generator lag p99 | sustained |",
                   "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
