@@ -218,9 +218,12 @@ def test_pysyncobj_binds_nothing_but_the_configured_addresses_are_listened_on(
     _all_serving(cluster)
     for node_id in cluster.ids:
         cfg = _cfg(cluster, node_id)
-        tcp, unix = _listening(cluster.procs[node_id].pid)
-        # raft_address (the TLS front), service_address and metrics_address: no port of
-        # pysyncobj's own, on 127.0.0.1 or anywhere else, and no Unix listener either.
+        pid = cluster.procs[node_id].pid
+        # raft_address (the TLS front, bound by its own thread: poll), service_address and
+        # metrics_address: no port of pysyncobj's own, on 127.0.0.1 or anywhere else.
+        wait_for(lambda cfg=cfg, pid=pid: _listening(pid)[0] >= _configured(cfg),
+                 what=f"{node_id} to listen on every configured address")
+        tcp, unix = _listening(pid)
         assert tcp == _configured(cfg), node_id
         assert unix == 0
 

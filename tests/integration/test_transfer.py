@@ -61,4 +61,6 @@ def test_transfer_refusals(cluster: LocalCluster) -> None:
         wait_for(refused, what="a transfer to a hung node to be refused as unreachable")
     finally:
         cluster.signal(hung, signal.SIGCONT)
-    assert cluster.leader() == leader
+    # The resumed node may call an election (pysyncobj has no pre-vote); the cluster
+    # settles with a leader either way.
+    cluster.wait_healthy()
