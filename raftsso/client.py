@@ -90,10 +90,13 @@ class ClusterSource:
         self._timeout = timeout
         # Lets nodes tell which clients have synced a staged version (early promotion).
         self.client_id = client_id or secrets.token_hex(8)
+        self._offset = random.randrange(len(cluster.nodes)) if cluster.nodes else 0
 
     @property
     def endpoints(self) -> Sequence[Endpoint]:
-        return self._cluster.nodes
+        # Each client starts at a random node so that many clients spread over the cluster.
+        nodes = self._cluster.nodes
+        return nodes[self._offset:] + nodes[:self._offset]
 
     def fetch(self, endpoint: Endpoint) -> Any:
         return self._cluster.call_node(endpoint.address, "keyring",
@@ -275,6 +278,7 @@ class SSOClient:
         self._syncs = 0
         self._stale_logged = False
         self._last_on_demand: float | None = None
+        self._last_on_demand_version = 0
         self._closed = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -399,11 +403,18 @@ class SSOClient:
             now = self._clock()
             with self._lock:
                 last = self._last_on_demand
-                if last is not None and now - last < self._on_demand_interval:
+                # One on-demand resync per interval; a version newer than the last one
+                # asked for (a rotation right after another) may go at once, but only a
+                # few versions ahead, so forged tokens cannot make every call a fetch.
+                newer = self._last_on_demand_version < version_id <= cache.max_version + 16
+                if last is not None and now - last < self._on_demand_interval and not newer:
                     return None
                 self._last_on_demand = now
+                self._last_on_demand_version = max(self._last_on_demand_version, version_id)
             try:
-                self._sync_locked()
+                # Right after a rotation a follower may not have the version yet: ask the
+                # other nodes too, rather than waiting for the rate limit to pass.
+                self._sync_locked(want=version_id)
             except RaftssoError:
                 return None
             return self._current().ring.versions.get(version_id)
@@ -421,14 +432,18 @@ class SSOClient:
                 raise RaftssoError("this SSO client is closed")
             self._sync_locked()
 
-    def _sync_locked(self) -> None:
+    def _sync_locked(self, want: int | None = None) -> None:
+        """Fetch from the preferred node, then the others; with ``want``, go on until a
+        node's keyring holds that version (keeping the newest acceptable one meanwhile)."""
         errors: list[str] = []
+        installed = False
         n = len(self._endpoints)
         attempt_wall = self._wall()
         with self._lock:
             self._last_attempt_at = attempt_wall
+        start = self._preferred  # _install moves it; the round must not
         for step in range(n):
-            index = (self._preferred + step) % n
+            index = (start + step) % n
             endpoint = self._endpoints[index]
             try:
                 ring = parse_keyring(self._source.fetch(endpoint))
@@ -440,6 +455,10 @@ class SSOClient:
                 errors.append(f"{endpoint.id}: {problem}")
                 continue
             self._install(ring, index)
+            installed = True
+            if want is None or want in ring.versions:
+                return
+        if installed:
             return
         message = "no node gave a usable keyring (" + "; ".join(errors) + ")"
         self._failed(message)

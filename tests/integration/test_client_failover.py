@@ -169,3 +169,29 @@ def test_rotation_reaches_running_clients(cluster: LocalCluster) -> None:
         # The former primary stays decryptable for both.
         assert idle.decrypt(old_token) == b"under the old primary"
         assert running.decrypt(old_token) == b"under the old primary"
+
+
+def test_rotate_now_never_breaks_a_running_client_reading_another_ones_tokens(
+        cluster: LocalCluster) -> None:
+    """A writer encrypts under each new primary the moment it learns it; a reader that has
+    not synced yet meets the version first in a token and must resync on demand, past any
+    follower that has not applied the rotation yet."""
+    opts = {"resync_interval": 0.3, "max_staleness": 30.0}
+    with SSOClient.from_config(cluster.client_toml, **opts) as writer, \
+            SSOClient.from_config(cluster.client_toml, **opts) as reader:
+        tokens: list[tuple[bytes, bytes]] = []
+        failures: list[str] = []
+        for round_ in range(5):
+            version = cluster.rotate(now=True)["version"]
+            wait_for(lambda v=version: writer.sync() or writer.state()["primary"] == v,
+                     what="the writer to learn the new primary")
+            data = f"round {round_}".encode()
+            token = writer.encrypt(data)
+            assert token_key_version(token) == version
+            tokens.append((data, token))
+            try:
+                assert reader.decrypt(token) == data
+            except Exception as exc:
+                failures.append(f"version {version}: {type(exc).__name__}: {exc}")
+        assert failures == []
+        assert all(reader.decrypt(t) == d for d, t in tokens)

@@ -332,21 +332,32 @@ def test_an_unknown_newer_version_triggers_one_resync(
     assert client.state()["primary"] == 2
 
 
+def test_an_on_demand_resync_goes_on_past_a_node_that_lacks_the_version(
+        client: SSOClient, source: FakeSource) -> None:
+    token = envelope.Envelope(2, KEYS[2]).encrypt(b"new")
+    source.answers["node1"] = ring({1: "primary"}, index=5)  # a lagging follower
+    source.answers["node2"] = ring({1: "active", 2: "primary"}, index=9)
+    source.calls.clear()
+    assert client.decrypt(token) == b"new"
+    assert source.calls == ["node1", "node2"]
+
+
 def test_on_demand_resyncs_are_rate_limited(
         client: SSOClient, source: FakeSource, clock: FakeClock) -> None:
     unknown = envelope.Envelope(4, KEYS[4]).encrypt(b"x")
     source.calls.clear()
     with pytest.raises(InvalidToken):
         client.decrypt(unknown)
-    assert len(source.calls) == 1
+    # One on-demand resync asks every node in turn (a lagging one may lack the version).
+    assert source.calls == ["node1", "node2", "node3"]
     for _ in range(50):
         with pytest.raises(InvalidToken):
             client.decrypt(unknown)
-    assert len(source.calls) == 1  # at most one per second
+    assert len(source.calls) == 3  # at most one round per second
     clock.now += 1.0
     source.set_all(ring({1: "active", 4: "primary"}, index=30))
     assert client.decrypt(unknown) == b"x"
-    assert len(source.calls) == 2
+    assert len(source.calls) == 4
 
 
 def test_a_retired_version_does_not_trigger_a_resync(
