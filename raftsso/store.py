@@ -443,8 +443,10 @@ class SSOStore:
                          "WHERE key_version != ?")
                 params: tuple[object, ...] = (version,)
                 if after is not None and kind == after.kind:
-                    query += f" AND (app > ? OR (app = ? AND {column} > ?))"
-                    params += (after.app, after.app, after.name)
+                    # A row value lets SQLite seek to the resume point in the primary key
+                    # instead of scanning from the start for every batch.
+                    query += f" AND (app, {column}) > (?, ?)"
+                    params += (after.app, after.name)
                 query += f" ORDER BY app, {column} LIMIT ?"
                 params += (limit - len(found),)
                 for app, name, token, kv in db.execute(query, params):

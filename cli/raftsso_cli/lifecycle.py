@@ -183,7 +183,7 @@ def retire(ctx: click.Context, version: int, store: Path | None, force: bool,
 @click.command()
 @click.option("--store", type=click.Path(dir_okay=False, exists=True, path_type=Path),
               help="The SSO store (default: store = ... in the config).")
-@click.option("--batch", default=500, show_default=True, help="Rows per transaction.")
+@click.option("--batch", default=2000, show_default=True, help="Rows per transaction.")
 @click.pass_context
 def rewrap(ctx: click.Context, store: Path | None, batch: int) -> None:
     """Re-encrypt every store row that is not under the primary version.
