@@ -59,9 +59,6 @@ ANSWER_CODES = frozenset({
     "IS_LEADER", "UNREACHABLE", "LAGGING", "TRANSFER_TIMEOUT",
 })
 NEVER_FOR_CLIENT_INPUT = frozenset({"FAILED", "INTERNAL", "BAD_COMMAND"})
-# Ops for which a BAD_COMMAND answer is a known bug (strict xfails below), tolerated by
-# the generic fuzz so that it keeps looking for anything else.
-KNOWN_BAD_COMMAND_OPS = frozenset({"rotate", "retire", "restore"})
 ROLES_OF = {"ping": READ_ROLES, "status": READ_ROLES, "keyring": READ_ROLES,
             "rotate": ADMIN_ROLES, "retire": ADMIN_ROLES, "backed_up": ADMIN_ROLES,
             "restore": ADMIN_ROLES, "clients": NODE_ROLES, "transfer_leader": ADMIN_ROLES,
@@ -193,8 +190,6 @@ def _check_answer(message: dict[str, Any], role: str, answer: Any) -> None:
     assert isinstance(err, dict) and isinstance(err.get("message"), str), answer
     code = err.get("code")
     op = message.get("op")
-    if code == "BAD_COMMAND" and op in KNOWN_BAD_COMMAND_OPS and role == "admin":
-        return  # the known validation gap: test_out_of_range_fields_are_bad_requests
     assert code not in NEVER_FOR_CLIENT_INPUT, (message, answer)
     assert code in ANSWER_CODES, (message, answer)
     if code not in ("BAD_REQUEST", "UNKNOWN_OP") and op in ROLES_OF and role not in ROLES_OF[op]:
