@@ -369,7 +369,7 @@ class KeyringStateMachine:
                                   "service_address": str(v["service_address"]),
                                   "removed": bool(v["removed"])}
                          for k, v in raw_directory.items()}
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
             raise DecodeError(f"malformed snapshot: {exc}") from None
         ids = [v.id for v in versions]
         if ids != sorted(set(ids)):

@@ -200,6 +200,8 @@ class DurableJournal(Journal):  # type: ignore[misc]
         self._meta_path = Path(path + ".meta")
         self._entries: list[tuple[bytes, int, int]] = []
         self._offsets: list[int] = []
+        # Records cut from the view but still on disk (see deleteEntriesFrom).
+        self._pending: list[tuple[tuple[bytes, int, int], int]] = []
         self._meta = self._load_meta()
         self._meta_dirty = False
         self._fd = self._open_and_recover()
@@ -317,6 +319,16 @@ class DurableJournal(Journal):  # type: ignore[misc]
 
     def add(self, command: bytes | str, idx: int, term: int) -> None:
         cmd = command if isinstance(command, bytes) else command.encode("utf-8")
+        if self._pending:
+            entry, offset = self._pending[0]
+            if entry == (cmd, idx, term) and offset == self._end:
+                # The very record a deferred cut left on disk: already durable, keep it.
+                self._pending.pop(0)
+                self._entries.append(entry)
+                self._offsets.append(offset)
+                self._end = offset + _RECORD.size + _ENTRY.size + len(cmd)
+                return
+            self._cut_pending()
         payload = _ENTRY.pack(idx, term) + cmd
         record = _RECORD.pack(len(payload), zlib.crc32(payload)) + payload
         try:
@@ -334,18 +346,35 @@ class DurableJournal(Journal):  # type: ignore[misc]
 
     def clear(self) -> None:
         self._truncate_fd(self._fd, len(_HEADER))
+        self._pending = []
         self._entries = []
         self._offsets = []
         self._end = len(_HEADER)
 
     def deleteEntriesFrom(self, entryFrom: int) -> None:
+        """Cut the log from ``entryFrom``, deferring the cut on disk.
+
+        pysyncobj cuts a follower's log whenever an append reaches back before its last
+        entry, then appends the leader's entries, which are usually the very same ones
+        (a resend). Cutting the file at once would briefly un-persist entries this node
+        has acknowledged; so the records stay on disk, are re-used when the same entries
+        come back, and are cut only when a different entry is appended (a real
+        conflict). Raft does not need a cut to be durable: after a crash, the kept
+        records are as if the cut had never arrived, which the protocol tolerates.
+        """
         if entryFrom >= len(self._entries):
             return
-        cut = self._offsets[entryFrom]
-        self._truncate_fd(self._fd, cut)
+        cut = list(zip(self._entries[entryFrom:], self._offsets[entryFrom:], strict=True))
+        self._pending = cut + self._pending
+        self._end = self._offsets[entryFrom]
         del self._entries[entryFrom:]
         del self._offsets[entryFrom:]
-        self._end = cut
+
+    def _cut_pending(self) -> None:
+        """Make a deferred cut real before anything different is written after it."""
+        if self._pending:
+            self._truncate_fd(self._fd, self._end)
+            self._pending = []
 
     def deleteEntriesTo(self, entryTo: int) -> None:
         # Log compaction: rewrite the kept entries to a new file and swap it in atomically.
@@ -366,6 +395,7 @@ class DurableJournal(Journal):  # type: ignore[misc]
             raise
         os.close(self._fd)
         self._fd = os.open(self._path, os.O_RDWR)
+        self._pending = []  # the rewritten file holds only the kept entries
         self._entries = list(kept)
         self._offsets = offsets
         self._end = end
@@ -378,6 +408,8 @@ class DurableJournal(Journal):  # type: ignore[misc]
 
     def _destroy(self) -> None:
         self._flush_meta()
+        with contextlib.suppress(StorageError):
+            self._cut_pending()
         with contextlib.suppress(OSError):
             os.close(self._fd)
 

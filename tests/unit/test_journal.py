@@ -124,9 +124,10 @@ def test_delete_entries_from_survives_reopen(path: str, open_journal: OpenJourna
     j.deleteEntriesFrom(6)   # nothing more to delete
     j.deleteEntriesFrom(100)
     assert len(j) == 6
+    # The cut is deferred on disk (a crash now is as if it had never arrived)...
     again = open_journal(path)
-    assert [again[i] for i in range(len(again))] == entries[:6]
-    # appending after a truncation continues right after the kept entries
+    assert [again[i] for i in range(len(again))] == entries
+    # ...and made real by the first different entry, which goes right after the kept ones.
     replacement = (b"\x00new-term", 7, 9)
     j.add(*replacement)
     third = open_journal(path)
@@ -150,6 +151,7 @@ def test_delete_entries_to_compacts_and_survives_reopen(path: str,
     more = _entries(3, start=11)
     _fill(j, more)
     j.deleteEntriesFrom(7)
+    j._destroy()  # a clean stop makes a deferred cut real
     third = open_journal(path)
     assert [third[i] for i in range(len(third))] == [*entries[4:], more[0]]
 
@@ -474,13 +476,40 @@ def test_failing_truncation_calls_the_failure_hook(path: str, open_journal: Open
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     j = open_journal(path)
     _fill(j, _entries(4))
+    j.deleteEntriesFrom(2)  # deferred: nothing touches the disk yet
     monkeypatch.setattr(os, "ftruncate", _eio)
     with pytest.raises(StorageError):
-        j.deleteEntriesFrom(2)
+        j.add(b"\x00conflict", 3, 99)  # a different entry makes the cut real: it fails
     assert len(failures) == 1
 
 
-@pytest.mark.parametrize("operation", ["deleteEntriesFrom", "clear"])
+def test_a_cut_followed_by_the_same_entries_rewrites_nothing(
+        path: str, open_journal: OpenJournal, monkeypatch: pytest.MonkeyPatch) -> None:
+    # pysyncobj cuts a follower's log and re-appends the leader's identical entries on
+    # every resend: those acknowledged records must never leave the disk.
+    entries = _entries(6)
+    j = open_journal(path)
+    _fill(j, entries)
+    size = Path(path).stat().st_size
+    writes: list[int] = []
+    real_pwrite, real_ftruncate = os.pwrite, os.ftruncate
+    monkeypatch.setattr(os, "pwrite", lambda *a: writes.append(1) or real_pwrite(*a))
+    monkeypatch.setattr(os, "ftruncate", lambda *a: writes.append(2) or real_ftruncate(*a))
+    j.deleteEntriesFrom(3)
+    for entry in entries[3:5]:
+        j.add(*entry)
+    assert writes == []
+    assert Path(path).stat().st_size == size
+    assert [j[i] for i in range(len(j))] == entries[:5]
+    # Then a conflicting entry: the rest of the old tail is cut before it is written.
+    conflict = (b"\x00other", 6, 42)
+    j.add(*conflict)
+    assert writes == [2, 1]
+    again = open_journal(path)
+    assert [again[i] for i in range(len(again))] == [*entries[:5], conflict]
+
+
+@pytest.mark.parametrize("operation", ["clear"])
 @pytest.mark.parametrize("failing", ["ftruncate", "fdatasync"])
 def test_failing_truncation_leaves_the_entries_visible(
         path: str, open_journal: OpenJournal, failures: list[str],
