@@ -8,6 +8,7 @@ starts), the audit log (:mod:`raftsso.audit`) and the cluster watch (:mod:`rafts
 from __future__ import annotations
 
 import asyncio
+import asyncio.sslproto
 import logging
 import os
 import signal
@@ -37,6 +38,9 @@ def setup_logging(level: str = "INFO") -> None:
 def run_node(config_path: str | Path) -> int:
     """Run a node until SIGTERM or SIGINT; returns the process exit code."""
     os.umask(0o077)  # every file this process creates is private, pysyncobj's included
+    # asyncio gives every TLS connection a 256 KiB read buffer: 2.9 GiB for 10,000 idle SSO
+    # clients (bench/RESULTS.md). 32 KiB reads serve our small frames just as well.
+    asyncio.sslproto.SSLProtocol.max_size = 32 * 1024
     cfg = load_node_config(config_path)
     events.configure(cfg.node_id)
     node = Node(cfg)
