@@ -383,8 +383,27 @@ class Node:
 
         return self._replicate(request_id, "rotation", build)
 
-    def retire(self, request_id: bytes, version: int) -> dict[str, Any]:
-        """Destroy a non-primary version's key material in the replicated state."""
+    def retire(self, request_id: bytes, version: int, force: bool = False) -> dict[str, Any]:
+        """Destroy a non-primary version's key material in the replicated state.
+
+        Clients keep encrypting with their cached primary until they resync, so a version
+        that was primary until recently may still be receiving new data: refused until
+        every client seen recently has been served a newer primary, or the primary has
+        been primary for a whole ``client_window`` (``force`` skips this check).
+        """
+        ring = self.fsm.keyring
+        primary = ring.get(ring.primary) if ring.primary is not None else None
+        target = ring.get(version)
+        if not force and target is not None and primary is not None and \
+                target.id < primary.id and target.state is KeyState.ACTIVE:
+            since = time.time() - (primary.promoted or primary.created)
+            if since < self.cfg.client_window and \
+                    not self._every_recent_client_has(primary.id):
+                raise RemoteError(
+                    f"version {primary.id} became primary {since:.0f} s ago; clients that "
+                    f"have not resynced may still encrypt under version {version}. Retry "
+                    f"after {self.cfg.client_window - since:.0f} s (and rewrap again), or "
+                    "use --force", code="TOO_SOON")
         return self._replicate(request_id, "retirement", lambda ring: encode_command(
             "retire", request_id, version=version))
 
@@ -539,7 +558,9 @@ class Node:
             return {"leader": target, "term": self.raft.term, "changed": False}
         deadline = time.monotonic() + timeout
         while True:
-            peer = next(p for p in self.raft.peers() if p.id == target)
+            peer = next((p for p in self.raft.peers() if p.id == target), None)
+            if peer is None:
+                raise RemoteError(f"{target} is no longer a member", code="NOT_A_MEMBER")
             silent = max(1.0, 2 * self.cfg.raft.election_timeout_max)
             if not peer.connected or peer.last_contact is None or peer.last_contact > silent:
                 raise RemoteError(f"{target} is unreachable from the leader; it cannot take "

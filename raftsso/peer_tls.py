@@ -521,12 +521,16 @@ class PeerLinks:
             await asyncio.sleep(SWEEP_PERIOD)
             if not self._links:
                 continue
-            members = self._current()
+            try:
+                members: Mapping[str, str] | None = self._members()
+            except Exception:  # a failed lookup says nothing about membership: keep links
+                log.exception("cannot read the current members; not sweeping this time")
+                members = None
             now = time.monotonic()
             for link in list(self._links):
                 if link.peer_id is None:
                     continue  # still connecting: bounded by the handshake timeout
-                if members.get(link.peer_id) != link.peer_address:
+                if members is not None and members.get(link.peer_id) != link.peer_address:
                     log.info("closing the Raft link %s %s: it is no longer a member",
                              "from" if link.direction == "in" else "to", link.peer_id)
                     link.close()

@@ -42,6 +42,7 @@ import pickle
 import queue
 import socket
 import struct
+import sys
 import threading
 import time
 import types
@@ -83,7 +84,12 @@ _HEADER = JOURNAL_MAGIC + bytes([JOURNAL_FORMAT])
 
 def _die(message: str) -> None:
     """Stop the process at once: nothing after a failed fsync may be acknowledged."""
-    log.critical("%s; stopping this node so that nothing unpersisted is acknowledged", message)
+    text = f"{message}; stopping this node so that nothing unpersisted is acknowledged"
+    log.critical("%s", text)
+    # Logging may go through a queue whose writer thread os._exit would not wait for.
+    with contextlib.suppress(OSError, ValueError):
+        sys.stderr.write(f"CRITICAL raftsso.raft: {text}\n")
+        sys.stderr.flush()
     logging.shutdown()
     os._exit(75)
 
@@ -832,9 +838,12 @@ class RaftNode:
     def in_raft_thread(self, fn: Callable[[], Any], timeout: float) -> Any:
         """Run ``fn`` in the Raft thread and return its result (or raise its exception)."""
         done = threading.Event()
+        abandoned = threading.Event()
         box: dict[str, Any] = {}
 
         def job() -> None:
+            if abandoned.is_set():  # the caller was told it failed: do not act late
+                return
             try:
                 box["result"] = fn()
             except Exception as exc:  # handed back to the caller
@@ -843,6 +852,7 @@ class RaftNode:
 
         self._tick_jobs.put(job)
         if not done.wait(timeout):
+            abandoned.set()
             raise OutcomeUnknown(f"the Raft thread did not answer within {timeout:.1f} s")
         if "error" in box:
             raise box["error"]

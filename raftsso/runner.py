@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import asyncio.sslproto
+import atexit
 import logging
+import logging.handlers
 import os
+import queue
 import signal
 import sys
 from pathlib import Path
@@ -28,9 +31,17 @@ log = logging.getLogger("raftsso")
 
 
 def setup_logging(level: str = "INFO") -> None:
-    logging.basicConfig(
-        stream=sys.stderr, level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Through a queue: the Raft thread logs too, and must never block on a full stderr
+    # pipe (a stuck log collector); one listener thread does the writing.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    log_queue: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    listener = logging.handlers.QueueListener(log_queue, handler)
+    listener.start()
+    atexit.register(listener.stop)
+    root = logging.getLogger()
+    root.handlers[:] = [logging.handlers.QueueHandler(log_queue)]
+    root.setLevel(getattr(logging, level.upper(), logging.INFO))
     # pysyncobj is chatty at INFO and its messages are ours to translate.
     logging.getLogger("pysyncobj").setLevel(logging.WARNING)
 

@@ -138,6 +138,10 @@ class Service:
             return error(rid, exc.code, str(exc), **_plain(exc.details))
         except RaftssoError as exc:
             return error(rid, "FAILED", str(exc))
+        except Exception as exc:  # a bug must still get an answer, and the node serves on
+            log.exception("unexpected error serving %s for %s", op, caller.name)
+            return error(rid, "INTERNAL", f"internal error ({type(exc).__name__}); see the "
+                                          "node log")
 
     async def _ping(self, caller: Caller, args: dict[str, Any]) -> Any:
         return {"node_id": self.node.cfg.node_id}
@@ -148,7 +152,7 @@ class Service:
     async def _keyring(self, caller: Caller, args: dict[str, Any]) -> Any:
         # A backup must hold the newest state: it asks for the leader's keyring.
         if args.get("require_leader") is True:
-            self._require_leader()
+            self._require_ready_leader()
         client_id = args.get("client_id")
         if not (isinstance(client_id, str) and 0 < len(client_id) <= 64):
             client_id = None
@@ -173,12 +177,13 @@ class Service:
 
     async def _retire(self, caller: Caller, args: dict[str, Any]) -> Any:
         request_id = _request_id(args)
-        version = args.get("version")
-        if not isinstance(version, int) or not _is_version(version):
-            raise RemoteError("retire needs version (an integer from 1 to 2**32 - 1)",
-                              code="BAD_REQUEST")
+        version, force = args.get("version"), args.get("force", False)
+        if not isinstance(version, int) or not _is_version(version) or \
+                not isinstance(force, bool):
+            raise RemoteError("retire needs version (an integer from 1 to 2**32 - 1) and "
+                              "optionally force (bool)", code="BAD_REQUEST")
         self._require_leader()
-        result = await asyncio.to_thread(self.node.retire, request_id, version)
+        result = await asyncio.to_thread(self.node.retire, request_id, version, force)
         log.info("version %s retired by %s", version, caller.name)
         return result
 
@@ -186,8 +191,8 @@ class Service:
         request_id = _request_id(args)
         raw = args.get("fingerprints")
         if not isinstance(raw, dict) or not all(
-                isinstance(k, str) and k.isascii() and k.isdigit() and isinstance(v, str)
-            for k, v in raw.items()):
+                isinstance(k, str) and k.isascii() and k.isdigit() and len(k) <= 10
+            and _is_version(int(k)) and isinstance(v, str) for k, v in raw.items()):
             raise RemoteError("backed_up needs fingerprints: {version: fingerprint}",
                               code="BAD_REQUEST")
         self._require_leader()
@@ -231,7 +236,7 @@ class Service:
 
     async def _members(self, caller: Caller, args: dict[str, Any]) -> Any:
         if args.get("require_leader") is True:
-            self._require_leader()
+            self._require_ready_leader()
         return {"leader": self.node.raft.leader_id, "node_id": self.node.cfg.node_id,
                 "members": self.node.member_views()}
 
@@ -263,6 +268,13 @@ class Service:
         self._require_leader()
         return await asyncio.to_thread(
             lambda: self.node.change_member(request_id, node_id, add=False))
+
+    def _require_ready_leader(self) -> None:
+        """A read that must see every commit (a backup): the leader, past its barrier."""
+        self._require_leader()
+        if not self.node.ready_for_writes:
+            raise RemoteError("the new leader has not applied every earlier commit yet; "
+                              "retry", code="UNAVAILABLE")
 
     def _require_leader(self) -> None:
         if not self.node.raft.is_leader:

@@ -110,7 +110,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--timeout", default=15.0, show_default=True,
               help="Seconds to keep looking for a leader with a quorum.")
-@click.option("--expect-primary", type=int, default=None,
+@click.option("--expect-primary", type=click.IntRange(1, 2**32 - 1), default=None,
               help="Only rotate if the primary is still this version (compare-and-set).")
 @click.pass_context
 def rotate(ctx: click.Context, now: bool, as_json: bool, timeout: float,

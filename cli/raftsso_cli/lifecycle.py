@@ -126,14 +126,20 @@ def backup_info(file: Path, as_json: bool) -> None:
 @click.option("--password-file", required=True,
               type=click.Path(dir_okay=False, exists=True, path_type=Path))
 @click.option("--force", is_flag=True,
-              help="Restore a backup of another cluster (disaster recovery into a new one).")
+              help="Restore a backup of another cluster (disaster recovery into a new one): "
+                   "replaces the target's first secret if the target is brand new.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation with --force.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.pass_context
-def restore(ctx: click.Context, file: Path, password_file: Path, force: bool,
+def restore(ctx: click.Context, file: Path, password_file: Path, force: bool, yes: bool,
             as_json: bool) -> None:
     """Load a backup into the cluster: merges, never drops or overwrites a newer version."""
     cfg = remote_config(ctx, role="admin")
     info = backups.open_backup(file.read_bytes(), _password(password_file))
+    if force and not yes:
+        click.confirm(f"Restore cluster {info.cluster_id}'s backup with --force? If the target "
+                      "has only its first secret, never backed up, that secret is replaced, "
+                      "and data encrypted under it becomes unreadable", abort=True)
     with ClusterClient.from_config(cfg) as client:
         result = client.call_leader("restore", {
             "request_id": secrets.token_bytes(16), "cluster_id": info.cluster_id,
@@ -176,7 +182,7 @@ def retire(ctx: click.Context, version: int, store: Path | None, force: bool,
                       "unreadable", abort=True)
     with ClusterClient.from_config(cfg) as client:
         result = client.call_leader("retire", {"request_id": secrets.token_bytes(16),
-                                               "version": version})
+                                               "version": version, "force": force})
     click.echo(f"version {result['version']} is {result['state']}")
 
 

@@ -6,6 +6,8 @@ unavailable. Expected failures print one line on stderr, never a traceback.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 from pathlib import Path
 
@@ -61,6 +63,15 @@ def main() -> None:
     except RaftssoError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(exit_code_for(exc))
+    except BrokenPipeError:
+        # The reader went away (`... | head`): nothing left to say, and say it quietly.
+        with contextlib.suppress(OSError):
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - stops the exit-time flush
+        sys.exit(1)
+    except OSError as exc:
+        click.echo(f"error: {exc.strerror or exc}"
+                   + (f": {exc.filename}" if getattr(exc, "filename", None) else ""), err=True)
+        sys.exit(1)
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(130)
