@@ -85,12 +85,14 @@ class ClusterSource:
     """Keyrings over mutual TLS from the nodes of a deployment (one connection per node)."""
 
     def __init__(self, cluster: ClusterClient, timeout: float | None = None,
-                 client_id: str | None = None) -> None:
+                 client_id: str | None = None, spread: bool = True) -> None:
         self._cluster = cluster
         self._timeout = timeout
         # Lets nodes tell which clients have synced a staged version (early promotion).
         self.client_id = client_id or secrets.token_hex(8)
-        self._offset = random.randrange(len(cluster.nodes)) if cluster.nodes else 0
+        # ``spread``: start at a random node (a deployment's config lists the same order
+        # for every client); without it, the caller's order is the order of preference.
+        self._offset = random.randrange(len(cluster.nodes)) if spread and cluster.nodes else 0
 
     @property
     def endpoints(self) -> Sequence[Endpoint]:
@@ -307,7 +309,8 @@ class SSOClient:
     @classmethod
     def connect(cls, nodes: Sequence[Endpoint | str], ssl_context: ssl.SSLContext, *,
                 timeout: float = 5.0, **options: Any) -> SSOClient:
-        """A client for explicit nodes (``Endpoint`` or ``"host:port"``) and a TLS context.
+        """A client for explicit nodes (``Endpoint`` or ``"host:port"``, in order of
+        preference) and a TLS context.
 
         The context must present a ``client`` (or ``admin``) certificate of the cluster
         (see :func:`raftsso.pki.client_context`).
@@ -315,7 +318,8 @@ class SSOClient:
         endpoints = [n if isinstance(n, Endpoint) else Endpoint(n, n) for n in nodes]
         if not endpoints:
             raise ConfigError("an SSO client needs at least one node")
-        return cls(ClusterSource(ClusterClient(endpoints, ssl_context, timeout)), **options)
+        return cls(ClusterSource(ClusterClient(endpoints, ssl_context, timeout), spread=False),
+                   **options)
 
     def __repr__(self) -> str:
         cache = self._cache
