@@ -17,7 +17,7 @@ import click
 
 from raftsso.client import SSOClient
 from raftsso.errors import InvalidToken, RaftssoError
-from raftsso.store import SSOStore
+from raftsso.store import Entry, SSOStore
 from raftsso_cli.common import print_json, remote_config, table
 
 MAX_SECRET = 1 << 20
@@ -197,13 +197,7 @@ def cred_get(ctx: click.Context, app_name: str, user: str) -> None:
 def cred_list(ctx: click.Context, app_name: str, as_json: bool) -> None:
     """List the users mapped in APP (never their credentials)."""
     with _open(ctx, secrets=False) as store:
-        entries = store.list_credentials(app_name)
-    if as_json:
-        print_json([{"user": e.name, "key_version": e.key_version, "updated": e.updated}
-                    for e in entries])
-        return
-    click.echo(table(["user", "key version", "updated"],
-                     [[e.name, str(e.key_version), _when(e.updated)] for e in entries]))
+        _print_entries(store.list_credentials(app_name), "user", as_json)
 
 
 @cred.command("delete")
@@ -259,10 +253,14 @@ def config_get(ctx: click.Context, app_name: str, name: str) -> None:
 def config_list(ctx: click.Context, app_name: str, as_json: bool) -> None:
     """List the settings of APP (never their values)."""
     with _open(ctx, secrets=False) as store:
-        entries = store.list_config(app_name)
+        _print_entries(store.list_config(app_name), "name", as_json)
+
+
+def _print_entries(entries: list[Entry], column: str, as_json: bool) -> None:
+    """A listing of credential or setting names (never their secrets)."""
     if as_json:
-        print_json([{"name": e.name, "key_version": e.key_version, "updated": e.updated}
+        print_json([{column: e.name, "key_version": e.key_version, "updated": e.updated}
                     for e in entries])
         return
-    click.echo(table(["name", "key version", "updated"],
+    click.echo(table([column, "key version", "updated"],
                      [[e.name, str(e.key_version), _when(e.updated)] for e in entries]))
