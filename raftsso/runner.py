@@ -20,9 +20,11 @@ from pathlib import Path
 
 from raftsso import events
 from raftsso.audit import AuditLog
-from raftsso.config import load_node_config
+from raftsso.config import NodeConfig, load_node_config
+from raftsso.fsm import KeyringStateMachine
 from raftsso.metrics import HealthServer, NodeMetrics
-from raftsso.node import Node
+from raftsso.node import Node, RaftHooks
+from raftsso.raft import RaftNode
 from raftsso.server import Server
 from raftsso.telemetry import RequestTelemetry
 from raftsso.watch import ClusterWatch
@@ -46,6 +48,15 @@ def setup_logging(level: str = "INFO") -> None:
     logging.getLogger("pysyncobj").setLevel(logging.WARNING)
 
 
+def build_node(cfg: NodeConfig) -> Node:
+    """Wire one replica: its state machine, its Raft member (built here, the one place a
+    RaftNode is made) and the node that is given both."""
+    fsm = KeyringStateMachine()
+    hooks = RaftHooks(cfg)
+    raft = RaftNode(cfg, fsm, on_role_change=hooks.role_changed, directory=hooks.members)
+    return Node(cfg, fsm, raft, hooks)
+
+
 def run_node(config_path: str | Path) -> int:
     """Run a node until SIGTERM or SIGINT; returns the process exit code."""
     os.umask(0o077)  # every file this process creates is private, pysyncobj's included
@@ -54,8 +65,8 @@ def run_node(config_path: str | Path) -> int:
     asyncio.sslproto.SSLProtocol.max_size = 32 * 1024
     cfg = load_node_config(config_path)
     events.configure(cfg.node_id)
-    node = Node(cfg)
-    metrics = NodeMetrics(node)
+    node = build_node(cfg)
+    metrics = NodeMetrics(node, clients=node.clients)
     events.add_listener(metrics.count_event)
     health = (HealthServer(cfg.metrics_address, metrics, node)
               if cfg.metrics_address is not None else None)
