@@ -157,8 +157,10 @@ class VersionInfo:
 
     @classmethod
     def decode(cls, f: Fields) -> VersionInfo:
-        return cls(f.version("id"), _state(f), f.text("fingerprint"), f.number("created"),
-                   f.optional_number("promoted"), f.flag("backed_up", False))
+        # Only id, state and fingerprint are needed by an SSO client; the rest is shown.
+        return cls(f.version("id"), _state(f), f.text("fingerprint"),
+                   f.optional_number("created") or 0.0, f.optional_number("promoted"),
+                   f.flag("backed_up", False))
 
 
 def _state(f: Fields) -> KeyState:
