@@ -10,6 +10,7 @@ import click
 from raftsso.admin import AdminClient
 from raftsso.cluster_status import ClusterStatus
 from raftsso.deployment import init_deployment, join_node
+from raftsso.protocol.ids import MAX_VERSION_ID
 from raftsso_cli.common import admin_client, print_json, remote_config, table
 from raftsso_cli.lifecycle import warn_not_backed_up
 
@@ -108,7 +109,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--timeout", default=15.0, show_default=True,
               help="Seconds to keep looking for a leader with a quorum.")
-@click.option("--expect-primary", type=click.IntRange(1, 2**32 - 1), default=None,
+@click.option("--expect-primary", type=click.IntRange(1, MAX_VERSION_ID), default=None,
               help="Only rotate if the primary is still this version (compare-and-set).")
 @click.pass_context
 def rotate(ctx: click.Context, now: bool, as_json: bool, timeout: float,
