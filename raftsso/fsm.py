@@ -39,7 +39,7 @@ from raftsso.protocol.commands import (
     decode_envelope,
     decode_fields,
 )
-from raftsso.protocol.ids import REQUEST_ID_SIZE, is_version_id
+from raftsso.protocol.ids import REQUEST_ID_SIZE, is_version_id, request_id
 from raftsso.wire import WireMap, WireValue, unversioned, versioned
 
 log = logging.getLogger(__name__)
@@ -59,8 +59,7 @@ def _fail(code: ErrorCode, message: str) -> Outcome:
 def encode_command(op: str, req: bytes, **fields: Any) -> bytes:
     """A command map with *unchecked* fields, for tests that need malformed or foreign
     commands; the node builds typed commands (:mod:`raftsso.protocol.commands`)."""
-    if len(req) != REQUEST_ID_SIZE:
-        raise ValueError("request ids are 16 bytes")
+    request_id(req)  # ValueError unless 16 bytes
     return versioned(COMMAND_FORMAT, {"op": op, "req": req, **fields})
 
 
@@ -358,7 +357,6 @@ def _snapshot_version(raw: WireValue) -> KeyVersion:
 
 
 def _snapshot_request(raw: WireValue) -> tuple[bytes, Outcome]:
-    if not isinstance(raw, list) or len(raw) != 2 or not isinstance(raw[0], bytes) or \
-            len(raw[0]) != REQUEST_ID_SIZE or not isinstance(raw[1], Mapping):
+    if not isinstance(raw, list) or len(raw) != 2 or not isinstance(raw[1], Mapping):
         raise ValueError("a remembered request must be [16 bytes, outcome]")
-    return raw[0], Outcome.from_wire(raw[1])
+    return request_id(raw[0]), Outcome.from_wire(raw[1])

@@ -35,7 +35,7 @@ from raftsso.envelope import SEALED_SIZE
 from raftsso.errors import DecodeError
 from raftsso.protocol.codes import ErrorCode
 from raftsso.protocol.fields import Fields
-from raftsso.protocol.ids import MAX_NODE_ID, REQUEST_ID_SIZE, RequestId, VersionId
+from raftsso.protocol.ids import MAX_NODE_ID, RequestId, VersionId, request_id
 from raftsso.wire import WireMap, WireValue, unversioned, versioned
 
 COMMAND_FORMAT = 1
@@ -85,8 +85,7 @@ class Command(ABC):
     def decode(cls, req: RequestId, f: Fields) -> Self: ...
 
     def encode(self) -> bytes:
-        if len(self.req) != REQUEST_ID_SIZE:
-            raise ValueError("request ids are 16 bytes")
+        request_id(self.req)  # ValueError unless 16 bytes
         return versioned(COMMAND_FORMAT, {"op": self.op, "req": self.req, **self.fields()})
 
 
@@ -289,12 +288,10 @@ def decode_envelope(blob: bytes) -> tuple[str, RequestId, WireMap]:
     """The op, request id and raw map of a command (:class:`DecodeError` if malformed)."""
     raw = unversioned(blob, COMMAND_FORMAT, "command")
     f = Fields(raw, "a command")
-    req = f.blob("req")
-    if len(req) != REQUEST_ID_SIZE:
-        raise DecodeError("request id has the wrong size")
+    req = f.request_id("req")
     op = f.text("op")
     assert isinstance(raw, Mapping)
-    return op, RequestId(req), raw
+    return op, req, raw
 
 
 def decode_fields(op: str, req: RequestId, raw: WireMap) -> Command:
