@@ -5,16 +5,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import LocalCluster
+from tests.harness import Cluster
 
 
 @pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
     """Three real node processes, started and healthy."""
-    c = LocalCluster(tmp_path / "deploy")
+    c = Cluster(tmp_path / "deploy")
     c.start()
     try:
         c.wait_healthy()
         yield c
     finally:
-        c.stop()
+        c.close()
