@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from tests.harness import Cluster, wait_for
+from tests.harness import Cluster, running_cluster, wait_for
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -20,14 +20,9 @@ _PAGE = os.sysconf("SC_PAGE_SIZE")
 @contextlib.contextmanager
 def local_cluster(prefix: str) -> Iterator[Cluster]:
     """A fresh three-node cluster on 127.0.0.1 (free ports), healthy, stopped afterwards."""
-    with tempfile.TemporaryDirectory(prefix=f"raftsso-bench-{prefix}-") as tmp:
-        cluster = Cluster(Path(tmp) / "c")
-        cluster.start()
-        try:
-            cluster.wait_healthy()
-            yield cluster
-        finally:
-            cluster.close()
+    with tempfile.TemporaryDirectory(prefix=f"raftsso-bench-{prefix}-") as tmp, \
+            running_cluster(Path(tmp) / "c") as cluster:
+        yield cluster
 
 
 def caught_up(cluster: Cluster) -> dict[str, Any]:

@@ -56,32 +56,53 @@ def _status(client: ClusterClient, address: str) -> dict[str, Any] | None:
     return st if isinstance(st, dict) else None
 
 
-class AdminWorker(threading.Thread):
-    def __init__(self, name: str, cluster: Cluster, history: History, seed: int,
-                 stop: threading.Event, cas_probability: float = 0.5,
-                 pause: tuple[float, float] = (0.05, 0.4)) -> None:
+class _Worker(threading.Thread):
+    """One client process of the history: ``step()`` until stopped, a random pause between
+    steps; an exception ends the worker and is reported by the runner (``error``)."""
+
+    def __init__(self, name: str, history: History, seed: int, stop: threading.Event,
+                 pause: tuple[float, float]) -> None:
         super().__init__(name=f"chaos-{name}", daemon=True)
         self.process = name
-        self.cluster = cluster
         self.history = history
         self.rng = random.Random(seed)
         self.stop_event = stop
-        self.cas_probability = cas_probability
         self.pause = pause
-        self.client = cluster_client(cluster.admin_toml, 2.0)
-        self.by_address = {a: n for n, a in cluster.addresses.items()}
-        self.leader_hint: str | None = None
         self.error: BaseException | None = None
+
+    def step(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
 
     def run(self) -> None:
         try:
             while not self.stop_event.is_set():
-                self.rotate_once()
+                self.step()
                 self.stop_event.wait(self.rng.uniform(*self.pause))
         except BaseException as exc:  # reported by the runner
             self.error = exc
         finally:
-            self.client.close()
+            self.close()
+
+
+class AdminWorker(_Worker):
+    def __init__(self, name: str, cluster: Cluster, history: History, seed: int,
+                 stop: threading.Event, cas_probability: float = 0.5,
+                 pause: tuple[float, float] = (0.05, 0.4)) -> None:
+        super().__init__(name, history, seed, stop, pause)
+        self.cluster = cluster
+        self.cas_probability = cas_probability
+        self.client = cluster_client(cluster.admin_toml, 2.0)
+        self.by_address = {a: n for n, a in cluster.addresses.items()}
+        self.leader_hint: str | None = None
+
+    def step(self) -> None:
+        self.rotate_once()
+
+    def close(self) -> None:
+        self.client.close()
 
     def _read_primary(self) -> int | None:
         for node_id in self.rng.sample(self.cluster.ids, len(self.cluster.ids)):
@@ -242,36 +263,26 @@ def _ring(client: SSOClient) -> dict[str, Any]:
             "versions": id_ranges(v["id"] for v in st["versions"])}
 
 
-class SSOWorker(threading.Thread):
+class SSOWorker(_Worker):
     def __init__(self, name: str, cluster: Cluster, history: History, seed: int,
                  stop: threading.Event, pool: TokenPool, resync_interval: float = 0.5,
                  pause: tuple[float, float] = (0.02, 0.1)) -> None:
-        super().__init__(name=f"chaos-{name}", daemon=True)
-        self.process = name
-        self.history = history
-        self.rng = random.Random(seed)
-        self.stop_event = stop
+        super().__init__(name, history, seed, stop, pause)
         self.pool = pool
-        self.pause = pause
-        self.error: BaseException | None = None
         source = RecordingSource(ClusterSource(cluster_client(cluster.client_toml, 1.0),
                                                client_id=name), history, name)
         self.client = SSOClient(source, cluster_id=cluster.cluster_id,
                                 resync_interval=resync_interval)
         self.n = 0
 
-    def run(self) -> None:
-        try:
-            while not self.stop_event.is_set():
-                if self.rng.random() < 0.5:
-                    self.encrypt_once()
-                else:
-                    self.decrypt_once()
-                self.stop_event.wait(self.rng.uniform(*self.pause))
-        except BaseException as exc:
-            self.error = exc
-        finally:
-            self.client.close()
+    def step(self) -> None:
+        if self.rng.random() < 0.5:
+            self.encrypt_once()
+        else:
+            self.decrypt_once()
+
+    def close(self) -> None:
+        self.client.close()
 
     def encrypt_once(self) -> None:
         self.n += 1

@@ -4,10 +4,8 @@
 
     from tests.harness import Cluster, NodeOptions, wait_for
 
-    with Cluster(tmp_path / "deploy", 3,
-                 options=NodeOptions(raft=RaftTimings(log_compaction_min_entries=8))) as c:
-        c.start()
-        c.wait_healthy()
+    options = NodeOptions(raft=RaftTimings(log_compaction_min_entries=8))
+    with running_cluster(tmp_path / "deploy", 3, options=options) as c:  # started, healthy
         leader = c.leader()
         c.kill(leader)                       # SIGKILL + reap
         c.rotate(now=True)                   # through whichever node leads now
@@ -27,7 +25,7 @@ member over TCP/TLS links, so one needs the Raft member passed in and an in-memo
 transport first (issue 10, items 2 and 3).
 """
 
-from tests.harness.cluster import Cluster, cluster_client
+from tests.harness.cluster import Cluster, cluster_client, running_cluster
 from tests.harness.net import LoopbackNet, NamespaceNet, Net, make_net, namespaces_available
 from tests.harness.options import NodeOptions, configure_node
 from tests.harness.ports import free_base_port, reserve_ports
@@ -51,5 +49,6 @@ __all__ = [
     "make_net",
     "namespaces_available",
     "reserve_ports",
+    "running_cluster",
     "wait_for",
 ]

@@ -18,7 +18,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -306,3 +306,14 @@ class Cluster:
                            timeout=timeout)
         assert isinstance(result, dict)
         return result
+
+
+@contextlib.contextmanager
+def running_cluster(root: Path, nodes: int = 3, *, options: NodeOptions | None = None,
+                    net: Net | None = None,
+                    client_timeout: float | None = None) -> Iterator[Cluster]:
+    """A :class:`Cluster`, started and healthy; closed on the way out."""
+    with Cluster(root, nodes, options=options, net=net, client_timeout=client_timeout) as c:
+        c.start()
+        c.wait_healthy()
+        yield c

@@ -20,7 +20,7 @@ from raftsso.client import SSOClient
 from raftsso.envelope import token_key_version
 from raftsso.errors import Conflict
 from raftsso.store import RowKind, SSOStore, associated_data
-from tests.harness import Cluster, NodeOptions, cli, wait_for
+from tests.harness import Cluster, NodeOptions, cli, running_cluster, wait_for
 
 pytestmark = pytest.mark.integration
 PASSWORD = b"correct horse battery staple\n"
@@ -77,14 +77,9 @@ def _check_store(cluster: Cluster, store: Path, expected: dict[tuple[str, str], 
 def staged_cluster(tmp_path: Path) -> Iterator[Cluster]:
     # A grace period far beyond the test: only "every recent client has synced it" can
     # promote the staged version in time.
-    c = Cluster(tmp_path / "deploy",
-                options=NodeOptions(client_window=2.0, rotation_grace=3600.0))
-    c.start()
-    try:
-        c.wait_healthy()
+    options = NodeOptions(client_window=2.0, rotation_grace=3600.0)
+    with running_cluster(tmp_path / "deploy", options=options) as c:
         yield c
-    finally:
-        c.close()
 
 
 def test_staged_rotation_with_two_client_processes_loses_no_operation(

@@ -29,7 +29,14 @@ from pysyncobj.encryptor import getEncryptor
 from raftsso import pki
 from raftsso.config import NodeConfig, load_node_config, split_address
 from raftsso.fsutil import read_private
-from tests.harness import Cluster, NodeOptions, cli, free_base_port, wait_for
+from tests.harness import (
+    Cluster,
+    NodeOptions,
+    cli,
+    free_base_port,
+    running_cluster,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -42,13 +49,8 @@ def _cfg(cluster: Cluster, node_id: str) -> NodeConfig:
 
 @pytest.fixture
 def fallback_cluster(tmp_path: Path) -> Iterator[Cluster]:
-    c = Cluster(tmp_path / "deploy", options=NodeOptions(peer_tls=False))
-    c.start()
-    try:
-        c.wait_healthy()
+    with running_cluster(tmp_path / "deploy", options=NodeOptions(peer_tls=False)) as c:
         yield c
-    finally:
-        c.close()
 
 
 # -- pysyncobj's protocol, spoken with the real password -----------------------------------
