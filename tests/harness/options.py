@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from raftsso.config import NodeConfig, RaftTimings, load_node_config, update_toml
+from raftsso.errors import ConfigError
+from raftsso.fsutil import atomic_write
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,14 @@ class NodeOptions:
 
 
 def configure_node(node_toml: Path, options: NodeOptions) -> NodeConfig:
-    """Write ``options`` into ``node_toml``; return the configuration the node will load."""
+    """Write ``options`` into ``node_toml``; return the configuration the node will load.
+
+    Options the node would refuse raise its ``ConfigError`` and leave the file as it was.
+    """
+    before = node_toml.read_bytes()
     update_toml(node_toml, options.changes())
-    return load_node_config(node_toml)
+    try:
+        return load_node_config(node_toml)
+    except ConfigError:
+        atomic_write(node_toml, before)
+        raise

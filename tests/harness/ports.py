@@ -59,7 +59,10 @@ class PortBlock:
 
 
 def _lock(base: int) -> int | None:
-    fd = os.open(LOCK_DIR / str(base), os.O_RDWR | os.O_CREAT, 0o666)
+    try:  # flock needs no write access: files another user made are usable too
+        fd = os.open(LOCK_DIR / str(base), os.O_RDONLY | os.O_CREAT, 0o666)
+    except OSError:
+        return None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
