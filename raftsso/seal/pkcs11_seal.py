@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -49,71 +50,81 @@ def key_label(cluster_id: str, generation: int) -> str:
 
 
 class _Module:
-    """The loaded PKCS#11 library. SoftHSM reads ``SOFTHSM2_CONF`` when it initialises,
-    so a different configuration (init's key ceremony over several node tokens, tests)
+    """The loaded PKCS#11 library. SoftHSM reads its configuration when it initialises,
+    so another token directory (init's key ceremony over several node tokens, tests)
     means finalising and initialising again, which closes every session: refused while a
-    provider is open."""
+    provider is open.
+
+    For SoftHSM the node names only its token directory (relative to node.toml, so a
+    deployment can move); the configuration SoftHSM wants is written to a private
+    temporary file for the moment of initialisation and removed at once.
+    """
 
     def __init__(self) -> None:
         self.lock = threading.RLock()
         self.lib: Any = None
         self.path: str | None = None
-        self.conf: str | None = None
+        self.tokendir: Path | None = None
         self.sessions = 0
 
-    def load(self, module: Path, softhsm2_conf: Path | None, *,
-             reinitialize: bool = False) -> Any:
+    def load(self, module: Path, tokendir: Path | None, *, reinitialize: bool = False) -> Any:
         with self.lock:
-            conf = None if softhsm2_conf is None else str(softhsm2_conf)
             if self.lib is not None and self.path != str(module):
                 raise ConfigError(f"this process uses the PKCS#11 module {self.path} already; "
                                   f"it cannot also load {module}")
-            if self.lib is not None and not reinitialize and conf in (None, self.conf):
+            if self.lib is not None and not reinitialize and tokendir in (None, self.tokendir):
                 return self.lib
             if self.sessions:
-                raise SealError("cannot switch the SoftHSM configuration while a token "
+                raise SealError("cannot switch the SoftHSM token directory while a token "
                                 "session is open")
-            if conf is not None and not Path(conf).is_file():
-                raise ConfigError(f"the SoftHSM configuration {conf} does not exist")
-            with _environment(SOFTHSM_ENV, conf):
+            if tokendir is not None and not tokendir.is_dir():
+                raise ConfigError(f"the SoftHSM token directory {tokendir} does not exist")
+            if self.lib is None and not module.is_file():
+                raise ConfigError(f"the PKCS#11 module {module} does not exist "
+                                  "(for SoftHSM2: apt-get install softhsm2)")
+            with _softhsm_config(tokendir):
                 try:
                     if self.lib is None:
-                        if not module.is_file():
-                            raise ConfigError(f"the PKCS#11 module {module} does not exist "
-                                              "(for SoftHSM2: apt-get install softhsm2)")
                         self.lib = pkcs11.lib(str(module))
                         self.path = str(module)
                     else:
                         self.lib.reinitialize()
                 except (OSError, RuntimeError) as exc:  # PKCS11Error is a RuntimeError
-                    self.lib = None if self.path is None else self.lib
                     raise ConfigError(f"the PKCS#11 module {module} failed to initialise "
                                       f"({type(exc).__name__}); check its configuration"
-                                      + (f" ({SOFTHSM_ENV}={conf})" if conf else "")) from None
-            self.conf = conf
+                                      + (f" (token directory {tokendir})" if tokendir else "")
+                                      ) from None
+            self.tokendir = tokendir
             return self.lib
+
+
+@contextlib.contextmanager
+def _softhsm_config(tokendir: Path | None) -> Iterator[None]:
+    """``SOFTHSM2_CONF`` pointing at a private configuration naming ``tokendir``."""
+    if tokendir is None:
+        yield
+        return
+    old = os.environ.get(SOFTHSM_ENV)
+    with tempfile.TemporaryDirectory(prefix="raftsso-softhsm-") as tmp:
+        conf = Path(tmp) / "softhsm2.conf"
+        conf.write_text(f"directories.tokendir = {tokendir.resolve()}\n"
+                        "objectstore.backend = file\nlog.level = ERROR\n"
+                        "slots.removable = false\n")
+        os.environ[SOFTHSM_ENV] = str(conf)
+        try:
+            yield
+        finally:
+            if old is None:
+                os.environ.pop(SOFTHSM_ENV, None)
+            else:
+                os.environ[SOFTHSM_ENV] = old
 
 
 _MODULE = _Module()
 
 
-@contextlib.contextmanager
-def _environment(name: str, value: str | None) -> Iterator[None]:
-    old = os.environ.get(name)
-    if value is not None:
-        os.environ[name] = value
-    try:
-        yield
-    finally:
-        if value is not None:
-            if old is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = old
-
-
 def load_module(settings: Pkcs11Settings) -> Any:
-    return _MODULE.load(settings.module, settings.softhsm2_conf)
+    return _MODULE.load(settings.module, settings.softhsm_tokendir)
 
 
 def find_token(lib: Any, settings: Pkcs11Settings) -> Any:
@@ -122,8 +133,8 @@ def find_token(lib: Any, settings: Pkcs11Settings) -> Any:
         return lib.get_token(token_label=label)
     except p11e.NoSuchToken:
         raise ConfigError(f"no PKCS#11 token labelled {label!r} in {settings.module}"
-                          + (f" ({SOFTHSM_ENV}={settings.softhsm2_conf})"
-                             if settings.softhsm2_conf else "")
+                          + (f" (token directory {settings.softhsm_tokendir})"
+                             if settings.softhsm_tokendir else "")
                           + "; list them with: softhsm2-util --show-slots") from None
     except p11e.MultipleTokensReturned:
         raise ConfigError(f"several PKCS#11 tokens are labelled {label!r}; give each its "

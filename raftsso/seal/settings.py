@@ -10,7 +10,7 @@
     token_label = "raftsso-node1"
     pin_file = "/etc/raftsso/node1.pin"    # a 0600 file, or:
     # pin_credential = "raftsso-pkcs11-pin"  # a systemd credential ($CREDENTIALS_DIRECTORY)
-    softhsm2_conf = "softhsm/softhsm2.conf"  # SoftHSM only: its SOFTHSM2_CONF
+    softhsm_tokendir = "softhsm"  # SoftHSM only: the node's own token directory
 
     [shamir]                      # shamir only (for the progress shown before a share)
     threshold = 3
@@ -43,7 +43,7 @@ class Pkcs11Settings:
     token_label: str
     pin_file: Path | None = None
     pin_credential: str | None = None
-    softhsm2_conf: Path | None = None
+    softhsm_tokendir: Path | None = None
 
     @property
     def pin_source(self) -> str:
@@ -56,8 +56,8 @@ class Pkcs11Settings:
         return {"module": str(self.module), "token_label": self.token_label,
                 "pin_file": None if self.pin_file is None else str(self.pin_file),
                 "pin_credential": self.pin_credential,
-                "softhsm2_conf": None if self.softhsm2_conf is None
-                else str(self.softhsm2_conf)}
+                "softhsm_tokendir": None if self.softhsm_tokendir is None
+                else str(self.softhsm_tokendir)}
 
 
 @dataclass(frozen=True)
@@ -140,7 +140,7 @@ def parse_seal_settings(data: Mapping[str, Any], base: Path, where: Path) -> Sea
                                   f"{MAX_SHARES}")
         return SealSettings("shamir", threshold=threshold, shares=shares)
     table = _table(data, "pkcs11", str(where),
-                   {"module", "token_label", "pin_file", "pin_credential", "softhsm2_conf"})
+                   {"module", "token_label", "pin_file", "pin_credential", "softhsm_tokendir"})
     w = f"{where}: [pkcs11]"
     pin_file = _str(table, "pin_file", w, None)
     credential = _str(table, "pin_credential", w, None)
@@ -149,11 +149,11 @@ def parse_seal_settings(data: Mapping[str, Any], base: Path, where: Path) -> Sea
                           "pin_credential (a systemd credential name)")
     if credential is not None and ("/" in credential or credential in (".", "..")):
         raise ConfigError(f"{w} pin_credential is a credential name, not a path")
-    conf = _str(table, "softhsm2_conf", w, None)
+    tokendir = _str(table, "softhsm_tokendir", w, None)
     return SealSettings("pkcs11", pkcs11=Pkcs11Settings(
         module=path(_str(table, "module", w)), token_label=_str(table, "token_label", w),
         pin_file=None if pin_file is None else path(pin_file), pin_credential=credential,
-        softhsm2_conf=None if conf is None else path(conf)))
+        softhsm_tokendir=None if tokendir is None else path(tokendir)))
 
 
 def open_seal(settings: SealSettings, cluster_id: str,

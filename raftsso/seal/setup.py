@@ -139,7 +139,7 @@ def _setup_pkcs11(plan: SealPlan, directory: Path, cluster_id: str,
     pin_files: list[Path] = []
     done: dict[tuple[str, Path | None], Pkcs11Settings] = {}
     for node_id, ndir in node_dirs.items():
-        conf = softhsm.write_config(ndir / "softhsm") if per_node_tokens else None
+        tokendir = softhsm.make_tokendir(ndir / "softhsm") if per_node_tokens else None
         if plan.pkcs11_pin_file is not None:
             pin_path = plan.pkcs11_pin_file.resolve()
         else:
@@ -149,10 +149,10 @@ def _setup_pkcs11(plan: SealPlan, directory: Path, cluster_id: str,
             pin_files.append(pin_path)
         settings = Pkcs11Settings(module=module,
                                   token_label=plan.pkcs11_token_label or f"raftsso-{node_id}",
-                                  pin_file=pin_path, softhsm2_conf=conf)
+                                  pin_file=pin_path, softhsm_tokendir=tokendir)
         if per_node_tokens:
             softhsm.create_token(settings, read_pin(settings))
-        token_id = (settings.token_label, conf)
+        token_id = (settings.token_label, tokendir)
         if token_id not in done:
             provider = Pkcs11Seal(settings, cluster_id, require_key=False)
             try:
@@ -192,7 +192,7 @@ def _check_same_key(tokens: list[Any], cluster_id: str) -> None:
 def _relative(settings: Any, ndir: Path) -> dict[str, Any]:
     """node.toml's [pkcs11] table, with paths inside the deployment made relative."""
     out: dict[str, Any] = settings.as_toml()
-    for name in ("pin_file", "softhsm2_conf"):
+    for name in ("pin_file", "softhsm_tokendir"):
         if out.get(name):
             p = Path(out[name])
             try:

@@ -1,5 +1,6 @@
 """SoftHSM2 tokens for local deployments and tests: a token per node, in the node's own
-directory, created through the PKCS#11 API (PINs never pass through a command line).
+directory (``nodeN/softhsm/``), created through the PKCS#11 API (PINs never pass through
+a command line, as they would with ``softhsm2-util --init-token``).
 
 A SoftHSM token is a directory of files encrypted under a key derived from its PINs:
 a copy of it without the user PIN reveals no key object (``test_seal_pkcs11`` searches
@@ -14,7 +15,6 @@ import secrets
 from pathlib import Path
 
 from raftsso.errors import ConfigError
-from raftsso.fsutil import atomic_write
 from raftsso.seal.base import SealError
 from raftsso.seal.pkcs11_seal import _MODULE, find_token
 from raftsso.seal.settings import Pkcs11Settings
@@ -37,28 +37,22 @@ def is_softhsm(module: Path) -> bool:
     return "softhsm" in module.name.lower()
 
 
-def write_config(directory: Path) -> Path:
-    """``directory/softhsm2.conf`` with its token directory ``directory/tokens`` (0700)."""
-    directory = directory.resolve()
-    for d in (directory, directory / "tokens"):
-        d.mkdir(mode=0o700, parents=True, exist_ok=True)
-        d.chmod(0o700)
-    conf = directory / "softhsm2.conf"
-    atomic_write(conf, (f"directories.tokendir = {directory / 'tokens'}\n"
-                        "objectstore.backend = file\nlog.level = ERROR\n"
-                        "slots.removable = false\n").encode())
-    return conf
+def make_tokendir(directory: Path) -> Path:
+    """A new, private (0700) SoftHSM token directory."""
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    directory.chmod(0o700)
+    return directory.resolve()
 
 
 def create_token(settings: Pkcs11Settings, user_pin: str) -> None:
     """Initialise a new token labelled ``settings.token_label`` with ``user_pin``."""
-    if settings.softhsm2_conf is None:
-        raise ConfigError("a SoftHSM token needs its softhsm2_conf")
+    if settings.softhsm_tokendir is None:
+        raise ConfigError("a SoftHSM token needs its softhsm_tokendir")
     label = settings.token_label.encode()
     if not 0 < len(label) <= 32:
         raise ConfigError("a PKCS#11 token label is 1 to 32 bytes")
     with _MODULE.lock:
-        lib = _MODULE.load(settings.module, settings.softhsm2_conf)
+        lib = _MODULE.load(settings.module, settings.softhsm_tokendir)
         if any(t.label == settings.token_label for t in lib.get_tokens()):
             raise ConfigError(f"a PKCS#11 token labelled {settings.token_label!r} exists "
                               "already")
@@ -75,6 +69,6 @@ def create_token(settings: Pkcs11Settings, user_pin: str) -> None:
         if rv != 0:
             raise SealError(f"SoftHSM could not initialise the token (CKR 0x{rv:x})")
         # SoftHSM lists the new token (and a new free slot) after initialising again.
-        lib = _MODULE.load(settings.module, settings.softhsm2_conf, reinitialize=True)
+        lib = _MODULE.load(settings.module, settings.softhsm_tokendir, reinitialize=True)
         with find_token(lib, settings).open(rw=True, so_pin=so_pin.decode()) as session:
             session.init_pin(user_pin)
