@@ -60,11 +60,14 @@ class KeyedSeal:
     def status(self) -> SealStatus:
         return SealStatus(self.kind, self.sealed, self.generations)
 
+    def _check_unsealed(self) -> None:
+        if not self._keys:
+            raise Sealed("this node is sealed: it holds no seal key until enough unseal "
+                         "shares are supplied (raftsso unseal)")
+
     def _key(self, generation: int | None) -> tuple[int, bytes]:
         with self._lock:
-            if not self._keys:
-                raise Sealed("this node is sealed: it holds no seal key until enough unseal "
-                             "shares are supplied (raftsso unseal)")
+            self._check_unsealed()
             if generation is None:
                 generation = max(self._keys)
             key = self._keys.get(generation)
@@ -84,6 +87,7 @@ class KeyedSeal:
 
     def unwrap(self, sealed: bytes, *, cluster_id: str, version: int) -> bytes:
         check_version(version)
+        self._check_unsealed()  # before the blob: "sealed" says more than "invalid"
         _, key = self._key(blob.generation_of(sealed))
         if blob.is_legacy(sealed):
             return envelope.unseal(key, sealed, cluster_id=cluster_id, version=version)
