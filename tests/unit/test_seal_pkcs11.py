@@ -265,3 +265,33 @@ def test_a_copy_of_a_node_directory_without_the_pin_reveals_nothing(tmp_path: Pa
         with pytest.raises(InvalidToken):
             KeyedSeal({1: content[start:start + 32]}).unwrap(sealed, cluster_id=CLUSTER,
                                                              version=1)
+
+
+def test_pin_from_a_systemd_credential(with_key: Pkcs11Settings, tmp_path: Path) -> None:
+    creds = tmp_path / "credentials"
+    creds.mkdir()
+    (creds / "raftsso-pkcs11-pin").write_text(PIN)
+    (creds / "raftsso-pkcs11-pin").chmod(0o400)
+    settings = Pkcs11Settings(with_key.module, with_key.token_label,
+                              pin_credential="raftsso-pkcs11-pin",
+                              softhsm_tokendir=with_key.softhsm_tokendir)
+    seal = Pkcs11Seal(settings, CLUSTER, environ={"CREDENTIALS_DIRECTORY": str(creds)})
+    seal.close()
+    with pytest.raises(ConfigError, match="CREDENTIALS_DIRECTORY is not set"):
+        Pkcs11Seal(settings, CLUSTER, environ={})
+
+
+def test_concurrent_threads_share_one_token_session(with_key: Pkcs11Settings) -> None:
+    """The node's service threads seal and open at once; one session, one lock."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    seal = _open(with_key)
+    try:
+        def round_trip(version: int) -> bool:
+            sealed = seal.wrap(SECRET, cluster_id=CLUSTER, version=version)
+            return seal.unwrap(sealed, cluster_id=CLUSTER, version=version) == SECRET
+
+        with ThreadPoolExecutor(8) as pool:
+            assert all(pool.map(round_trip, range(400)))
+    finally:
+        seal.close()
