@@ -23,9 +23,6 @@ import time
 from collections.abc import Sequence
 from typing import NoReturn, TypeVar
 
-from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-
 from raftsso import pki
 from raftsso.config import Endpoint, RemoteConfig, split_address
 from raftsso.errors import (
@@ -131,20 +128,16 @@ def check_tls_files(cfg: RemoteConfig) -> None:
     reads like an outage; the mistake is in the file.
     """
     try:
-        ca = x509.load_pem_x509_certificate(cfg.ca_cert.read_bytes())
-        own = x509.load_pem_x509_certificate(cfg.cert.read_bytes())
+        issued = pki.issued_by(cfg.ca_cert, cfg.cert)
     except OSError as exc:
         raise ConfigError(f"{cfg.path}: cannot read {exc.filename}: "
                           f"{exc.strerror or exc}") from None
     except ValueError:
         raise ConfigError(f"{cfg.path}: ca_cert ({cfg.ca_cert}) or cert ({cfg.cert}) is not "
                           "a PEM certificate") from None
-    try:
-        own.verify_directly_issued_by(ca)
-    except (ValueError, TypeError, InvalidSignature):
+    if not issued:
         raise ConfigError(f"{cfg.path}: ca_cert {cfg.ca_cert} did not issue cert {cfg.cert}; "
-                          "ca_cert must be the cluster's ca.crt (written by raftsso init)"
-                          ) from None
+                          "ca_cert must be the cluster's ca.pem (written by raftsso init)")
 
 
 def _wrong_ca(errors: Sequence[BaseException]) -> bool:
@@ -194,7 +187,7 @@ class ClusterClient:
         where = f"{self.config_path}: " if self.config_path else ""
         return ConfigError(f"{where}no node's certificate was issued by ca_cert "
                            f"{self._ca_cert or ''}; check ca_cert (it must be the cluster's "
-                           "ca.crt) and the node addresses")
+                           "ca.pem) and the node addresses")
 
     # -- wire level ---------------------------------------------------------------------
 

@@ -17,12 +17,12 @@ import pytest
 from raftsso.client import SSOClient
 from raftsso.deployment import init_deployment
 from raftsso.errors import ConfigError
-from tests.harness import LocalCluster, cli
+from tests.harness import Cluster, cli
 
 pytestmark = pytest.mark.integration
 
 
-def _variant(cluster: LocalCluster, name: str, source: Path, **changes: str) -> Path:
+def _variant(cluster: Cluster, name: str, source: Path, **changes: str) -> Path:
     """A copy of ``source`` (admin.toml or client.toml) with top-level keys changed."""
     text = source.read_text()
     for key, value in changes.items():
@@ -36,7 +36,7 @@ def _variant(cluster: LocalCluster, name: str, source: Path, **changes: str) -> 
 
 
 def test_a_wrong_ca_cert_is_a_configuration_error_naming_the_file(
-        cluster: LocalCluster, tmp_path: Path) -> None:
+        cluster: Cluster, tmp_path: Path) -> None:
     other = tmp_path / "other"
     init_deployment(other, nodes=1, base_port=7100)  # never started: only its CA is used
     admin = _variant(cluster, "admin-wrong-ca.toml", cluster.admin_toml,
@@ -57,7 +57,7 @@ def test_a_wrong_ca_cert_is_a_configuration_error_naming_the_file(
 
 
 def test_admin_commands_refuse_a_cluster_id_that_is_not_the_clusters(
-        cluster: LocalCluster) -> None:
+        cluster: Cluster) -> None:
     admin = _variant(cluster, "admin-other-cluster.toml", cluster.admin_toml,
                      cluster_id="c-000000000000")
     before = [v["id"] for v in cluster.status()["versions"]]

@@ -21,10 +21,9 @@ from __future__ import annotations
 
 import secrets
 import time
-import tomllib
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -34,7 +33,7 @@ from raftsso.config import Endpoint, load_remote_config
 from raftsso.errors import RemoteError
 from raftsso.fsutil import read_private
 from raftsso.remote import Connection
-from tests.harness import LocalCluster, wait_for
+from tests.harness import Cluster, NodeOptions, running_cluster, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -42,24 +41,12 @@ WINDOW = 120.0
 FLOOD = 100_100
 
 
-def _set_node_option(cluster: LocalCluster, **options: float) -> None:
-    for node_id in cluster.ids:
-        path = cluster.node_toml(node_id)
-        body = path.read_text()
-        for key in options:
-            body = "\n".join(line for line in body.splitlines()
-                             if not line.startswith(f"{key} ="))
-        head, sep, tail = body.partition("\n[")
-        extra = "\n".join(f"{k} = {float(v)!r}" for k, v in options.items())
-        path.write_text(head.rstrip("\n") + "\n" + extra + "\n" + sep + tail)
-
-
-def _connection(cluster: LocalCluster, node_id: str, cert: Path, key: Path) -> Connection:
+def _connection(cluster: Cluster, node_id: str, cert: Path, key: Path) -> Connection:
     ctx = pki.client_context(cluster.root / "ca.pem", cert, key)
     return Connection(Endpoint(node_id, cluster.address(node_id)), ctx, timeout=10.0)
 
 
-def _second_client_certificate(cluster: LocalCluster) -> tuple[Path, Path]:
+def _second_client_certificate(cluster: Cluster) -> tuple[Path, Path]:
     ca = pki.Issued((cluster.root / "ca.pem").read_bytes(),
                     read_private(cluster.root / "ca.key"))
     cert, key = cluster.root / "client2.pem", cluster.root / "client2.key"
@@ -67,10 +54,8 @@ def _second_client_certificate(cluster: LocalCluster) -> tuple[Path, Path]:
     return cert, key
 
 
-def _follower_clients_calls(cluster: LocalCluster, node_id: str) -> float:
-    cfg = tomllib.loads(cluster.node_toml(node_id).read_text())
-    with urllib.request.urlopen(f"http://{cfg['metrics_address']}/metrics",
-                                timeout=3) as answer:
+def _follower_clients_calls(cluster: Cluster, node_id: str) -> float:
+    with urllib.request.urlopen(cluster.metrics_url(node_id), timeout=3) as answer:
         text = answer.read().decode()
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
@@ -80,21 +65,16 @@ def _follower_clients_calls(cluster: LocalCluster, node_id: str) -> float:
 
 
 @pytest.fixture
-def windowed(tmp_path: Path) -> Any:
-    c = LocalCluster(tmp_path / "deploy")
+def windowed(tmp_path: Path) -> Iterator[Cluster]:
     # Early promotion only (no grace period in the test), over a long enough window.
-    _set_node_option(c, rotation_grace=3600.0, client_window=WINDOW)
-    c.start()
-    try:
-        c.wait_healthy()
+    options = NodeOptions(rotation_grace=3600.0, client_window=WINDOW)
+    with running_cluster(tmp_path / "deploy", 3, options=options) as c:
         yield c
-    finally:
-        c.stop()
 
 
 @pytest.mark.timeout(900)
 def test_a_flood_of_fresh_ids_from_one_certificate_lets_no_retire_or_promotion_through(
-        windowed: LocalCluster) -> None:
+        windowed: Cluster) -> None:
     cluster = windowed
     leader = cluster.leader()
     follower = next(n for n in cluster.ids if n != leader)
