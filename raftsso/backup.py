@@ -32,13 +32,14 @@ FORMAT = 1
 _LEN = struct.Struct(">I")
 MAX_HEADER = 1 << 20
 MIN_PASSWORD = 12
-DEFAULT_KDF = {"name": "argon2id", "memory_kib": 65536, "iterations": 3, "lanes": 4}
+DEFAULT_KDF: dict[str, Any] = {"name": "argon2id", "memory_kib": 65536, "iterations": 3,
+                               "lanes": 4}
 # Caps on KDF parameters read from a file, close to what raftsso writes: a crafted file
 # must not make us allocate gigabytes or spin for a minute before the password is even
 # checked (1 GiB and 64 passes once cost 76 s). At most 256 MiB, 8 passes, 16 lanes, and
 # memory x passes at most 4 times the default's (one derivation ~4x the default's time).
 _KDF_LIMITS = {"memory_kib": (8, 256 << 10), "iterations": (1, 8), "lanes": (1, 16)}
-MAX_KDF_WORK = 4 * DEFAULT_KDF["memory_kib"] * DEFAULT_KDF["iterations"]  # KiB x passes
+MAX_KDF_WORK = 4 * 65536 * 3  # KiB x passes: 4 times the default's
 
 
 class BackupError(RaftssoError):
