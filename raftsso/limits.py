@@ -37,7 +37,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import ctypes.util
 import errno
 import gc
 import ipaddress
@@ -514,10 +513,10 @@ def swallow_eviction(ticket: Ticket) -> bool:
 
 
 def _load_malloc_trim() -> Callable[[int], int] | None:
-    name = ctypes.util.find_library("c")
     try:
-        libc = ctypes.CDLL(name or "libc.so.6")
-        trim = libc.malloc_trim
+        # The symbols already loaded into this process (libc's among them): no library
+        # search, which would run ldconfig in a subprocess.
+        trim = ctypes.CDLL(None).malloc_trim
     except (OSError, AttributeError):  # not glibc (musl has no malloc_trim)
         return None
     trim.argtypes = [ctypes.c_size_t]
