@@ -349,16 +349,19 @@ class HealthServer:
         ticket.started = True
         loop = asyncio.get_running_loop()
         writer: asyncio.StreamWriter | None = None
+        handed = False  # once asyncio's transport owns the socket, only it may close it
         try:
             async with asyncio.timeout(self.request_timeout):  # the whole request
                 reader = asyncio.StreamReader(limit=_MAX_HEAD)
                 protocol = asyncio.StreamReaderProtocol(reader)
+                handed = True
                 transport, _ = await loop.connect_accepted_socket(lambda: protocol, sock)
                 writer = asyncio.StreamWriter(transport, protocol, reader, loop)
                 request = await _read_request(reader)
                 self.gate.settled(ticket)
                 writer.write(self._respond(request))
-                await writer.drain()
+                writer.close()  # after the answer is flushed, within the deadline
+                await writer.wait_closed()
         except asyncio.CancelledError:
             if not swallow_eviction(ticket):  # dropped for room: end quietly; else shutdown
                 raise
@@ -369,8 +372,8 @@ class HealthServer:
             log.exception("metrics connection from %s failed", peer_label(address))
         finally:
             if writer is not None:
-                writer.transport.abort()
-            else:
+                writer.transport.abort()  # a no-op once closed; else drop what is left
+            elif not handed:
                 sock.close()
 
     def _respond(self, request: tuple[str, str] | int) -> bytes:

@@ -318,3 +318,69 @@ def test_a_private_key_readable_by_others_is_refused(tmp_path: Path, name: str,
             build(ca, cert, key)
     key.chmod(0o600)
     pki.client_context(ca, cert, key)
+
+
+# -- the metrics server ------------------------------------------------------------------
+
+
+@pytest.fixture
+def health() -> Any:
+    from raftsso.metrics import HealthServer, NodeMetrics
+    from tests.harness import free_base_port
+
+    server = HealthServer(f"127.0.0.1:{free_base_port(1)}", NodeMetrics(), None,
+                          limits=Limits(metrics_max_connections=4, metrics_max_per_source=2,
+                                        metrics_request_timeout=1.0))
+    server.start()
+    yield server
+    server.close()
+
+
+def _exchange(port: int, request: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(request)
+        chunks = []
+        while chunk := s.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_metrics_server_answers_and_refuses_cleanly(health: Any) -> None:
+    ok = _exchange(health.port, b"GET /healthz?x=1 HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert ok.startswith(b"HTTP/1.0 200 OK\r\n") and ok.endswith(b"\r\n\r\nok\n")
+    head = _exchange(health.port, b"HEAD /healthz HTTP/1.0\r\n\r\n")
+    assert head.startswith(b"HTTP/1.0 200 OK\r\n") and head.endswith(b"\r\n\r\n")
+    assert _exchange(health.port, b"GET /readyz HTTP/1.0\r\n\r\n").startswith(b"HTTP/1.0 503")
+    assert _exchange(health.port, b"GET /nope HTTP/1.0\r\n\r\n").startswith(b"HTTP/1.0 404")
+    assert _exchange(health.port, b"POST /metrics HTTP/1.0\r\n\r\n").startswith(
+        b"HTTP/1.0 405")
+    assert _exchange(health.port, b"hello\r\n\r\n").startswith(b"HTTP/1.0 400")
+    assert _exchange(health.port, b"GET / HTTP/1.0\r\n" + b"X: y\r\n" * 100 + b"\r\n"
+                     ).startswith(b"HTTP/1.0 431")
+    metrics = _exchange(health.port, b"GET /metrics HTTP/1.0\r\n\r\n")
+    assert b"# TYPE raftsso_connections_refused_total counter" in metrics
+
+
+def test_metrics_server_delivers_a_large_answer_whole(health: Any,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    body = bytes(range(256)) * 4096  # 1 MiB
+    monkeypatch.setattr(health, "route", lambda path: (200, "application/octet-stream", body))
+    answer = _exchange(health.port, b"GET /metrics HTTP/1.0\r\n\r\n")
+    assert answer.split(b"\r\n\r\n", 1)[1] == body
+
+
+def test_metrics_server_ends_a_slow_request_and_caps_a_source(health: Any) -> None:
+    slow = [socket.create_connection(("127.0.0.1", health.port), timeout=10) for _ in range(2)]
+    third = socket.create_connection(("127.0.0.1", health.port), timeout=10)
+    try:
+        assert third.recv(1) == b""  # over metrics_max_per_source: closed at once
+        for s in slow:
+            s.sendall(b"GET /healthz HTTP/1.0\r\n")  # and never the end of the head
+        for s in slow:  # the whole-request deadline ends them, data or not
+            assert s.recv(1) == b""
+    finally:
+        for s in (*slow, third):
+            s.close()
+    assert _exchange(health.port, b"GET /healthz HTTP/1.0\r\n\r\n").startswith(b"HTTP/1.0 200")
+    assert 'connections_refused_total{port="metrics",reason="max_per_source"} 1.0' in \
+        health.metrics.render().decode()
