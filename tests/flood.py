@@ -17,8 +17,6 @@ import contextlib
 import os
 import resource
 import socket
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -26,7 +24,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from raftsso.config import load_node_config, split_address
-from tests.harness import LocalCluster, wait_for
+from tests.harness import Cluster, wait_for
 
 # The first bytes of a TLS record that announces a 512-byte ClientHello: a handshake the
 # server must wait for (and hold a TLS state for) until its handshake timeout.
@@ -54,28 +52,17 @@ def raise_own_nofile(needed: int) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
 
 
-def start_node(cluster: LocalCluster, node_id: str, nofile: int | None = None) -> None:
-    """Start (or restart) one node of ``cluster``, with RLIMIT_NOFILE set to ``nofile``."""
-
-    def limit() -> None:
-        if nofile is not None:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
-
-    proc = cluster.procs.get(node_id)
-    if proc is not None and proc.poll() is None:
-        raise AssertionError(f"{node_id} is already running")
-    fd = os.open(cluster.root / node_id / "node.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND,
-                 0o600)
-    try:
-        cluster.procs[node_id] = subprocess.Popen(
-            [sys.executable, "-m", "raftsso_cli", "node", "run",
-             str(cluster.node_toml(node_id))],
-            stdin=subprocess.DEVNULL, stdout=fd, stderr=fd, preexec_fn=limit)
-    finally:
-        os.close(fd)
+def nofile_wrapper(nofile: int) -> tuple[str, ...]:
+    """A command prefix that sets RLIMIT_NOFILE (soft and hard) and execs the node."""
+    return ("sh", "-c", f'ulimit -n {int(nofile)} && exec "$@"', "sh")
 
 
-def metrics_address(cluster: LocalCluster, node_id: str) -> str:
+def start_node(cluster: Cluster, node_id: str, nofile: int | None = None) -> None:
+    """Start one node of ``cluster``, with RLIMIT_NOFILE set to ``nofile``."""
+    cluster.start(node_id, wrapper=nofile_wrapper(nofile) if nofile is not None else ())
+
+
+def metrics_address(cluster: Cluster, node_id: str) -> str:
     address = load_node_config(cluster.node_toml(node_id)).metrics_address
     assert address is not None
     return address
@@ -201,16 +188,13 @@ def wait_rss_back(pid: int, baseline_kib: int, slack_kib: int = 20 * 1024,
 
 
 @contextlib.contextmanager
-def _cluster(nofile: int | None) -> Iterator[LocalCluster]:
-    with tempfile.TemporaryDirectory(prefix="raftsso-flood-") as tmp:
-        cluster = LocalCluster(Path(tmp) / "c")
-        try:
-            for node_id in cluster.ids:
-                start_node(cluster, node_id, nofile)
-            cluster.wait_healthy()
-            yield cluster
-        finally:
-            cluster.stop()
+def _cluster(nofile: int | None) -> Iterator[Cluster]:
+    with tempfile.TemporaryDirectory(prefix="raftsso-flood-") as tmp, \
+            Cluster(Path(tmp) / "c") as cluster:
+        for node_id in cluster.ids:
+            start_node(cluster, node_id, nofile)
+        cluster.wait_healthy()
+        yield cluster
 
 
 def _measure(kind: str, count: int, nofile: int | None, sources: int) -> None:

@@ -21,19 +21,19 @@ import pytest
 
 from raftsso import pki
 from raftsso.backup import MAGIC
-from raftsso.config import load_remote_config, split_address
+from raftsso.config import split_address
 from raftsso.limits import resolve_limits
 from raftsso.remote import ClusterClient
 from raftsso.wire import encode_frame, pack
 from tests.flood import (
     Flood,
     metrics_address,
+    nofile_wrapper,
     raise_own_nofile,
     rss_kib,
-    start_node,
     wait_rss_back,
 )
-from tests.harness import LocalCluster, cli, wait_for
+from tests.harness import Cluster, NodeOptions, cli, cluster_client, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -43,25 +43,21 @@ RSS_SLACK_KIB = 20 * 1024
 
 
 @pytest.fixture(scope="module")
-def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """Three nodes, each started with RLIMIT_NOFILE 1024."""
     raise_own_nofile(8192)
-    cluster = LocalCluster(tmp_path_factory.mktemp("flood") / "deploy")
-    try:
-        for node_id in cluster.ids:
-            start_node(cluster, node_id, NOFILE)
+    with Cluster(tmp_path_factory.mktemp("flood") / "deploy") as cluster:
+        cluster.start(wrapper=nofile_wrapper(NOFILE))
         cluster.wait_healthy()
         yield cluster
-    finally:
-        cluster.stop()
 
 
-def _fresh_client(cluster: LocalCluster) -> ClusterClient:
+def _fresh_client(cluster: Cluster) -> ClusterClient:
     """A client with no connection yet: every call during a flood opens a new one."""
-    return ClusterClient.from_config(load_remote_config(cluster.admin_toml))
+    return cluster_client(cluster.admin_toml)
 
 
-def _rotate_with_a_new_connection(cluster: LocalCluster) -> int:
+def _rotate_with_a_new_connection(cluster: Cluster) -> int:
     with _fresh_client(cluster) as client:
         result = client.call_leader("rotate", {"request_id": os.urandom(16), "now": True},
                                     deadline=30)
@@ -70,7 +66,7 @@ def _rotate_with_a_new_connection(cluster: LocalCluster) -> int:
     return version
 
 
-def _status_json(cluster: LocalCluster) -> dict[str, object]:
+def _status_json(cluster: Cluster) -> dict[str, object]:
     done = cli("-c", str(cluster.admin_toml), "status", "--json", timeout=60)
     assert done.returncode == 0, done.stderr.decode()
     status = json.loads(done.stdout)
@@ -78,7 +74,7 @@ def _status_json(cluster: LocalCluster) -> dict[str, object]:
     return status
 
 
-def _role(cluster: LocalCluster, node_id: str) -> str:
+def _role(cluster: Cluster, node_id: str) -> str:
     with _fresh_client(cluster) as client:
         status = client.call_node(cluster.address(node_id), "status", timeout=10)
     role = status["role"]
@@ -91,7 +87,7 @@ def _settled_rss(pid: int) -> int:
     return rss_kib(pid)
 
 
-def _check_during_and_after(cluster: LocalCluster, target: str, role: str, flood: Flood,
+def _check_during_and_after(cluster: Cluster, target: str, role: str, flood: Flood,
                             baseline: int) -> None:
     leader = cluster.leader()
     pid = cluster.procs[target].pid
@@ -112,7 +108,7 @@ def _check_during_and_after(cluster: LocalCluster, target: str, role: str, flood
 
 
 def test_leader_keeps_serving_through_a_one_source_flood_of_its_service_port(
-        limited: LocalCluster) -> None:
+        limited: Cluster) -> None:
     leader = limited.leader()
     pid = limited.procs[leader].pid
     limited.rotate()
@@ -130,7 +126,7 @@ def test_leader_keeps_serving_through_a_one_source_flood_of_its_service_port(
 
 
 def test_leader_keeps_serving_through_a_many_source_flood_of_its_service_port(
-        limited: LocalCluster) -> None:
+        limited: Cluster) -> None:
     """Eight sources: together over the descriptor limit, each under its per-source cap.
 
     Connections that never finish their TLS handshake are dropped to make room (the oldest
@@ -150,7 +146,7 @@ def test_leader_keeps_serving_through_a_many_source_flood_of_its_service_port(
 
 
 def test_follower_stays_a_follower_through_a_flood_of_its_service_port(
-        limited: LocalCluster) -> None:
+        limited: Cluster) -> None:
     leader = limited.leader()
     follower = next(n for n in limited.ids if n != leader)
     pid = limited.procs[follower].pid
@@ -165,7 +161,7 @@ def test_follower_stays_a_follower_through_a_flood_of_its_service_port(
 
 
 def test_two_thousand_unfinished_handshakes_leave_no_memory_behind(
-        limited: LocalCluster) -> None:
+        limited: Cluster) -> None:
     """Issue 11: 2,000 never-finished handshakes grew a node from 62 to ~420 MiB for good."""
     leader = limited.leader()
     pid = limited.procs[leader].pid
@@ -186,7 +182,7 @@ def _http_get(address: str, path: str) -> int:
 
 
 def test_metrics_port_slow_clients_hold_no_thread_and_the_node_keeps_serving(
-        limited: LocalCluster) -> None:
+        limited: Cluster) -> None:
     leader = limited.leader()
     pid = limited.procs[leader].pid
     address = metrics_address(limited, leader)
@@ -211,16 +207,12 @@ def test_metrics_port_slow_clients_hold_no_thread_and_the_node_keeps_serving(
 
 
 @pytest.fixture
-def single(tmp_path: Path) -> Iterator[LocalCluster]:
-    cluster = LocalCluster(tmp_path / "deploy", nodes=1)
-    toml = cluster.node_toml("node1")
-    toml.write_text(toml.read_text().replace("rotation_grace = ", "idle_timeout = 3.0\n"
-                                                                  "rotation_grace = ", 1))
-    yield cluster
-    cluster.stop()
+def single(tmp_path: Path) -> Iterator[Cluster]:
+    with Cluster(tmp_path / "deploy", nodes=1, options=NodeOptions(idle_timeout=3.0)) as c:
+        yield c
 
 
-def test_a_client_that_never_reads_is_dropped(single: LocalCluster) -> None:
+def test_a_client_that_never_reads_is_dropped(single: Cluster) -> None:
     """Issue 11: the send waited without a timeout, past idle_timeout (here 3 s)."""
     single.start()
     single.wait_healthy()
@@ -252,7 +244,7 @@ def test_a_client_that_never_reads_is_dropped(single: LocalCluster) -> None:
 
 
 @pytest.mark.parametrize("name,mode", [("node", 0o644), ("admin", 0o666), ("client", 0o640)])
-def test_private_keys_readable_by_others_are_refused_in_one_line(single: LocalCluster,
+def test_private_keys_readable_by_others_are_refused_in_one_line(single: Cluster,
                                                                  name: str, mode: int) -> None:
     """Issue 11: admin.key 0666 and node.key 0644 were used without complaint."""
     root = single.root
