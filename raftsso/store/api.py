@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import EllipsisType, TracebackType
 from typing import Any
@@ -308,23 +308,37 @@ class SSOStore:
 
     def put(self, kind: RowKind, app: str, name: str, secret: bytes) -> int:
         """Encrypt and store a credential or configuration value; returns the key version."""
+        return self._upsert(kind, app, [(name, secret)])[0]
+
+    def put_many(self, kind: RowKind, app: str, items: Iterable[tuple[str, bytes]]) -> int:
+        """Encrypt and store many values of one application in one transaction (a bulk
+        load: one commit instead of one per row); returns how many."""
+        return len(self._upsert(kind, app, items))
+
+    def _upsert(self, kind: RowKind, app: str,
+                items: Iterable[tuple[str, bytes]]) -> list[int]:
         check_name("application", app)
-        check_name("user" if kind is RowKind.CREDENTIAL else "setting", name)
-        if not isinstance(secret, bytes | bytearray | memoryview):
-            raise TypeError("secrets are bytes")
+        what = "user" if kind is RowKind.CREDENTIAL else "setting"
         cipher = self.cipher
+        now = time.time()
         # Encrypt first (no lock held meanwhile), then write in one transaction.
-        token = cipher.encrypt(bytes(secret), associated_data(kind, app, name))
-        version = token_key_version(token)
+        rows = []
+        for name, secret in items:
+            check_name(what, name)
+            if not isinstance(secret, bytes | bytearray | memoryview):
+                raise TypeError("secrets are bytes")
+            rows.append((app, name, cipher.encrypt(bytes(secret),
+                                                   associated_data(kind, app, name)), now))
         table, column = _TABLE[kind]
         with self._backend.transaction() as tx:
-            self._check_use(self._app_row(tx, app), kind, name, writing=True)
-            tx.execute(
+            meta = self._app_row(tx, app)
+            for _, name, _, _ in rows:
+                self._check_use(meta, kind, name, writing=True)
+            tx.executemany(
                 f"INSERT INTO {table} (app, {column}, token, updated) "  # noqa: S608
                 f"VALUES (?, ?, ?, ?) ON CONFLICT (app, {column}) DO UPDATE SET "
-                "token = excluded.token, updated = excluded.updated",
-                (app, name, token, time.time()))
-        return version
+                "token = excluded.token, updated = excluded.updated", rows)
+        return [token_key_version(token) for _, _, token, _ in rows]
 
     def get(self, kind: RowKind, app: str, name: str) -> bytes:
         """A credential or configuration value in plaintext (:class:`NotFound`,
