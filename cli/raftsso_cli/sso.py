@@ -98,15 +98,18 @@ def run_rewrap(ctx: click.Context, store: str | None, batch: int) -> None:
     setting = store_setting(ctx, store, cfg)
     if batch < 1:
         raise click.UsageError("--batch must be positive")
-    with SSOClient(cfg, background=False) as client, open_setting(setting, client) as db, \
-            click.progressbar(length=0, label="rewrap", file=sys.stderr,
-                              show_pos=True) as bar:
+    with SSOClient(cfg, background=False) as client, open_setting(setting, client) as db:
+        if sys.stderr.isatty():
+            with click.progressbar(length=0, label="rewrap", file=sys.stderr,
+                                   show_pos=True) as bar:
 
-        def progress(p: Progress) -> None:
-            bar.length = p.todo
-            bar.update(p.done - bar.pos)
+                def progress(p: Progress) -> None:
+                    bar.length = p.todo
+                    bar.update(p.done - bar.pos)
 
-        result = rewrap(db, batch=batch, progress=progress)
+                result = rewrap(db, batch=batch, progress=progress)
+        else:  # no bar (nor its label line) in logs and pipes
+            result = rewrap(db, batch=batch)
     click.echo(f"rewrap: {result.rewrapped} of {result.todo} row(s) re-encrypted under "
                f"version {result.primary}"
                + (f" ({result.overtaken} changed meanwhile by writers)"
