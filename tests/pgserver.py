@@ -80,6 +80,11 @@ class PostgresServer:
     user: str | None
 
     @property
+    def ca_file(self) -> Path:
+        """The CA of the server's TLS certificate (for sslmode=verify-full)."""
+        return self.root / "ca.pem"
+
+    @property
     def data_dir(self) -> Path:
         return self.root / "data"
 
@@ -130,6 +135,22 @@ class PostgresServer:
                   database="postgres")
 
 
+def _tls_files(server: PostgresServer) -> None:
+    """A CA (root/ca.pem) and a server certificate for 127.0.0.1 in the data directory."""
+    from raftsso import pki
+
+    ca = pki.create_ca("pgtest")
+    leaf = pki.issue(ca, "127.0.0.1", "node", hosts=("127.0.0.1",))
+    server.ca_file.write_bytes(ca.cert_pem)
+    for name, data in (("server.crt", leaf.cert_pem), ("server.key", leaf.key_pem)):
+        path = server.data_dir / name
+        path.write_bytes(data)
+        path.chmod(0o600)
+        if server.user is not None:
+            pw = pwd.getpwnam(server.user)
+            os.chown(path, pw.pw_uid, pw.pw_gid)
+
+
 def start_server(*, fsync: bool = True) -> PostgresServer:
     """initdb, start, create the role and database; the caller stops it (:func:`stop_server`)."""
     bin_dir = find_bin_dir()
@@ -151,10 +172,12 @@ def start_server(*, fsync: bool = True) -> PostgresServer:
                                 str(root / "su.pw"), "--no-sync", "-E", "UTF8",
                                 "--locale=C"])
         (root / "su.pw").unlink()
+        _tls_files(server)
         with (server.data_dir / "postgresql.conf").open("a") as conf:
             conf.write(f"\nlisten_addresses = '127.0.0.1'\nport = {server.port}\n"
                        "unix_socket_directories = ''\nmax_connections = 200\n"
-                       f"fsync = {'on' if fsync else 'off'}\n")
+                       f"fsync = {'on' if fsync else 'off'}\n"
+                       "ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n")
         server.start()
         password = secrets.token_urlsafe(18)
         fd, name = tempfile.mkstemp(prefix="raftsso-pg-password-")

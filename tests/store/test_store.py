@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from raftsso import envelope
+from raftsso import envelope, pki
 from raftsso.client import SSOClient
 from raftsso.errors import (
     AlreadyExists,
@@ -624,19 +624,38 @@ def test_pg_dump_holds_no_credential_in_clear(request: pytest.FixtureRequest,
         assert secret not in dump
 
 
+def test_libpq_tls_options_pass_through(request: pytest.FixtureRequest) -> None:
+    server = request.getfixturevalue("pg_server")
+    server.reset()
+    uri = f"{server.uri}?sslmode=verify-full&sslrootcert={server.ca_file}"
+    with open_store(uri, None, password_file=server.password_file) as s:
+        s.add_app("payroll")
+        assert s.where == uri
+    # The server saw a TLS connection from raftsso (pg_stat_ssl, while one is open).
+    with open_store(uri, None, password_file=server.password_file) as s:
+        assert [a.name for a in s.list_apps()] == ["payroll"]
+        used = server.psql("SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a "
+                           "USING (pid) WHERE a.application_name = 'raftsso' AND s.ssl",
+                           superuser=True)
+        assert int(used) >= 1
+
+
 def test_postgresql_connection_errors_are_one_line(request: pytest.FixtureRequest,
                                                    tmp_path: Path) -> None:
     server = request.getfixturevalue("pg_server")
     wrong = tmp_path / "wrong"
     wrong.write_text("not the password\n")
     wrong.chmod(0o600)
+    other_ca = tmp_path / "other-ca.pem"
+    other_ca.write_bytes(pki.create_ca("another").cert_pem)
     loose = tmp_path / "loose"
     loose.write_text(server.password_file.read_text())
     loose.chmod(0o644)
     cases = [
         (server.uri, wrong, "password authentication failed"),
         (server.uri, loose, "chmod 600"),
-        (server.uri + "?sslmode=require", server.password_file, "SSL"),
+        (server.uri + "?sslmode=verify-full&sslrootcert=" + str(other_ca),
+         server.password_file, "certificate verify failed"),
         (server.uri.replace(f":{server.port}/", ":1/"), server.password_file,
          "Connection refused"),
     ]
@@ -646,3 +665,22 @@ def test_postgresql_connection_errors_are_one_line(request: pytest.FixtureReques
         text = str(info.value)
         assert message in text and "\n" not in text, text
         assert "not the password" not in text
+
+
+def test_a_config_file_names_a_uri_store_without_its_password(tmp_path: Path) -> None:
+    from raftsso.config import load_remote_config
+    from raftsso.deployment import init_deployment
+
+    init_deployment(tmp_path / "d", nodes=1, base_port=17100)
+    toml = tmp_path / "d" / "client.toml"
+    base = toml.read_text()
+    assert load_remote_config(toml).store == tmp_path / "d" / "sso.db"
+    uri = "postgresql://raftsso@db1:5432/sso?sslmode=verify-full"
+    toml.write_text(base.replace('store = "sso.db"', f'store = "{uri}"\n'
+                                 'store_password_file = "store.password"'))
+    cfg = load_remote_config(toml)
+    assert (cfg.store, cfg.store_password_file) == (uri, tmp_path / "d" / "store.password")
+    for bad in ("postgresql://raftsso:hunter2@db1/sso", "postgresql://db1/sso?password=x"):
+        toml.write_text(base.replace('store = "sso.db"', f'store = "{bad}"'))
+        with pytest.raises(ConfigError, match=r"client.toml: store: .*must not hold a password"):
+            load_remote_config(toml)
