@@ -253,3 +253,13 @@ def test_a_text_token_or_a_text_version_column_is_one_line_and_exit_1(
     with open_store(text_token, None) as db:
         report = db.report()
     assert (report.versions_in_use, report.damaged_rows) == ({2: 4}, 1)
+
+
+def test_sso_migrate_brings_a_version_1_store_forward(tmp_path: Path) -> None:
+    store = tmp_path / "old.db"
+    Target("sqlite", store, None).create_v1()
+    out = _ok("sso", "--store", str(store), "migrate")
+    assert b"from schema version 1 to 2" in out
+    assert b"nothing to do" in _ok("sso", "--store", str(store), "migrate")
+    info = json.loads(_ok("sso", "--store", str(store), "info", "--json"))
+    assert (info["kind"], info["schema_version"], info["cluster_id"]) == ("sqlite", 2, None)
