@@ -172,7 +172,7 @@ def _print_record(data: dict[str, Any], as_json: bool) -> None:
         return
     width = max(map(len, data)) + 2
     for key, value in data.items():
-        shown = _when(value) if key in ("created", "counted_at") else \
+        shown = _when(value) if key in ("created", "reported_at") else \
             "-" if value is None else value
         click.echo(f"{key:<{width}}{shown}")
 
@@ -215,11 +215,8 @@ def sso(ctx: click.Context, store: str | None, store_password_file: Path | None)
 def info(ctx: click.Context, as_json: bool) -> None:
     """The store's id, kind, cluster, schema and key versions in use (no cluster needed)."""
     with _open(ctx, secrets=False) as store:
-        report = store.report()
-        data = {"id": store.store_id, "kind": store.kind, "store": store.where,
-                "cluster_id": store.cluster_id, "schema_version": store.schema_version,
-                "counted_at": report.counted_at, "damaged_rows": report.damaged_rows,
-                "versions_in_use": {str(v): n for v, n in sorted(report.versions_in_use.items())}}
+        data = {**store.report().as_json(), "store": store.where,
+                "cluster_id": store.cluster_id, "schema_version": store.schema_version}
     _print_record(data, as_json)
 
 

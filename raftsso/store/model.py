@@ -122,6 +122,13 @@ class StoreReport:
     versions_in_use: dict[int, int]
     damaged_rows: int = 0  # rows whose token has no readable header (no version opens them)
 
+    def as_json(self) -> dict[str, object]:
+        """The shape of ``raftsso stores --json`` (DESIGN.md section 5), for the report a
+        store will send the cluster (the cluster side is not built yet)."""
+        return {"id": self.store_id, "kind": self.kind, "reported_at": self.counted_at,
+                "versions_in_use": {str(v): n for v, n in sorted(self.versions_in_use.items())},
+                "damaged_rows": self.damaged_rows}
+
 
 def associated_data(kind: RowKind, app: str, name: str) -> bytes:
     """The associated data that binds a token to its row.

@@ -604,6 +604,9 @@ def test_rewrap_reports_progress_skips_what_it_cannot_read_and_counts_headers(
     assert [p.done for p in seen] == sorted(p.done for p in seen)
     assert (result.report.store_id, result.report.kind) == (store.store_id, target.kind)
     assert (result.report.versions_in_use, result.report.damaged_rows) == ({2: 8, 1: 1}, 1)
+    assert result.report.as_json() == {
+        "id": store.store_id, "kind": target.kind, "reported_at": result.report.counted_at,
+        "versions_in_use": {"1": 1, "2": 8}, "damaged_rows": 1}
     assert store.get_credential("payroll", "user3") == b"secret 3"
     again = rewrap(store)
     assert (again.todo, again.rewrapped, len(again.unreadable)) == (2, 0, 2)
