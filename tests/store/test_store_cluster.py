@@ -16,27 +16,11 @@ import pytest
 from raftsso.client import SSOClient
 from raftsso.store import RowKind, associated_data, open_store
 from tests.harness import LocalCluster, cli, wait_for
+from tests.integration.test_sso_cli import CONFIG_VALUE, CREDENTIAL, _fails, _ok
 from tests.pgserver import PostgresServer
 from tests.store.conftest import Target
 
 pytestmark = pytest.mark.integration
-
-CREDENTIAL = b"Pa55-w0rd for alice / 9c1e"
-CONFIG_VALUE = b"Server=db1;User=svc;Password=Qz8-config"
-
-
-def _ok(*args: str, stdin: bytes | None = None) -> bytes:
-    result = cli(*args, stdin=stdin)
-    assert result.returncode == 0, result.stderr.decode()
-    return result.stdout
-
-
-def _fails(*args: str, stdin: bytes | None = None, code: int = 1) -> str:
-    result = cli(*args, stdin=stdin)
-    assert result.returncode == code, (result.stdout, result.stderr)
-    err = result.stderr.decode()
-    assert len(err.strip().splitlines()) == 1, err  # one line, no traceback
-    return err
 
 
 def _join(toml: Path, pg: PostgresServer, *extra: str) -> bytes:
