@@ -93,7 +93,8 @@ class PostgresBackend:
                  pool_size: int = POOL_SIZE) -> None:
         params = parse_uri(uri)
         self._uri = uri
-        kwargs: dict[str, Any] = {"application_name": "raftsso"}
+        # Autocommit: a read is one round trip; writes open a transaction explicitly.
+        kwargs: dict[str, Any] = {"application_name": "raftsso", "autocommit": True}
         if "connect_timeout" not in params:
             kwargs["connect_timeout"] = CONNECT_TIMEOUT
         if password_file is not None:
@@ -123,19 +124,28 @@ class PostgresBackend:
         self._pool.close()
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[Tx]:
-        """A transaction on a pooled connection: committed when the block ends, rolled back
-        if it raises (psycopg_pool's contract)."""
+    def _connection(self, transaction: bool) -> Iterator[Tx]:
         try:
             with self._pool.connection() as conn:
-                yield _Tx(conn)
+                if not transaction:
+                    yield _Tx(conn)
+                    return
+                with conn.transaction():  # COMMIT at the end, ROLLBACK if the block raises
+                    yield _Tx(conn)
         except PoolTimeout:
             raise StoreError(f"no connection to the SSO store {self.where} within "
                              f"{self._timeout:g} s") from None
         except psycopg.Error as exc:
             raise StoreError(f"the SSO store {self.where} failed: {one_line(exc)}") from None
 
-    read = transaction  # READ COMMITTED reads need nothing more
+    def transaction(self) -> contextlib.AbstractContextManager[Tx]:
+        """A transaction on a pooled connection."""
+        return self._connection(transaction=True)
+
+    def read(self) -> contextlib.AbstractContextManager[Tx]:
+        """Statements in autocommit: each sees what was committed when it started (the
+        store's reads need nothing more), one round trip each."""
+        return self._connection(transaction=False)
 
     def lock_schema(self, tx: Tx) -> None:
         tx.execute("SELECT pg_advisory_xact_lock(?)", (_SCHEMA_LOCK,))
