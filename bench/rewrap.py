@@ -29,7 +29,7 @@ from bench.common import local_cluster, print_table
 from bench.stats import percentile
 from raftsso.client import SSOClient
 from raftsso.store import RowKind, open_store
-from tests.harness import LocalCluster, cli
+from tests.harness import Cluster, cli
 from tests.pgserver import find_bin_dir, postgres_server
 
 ROWS = 100_000
@@ -70,7 +70,7 @@ def _get_latency(client: SSOClient, setting: str | Path, password_file: Path | N
             "gets": float(gets)}
 
 
-def _measure(cluster: LocalCluster, client: SSOClient, kind: str, setting: str | Path,
+def _measure(cluster: Cluster, client: SSOClient, kind: str, setting: str | Path,
              password_file: Path | None, rows: int, gets: int,
              store_args: list[str]) -> dict[str, Any]:
     setup_s = _load(client, setting, password_file, rows)
@@ -98,7 +98,7 @@ def _measure(cluster: LocalCluster, client: SSOClient, kind: str, setting: str |
             "cred_get": _get_latency(client, setting, password_file, rows, gets)}
 
 
-def _postgresql(cluster: LocalCluster, client: SSOClient, rows: int,
+def _postgresql(cluster: Cluster, client: SSOClient, rows: int,
                 gets: int) -> dict[str, Any]:
     if find_bin_dir() is None:
         return {"skipped": True, "note": "no PostgreSQL server binaries on this machine"}
@@ -115,7 +115,7 @@ def _postgresql(cluster: LocalCluster, client: SSOClient, rows: int,
 def run(quick: bool = False, trials: int | None = None) -> dict[str, Any]:
     rows = 2_000 if quick else ROWS
     gets = 200 if quick else GETS
-    backends: dict[str, Callable[[LocalCluster, SSOClient], dict[str, Any]]] = {
+    backends: dict[str, Callable[[Cluster, SSOClient], dict[str, Any]]] = {
         "sqlite": lambda c, cl: _measure(c, cl, "sqlite", c.root / "bench-sso.db", None,
                                          rows, gets, ["--store", str(c.root / "bench-sso.db")]),
         "postgresql": lambda c, cl: _postgresql(c, cl, rows, gets),

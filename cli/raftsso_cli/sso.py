@@ -21,8 +21,8 @@ from typing import Any
 import click
 
 from raftsso.client import SSOClient
-from raftsso.config import RemoteConfig, load_remote_config
-from raftsso.errors import ConfigError, InvalidToken, RaftssoError
+from raftsso.config import RemoteConfig, load_remote_config, update_toml
+from raftsso.errors import InvalidToken, RaftssoError
 from raftsso.fsutil import atomic_write
 from raftsso.store import App, AppType, Entry, RowKind, SSOStore, open_store
 from raftsso.store.backend import store_location
@@ -246,8 +246,8 @@ def migrate(ctx: click.Context) -> None:
 @click.pass_context
 def join(ctx: click.Context, adopt: bool, yes: bool) -> None:
     """Point the -c configuration at the store of sso --store (ENTSSO's "join an existing
-    SSO database"): checks it belongs to this cluster, then writes store = "…" (and
-    store_password_file) into the configuration file."""
+    SSO database"): checks it belongs to this cluster, then sets store = "…" (and
+    store_password_file) in the configuration file."""
     obj = ctx.obj or {}
     if obj.get("store") is None or obj.get("config") is None:
         raise InputError("join needs -c DIR/client.toml (the file to change) and "
@@ -262,29 +262,12 @@ def join(ctx: click.Context, adopt: bool, yes: bool) -> None:
         store.bind_cluster(cfg.cluster_id, adopt=adopt)
         store_id, kind = store.store_id, store.kind
     where = setting.where if isinstance(setting.where, str) else setting.where.resolve()
-    _set_config_keys(cfg.path, {
+    update_toml(cfg.path, {
         "store": str(where),
         "store_password_file": str(setting.password_file.resolve())
         if setting.password_file is not None else None})
+    load_remote_config(cfg.path)  # still a valid configuration
     click.echo(f"{cfg.path} now uses SSO store {store_id} ({kind}, cluster {cfg.cluster_id})")
-
-
-def _set_config_keys(path: Path, values: dict[str, str | None]) -> None:
-    """Set (or remove, for None) top-level string keys of a TOML file, keeping the rest of
-    it as written (comments included); the result must load as a configuration."""
-    lines = path.read_text().splitlines()
-    top = next((i for i, line in enumerate(lines) if line.lstrip().startswith("[")),
-               len(lines))
-    head = [line for line in lines[:top]
-            if line.split("=", 1)[0].strip() not in values]
-    for key, value in values.items():
-        if value is not None:
-            if any(ord(c) < 32 or ord(c) == 127 for c in value):
-                raise ConfigError(f"cannot write {key} with control characters to {path}")
-            head.append(f"{key} = {json.dumps(value, ensure_ascii=False)}")
-    text = "\n".join([*head, *lines[top:]]) + "\n"
-    atomic_write(path, text.encode(), mode=path.stat().st_mode & 0o777)
-    load_remote_config(path)
 
 
 # -- applications -----------------------------------------------------------------------

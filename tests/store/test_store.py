@@ -35,8 +35,8 @@ from raftsso.store import (
     open_store,
 )
 from raftsso.store.rewrap import Progress, rewrap
+from tests.fakes import KEYS, FakeClock, FakeSource, make_client, ring
 from tests.store.conftest import Target
-from tests.unit.test_client import CLUSTER, KEYS, FakeClock, FakeSource, ring
 
 PASSWORD = b"correct horse battery staple 7f3a"
 CONFIG_VALUE = b"Server=db1;Password=Tr0ub4dor&3-config"
@@ -56,8 +56,7 @@ def source() -> FakeSource:
 
 @pytest.fixture
 def client(source: FakeSource, clock: FakeClock) -> Iterator[SSOClient]:
-    with SSOClient(source, cluster_id=CLUSTER, resync_interval=10.0, max_staleness=20.0,
-                   clock=clock, background=False) as c:
+    with make_client(source, clock) as c:
         yield c
 
 

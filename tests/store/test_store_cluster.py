@@ -15,7 +15,7 @@ import pytest
 
 from raftsso.client import SSOClient
 from raftsso.store import RowKind, associated_data, open_store
-from tests.harness import LocalCluster, cli, wait_for
+from tests.harness import Cluster, cli, wait_for
 from tests.integration.test_sso_cli import CONFIG_VALUE, CREDENTIAL, _fails, _ok
 from tests.pgserver import PostgresServer
 from tests.store.conftest import Target
@@ -28,7 +28,7 @@ def _join(toml: Path, pg: PostgresServer, *extra: str) -> bytes:
                str(pg.password_file), "join", *extra)
 
 
-def _pg_store(cluster: LocalCluster, pg: PostgresServer) -> None:
+def _pg_store(cluster: Cluster, pg: PostgresServer) -> None:
     """A fresh PostgreSQL store that client.toml and admin.toml both use."""
     pg.reset()
     for toml in (cluster.client_toml, cluster.admin_toml):
@@ -36,7 +36,7 @@ def _pg_store(cluster: LocalCluster, pg: PostgresServer) -> None:
 
 
 def test_the_sso_cli_against_postgresql_shared_by_two_client_configurations(
-        cluster: LocalCluster, pg_server: PostgresServer, tmp_path: Path) -> None:
+        cluster: Cluster, pg_server: PostgresServer, tmp_path: Path) -> None:
     pg = pg_server
     pg.reset()
     a = cluster.client_toml
@@ -103,7 +103,7 @@ def test_the_sso_cli_against_postgresql_shared_by_two_client_configurations(
 
 
 def test_1000_writes_during_a_sigkilled_then_rerun_rewrap_all_survive_under_the_primary(
-        cluster: LocalCluster, pg_server: PostgresServer, tmp_path: Path) -> None:
+        cluster: Cluster, pg_server: PostgresServer, tmp_path: Path) -> None:
     _pg_store(cluster, pg_server)
     rows = 20_000
     users = [f"user{i:06d}" for i in range(rows)]
@@ -167,7 +167,7 @@ def test_1000_writes_during_a_sigkilled_then_rerun_rewrap_all_survive_under_the_
 
 
 def test_retire_is_refused_while_the_postgresql_store_uses_the_version(
-        cluster: LocalCluster, pg_server: PostgresServer) -> None:
+        cluster: Cluster, pg_server: PostgresServer) -> None:
     _pg_store(cluster, pg_server)
     c = str(cluster.client_toml)
     _ok("-c", c, "sso", "app", "add", "payroll")
@@ -184,7 +184,7 @@ def test_retire_is_refused_while_the_postgresql_store_uses_the_version(
 # -- issue 11: versions from token headers, damaged rows in one line ------------------------------
 
 
-def _v1_store(cluster: LocalCluster, path: Path, key_version: object) -> None:
+def _v1_store(cluster: Cluster, path: Path, key_version: object) -> None:
     """A raftsso 0.1 (schema 1) SQLite store: 5 rows under version 1 whose key_version
     column says ``key_version``."""
     target = Target("sqlite", path, None)
@@ -200,7 +200,7 @@ def _v1_store(cluster: LocalCluster, path: Path, key_version: object) -> None:
 
 
 def test_rewrap_and_retire_read_the_version_from_the_token_header_not_the_column(
-        cluster: LocalCluster, tmp_path: Path) -> None:
+        cluster: Cluster, tmp_path: Path) -> None:
     store = tmp_path / "old.db"
     _v1_store(cluster, store, key_version=2)  # the column lies: the rows are under 1
     assert cluster.rotate(now=True)["version"] == 2
@@ -217,7 +217,7 @@ def test_rewrap_and_retire_read_the_version_from_the_token_header_not_the_column
 
 
 def test_a_text_token_or_a_text_version_column_is_one_line_and_exit_1(
-        cluster: LocalCluster, tmp_path: Path) -> None:
+        cluster: Cluster, tmp_path: Path) -> None:
     admin = str(cluster.admin_toml)
     # A non-numeric key_version column (raftsso 0.1's schema): no longer read at all.
     text_column = tmp_path / "text-column.db"
