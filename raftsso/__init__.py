@@ -36,7 +36,7 @@ from raftsso.errors import (
     Unavailable,
 )
 from raftsso.protocol.codes import ErrorCode
-from raftsso.store import SSOStore
+from raftsso.store import SSOStore, open_store
 
 __version__ = "0.1.0"
 
@@ -48,12 +48,3 @@ __all__ = [
     "StorageError", "StoreError", "Unavailable", "open_store",
 ]
 
-
-def __getattr__(name: str) -> object:
-    # ``open_store`` arrives with the store package (raftsso.store); resolved on first use
-    # so that this module does not depend on which store version is installed.
-    if name == "open_store":
-        from raftsso import store
-
-        return getattr(store, "open_store")  # noqa: B009
-    raise AttributeError(f"module 'raftsso' has no attribute {name!r}")
