@@ -36,6 +36,7 @@ from raftsso import pki
 from raftsso.config import split_address
 from raftsso.errors import DecodeError, FrameTooLarge, NotLeader, RaftssoError, RemoteError
 from raftsso.node import Node
+from raftsso.tlserrors import handshake_failure_reason
 from raftsso.wire import decode_body, encode_frame, error, frame_length, ok, parse_request
 
 log = logging.getLogger(__name__)
@@ -306,27 +307,6 @@ def _peer_address(peername: Any) -> str:
         host = str(peername[0])
         return f"[{host}]:{peername[1]}" if ":" in host else f"{host}:{peername[1]}"
     return str(peername)
-
-
-def handshake_failure_reason(exc: BaseException) -> str:
-    """A small fixed set of labels for why a TLS handshake failed (a metrics label)."""
-    if isinstance(exc, TimeoutError):
-        return "timeout"
-    if isinstance(exc, ssl.SSLError):
-        text = f"{exc.reason or ''} {exc}".upper()
-        if "PEER_DID_NOT_RETURN_A_CERTIFICATE" in text or "NO_CERTIFICATE" in text:
-            return "no_client_certificate"
-        if "CERTIFICATE" in text or "UNKNOWN_CA" in text or "BAD_SIGNATURE" in text:
-            return "bad_certificate"
-        if ("WRONG_VERSION" in text or "UNSUPPORTED_PROTOCOL" in text or "HTTP" in text
-                or "PROTOCOL" in text or "NO_SHARED_CIPHER" in text):
-            return "protocol"
-        if "EOF" in text:
-            return "closed"
-        return "tls_error"
-    if isinstance(exc, ConnectionError | EOFError | asyncio.IncompleteReadError):
-        return "closed"
-    return "other"
 
 
 def _plain(details: dict[str, Any]) -> dict[str, Any]:

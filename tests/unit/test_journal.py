@@ -1,4 +1,4 @@
-"""raftsso.raft.DurableJournal: the fsynced, CRC-checked Raft journal (and snapshot files)."""
+"""raftsso.raft.journal: the fsynced, CRC-checked Raft journal (and snapshot files)."""
 
 from __future__ import annotations
 
@@ -13,12 +13,15 @@ from pathlib import Path
 import pytest
 from pysyncobj.journal import FileJournal
 
-from raftsso import raft
 from raftsso.errors import DecodeError, StorageError
-from raftsso.raft import DurableJournal, read_snapshot_file
+from raftsso.raft import journal as raft_journal
+from raftsso.raft import snapshot as raft_snapshot
+from raftsso.raft import storage
+from raftsso.raft.journal import DurableJournal
+from raftsso.raft.snapshot import read_snapshot_file
 from raftsso.wire import versioned
 
-HEADER = raft.JOURNAL_MAGIC + bytes([raft.JOURNAL_FORMAT])
+HEADER = raft_journal.JOURNAL_MAGIC + bytes([raft_journal.JOURNAL_FORMAT])
 RECORD_OVERHEAD = 8 + 16  # length + crc, index + term
 
 
@@ -52,7 +55,7 @@ def open_journal(opened: list[DurableJournal]) -> OpenJournal:
 def failures(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Record storage failures instead of ending the test process."""
     calls: list[str] = []
-    monkeypatch.setattr(raft, "on_storage_failure", calls.append)
+    monkeypatch.setattr(storage, "on_storage_failure", calls.append)
     return calls
 
 
@@ -192,7 +195,7 @@ def test_term_and_vote_are_durable_at_once(path: str, open_journal: OpenJournal)
     assert third.getVotedForNodeId() is None
     meta = Path(path + ".meta")
     assert stat.S_IMODE(meta.stat().st_mode) == 0o600
-    assert meta.read_bytes()[0] == raft.META_FORMAT
+    assert meta.read_bytes()[0] == raft_journal.META_FORMAT
 
 
 def test_commit_index_is_saved_on_flush(path: str, open_journal: OpenJournal) -> None:
@@ -225,7 +228,7 @@ def test_destroy_flushes_meta(path: str) -> None:
 
 def _torn_warnings(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
     return [r for r in caplog.records
-            if r.name == "raftsso.raft" and r.levelno == logging.WARNING
+            if r.name == "raftsso.raft.journal" and r.levelno == logging.WARNING
             and "torn or corrupt tail" in r.getMessage()]
 
 
@@ -241,7 +244,7 @@ def test_garbage_tail_is_cut_with_a_warning(path: str, open_journal: OpenJournal
     good_size = Path(path).stat().st_size
     with Path(path).open("ab") as fh:
         fh.write(garbage)
-    caplog.set_level(logging.WARNING, logger="raftsso.raft")
+    caplog.set_level(logging.WARNING, logger="raftsso.raft.journal")
     j = open_journal(path)
     assert [j[i] for i in range(len(j))] == entries
     assert len(_torn_warnings(caplog)) == 1
@@ -260,7 +263,7 @@ def test_every_cut_inside_the_last_record_is_detected(path: str, open_journal: O
     _fill(open_journal(path), entries)
     full = Path(path).read_bytes()
     last = _record_size(entries[-1])
-    caplog.set_level(logging.WARNING, logger="raftsso.raft")
+    caplog.set_level(logging.WARNING, logger="raftsso.raft.journal")
     for cut in range(1, last):
         Path(path).write_bytes(full[:-cut])
         caplog.clear()
@@ -276,7 +279,7 @@ def test_a_flipped_byte_in_the_last_record_is_caught_by_the_crc(
     _fill(open_journal(path), entries)
     full = Path(path).read_bytes()
     last = _record_size(entries[-1])
-    caplog.set_level(logging.WARNING, logger="raftsso.raft")
+    caplog.set_level(logging.WARNING, logger="raftsso.raft.journal")
     for pos in range(len(full) - last, len(full)):
         damaged = bytearray(full)
         damaged[pos] ^= 0x40
@@ -308,7 +311,7 @@ def test_every_damaged_byte_before_a_valid_record_refuses_to_start(
     _fill(open_journal(path), entries)
     full = Path(path).read_bytes()
     start = len(HEADER) + sum(_record_size(e) for e in entries[:record])
-    caplog.set_level(logging.WARNING, logger="raftsso.raft")
+    caplog.set_level(logging.WARNING, logger="raftsso.raft.journal")
     for pos in range(start, start + _record_size(entries[record])):
         damaged = bytearray(full)
         damaged[pos] ^= 0x40
@@ -344,7 +347,7 @@ def test_a_torn_record_that_embeds_an_older_record_is_still_a_tail(
     earlier = full[len(HEADER):len(HEADER) + _record_size(entries[0])]
     torn = struct.pack(">II", 500, 0) + struct.pack(">QQ", 5, 2) + earlier
     Path(path).write_bytes(full + torn)
-    caplog.set_level(logging.WARNING, logger="raftsso.raft")
+    caplog.set_level(logging.WARNING, logger="raftsso.raft.journal")
     j = open_journal(path)
     assert [j[i] for i in range(len(j))] == entries
     assert len(_torn_warnings(caplog)) == 1
@@ -397,7 +400,7 @@ def test_a_pysyncobj_journal_is_refused_untouched(path: str) -> None:
 
 
 @pytest.mark.parametrize("meta", [b"", b"\x80\x02}q\x00.", b"\x02\x80", b"\x01\xc1",
-                                  versioned(raft.META_FORMAT, [1, 2])],
+                                  versioned(raft_journal.META_FORMAT, [1, 2])],
                          ids=["empty", "pickle", "format-2", "garbage", "list"])
 def test_a_foreign_meta_file_is_refused(path: str, meta: bytes) -> None:
     Path(path + ".meta").write_bytes(meta)
@@ -428,7 +431,7 @@ def test_failing_fdatasync_does_not_append(path: str, open_journal: OpenJournal,
     assert j[-1] == entries[-1]
     # once the disk is back (in real life: after a restart), the journal stays consistent
     monkeypatch.undo()
-    monkeypatch.setattr(raft, "on_storage_failure", failures.append)
+    monkeypatch.setattr(storage, "on_storage_failure", failures.append)
     j.add(b"\x00ok", 4, 1)
     assert [j[i] for i in range(len(j))] == [*entries, (b"\x00ok", 4, 1)]
     again = open_journal(path)
@@ -538,7 +541,7 @@ def test_failing_term_write_keeps_a_pending_commit_index(
         j.setCurrentTerm(3, None)
     assert (j.getCurrentTerm(), j.getVotedForNodeId(), j.getRaftCommitIndex()) == (2, "a:1", 7)
     monkeypatch.undo()
-    monkeypatch.setattr(raft, "on_storage_failure", failures.append)
+    monkeypatch.setattr(storage, "on_storage_failure", failures.append)
     j.setCurrentTerm(3, None)  # writes the pending commit index along with the new term
     again = open_journal(path)
     assert (again.getCurrentTerm(), again.getVotedForNodeId(),
@@ -563,14 +566,14 @@ def test_failing_compaction_keeps_the_old_file(path: str, open_journal: OpenJour
 
 
 def test_the_default_failure_hook_ends_the_process() -> None:
-    assert raft.on_storage_failure is raft._die
+    assert storage.on_storage_failure is storage._die
 
 
 # -- snapshot files (read before pysyncobj sees them) -----------------------------------
 
 
 def test_snapshot_file_round_trip(tmp_path: Path) -> None:
-    blob = versioned(raft.SNAPSHOT_FILE_FORMAT, {
+    blob = versioned(raft_snapshot.SNAPSHOT_FILE_FORMAT, {
         "fsm": b"\x01fsm", "last": [b"\x00c", 10, 2], "prev": [b"\x00b", 9, 2],
         "cluster": ["127.0.0.1:7100", "127.0.0.1:7103"]})
     path = tmp_path / "raft.snapshot"
@@ -588,7 +591,7 @@ def test_snapshot_file_round_trip(tmp_path: Path) -> None:
 ], ids=repr)
 def test_malformed_snapshot_files(tmp_path: Path, raw: object) -> None:
     path = tmp_path / "raft.snapshot"
-    path.write_bytes(versioned(raft.SNAPSHOT_FILE_FORMAT, raw))
+    path.write_bytes(versioned(raft_snapshot.SNAPSHOT_FILE_FORMAT, raw))
     with pytest.raises(DecodeError):
         read_snapshot_file(path)
     path.write_bytes(b"\x1f\x8b gzip+pickle from pysyncobj")

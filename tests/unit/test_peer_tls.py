@@ -1,4 +1,4 @@
-"""raftsso.peer_tls in one process: two PeerLinks on 127.0.0.1 with certificates of a test CA.
+"""raftsso.raft.peer_links in one process: two PeerLinks on 127.0.0.1, certificates of a test CA.
 
 pysyncobj is not involved: each side's "pysyncobj end" is the plain socket that ``dial``
 returns or that ``on_incoming`` receives. Every wait has a deadline and polls a condition
@@ -18,8 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from raftsso import peer_tls, pki
-from raftsso.peer_tls import PeerLinks, failure_reason
+from raftsso import pki
+from raftsso.raft import peer_links as peer_tls
+from raftsso.raft.peer_links import PeerLinks, failure_reason
+from raftsso.tlserrors import LABELS, handshake_failure_reason
 from tests.harness import wait_for
 
 TIMEOUT = 10.0
@@ -388,11 +390,18 @@ def test_a_busy_port_is_a_config_error(certs: Pki, monkeypatch: pytest.MonkeyPat
             links.start()
 
 
-def test_failure_reasons() -> None:
+def test_failure_reasons_are_the_service_ports_labels_in_words() -> None:
+    # One classification for both listeners (raftsso.tlserrors): the Raft port logs the
+    # words of the label the service port counts in its metrics.
     assert failure_reason(TimeoutError()) == "handshake timeout"
+    aborted = ConnectionAbortedError("SSL handshake is taking longer than 5.0 seconds: "
+                                     "aborting the connection")
+    assert handshake_failure_reason(aborted) == "timeout"
     assert failure_reason(ssl.SSLCertVerificationError()) == "certificate not accepted"
+    assert handshake_failure_reason(ssl.SSLCertVerificationError()) == "bad_certificate"
     assert failure_reason(ConnectionResetError()) == "closed during the handshake"
-    assert failure_reason(ValueError()) == "ValueError"
+    assert handshake_failure_reason(ValueError()) == "other"
+    assert {failure_reason(e) for e in (TimeoutError(), ValueError())} <= set(LABELS.values())
 
 
 def test_peer_contexts_speak_only_tls13(certs: Pki) -> None:

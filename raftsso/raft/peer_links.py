@@ -1,7 +1,7 @@
 """Mutual TLS between Raft peers: pysyncobj's bytes travel only over authenticated links.
 
 pysyncobj 0.3.17 pickles its messages and guards them with one shared Fernet password
-(:mod:`raftsso.raft` keeps that password, restricts the unpickler and caps frames). A leaked
+(:mod:`raftsso.raft.hardening` restricts the unpickler and caps frames). A leaked
 password alone would still let anyone who reaches the Raft port join as a member, send
 commands and read every sealed secret. With peer TLS (``peer_tls = true``, the default)
 pysyncobj binds no port and opens no connection of its own; this module carries its bytes::
@@ -35,7 +35,7 @@ every local user of the host, who with the password could join through it; a soc
 no address. The links run in their own thread with its own event loop, so Raft heartbeats
 never queue behind SSO client requests on the service's loop.
 
-This module knows nothing of pysyncobj; :mod:`raftsso.raft` wires it in.
+This module knows nothing of pysyncobj; :mod:`raftsso.raft.transport` wires it in.
 """
 
 from __future__ import annotations
@@ -55,6 +55,7 @@ from typing import Any
 from raftsso import pki
 from raftsso.config import split_address
 from raftsso.errors import ConfigError
+from raftsso.tlserrors import describe, handshake_failure_reason
 
 log = logging.getLogger(__name__)
 
@@ -84,25 +85,8 @@ def peer_context(ca: Path, cert: Path, key: Path, *, server: bool) -> ssl.SSLCon
 
 
 def failure_reason(exc: BaseException) -> str:
-    """A short label for a failed TLS handshake (the key of the refusal log's rate limit)."""
-    if isinstance(exc, TimeoutError):
-        return "handshake timeout"
-    if isinstance(exc, ConnectionAbortedError) and "handshake" in str(exc):
-        return "handshake timeout"
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return "certificate not accepted"
-    if isinstance(exc, ssl.SSLError):
-        text = f"{exc.reason or ''} {exc}".upper()
-        if "PEER_DID_NOT_RETURN_A_CERTIFICATE" in text or "NO_CERTIFICATE" in text:
-            return "no client certificate"
-        if "CERTIFICATE" in text or "UNKNOWN_CA" in text or "BAD_SIGNATURE" in text:
-            return "certificate not accepted"
-        if "EOF" in text:
-            return "closed during the handshake"
-        return "not TLS 1.3 or not TLS at all"
-    if isinstance(exc, ConnectionError | EOFError):
-        return "closed during the handshake"
-    return type(exc).__name__
+    """A short description of a failed TLS handshake (see :mod:`raftsso.tlserrors`)."""
+    return describe(handshake_failure_reason(exc))
 
 
 class _Refusals:

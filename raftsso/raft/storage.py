@@ -1,0 +1,92 @@
+"""What a failed storage operation means: stop the node, or wait and retry.
+
+A failed ``fsync``, ``write`` or ``ftruncate`` on the journal, its term and vote, or a
+snapshot (EIO, ENOSPC, EROFS...) is a real storage failure: nothing after it may be
+acknowledged, so the process ends at once with :data:`EXIT_STORAGE_FAILURE`
+(:func:`on_storage_failure`, replaceable by tests).
+
+Running out of file descriptors or memory (EMFILE, ENFILE, ENOMEM, ENOBUFS) is *transient*:
+someone opened too many connections, and they will go. The journal never needs a new
+descriptor for what it acknowledges (it keeps its files open, see
+:mod:`raftsso.raft.journal` and :mod:`raftsso.raft.meta`); where an ``open`` cannot be
+avoided (a snapshot's temporary file, the rewritten journal of a compaction) the operation
+is skipped and retried later, nothing is acknowledged on its account, and a line is logged
+at most every :data:`TRANSIENT_LOG_PERIOD` seconds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable
+
+from raftsso.errors import StorageError
+
+log = logging.getLogger(__name__)
+
+EXIT_STORAGE_FAILURE = 75
+TRANSIENT_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+TRANSIENT_LOG_PERIOD = 10.0
+
+
+class TransientStorageError(StorageError):
+    """A storage step could not run for lack of descriptors or memory; retry later."""
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Out of descriptors or memory (retry later), as opposed to a failing disk."""
+    if isinstance(exc, MemoryError | TransientStorageError):
+        return True
+    return isinstance(exc, OSError) and exc.errno in TRANSIENT_ERRNOS
+
+
+def _die(message: str) -> None:
+    """Stop the process at once: nothing after a failed fsync may be acknowledged."""
+    text = f"{message}; stopping this node so that nothing unpersisted is acknowledged"
+    log.critical("%s", text)
+    # Logging may go through a queue whose writer thread os._exit would not wait for.
+    with contextlib.suppress(OSError, ValueError):
+        sys.stderr.write(f"CRITICAL raftsso.raft: {text}\n")
+        sys.stderr.flush()
+    logging.shutdown()
+    os._exit(EXIT_STORAGE_FAILURE)
+
+
+on_storage_failure: Callable[[str], None] = _die
+"""Called with a message on a real storage failure; tests replace it to observe one."""
+
+
+def fail(message: str) -> None:
+    """Report a real storage failure (through the current :data:`on_storage_failure`)."""
+    on_storage_failure(message)
+
+
+class _TransientLog:
+    """One warning per :data:`TRANSIENT_LOG_PERIOD` for each kind of postponed step."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def warn(self, what: str, exc: BaseException) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if now - self._last.get(what, -1e9) < TRANSIENT_LOG_PERIOD:
+                self._suppressed[what] = self._suppressed.get(what, 0) + 1
+                return
+            self._last[what] = now
+            more = self._suppressed.pop(what, 0)
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        log.warning("%s postponed: %s (out of file descriptors or memory; nothing is "
+                    "acknowledged on its account, it is retried later)%s", what, reason,
+                    f" ({more} more like it suppressed)" if more else "")
+
+
+transient = _TransientLog()
+"""The rate-limited log of postponed storage steps."""

@@ -1,0 +1,135 @@
+"""pysyncobj transports: TCP without read-only members or utility commands, and peer TLS.
+
+:class:`HardenedTransport` is pysyncobj's TCP transport minus what a holder of the cluster
+secret could abuse (read-only "observer" members, remote utility commands). With peer TLS
+(the default) :class:`PeerTLSTransport` binds nothing and dials nobody: every link is a
+socketpair whose other end :mod:`raftsso.raft.peer_links` joins to a mutual-TLS connection.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import queue
+import socket
+import time
+from typing import Any
+
+from pysyncobj.monotonic import monotonic as _pso_monotonic
+from pysyncobj.tcp_connection import CONNECTION_STATE, TcpConnection
+from pysyncobj.transport import TCPTransport
+
+from raftsso.raft.peer_links import PeerLinks
+
+log = logging.getLogger(__name__)
+
+
+class HardenedTransport(TCPTransport):  # type: ignore[misc]
+    """pysyncobj's TCP transport minus read-only members and remote utility commands.
+
+    It also records when each peer was last heard from (for ``status``).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.last_heard: dict[str, float] = {}
+        super().__init__(*args, **kwargs)
+
+    def _onIncomingMessageReceived(self, conn: Any, message: Any) -> None:
+        if self._syncObj.encryptor and not conn.sendRandKey:
+            super()._onIncomingMessageReceived(conn, message)
+            return
+        # After the key exchange the first message names the peer. Only configured members
+        # may speak; "readonly" observers would receive every sealed secret, and utility
+        # commands would let a password holder change membership behind our back.
+        if not isinstance(message, str) or message not in self._nodeAddrToNode:
+            log.warning("refusing a Raft connection that did not identify as a member")
+            conn.disconnect()
+            self._unknownConnections.discard(conn)
+            return
+        # Over peer TLS the certificate has named the member already: its hello must agree
+        # (a member's certificate does not let it speak as another member).
+        expected = getattr(conn, "raftsso_peer_address", None)
+        if expected is not None and message != expected:
+            log.warning("refusing a Raft link from the member at %s: it introduced itself "
+                        "as %s", expected, message)
+            conn.disconnect()
+            self._unknownConnections.discard(conn)
+            return
+        super()._onIncomingMessageReceived(conn, message)
+
+    def _onMessageReceived(self, node: Any, message: Any) -> None:
+        self.last_heard[node.id] = time.monotonic()
+        super()._onMessageReceived(node, message)
+
+
+class PeerTLSTransport(HardenedTransport):
+    """:class:`HardenedTransport` whose every link is a socketpair to :mod:`raftsso.peer_tls`.
+
+    pysyncobj binds nothing and dials nothing. Incoming links arrive authenticated (the TLS
+    front queues pysyncobj's end with the peer's Raft address; they are adopted here, in
+    the Raft thread, on the next tick). An outgoing link is pysyncobj's end of a socketpair
+    whose other end :meth:`PeerLinks.dial` joins to the peer over mutual TLS; it starts in
+    the state of a TCP connect under way, so pysyncobj's own handshake (key exchange with
+    the password, then its hello) runs exactly as over TCP. Only one side of a pair dials
+    (pysyncobj's ``_shouldConnect``: the greater address).
+    """
+
+    def __init__(self, syncObj: Any, selfNode: Any, otherNodes: Any) -> None:
+        self._peer_links: PeerLinks = syncObj._peer_links
+        self._peer_incoming: queue.SimpleQueue[tuple[socket.socket, str]] = \
+            syncObj._peer_incoming
+        super().__init__(syncObj, selfNode, otherNodes)
+
+    def _createServer(self) -> None:
+        self._server = None  # the TLS front listens on raft_address
+
+    def _maybeBind(self) -> None:
+        # Nothing to bind: ready at once (TCPTransport's flag and event, read by waitReady).
+        if not getattr(self, "_ready", False):
+            self._ready = True
+            self._bindOverEvent.set()
+
+    def _onTick(self) -> None:
+        self._adopt_incoming()
+        super()._onTick()
+
+    def _new_connection(self, sock: socket.socket) -> Any:
+        conf = self._syncObj.conf
+        return TcpConnection(poller=self._syncObj._poller, socket=sock,
+                             timeout=conf.connectionTimeout,
+                             sendBufferSize=conf.sendBufferSize,
+                             recvBufferSize=conf.recvBufferSize)
+
+    def _adopt_incoming(self) -> None:
+        while True:
+            try:
+                sock, address = self._peer_incoming.get_nowait()
+            except queue.Empty:
+                return
+            conn = self._new_connection(sock)
+            conn.raftsso_peer_address = address
+            self._onNewIncomingConnection(conn)
+
+    def _connectIfNecessarySingle(self, node: Any) -> bool:
+        # TCPTransport's version, with PeerLinks.dial instead of conn.connect(ip, port).
+        current = self._connections.get(node)
+        if current is not None and current.state != CONNECTION_STATE.DISCONNECTED:
+            return True
+        if not self._shouldConnect(node):
+            return False
+        last = self._lastConnectAttempt.get(node)
+        if last is not None and \
+                _pso_monotonic() - last < self._syncObj.conf.connectionRetryTime:
+            return False
+        self._lastConnectAttempt[node] = _pso_monotonic()
+        sock = self._peer_links.dial(node.address)
+        if sock is None:
+            return False
+        conn = self._new_connection(sock)
+        conn._TcpConnection__state = CONNECTION_STATE.CONNECTING
+        conn.encryptor = self._syncObj.encryptor
+        conn.setOnConnectedCallback(functools.partial(self._onOutgoingConnected, conn))
+        conn.setOnMessageReceivedCallback(functools.partial(self._onMessageReceived, node))
+        conn.setOnDisconnectedCallback(functools.partial(self._onDisconnected, conn))
+        self._connections[node] = conn
+        return True
