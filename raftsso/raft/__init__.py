@@ -9,7 +9,8 @@ Nothing of pysyncobj (objects, failure integers) leaves the package.
   not applied" (:class:`~raftsso.errors.NotLeader`) or "unknown"
   (:class:`~raftsso.errors.OutcomeUnknown`); a leader steps down after
   ``leader_fallback_timeout`` without a majority (pysyncobj's default is 30 s).
-* ``journal``: the fsynced, CRC-checked journal with durable term and vote.
+* ``journal``: the fsynced, CRC-checked journal; ``meta``: its term and vote, written in
+  place into two pre-opened slots (no new file descriptor needed at run time).
 * ``snapshot``: the msgpack snapshot file (no pickle, no fork), written atomically.
 * ``storage``: a failed fsync stops the node; running out of descriptors does not.
 * ``hardening``: restricted unpickler, peer frame cap, the patches and the version check.

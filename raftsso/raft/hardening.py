@@ -5,7 +5,8 @@
   argument-checking stand-in for ``bytes`` (``b""`` needs it).
 * A peer frame longer than :data:`MAX_PEER_FRAME` drops the connection before it is
   buffered (pysyncobj buffers without bound before it checks the HMAC).
-* pysyncobj's journal factory builds :class:`~raftsso.raft.journal.DurableJournal`.
+* pysyncobj's journal factory builds :class:`~raftsso.raft.journal.DurableJournal`, and its
+  snapshot files go through :class:`~raftsso.raft.snapshot.DurableSerializer`.
 
 The patches touch pysyncobj internals, so :func:`harden_pysyncobj` checks the version.
 """
@@ -27,6 +28,7 @@ import pysyncobj.tcp_connection as _pso_tcp
 
 from raftsso.errors import StorageError
 from raftsso.raft.journal import create_journal
+from raftsso.raft.snapshot import DurableSerializer
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +144,7 @@ def harden_pysyncobj() -> None:
         raise StorageError(f"raftsso needs pysyncobj {PYSYNCOBJ_VERSION} (found {version}); "
                            "its internals are patched for durability and safety")
     _pso_syncobj.createJournal = create_journal
+    _pso_syncobj.Serializer = DurableSerializer
     _pso_syncobj.pickle = _PICKLE_SHIM
     _pso_tcp.pickle = _PICKLE_SHIM
     _pso_tcp.TcpConnection._TcpConnection__processRead = _bounded_process_read

@@ -23,16 +23,15 @@ from typing import Any
 
 from pysyncobj.journal import Journal
 
-from raftsso.errors import DecodeError, StorageError
+from raftsso.errors import StorageError
 from raftsso.fsutil import atomic_write
 from raftsso.raft import storage
-from raftsso.wire import unversioned, versioned
+from raftsso.raft.meta import MetaSlots
 
 log = logging.getLogger(__name__)
 
 JOURNAL_MAGIC = b"RSSOJNL"
 JOURNAL_FORMAT = 1
-META_FORMAT = 1
 _RECORD = struct.Struct(">II")  # payload length, crc32 of payload
 _ENTRY = struct.Struct(">QQ")  # index, term
 _HEADER = JOURNAL_MAGIC + bytes([JOURNAL_FORMAT])
@@ -47,14 +46,31 @@ class DurableJournal(Journal):  # type: ignore[misc]
 
     def __init__(self, path: str) -> None:
         self._path = Path(path)
-        self._meta_path = Path(path + ".meta")
         self._entries: list[tuple[bytes, int, int]] = []
         self._offsets: list[int] = []
         # Records cut from the view but still on disk (see deleteEntriesFrom).
         self._pending: list[tuple[tuple[bytes, int, int], int]] = []
-        self._meta = self._load_meta()
+        # Every descriptor the journal needs while it runs is opened here, at start: the
+        # journal, its directory (for fsyncs after a rename) and the two meta slots. A
+        # process out of descriptors can still append, truncate and change term or vote.
+        try:
+            self._dir_fd = os.open(self._path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError as exc:
+            raise StorageError(f"cannot open the directory of {self._path}: "
+                               f"{exc.strerror or exc}") from exc
+        try:
+            self._slots = MetaSlots(self._path, self._dir_fd)
+        except BaseException:
+            os.close(self._dir_fd)
+            raise
+        self._meta = self._slots.meta
         self._meta_dirty = False
-        self._fd = self._open_and_recover()
+        try:
+            self._fd = self._open_and_recover()
+        except BaseException:
+            self._slots.close()
+            os.close(self._dir_fd)
+            raise
 
     # file handling -----------------------------------------------------------------
 
@@ -227,7 +243,12 @@ class DurableJournal(Journal):  # type: ignore[misc]
             self._pending = []
 
     def deleteEntriesTo(self, entryTo: int) -> None:
-        # Log compaction: rewrite the kept entries to a new file and swap it in atomically.
+        """Log compaction: write the kept entries to a new file and swap it in atomically.
+
+        The new file needs a new descriptor: without one (EMFILE, ENFILE) the log simply
+        stays longer for now; pysyncobj compacts again later, and a snapshot newer than
+        the journal's head is reconciled at start (:meth:`trim_to_snapshot`).
+        """
         kept = self._entries[entryTo:]
         chunks = [_HEADER]
         offsets = []
@@ -238,17 +259,56 @@ class DurableJournal(Journal):  # type: ignore[misc]
             offsets.append(end)
             chunks.append(record)
             end += len(record)
+        tmp = self._path.with_name(f".{self._path.name}.tmp")
         try:
-            atomic_write(self._path, b"".join(chunks))
-        except StorageError as exc:
-            storage.fail(str(exc))
-            raise
+            fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+        except OSError as exc:
+            if storage.is_transient(exc):
+                storage.transient.warn("Raft log compaction", exc)
+                return
+            storage.fail(f"creating {tmp} for log compaction failed: {exc}")
+            raise StorageError(str(exc)) from exc
+        try:
+            storage.write_all(fd, b"".join(chunks))
+            os.fsync(fd)
+            os.replace(tmp, self._path)
+            os.fsync(self._dir_fd)
+        except OSError as exc:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            storage.fail(f"rewriting the Raft journal {self._path} for log compaction "
+                         f"failed: {exc}")
+            raise StorageError(str(exc)) from exc
+        # The new file's descriptor is the journal's from now on: no reopen by name.
         os.close(self._fd)
-        self._fd = os.open(self._path, os.O_RDWR)
+        self._fd = fd
         self._pending = []  # the rewritten file holds only the kept entries
         self._entries = list(kept)
         self._offsets = offsets
         self._end = end
+
+    def trim_to_snapshot(self, prev: tuple[bytes, int, int],
+                         last: tuple[bytes, int, int]) -> bool:
+        """Start the journal at the snapshot's last two entries if it holds them later on.
+
+        pysyncobj clears a journal whose head is not the snapshot's ``(prev, last)``,
+        entries after the snapshot included. That head is normal after a compaction, but
+        a crash between writing a snapshot and compacting the journal, or a compaction
+        postponed for lack of descriptors, leaves older entries in front. Called at start,
+        before pysyncobj opens the journal. True if entries were dropped.
+        """
+        for i in range(len(self._entries) - 1):
+            if self._entries[i] == prev and self._entries[i + 1] == last:
+                if i == 0:
+                    return False
+                self.deleteEntriesTo(i)
+                if self._entries[:1] != [prev]:
+                    raise StorageError(f"could not trim {self._path} to its snapshot")
+                log.info("Raft journal %s: dropped %d entries already in the snapshot "
+                         "(a compaction that had not run)", self._path, i)
+                return True
+        return False
 
     def __getitem__(self, item: Any) -> Any:
         return self._entries[item]
@@ -262,33 +322,19 @@ class DurableJournal(Journal):  # type: ignore[misc]
             self._cut_pending()
         with contextlib.suppress(OSError):
             os.close(self._fd)
+        self._slots.close()
+        with contextlib.suppress(OSError):
+            os.close(self._dir_fd)
 
     def flush(self) -> None:
         self._flush_meta()
 
     # meta: term, vote, commit index ---------------------------------------------------
 
-    def _load_meta(self) -> dict[str, Any]:
-        if not self._meta_path.exists():
-            return {}
-        try:
-            meta = unversioned(self._meta_path.read_bytes(), META_FORMAT, "journal meta")
-        except (OSError, DecodeError) as exc:
-            raise StorageError(
-                f"cannot read Raft term and vote from {self._meta_path}: {exc}; the file "
-                "is written atomically, so this is disk damage or a foreign file") from exc
-        if not isinstance(meta, dict):
-            raise StorageError(f"{self._meta_path} does not hold a map")
-        return meta
-
     def _store_meta(self, meta: dict[str, Any] | None = None) -> None:
         """Write ``meta`` (default: the current meta) durably, then make it current."""
         new = self._meta if meta is None else meta
-        try:
-            atomic_write(self._meta_path, versioned(META_FORMAT, new))
-        except StorageError as exc:
-            storage.fail(str(exc))
-            raise
+        self._slots.write(new)
         self._meta = new
         self._meta_dirty = False
 
@@ -320,6 +366,15 @@ class DurableJournal(Journal):  # type: ignore[misc]
 
     def onOneSecondTimer(self) -> None:
         self._flush_meta()
+
+
+def trim_journal(path: Path, prev: tuple[bytes, int, int], last: tuple[bytes, int, int]) -> None:
+    """Open the journal at ``path`` and :meth:`~DurableJournal.trim_to_snapshot` it (at start)."""
+    journal = DurableJournal(str(path))
+    try:
+        journal.trim_to_snapshot(prev, last)
+    finally:
+        journal._destroy()
 
 
 def create_journal(journal_file: str | None = None) -> DurableJournal:

@@ -23,9 +23,10 @@ from raftsso.config import Peer
 from raftsso.errors import NotLeader, OutcomeUnknown
 from raftsso.raft.config import RaftConfig
 from raftsso.raft.hardening import harden_pysyncobj
+from raftsso.raft.journal import trim_journal
 from raftsso.raft.machine import StateMachine
 from raftsso.raft.peer_links import IDLE_TIMEOUT, PeerLinks
-from raftsso.raft.snapshot import SnapshotCodec, check_snapshot_file
+from raftsso.raft.snapshot import SnapshotCodec, check_snapshot_file, read_snapshot_file
 from raftsso.raft.transport import HardenedTransport, PeerTLSTransport
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 Result = TypeVar("Result")
 
 ROLE_NAMES = {0: "follower", 1: "candidate", 2: "leader"}
+STOP_PATIENCE = 5.0
 
 
 @dataclass(frozen=True)
@@ -44,15 +46,23 @@ class PeerView:
 
 
 class _RaftSyncObj(SyncObj):  # type: ignore[misc]
-    def __init__(self, machine: StateMachine[Any], self_addr: str, others: list[str],
-                 conf: SyncObjConf, links: PeerLinks | None = None,
+    def __init__(self, machine: StateMachine[Any], snapshots: SnapshotCodec,
+                 self_addr: str, others: list[str], conf: SyncObjConf,
+                 links: PeerLinks | None = None,
                  incoming: queue.SimpleQueue[tuple[socket.socket, str]] | None = None) -> None:
         self._machine = machine
+        self._snapshots = snapshots
         # Read by PeerTLSTransport while SyncObj.__init__ builds it.
         self._peer_links = links
         self._peer_incoming = incoming
         transport = HardenedTransport if links is None else PeerTLSTransport
         super().__init__(self_addr, others, conf, transportClass=transport)
+
+    def _SyncObj__tryLogCompaction(self) -> None:
+        # After a snapshot could not be written for lack of descriptors, pysyncobj would
+        # retry (and log) on every tick; wait a few seconds instead.
+        if time.monotonic() >= self._snapshots.retry_at:
+            SyncObj._SyncObj__tryLogCompaction(self)
 
     @replicated  # type: ignore[untyped-decorator]
     def _apply_command(self, command: bytes) -> Any:
@@ -90,7 +100,7 @@ class RaftNode(Generic[Result]):
         config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.journal_path = config.data_dir / "raft.journal"
         self.snapshot_path = config.data_dir / "raft.snapshot"
-        self._snapshots = SnapshotCodec(machine)
+        self._snapshots = SnapshotCodec(machine, config.data_dir)
         if self.snapshot_path.exists():
             check_snapshot_file(self.snapshot_path, machine)
 
@@ -101,7 +111,7 @@ class RaftNode(Generic[Result]):
             bindAddress=self._cfg.raft_address,
             journalFile=str(self.journal_path),
             fullDumpFile=str(self.snapshot_path),
-            serializer=self._snapshots.serialize,
+            serializer=self._snapshots,
             deserializer=self._snapshots.deserialize,
             useFork=False,
             appendEntriesUseBatch=False,  # batching adds ~100 ms to every write
@@ -125,22 +135,31 @@ class RaftNode(Generic[Result]):
     def start(self) -> None:
         cfg = self._cfg
         others = [p.raft_address for p in cfg.peers]
+        if self.snapshot_path.exists() and self.journal_path.exists():
+            _fsm, last, prev, _members = read_snapshot_file(self.snapshot_path)
+            trim_journal(self.journal_path, prev, last)
+        self._snapshots.open()
         if cfg.peer_tls:
             assert cfg.ca_cert is not None and cfg.cert is not None and cfg.key is not None
             self._links = PeerLinks(
                 node_id=cfg.node_id, listen=cfg.raft_address, ca=cfg.ca_cert, cert=cfg.cert,
                 key=cfg.key, members=self.peer_members,
                 on_incoming=lambda sock, address: self._incoming.put((sock, address)),
-                idle_timeout=max(IDLE_TIMEOUT, 2 * cfg.timings.connection_timeout))
+                idle_timeout=max(IDLE_TIMEOUT, 2 * cfg.timings.connection_timeout),
+                max_connections=cfg.peer_max_connections,
+                max_handshakes=cfg.peer_max_handshakes,
+                max_per_source=cfg.peer_max_per_source)
             self._links.start()
         else:
             log.warning("peer_tls is off in %s: Raft peers are authenticated by the cluster "
                         "secret alone (anyone who has it can join)", cfg.source or "the config")
         try:
-            self._sync = _RaftSyncObj(self._machine, cfg.raft_address, others, self._conf(),
+            self._sync = _RaftSyncObj(self._machine, self._snapshots, cfg.raft_address,
+                                      others, self._conf(),
                                       links=self._links, incoming=self._incoming)
         except BaseException:
             self._stop_links()
+            self._snapshots.close()
             raise
         self._sync.addOnTickCallback(self._run_tick_jobs)
 
@@ -176,8 +195,15 @@ class RaftNode(Generic[Result]):
     def stop(self) -> None:
         self._stop_links()
         if self._sync is not None:
-            self._sync.destroy()
-            self._sync = None
+            sync, self._sync = self._sync, None
+            sync.destroy()  # the tick thread closes the journal, then ends
+            thread = sync._SyncObj__thread
+            if thread is not None and thread is not threading.current_thread():
+                thread.join(timeout=STOP_PATIENCE)
+            if thread is not None and thread.is_alive():
+                log.warning("the Raft thread did not stop within %.0f s", STOP_PATIENCE)
+                return  # it may still use the snapshot files: leave them open
+        self._snapshots.close()
 
     @property
     def sync(self) -> _RaftSyncObj:

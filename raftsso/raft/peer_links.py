@@ -23,12 +23,21 @@ pysyncobj binds no port and opens no connection of its own; this module carries 
   name), carry the role ``node`` and have as common name the member id that this node's
   directory gives for that address. Until then pysyncobj's bytes wait in the socketpair; on
   any failure both ends close and pysyncobj retries after ``connection_retry``.
-* **Bounded.** At most :data:`MAX_HANDSHAKES` incoming handshakes at a time, each within
-  ``handshake_timeout``; a link idle for ``idle_timeout`` is closed (pysyncobj's own
-  ``connection_timeout`` is shorter and normally closes idle links first); a link whose peer
-  stops being a member is closed within a second. Reading from one side pauses while the
-  other side's write buffer is full. The two sides of a link close together. Refusals are
-  logged, at most one line per second for each reason and remote host.
+* **Bounded.** Anyone who reaches the port can connect, so what a connection costs
+  before its certificate is checked is capped: at most ``max_handshakes`` TLS
+  handshakes in progress, ``max_per_source`` of them from one address, and
+  ``max_connections`` incoming connections in all (handshakes and member links); a
+  connection past a cap is closed at once, before it costs more than the accept. The
+  hosts of current members are held to ``max_per_source`` only, so strangers cannot
+  crowd a member out (an attacker on a member's own host still can, for that host). Each
+  handshake must finish within ``handshake_timeout``. An ``accept`` that finds no file
+  descriptor left (EMFILE, ENFILE) pauses the listener for :data:`ACCEPT_PAUSE` instead of
+  spinning, and says so in the log at most every few seconds. A link idle for
+  ``idle_timeout`` is closed (pysyncobj's own ``connection_timeout`` is shorter and
+  normally closes idle links first); a link whose peer stops being a member is closed
+  within a second. Reading from one side pauses while the other side's write buffer is
+  full. The two sides of a link close together. Refusals are logged, at most one line per
+  second for each reason and remote host.
 
 Why socketpairs and not a loopback port for pysyncobj: a port on 127.0.0.1 can be reached by
 every local user of the host, who with the password could join through it; a socketpair has
@@ -55,13 +64,20 @@ from typing import Any
 from raftsso import pki
 from raftsso.config import split_address
 from raftsso.errors import ConfigError
+from raftsso.raft import storage
+from raftsso.raft.config import (
+    PEER_MAX_CONNECTIONS,
+    PEER_MAX_HANDSHAKES,
+    PEER_MAX_PER_SOURCE,
+)
 from raftsso.tlserrors import describe, handshake_failure_reason
 
 log = logging.getLogger(__name__)
 
 HANDSHAKE_TIMEOUT = 5.0
 IDLE_TIMEOUT = 120.0
-MAX_HANDSHAKES = 64
+ACCEPT_BATCH = 64  # connections accepted per wake-up before other work gets a turn
+ACCEPT_PAUSE = 0.5
 # Bytes accepted from one side of a link before the other side is connected; beyond it
 # reading pauses (pysyncobj's frames are capped at 4 MiB, a heartbeat is ~100 bytes).
 PENDING_LIMIT = 1 << 20
@@ -96,10 +112,11 @@ class _Refusals:
         self._last: dict[tuple[str, str], float] = {}
         self._suppressed: dict[tuple[str, str], int] = {}
 
-    def warn(self, reason: str, host: str, message: str, level: int = logging.WARNING) -> None:
+    def warn(self, reason: str, host: str, message: str, level: int = logging.WARNING,
+             period: float = 1.0) -> None:
         key = (reason, host)
         now = time.monotonic()
-        if now - self._last.get(key, -1e9) < 1.0:
+        if now - self._last.get(key, -1e9) < period:
             self._suppressed[key] = self._suppressed.get(key, 0) + 1
             return
         if len(self._last) > 1024:  # many hosts: forget the old ones
@@ -108,6 +125,28 @@ class _Refusals:
         self._last[key] = now
         more = self._suppressed.pop(key, 0)
         log.log(level, "%s%s", message, f" ({more} more like it suppressed)" if more else "")
+
+
+def _listen(address: str) -> list[socket.socket]:
+    """Non-blocking listening sockets on every address ``address`` resolves to."""
+    host, port = split_address(address)
+    sockets: list[socket.socket] = []
+    try:
+        for family, kind, proto, _name, sockaddr in socket.getaddrinfo(
+                host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE):
+            sock = socket.socket(family, kind, proto)
+            sockets.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(sockaddr)
+            sock.listen(128)
+            sock.setblocking(False)
+    except OSError:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
 
 
 def _host_of(peername: Any) -> str:
@@ -186,6 +225,7 @@ class _Link:
         self.remote = _Half(self)
         self.last_active = time.monotonic()
         self.closed = False
+        self.counted = False  # an incoming link counted against max_connections
 
     def join(self) -> None:
         """Start forwarding both ways, first what either side sent meanwhile."""
@@ -209,6 +249,9 @@ class _Link:
             return
         self.closed = True
         self.owner._links.discard(self)
+        if self.counted:
+            self.counted = False
+            self.owner._incoming -= 1
         for half in (self.local, self.remote):
             if half.transport is not None:
                 # Both at once: whatever one side still had to say is moot without the other.
@@ -222,7 +265,9 @@ class PeerLinks:
                  members: Members, on_incoming: Incoming,
                  handshake_timeout: float = HANDSHAKE_TIMEOUT,
                  idle_timeout: float = IDLE_TIMEOUT,
-                 max_handshakes: int = MAX_HANDSHAKES) -> None:
+                 max_connections: int = PEER_MAX_CONNECTIONS,
+                 max_handshakes: int = PEER_MAX_HANDSHAKES,
+                 max_per_source: int = PEER_MAX_PER_SOURCE) -> None:
         self.node_id = node_id
         self.listen = listen
         self._members = members
@@ -231,13 +276,23 @@ class PeerLinks:
         self._client_ctx = peer_context(ca, cert, key, server=False)
         self.handshake_timeout = handshake_timeout
         self.idle_timeout = idle_timeout
+        self.max_connections = max_connections
         self.max_handshakes = max_handshakes
+        self.max_per_source = max_per_source
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
-        self._server: asyncio.Server | None = None
+        self._listeners: list[socket.socket] = []
         self._sweeper: asyncio.Task[None] | None = None
         self._links: set[_Link] = set()
+        # Incoming connections: TLS handshakes in progress (in all, from hosts that are not
+        # a member's, and by source address) and authenticated links.
         self._handshakes = 0
+        self._strangers = 0
+        self._by_source: dict[str, int] = {}
+        self._incoming = 0
+        # The addresses of the current members' hosts (refreshed by the sweeper): their
+        # handshakes are capped per source only, so strangers cannot crowd members out.
+        self._member_hosts: frozenset[str] = frozenset()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._refusals = _Refusals()
         self._closing = False
@@ -263,13 +318,11 @@ class PeerLinks:
         loop.run_forever()
 
     async def _start(self) -> None:
-        host, port = split_address(self.listen)
         loop = asyncio.get_running_loop()
         deadline = time.monotonic() + BIND_PATIENCE
         while True:
             try:
-                self._server = await loop.create_server(
-                    lambda: _Front(self), host, port, reuse_address=True, backlog=128)
+                self._listeners = _listen(self.listen)
                 break
             except OSError as exc:
                 # A previous process may still hold the port for a moment.
@@ -277,6 +330,9 @@ class PeerLinks:
                     raise ConfigError(f"cannot listen for Raft peers on {self.listen}: "
                                       f"{exc.strerror or exc}") from None
                 await asyncio.sleep(0.2)
+        for sock in self._listeners:
+            loop.add_reader(sock.fileno(), self._accept, sock)
+        await self._refresh_member_hosts()
         self._sweeper = loop.create_task(self._sweep())
         log.info("Raft peer links: mutual TLS on %s (role %r, current members only)",
                  self.listen, ROLE)
@@ -296,8 +352,11 @@ class PeerLinks:
 
     async def _shutdown(self) -> None:
         self._closing = True
-        if self._server is not None:
-            self._server.close()
+        loop = asyncio.get_running_loop()
+        for sock in self._listeners:
+            loop.remove_reader(sock.fileno())
+            sock.close()
+        self._listeners = []
         if self._sweeper is not None:
             self._sweeper.cancel()
         for task in list(self._tasks):
@@ -310,10 +369,15 @@ class PeerLinks:
     @property
     def address(self) -> tuple[str, int] | None:
         """Where the front listens (host, port), once started."""
-        if self._server is None or not self._server.sockets:
+        if not self._listeners:
             return None
-        name = self._server.sockets[0].getsockname()
+        name = self._listeners[0].getsockname()
         return str(name[0]), int(name[1])
+
+    def counts(self) -> dict[str, int]:
+        """Incoming connections now: handshakes in progress and member links (for tests)."""
+        return {"handshakes": self._handshakes, "links": self._incoming,
+                "sources": len(self._by_source)}
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -354,7 +418,12 @@ class PeerLinks:
                                 f"not connecting to Raft address {raft_address}: no current "
                                 "member is known there (yet)", level=logging.INFO)
             return None
-        ours, theirs = socket.socketpair()
+        try:
+            ours, theirs = socket.socketpair()
+        except OSError as exc:  # out of descriptors: pysyncobj tries again later
+            self._refusals.warn("socketpair", raft_address,
+                                f"cannot link to Raft member {expected} now: {exc}")
+            return None
         ours.setblocking(False)
         theirs.setblocking(False)
         try:
@@ -418,45 +487,95 @@ class PeerLinks:
 
     # incoming -------------------------------------------------------------------------
 
-    def _accepted(self, transport: asyncio.Transport) -> None:
-        peer = transport.get_extra_info("peername")
-        if self._closing:
-            transport.abort()
-            return
-        if self._handshakes >= self.max_handshakes:
-            self._refusals.warn("busy", _host_of(peer),
-                                f"refused a Raft peer connection from {_peer_label(peer)}: "
-                                f"{self._handshakes} TLS handshakes are already under way")
-            transport.abort()
-            return
-        transport.pause_reading()  # start_tls resumes it for the handshake
-        self._handshakes += 1
-        self._spawn(self._admit(transport, peer))
+    def _accept(self, listener: socket.socket) -> None:
+        """The listener is readable: accept what is waiting, refuse what is over a cap."""
+        loop = self._loop
+        for _ in range(ACCEPT_BATCH):
+            try:
+                sock, peer = listener.accept()
+            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+                return
+            except OSError as exc:
+                if exc.errno not in storage.TRANSIENT_ERRNOS or loop is None:
+                    log.warning("accepting a Raft peer connection failed: %s", exc)
+                    return
+                # No descriptor left: stop listening for a moment (the kernel keeps the
+                # backlog) rather than spin on a socket that stays readable.
+                self._refusals.warn("accept", "*",
+                                    f"not accepting Raft peer connections for "
+                                    f"{ACCEPT_PAUSE} s: {exc.strerror or exc} (out of file "
+                                    "descriptors)", period=5.0)
+                loop.remove_reader(listener.fileno())
+                loop.call_later(ACCEPT_PAUSE, self._resume_accept, listener)
+                return
+            host = _host_of(peer)
+            problem = self._over_cap(host)
+            if problem is not None or self._closing:
+                sock.close()  # at once: an excess connection costs nothing more
+                if problem is not None:
+                    self._refusals.warn("busy", host,
+                                        f"refused a Raft peer connection from "
+                                        f"{_peer_label(peer)}: {problem}")
+                continue
+            self._handshakes += 1
+            stranger = host not in self._member_hosts
+            self._strangers += stranger
+            self._by_source[host] = self._by_source.get(host, 0) + 1
+            self._spawn(self._admit(sock, peer, host, stranger))
 
-    async def _admit(self, transport: asyncio.Transport, peer: Any) -> None:
+    def _resume_accept(self, listener: socket.socket) -> None:
+        if not self._closing and self._loop is not None and listener in self._listeners:
+            self._loop.add_reader(listener.fileno(), self._accept, listener)
+
+    def _over_cap(self, host: str) -> str | None:
+        # Hosts of members are capped per source only: however many strangers connect,
+        # a member can still get through (unless it shares its host with the attacker).
+        if host not in self._member_hosts:
+            if self._strangers + self._incoming >= self.max_connections:
+                return f"{self._strangers + self._incoming} connections are open (limit " \
+                       f"{self.max_connections}: peer_max_connections)"
+            if self._strangers >= self.max_handshakes:
+                return f"{self._strangers} TLS handshakes are already under way (limit " \
+                       f"{self.max_handshakes}: peer_max_handshakes)"
+        if self._by_source.get(host, 0) >= self.max_per_source:
+            return f"{self._by_source[host]} handshakes from {host} are already under way " \
+                   f"(limit {self.max_per_source}: peer_max_per_source)"
+        return None
+
+    def _handshake_done(self, host: str, stranger: bool) -> None:
+        self._handshakes -= 1
+        self._strangers -= stranger
+        left = self._by_source.get(host, 1) - 1
+        if left > 0:
+            self._by_source[host] = left
+        else:
+            self._by_source.pop(host, None)
+
+    async def _admit(self, sock: socket.socket, peer: Any, host: str, stranger: bool) -> None:
         loop = asyncio.get_running_loop()
         link = _Link(self, "in", "")
         try:
             try:
-                tls = await loop.start_tls(transport, link.remote, self._server_ctx,
-                                           server_side=True,
-                                           ssl_handshake_timeout=self.handshake_timeout)
+                sock.setblocking(False)
+                tls, _ = await asyncio.wait_for(loop.connect_accepted_socket(
+                    lambda: link.remote, sock, ssl=self._server_ctx,
+                    ssl_handshake_timeout=self.handshake_timeout),
+                    2 * self.handshake_timeout)
             except (OSError, EOFError) as exc:  # ssl.SSLError and TimeoutError included
                 reason = failure_reason(exc)
-                self._refusals.warn(reason, _host_of(peer),
+                self._refusals.warn(reason, host,
                                     f"refused a Raft peer connection from {_peer_label(peer)}: "
                                     f"TLS handshake failed ({reason}: {exc})")
-                transport.abort()
+                sock.close()
                 return
             except asyncio.CancelledError:
-                transport.abort()
+                sock.close()
                 raise
         finally:
-            self._handshakes -= 1
-        if tls is None:
-            transport.abort()
-            return
-        link.remote.transport = tls  # start_tls does not call connection_made
+            self._handshake_done(host, stranger)
+        self._incoming += 1  # counted from here on, until the link closes
+        link.counted = True
+        self._links.add(link)
         role, name = pki.peer_identity(tls.get_extra_info("peercert"))
         members = self._current()
         problem = None
@@ -468,20 +587,25 @@ class PeerLinks:
         elif name not in members:
             problem = f"node {name!r} is not a current member"
         if problem is not None:
-            self._refusals.warn(f"identity {name}", _host_of(peer),
+            self._refusals.warn(f"identity {name}", host,
                                 f"refused a Raft peer connection from {_peer_label(peer)}: "
                                 f"{problem}")
-            tls.abort()
+            link.close()
             return
         link.peer_address = members[name]
-        _set_keepalive(transport)
-        self._links.add(link)
-        ours, theirs = socket.socketpair()
+        _set_keepalive(tls)
         handed = False
+        theirs: socket.socket | None = None
         try:
+            ours, theirs = socket.socketpair()
             ours.setblocking(False)
             theirs.setblocking(False)
-            await loop.connect_accepted_socket(lambda: link.local, ours)
+            try:
+                await loop.connect_accepted_socket(lambda: link.local, ours)
+            except BaseException:
+                if link.local.transport is None:
+                    ours.close()
+                raise
             if link.closed:  # the peer went away meanwhile
                 return
             link.peer_id = name
@@ -490,19 +614,33 @@ class PeerLinks:
             self._on_incoming(theirs, link.peer_address)
             handed = True
         except OSError as exc:
-            log.warning("cannot hand the Raft link from %s to pysyncobj: %s", name, exc)
+            self._refusals.warn("socketpair", host,
+                                f"cannot hand the Raft link from {name} to pysyncobj: {exc}")
         finally:
             if not handed:
-                theirs.close()
+                if theirs is not None:
+                    theirs.close()
                 link.close()
-                if link.local.transport is None:
-                    ours.close()
 
     # housekeeping ---------------------------------------------------------------------
+
+    async def _refresh_member_hosts(self) -> None:
+        loop = asyncio.get_running_loop()
+        hosts: set[str] = set()
+        for address in self._current().values():
+            try:
+                host, port = split_address(address)
+                for *_, sockaddr in await loop.getaddrinfo(host, port,
+                                                           type=socket.SOCK_STREAM):
+                    hosts.add(str(sockaddr[0]))
+            except (ConfigError, OSError):
+                continue  # an unresolvable member simply gets no share of its own
+        self._member_hosts = frozenset(hosts)
 
     async def _sweep(self) -> None:
         while True:
             await asyncio.sleep(SWEEP_PERIOD)
+            await self._refresh_member_hosts()
             if not self._links:
                 continue
             try:
@@ -525,17 +663,3 @@ class PeerLinks:
     def links(self) -> list[tuple[str, str | None, str]]:
         """``(direction, peer id, peer Raft address)`` of the open links (for tests)."""
         return [(link.direction, link.peer_id, link.peer_address) for link in self._links]
-
-
-class _Front(asyncio.Protocol):
-    """A fresh TCP connection on the Raft port, before its TLS handshake."""
-
-    def __init__(self, owner: PeerLinks) -> None:
-        self.owner = owner
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.owner._accepted(transport)
-
-    def data_received(self, data: bytes) -> None:  # never: reading is paused until TLS
-        pass

@@ -45,6 +45,13 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno in TRANSIENT_ERRNOS
 
 
+def write_all(fd: int, data: bytes) -> None:
+    """``os.write`` until all of ``data`` is written (a regular file may take it in parts)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 def _die(message: str) -> None:
     """Stop the process at once: nothing after a failed fsync may be acknowledged."""
     text = f"{message}; stopping this node so that nothing unpersisted is acknowledged"

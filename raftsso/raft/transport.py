@@ -8,6 +8,7 @@ socketpair whose other end :mod:`raftsso.raft.peer_links` joins to a mutual-TLS 
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import queue
@@ -16,23 +17,97 @@ import time
 from typing import Any
 
 from pysyncobj.monotonic import monotonic as _pso_monotonic
+from pysyncobj.poller import POLL_EVENT_TYPE
 from pysyncobj.tcp_connection import CONNECTION_STATE, TcpConnection
+from pysyncobj.tcp_server import TcpServer
 from pysyncobj.transport import TCPTransport
 
-from raftsso.raft.peer_links import PeerLinks
+from raftsso.raft import storage
+from raftsso.raft.peer_links import ACCEPT_PAUSE, PeerLinks
 
 log = logging.getLogger(__name__)
+
+
+class _PausingTcpServer(TcpServer):  # type: ignore[misc]
+    """pysyncobj's listener (password-only fallback), paused instead of closed on EMFILE.
+
+    pysyncobj unbinds its listening socket for good on any ``accept`` error but EAGAIN, so
+    a process out of descriptors would stop hearing its peers until restarted. Here the
+    listener leaves the poller for :data:`ACCEPT_PAUSE` and comes back
+    (:meth:`resume_if_due`, from the transport's tick).
+    """
+
+    resume_at: float | None = None
+
+    def _TcpServer__onNewConnection(self, descr: int, event: int) -> None:
+        if event & POLL_EVENT_TYPE.READ:
+            try:
+                sock, _addr = self._TcpServer__socket.accept()
+            except OSError as exc:
+                if exc.errno in storage.TRANSIENT_ERRNOS:
+                    storage.transient.warn("accepting Raft peer connections", exc)
+                    self._TcpServer__poller.unsubscribe(self._TcpServer__fileno)
+                    self.resume_at = time.monotonic() + ACCEPT_PAUSE
+                    return
+                if exc.errno not in (errno.EAGAIN, errno.EWOULDBLOCK):
+                    self.unbind()
+                    return
+            else:
+                # pysyncobj's own handling of an accepted connection.
+                send, recv = self._TcpServer__sendBufferSize, self._TcpServer__recvBufferSize
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, recv)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                sock.setblocking(False)
+                conn = TcpConnection(poller=self._TcpServer__poller, socket=sock,
+                                     timeout=self._TcpServer__connectionTimeout,
+                                     sendBufferSize=send, recvBufferSize=recv,
+                                     keepalive=self._TcpServer__keepalive)
+                self._TcpServer__onNewConnectionCallback(conn)
+        if event & POLL_EVENT_TYPE.ERROR:
+            self.unbind()
+
+    def resume_if_due(self) -> None:
+        if self.resume_at is None or time.monotonic() < self.resume_at:
+            return
+        self.resume_at = None
+        if self._TcpServer__fileno is not None:
+            self._TcpServer__poller.subscribe(self._TcpServer__fileno,
+                                              self._TcpServer__onNewConnection,
+                                              POLL_EVENT_TYPE.READ | POLL_EVENT_TYPE.ERROR)
 
 
 class HardenedTransport(TCPTransport):  # type: ignore[misc]
     """pysyncobj's TCP transport minus read-only members and remote utility commands.
 
-    It also records when each peer was last heard from (for ``status``).
+    It also records when each peer was last heard from (for ``status``), and treats
+    running out of descriptors as a reason to try again later (pysyncobj's connect would
+    raise out of its tick, and its listener would close for good).
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.last_heard: dict[str, float] = {}
         super().__init__(*args, **kwargs)
+
+    def _createServer(self) -> None:
+        super()._createServer()
+        plain = self._server
+        if plain is not None:
+            plain.__class__ = _PausingTcpServer
+
+    def _onTick(self) -> None:
+        if isinstance(self._server, _PausingTcpServer):
+            self._server.resume_if_due()
+        super()._onTick()
+
+    def _connectIfNecessarySingle(self, node: Any) -> bool:
+        try:
+            return bool(super()._connectIfNecessarySingle(node))
+        except OSError as exc:
+            if exc.errno not in storage.TRANSIENT_ERRNOS:
+                raise
+            storage.transient.warn("connecting to a Raft peer", exc)
+            return False
 
     def _onIncomingMessageReceived(self, conn: Any, message: Any) -> None:
         if self._syncObj.encryptor and not conn.sendRandKey:
@@ -63,7 +138,7 @@ class HardenedTransport(TCPTransport):  # type: ignore[misc]
 
 
 class PeerTLSTransport(HardenedTransport):
-    """:class:`HardenedTransport` whose every link is a socketpair to :mod:`raftsso.peer_tls`.
+    """:class:`HardenedTransport` whose links are socketpairs to :mod:`~raftsso.raft.peer_links`.
 
     pysyncobj binds nothing and dials nothing. Incoming links arrive authenticated (the TLS
     front queues pysyncobj's end with the peer's Raft address; they are adopted here, in

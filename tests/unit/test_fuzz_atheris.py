@@ -117,7 +117,8 @@ def _harness(target: str) -> None:  # pragma: no cover - runs in the atheris sub
                 raft_snapshot.read_snapshot_file(path)
         elif target == "journal":
             path = workdir / "raft.journal"
-            (workdir / "raft.journal.meta").unlink(missing_ok=True)
+            for meta in ("raft.journal.meta", "raft.journal.meta.0", "raft.journal.meta.1"):
+                (workdir / meta).unlink(missing_ok=True)
             path.write_bytes(raft_journal._HEADER + data)
             with contextlib.suppress(StorageError):
                 raft_journal.DurableJournal(str(path))._destroy()

@@ -22,6 +22,7 @@ from raftsso import pki
 from raftsso.raft import peer_links as peer_tls
 from raftsso.raft.peer_links import PeerLinks, failure_reason
 from raftsso.tlserrors import LABELS, handshake_failure_reason
+from tests.descriptors import no_free_descriptors
 from tests.harness import wait_for
 
 TIMEOUT = 10.0
@@ -322,16 +323,98 @@ def test_a_silent_connection_is_dropped_after_the_handshake_timeout(
     _logged(caplog, "refused a Raft peer connection", "handshake timeout")
 
 
+def _connect_from(source: str, address: str) -> socket.socket:
+    host, port = address.split(":")
+    return socket.create_connection((host, int(port)), timeout=TIMEOUT,
+                                    source_address=(source, 0))
+
+
+def _member_hosts_known(side: Side) -> None:
+    wait_for(lambda: "127.0.0.1" in side.links._member_hosts, TIMEOUT,
+             what="the members' hosts")
+
+
 def test_handshakes_beyond_the_limit_are_refused_at_once(
         sides: Callable[..., Side], caplog: pytest.LogCaptureFixture) -> None:
     _, b = _pair(sides, max_handshakes=1)
-    host, port = b.address.split(":")
-    with socket.create_connection((host, int(port)), timeout=TIMEOUT) as first:
-        wait_for(lambda: b.links._handshakes == 1, TIMEOUT, what="the first handshake")
-        with socket.create_connection((host, int(port)), timeout=TIMEOUT) as second:
+    _member_hosts_known(b)
+    with _connect_from("127.0.0.2", b.address) as first:
+        wait_for(lambda: b.links.counts()["handshakes"] == 1, TIMEOUT,
+                 what="the first handshake")
+        with _connect_from("127.0.0.3", b.address) as second:
             assert _closed(second)
-        _logged(caplog, "handshakes are already under way")
+        _logged(caplog, "handshakes are already under way", "peer_max_handshakes")
         first.close()
+
+
+def test_handshakes_beyond_the_limit_per_source_are_refused_at_once(
+        sides: Callable[..., Side], caplog: pytest.LogCaptureFixture) -> None:
+    _, b = _pair(sides, max_per_source=2)
+    held = [_connect_from("127.0.0.2", b.address) for _ in range(2)]
+    try:
+        wait_for(lambda: b.links.counts()["handshakes"] == 2, TIMEOUT,
+                 what="two handshakes from one source")
+        with _connect_from("127.0.0.2", b.address) as third:
+            assert _closed(third)
+        _logged(caplog, "from 127.0.0.2 are already under way", "peer_max_per_source")
+        with _connect_from("127.0.0.3", b.address):  # another source still gets in
+            wait_for(lambda: b.links.counts()["handshakes"] == 3, TIMEOUT,
+                     what="a handshake from another source")
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def test_connections_beyond_the_total_limit_are_refused_at_once(
+        sides: Callable[..., Side], caplog: pytest.LogCaptureFixture) -> None:
+    _, b = _pair(sides, max_connections=2)
+    _member_hosts_known(b)
+    held = [_connect_from(f"127.0.0.{i}", b.address) for i in (2, 3)]
+    try:
+        wait_for(lambda: b.links.counts()["handshakes"] == 2, TIMEOUT,
+                 what="two connections")
+        with _connect_from("127.0.0.4", b.address) as third:
+            assert _closed(third)
+        _logged(caplog, "connections are open", "peer_max_connections")
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def test_strangers_cannot_crowd_a_member_out(sides: Callable[..., Side]) -> None:
+    a, b = _pair(sides, max_handshakes=1, max_connections=1)
+    _member_hosts_known(b)
+    with _connect_from("127.0.0.2", b.address) as stranger:
+        wait_for(lambda: b.links.counts()["handshakes"] == 1, TIMEOUT,
+                 what="the stranger's handshake")
+        with _connect_from("127.0.0.3", b.address) as another:
+            assert _closed(another)
+        # every stranger slot is taken, yet node1 (a member, from its own host) gets in
+        ours = _dial(a, b.address)
+        ours.sendall(b"member")
+        theirs, address = b.accept()
+        assert address == a.address
+        assert _recv_exactly(theirs, 6) == b"member"
+        ours.close()
+        theirs.close()
+        stranger.close()
+
+
+def test_an_accept_without_a_free_descriptor_pauses_the_listener(
+        sides: Callable[..., Side], caplog: pytest.LogCaptureFixture) -> None:
+    _, b = _pair(sides)
+    _member_hosts_known(b)
+    waiting = socket.socket()
+    waiting.settimeout(TIMEOUT)
+    waiting.bind(("127.0.0.2", 0))
+    host, port = b.address.split(":")
+    with no_free_descriptors():
+        waiting.connect((host, int(port)))  # in the backlog: accept() finds no descriptor
+        _logged(caplog, "not accepting Raft peer connections", "out of file descriptors")
+    # descriptors are back: after the pause the waiting connection is accepted
+    wait_for(lambda: b.links.counts()["handshakes"] == 1, TIMEOUT,
+             what="the waiting connection to be accepted")
+    waiting.close()
 
 
 # -- membership and idleness ------------------------------------------------------------
