@@ -15,6 +15,7 @@ Nothing of pysyncobj (objects, failure integers) leaves the package.
 * ``storage``: a failed fsync stops the node; running out of descriptors does not.
 * ``hardening``: restricted unpickler, peer frame cap, the patches and the version check.
 * ``transport``: pysyncobj transports without read-only members or utility commands.
+* ``elections``: pre-vote and leader stickiness (elections only when needed).
 * ``peer_links``: mutual TLS between members (the default), in its own thread.
 * ``config`` and ``machine``: :class:`RaftConfig` and the :class:`StateMachine` contract.
 """

@@ -22,6 +22,7 @@ from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
 from raftsso.config import Peer
 from raftsso.errors import NotLeader, OutcomeUnknown
 from raftsso.raft.config import RaftConfig
+from raftsso.raft.elections import Elections
 from raftsso.raft.hardening import harden_pysyncobj
 from raftsso.raft.journal import trim_journal
 from raftsso.raft.machine import StateMachine
@@ -52,11 +53,19 @@ class _RaftSyncObj(SyncObj):  # type: ignore[misc]
                  incoming: queue.SimpleQueue[tuple[socket.socket, str]] | None = None) -> None:
         self._machine = machine
         self._snapshots = snapshots
+        self.elections = Elections(self)  # read by the transport, too
         # Read by PeerTLSTransport while SyncObj.__init__ builds it.
         self._peer_links = links
         self._peer_incoming = incoming
         transport = HardenedTransport if links is None else PeerTLSTransport
         super().__init__(self_addr, others, conf, transportClass=transport)
+
+    def _onTick(self, timeToWait: float = 0.0) -> None:
+        self.elections.before_tick()  # a pre-vote instead of an election, where needed
+        try:
+            super()._onTick(timeToWait)
+        finally:
+            self.elections.after_tick()
 
     def _SyncObj__tryLogCompaction(self) -> None:
         # After a snapshot could not be written for lack of descriptors, pysyncobj would

@@ -70,6 +70,7 @@ from raftsso.raft.config import (
     PEER_MAX_HANDSHAKES,
     PEER_MAX_PER_SOURCE,
 )
+from raftsso.raft.ratelog import RateLimitedLog
 from raftsso.tlserrors import describe, handshake_failure_reason
 
 log = logging.getLogger(__name__)
@@ -103,28 +104,6 @@ def peer_context(ca: Path, cert: Path, key: Path, *, server: bool) -> ssl.SSLCon
 def failure_reason(exc: BaseException) -> str:
     """A short description of a failed TLS handshake (see :mod:`raftsso.tlserrors`)."""
     return describe(handshake_failure_reason(exc))
-
-
-class _Refusals:
-    """Warnings about refused peers, at most one line per second per (reason, host)."""
-
-    def __init__(self) -> None:
-        self._last: dict[tuple[str, str], float] = {}
-        self._suppressed: dict[tuple[str, str], int] = {}
-
-    def warn(self, reason: str, host: str, message: str, level: int = logging.WARNING,
-             period: float = 1.0) -> None:
-        key = (reason, host)
-        now = time.monotonic()
-        if now - self._last.get(key, -1e9) < period:
-            self._suppressed[key] = self._suppressed.get(key, 0) + 1
-            return
-        if len(self._last) > 1024:  # many hosts: forget the old ones
-            self._last.clear()
-            self._suppressed.clear()
-        self._last[key] = now
-        more = self._suppressed.pop(key, 0)
-        log.log(level, "%s%s", message, f" ({more} more like it suppressed)" if more else "")
 
 
 def _listen(address: str) -> list[socket.socket]:
@@ -294,7 +273,7 @@ class PeerLinks:
         # handshakes are capped per source only, so strangers cannot crowd members out.
         self._member_hosts: frozenset[str] = frozenset()
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._refusals = _Refusals()
+        self._refusals = RateLimitedLog(log)
         self._closing = False
 
     # lifecycle ------------------------------------------------------------------------
@@ -414,14 +393,14 @@ class PeerLinks:
         if expected is None:
             # Normal for a moment while a member is added: Raft knows its address before
             # this node has applied the directory record that names it.
-            self._refusals.warn("unknown member", raft_address,
+            self._refusals.warn(("unknown member", raft_address),
                                 f"not connecting to Raft address {raft_address}: no current "
                                 "member is known there (yet)", level=logging.INFO)
             return None
         try:
             ours, theirs = socket.socketpair()
         except OSError as exc:  # out of descriptors: pysyncobj tries again later
-            self._refusals.warn("socketpair", raft_address,
+            self._refusals.warn(("socketpair", raft_address),
                                 f"cannot link to Raft member {expected} now: {exc}")
             return None
         ours.setblocking(False)
@@ -464,7 +443,7 @@ class PeerLinks:
                 ssl_handshake_timeout=self.handshake_timeout), 2 * self.handshake_timeout)
         except OSError as exc:  # ssl.SSLError and TimeoutError included
             if isinstance(exc, ssl.SSLError | TimeoutError):
-                self._refusals.warn(failure_reason(exc), raft_address,
+                self._refusals.warn((failure_reason(exc), raft_address),
                                     f"Raft link to {expected} at {raft_address} failed: "
                                     f"{failure_reason(exc)} ({exc})")
             else:  # the peer is down: pysyncobj retries
@@ -473,7 +452,7 @@ class PeerLinks:
         _set_keepalive(transport)
         role, name = pki.peer_identity(transport.get_extra_info("peercert"))
         if role != ROLE or name != expected:
-            self._refusals.warn("wrong server", raft_address,
+            self._refusals.warn(("wrong server", raft_address),
                                 f"Raft link to {raft_address} refused: it presented a "
                                 f"certificate for {name!r} (role {role!r}); expected member "
                                 f"{expected!r} (role {ROLE!r})")
@@ -501,7 +480,7 @@ class PeerLinks:
                     return
                 # No descriptor left: stop listening for a moment (the kernel keeps the
                 # backlog) rather than spin on a socket that stays readable.
-                self._refusals.warn("accept", "*",
+                self._refusals.warn(("accept", "*"),
                                     f"not accepting Raft peer connections for "
                                     f"{ACCEPT_PAUSE} s: {exc.strerror or exc} (out of file "
                                     "descriptors)", period=5.0)
@@ -513,7 +492,7 @@ class PeerLinks:
             if problem is not None or self._closing:
                 sock.close()  # at once: an excess connection costs nothing more
                 if problem is not None:
-                    self._refusals.warn("busy", host,
+                    self._refusals.warn(("busy", host),
                                         f"refused a Raft peer connection from "
                                         f"{_peer_label(peer)}: {problem}")
                 continue
@@ -563,7 +542,7 @@ class PeerLinks:
                     2 * self.handshake_timeout)
             except (OSError, EOFError) as exc:  # ssl.SSLError and TimeoutError included
                 reason = failure_reason(exc)
-                self._refusals.warn(reason, host,
+                self._refusals.warn((reason, host),
                                     f"refused a Raft peer connection from {_peer_label(peer)}: "
                                     f"TLS handshake failed ({reason}: {exc})")
                 sock.close()
@@ -587,7 +566,7 @@ class PeerLinks:
         elif name not in members:
             problem = f"node {name!r} is not a current member"
         if problem is not None:
-            self._refusals.warn(f"identity {name}", host,
+            self._refusals.warn((f"identity {name}", host),
                                 f"refused a Raft peer connection from {_peer_label(peer)}: "
                                 f"{problem}")
             link.close()
@@ -614,7 +593,7 @@ class PeerLinks:
             self._on_incoming(theirs, link.peer_address)
             handed = True
         except OSError as exc:
-            self._refusals.warn("socketpair", host,
+            self._refusals.warn(("socketpair", host),
                                 f"cannot hand the Raft link from {name} to pysyncobj: {exc}")
         finally:
             if not handed:

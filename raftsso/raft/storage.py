@@ -21,11 +21,10 @@ import errno
 import logging
 import os
 import sys
-import threading
-import time
 from collections.abc import Callable
 
 from raftsso.errors import StorageError
+from raftsso.raft.ratelog import RateLimitedLog
 
 log = logging.getLogger(__name__)
 
@@ -77,22 +76,13 @@ class _TransientLog:
     """One warning per :data:`TRANSIENT_LOG_PERIOD` for each kind of postponed step."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._last: dict[str, float] = {}
-        self._suppressed: dict[str, int] = {}
+        self._log = RateLimitedLog(log, TRANSIENT_LOG_PERIOD)
 
     def warn(self, what: str, exc: BaseException) -> None:
-        now = time.monotonic()
-        with self._lock:
-            if now - self._last.get(what, -1e9) < TRANSIENT_LOG_PERIOD:
-                self._suppressed[what] = self._suppressed.get(what, 0) + 1
-                return
-            self._last[what] = now
-            more = self._suppressed.pop(what, 0)
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        log.warning("%s postponed: %s (out of file descriptors or memory; nothing is "
-                    "acknowledged on its account, it is retried later)%s", what, reason,
-                    f" ({more} more like it suppressed)" if more else "")
+        self._log.warn(what, f"{what} postponed: {reason} (out of file descriptors or "
+                             "memory; nothing is acknowledged on its account, it is retried "
+                             "later)")
 
 
 transient = _TransientLog()

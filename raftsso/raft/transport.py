@@ -80,7 +80,9 @@ class _PausingTcpServer(TcpServer):  # type: ignore[misc]
 class HardenedTransport(TCPTransport):  # type: ignore[misc]
     """pysyncobj's TCP transport minus read-only members and remote utility commands.
 
-    It also records when each peer was last heard from (for ``status``), and treats
+    It also records when each peer was last heard from (for ``status``), lets
+    :class:`~raftsso.raft.elections.Elections` see every message first (pre-vote and
+    leader stickiness), and treats
     running out of descriptors as a reason to try again later (pysyncobj's connect would
     raise out of its tick, and its listener would close for good).
     """
@@ -134,7 +136,22 @@ class HardenedTransport(TCPTransport):  # type: ignore[misc]
 
     def _onMessageReceived(self, node: Any, message: Any) -> None:
         self.last_heard[node.id] = time.monotonic()
+        elections = getattr(self._syncObj, "elections", None)
+        if elections is not None and elections.on_message(node, message):
+            return  # pre-vote traffic, or a vote request a sticky member ignores
         super()._onMessageReceived(node, message)
+
+    def _onNodeConnected(self, node: Any) -> None:
+        super()._onNodeConnected(node)
+        elections = getattr(self._syncObj, "elections", None)
+        if elections is not None:
+            elections.on_connected(node)
+
+    def send(self, node: Any, message: Any) -> bool:
+        elections = getattr(self._syncObj, "elections", None)
+        if elections is not None:
+            message = elections.outgoing(message)
+        return bool(super().send(node, message))
 
 
 class PeerTLSTransport(HardenedTransport):
