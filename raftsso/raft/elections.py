@@ -47,7 +47,7 @@ from typing import Any
 
 from pysyncobj.monotonic import monotonic as _pso_monotonic
 
-from raftsso.raft.ratelog import RateLimitedLog
+from raftsso.logs import RateLimiter
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ class Elections:
         self._transfer_campaign = False
         self._leader_heard = -math.inf  # when a live leader was last heard from
         self._newer_term_sent: dict[str, float] = {}
-        self._log = RateLimitedLog(log, LOG_PERIOD)
+        self._limiter = RateLimiter(LOG_PERIOD)
 
     # pysyncobj's private state (name-mangled attributes of SyncObj) ---------------------
 
@@ -174,9 +174,9 @@ class Elections:
                    "last_log_term": self._call("getCurrentLogTerm")}
         for node in self._voters():
             self._send(node, message)
-        self._log.warn(("asking",), f"no leader heard for an election timeout: asking the "
-                       f"others before an election (pre-vote for term {term})",
-                       level=logging.INFO)
+        self._limiter.log("asking", log, logging.INFO,
+                          "no leader heard for an election timeout: asking the others "
+                          f"before an election (pre-vote for term {term})")
         self._decide()
 
     def _decide(self) -> None:
@@ -200,9 +200,10 @@ class Elections:
                         and n.id not in self._granted and n.id not in self._refused)
         if yes + undecided <= (len(voters) + 1) / 2:
             self._round_term = None
-            self._log.warn(("refused",), f"pre-vote for term {term} refused by "
-                           f"{', '.join(sorted(self._refused))}: they hear from a leader or "
-                           "hold a newer log; no election", level=logging.INFO)
+            self._limiter.log("refused", log, logging.INFO,
+                              f"pre-vote for term {term} refused by "
+                              f"{', '.join(sorted(self._refused))}: they hear from a leader "
+                              "or hold a newer log; no election")
 
     # messages -------------------------------------------------------------------------
 
@@ -261,10 +262,10 @@ class Elections:
         """Ignore a vote request while a live leader is heard from (True: ignored)."""
         if node.id not in self.capable or message.get(TRANSFER_KEY) or not self.in_lease():
             return False
-        self._log.warn(("sticky", node.id),
-                       f"ignored a vote request from {node.id} for term "
-                       f"{message.get('term')}: a live leader was heard from within the "
-                       "election timeout", level=logging.INFO)
+        self._limiter.log(("sticky", node.id), log, logging.INFO,
+                          f"ignored a vote request from {node.id} for term "
+                          f"{message.get('term')}: a live leader was heard from within the "
+                          "election timeout")
         return True
 
     def _answer_pre_vote(self, node: Any, message: dict[str, Any]) -> None:

@@ -64,13 +64,13 @@ from typing import Any
 from raftsso import pki
 from raftsso.config import split_address
 from raftsso.errors import ConfigError
+from raftsso.logs import RateLimiter
 from raftsso.raft import storage
 from raftsso.raft.config import (
     PEER_MAX_CONNECTIONS,
     PEER_MAX_HANDSHAKES,
     PEER_MAX_PER_SOURCE,
 )
-from raftsso.raft.ratelog import RateLimitedLog
 from raftsso.tlserrors import describe, handshake_failure_reason
 
 log = logging.getLogger(__name__)
@@ -273,8 +273,15 @@ class PeerLinks:
         # handshakes are capped per source only, so strangers cannot crowd members out.
         self._member_hosts: frozenset[str] = frozenset()
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._refusals = RateLimitedLog(log)
+        # Refusals: at most one line a second per (reason, host); out of descriptors at
+        # accept: one line per few seconds.
+        self._refusals = RateLimiter(1.0)
+        self._accept_log = RateLimiter(5.0)
         self._closing = False
+
+    def _refuse(self, key: tuple[str, str], message: str,
+                level: int = logging.WARNING) -> None:
+        self._refusals.log(key, log, level, message)
 
     # lifecycle ------------------------------------------------------------------------
 
@@ -393,14 +400,14 @@ class PeerLinks:
         if expected is None:
             # Normal for a moment while a member is added: Raft knows its address before
             # this node has applied the directory record that names it.
-            self._refusals.warn(("unknown member", raft_address),
+            self._refuse(("unknown member", raft_address),
                                 f"not connecting to Raft address {raft_address}: no current "
                                 "member is known there (yet)", level=logging.INFO)
             return None
         try:
             ours, theirs = socket.socketpair()
         except OSError as exc:  # out of descriptors: pysyncobj tries again later
-            self._refusals.warn(("socketpair", raft_address),
+            self._refuse(("socketpair", raft_address),
                                 f"cannot link to Raft member {expected} now: {exc}")
             return None
         ours.setblocking(False)
@@ -443,7 +450,7 @@ class PeerLinks:
                 ssl_handshake_timeout=self.handshake_timeout), 2 * self.handshake_timeout)
         except OSError as exc:  # ssl.SSLError and TimeoutError included
             if isinstance(exc, ssl.SSLError | TimeoutError):
-                self._refusals.warn((failure_reason(exc), raft_address),
+                self._refuse((failure_reason(exc), raft_address),
                                     f"Raft link to {expected} at {raft_address} failed: "
                                     f"{failure_reason(exc)} ({exc})")
             else:  # the peer is down: pysyncobj retries
@@ -452,7 +459,7 @@ class PeerLinks:
         _set_keepalive(transport)
         role, name = pki.peer_identity(transport.get_extra_info("peercert"))
         if role != ROLE or name != expected:
-            self._refusals.warn(("wrong server", raft_address),
+            self._refuse(("wrong server", raft_address),
                                 f"Raft link to {raft_address} refused: it presented a "
                                 f"certificate for {name!r} (role {role!r}); expected member "
                                 f"{expected!r} (role {ROLE!r})")
@@ -480,10 +487,10 @@ class PeerLinks:
                     return
                 # No descriptor left: stop listening for a moment (the kernel keeps the
                 # backlog) rather than spin on a socket that stays readable.
-                self._refusals.warn(("accept", "*"),
-                                    f"not accepting Raft peer connections for "
-                                    f"{ACCEPT_PAUSE} s: {exc.strerror or exc} (out of file "
-                                    "descriptors)", period=5.0)
+                self._accept_log.log("accept", log, logging.WARNING,
+                                     f"not accepting Raft peer connections for "
+                                     f"{ACCEPT_PAUSE} s: {exc.strerror or exc} (out of file "
+                                     "descriptors)")
                 loop.remove_reader(listener.fileno())
                 loop.call_later(ACCEPT_PAUSE, self._resume_accept, listener)
                 return
@@ -492,7 +499,7 @@ class PeerLinks:
             if problem is not None or self._closing:
                 sock.close()  # at once: an excess connection costs nothing more
                 if problem is not None:
-                    self._refusals.warn(("busy", host),
+                    self._refuse(("busy", host),
                                         f"refused a Raft peer connection from "
                                         f"{_peer_label(peer)}: {problem}")
                 continue
@@ -542,7 +549,7 @@ class PeerLinks:
                     2 * self.handshake_timeout)
             except (OSError, EOFError) as exc:  # ssl.SSLError and TimeoutError included
                 reason = failure_reason(exc)
-                self._refusals.warn((reason, host),
+                self._refuse((reason, host),
                                     f"refused a Raft peer connection from {_peer_label(peer)}: "
                                     f"TLS handshake failed ({reason}: {exc})")
                 sock.close()
@@ -566,7 +573,7 @@ class PeerLinks:
         elif name not in members:
             problem = f"node {name!r} is not a current member"
         if problem is not None:
-            self._refusals.warn((f"identity {name}", host),
+            self._refuse((f"identity {name}", host),
                                 f"refused a Raft peer connection from {_peer_label(peer)}: "
                                 f"{problem}")
             link.close()
@@ -593,7 +600,7 @@ class PeerLinks:
             self._on_incoming(theirs, link.peer_address)
             handed = True
         except OSError as exc:
-            self._refusals.warn(("socketpair", host),
+            self._refuse(("socketpair", host),
                                 f"cannot hand the Raft link from {name} to pysyncobj: {exc}")
         finally:
             if not handed:

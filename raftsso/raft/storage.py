@@ -24,7 +24,7 @@ import sys
 from collections.abc import Callable
 
 from raftsso.errors import StorageError
-from raftsso.raft.ratelog import RateLimitedLog
+from raftsso.logs import RateLimiter
 
 log = logging.getLogger(__name__)
 
@@ -76,13 +76,13 @@ class _TransientLog:
     """One warning per :data:`TRANSIENT_LOG_PERIOD` for each kind of postponed step."""
 
     def __init__(self) -> None:
-        self._log = RateLimitedLog(log, TRANSIENT_LOG_PERIOD)
+        self._limiter = RateLimiter(TRANSIENT_LOG_PERIOD)
 
     def warn(self, what: str, exc: BaseException) -> None:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        self._log.warn(what, f"{what} postponed: {reason} (out of file descriptors or "
-                             "memory; nothing is acknowledged on its account, it is retried "
-                             "later)")
+        self._limiter.log(what, log, logging.WARNING,
+                          f"{what} postponed: {reason} (out of file descriptors or memory; "
+                          "nothing is acknowledged on its account, it is retried later)")
 
 
 transient = _TransientLog()

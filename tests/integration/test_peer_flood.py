@@ -24,7 +24,7 @@ import threading
 import pytest
 
 from raftsso.config import load_node_config, split_address
-from tests.harness import LocalCluster, wait_for
+from tests.harness import Cluster, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -95,16 +95,16 @@ def _limit_descriptors(pid: int, soft: int) -> None:
     resource.prlimit(pid, resource.RLIMIT_NOFILE, (soft, hard))
 
 
-def _raft_address(cluster: LocalCluster, node_id: str) -> str:
+def _raft_address(cluster: Cluster, node_id: str) -> str:
     return load_node_config(cluster.node_toml(node_id)).raft_address
 
 
-def _role_and_term(cluster: LocalCluster, node_id: str) -> tuple[str, int]:
+def _role_and_term(cluster: Cluster, node_id: str) -> tuple[str, int]:
     st = cluster.node_status(node_id)
     return str(st["role"]), int(st["term"])
 
 
-def _settled(cluster: LocalCluster, node_id: str) -> tuple[str, int]:
+def _settled(cluster: Cluster, node_id: str) -> tuple[str, int]:
     """``node_id``'s role and term once it follows (or is) the leader of the leader's term."""
     leader = cluster.leader()
     term = _role_and_term(cluster, leader)[1]
@@ -119,17 +119,17 @@ def _settled(cluster: LocalCluster, node_id: str) -> tuple[str, int]:
     return wait_for(check, what=f"{node_id} to follow {leader} in term {term}")
 
 
-def _assert_alive(cluster: LocalCluster, node_id: str) -> None:
+def _assert_alive(cluster: Cluster, node_id: str) -> None:
     assert cluster.alive(node_id), f"{node_id} exited:\n{cluster.log(node_id)[-3000:]}"
     assert "stopping this node" not in cluster.log(node_id)
 
 
 @pytest.mark.parametrize("who", ["leader", "follower"])
 def test_a_flooded_raft_port_at_a_low_descriptor_limit_keeps_the_node_serving(
-        cluster: LocalCluster, who: str) -> None:
+        cluster: Cluster, who: str) -> None:
     leader = cluster.leader()
     target = leader if who == "leader" else next(i for i in cluster.ids if i != leader)
-    pid = cluster.procs[target].pid
+    pid = cluster.pid(target)
     before = _settled(cluster, target)
     # Room for the node's own needs and the capped handshakes, far less than a flood.
     _limit_descriptors(pid, _open_descriptors(pid) + 64)
@@ -149,9 +149,9 @@ def test_a_flooded_raft_port_at_a_low_descriptor_limit_keeps_the_node_serving(
 
 
 def test_a_leader_without_a_free_descriptor_still_acknowledges_rotations(
-        cluster: LocalCluster) -> None:
+        cluster: Cluster) -> None:
     leader = cluster.leader()
-    pid = cluster.procs[leader].pid
+    pid = cluster.pid(leader)
     before = _settled(cluster, leader)  # the admin connection to it is open from here on
     _limit_descriptors(pid, _open_descriptors(pid))  # nothing left (but holes)
     try:
