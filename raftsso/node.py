@@ -638,4 +638,6 @@ def raft_config(cfg: NodeConfig) -> RaftConfig:
         node_id=cfg.node_id, raft_address=cfg.raft_address, members=cfg.members,
         data_dir=cfg.data_dir, cluster_secret=cfg.cluster_secret(), timings=cfg.raft,
         peer_tls=cfg.peer_tls, ca_cert=cfg.ca_cert, cert=cfg.cert, key=cfg.key,
-        source=str(cfg.path))
+        peer_max_connections=cfg.limits.peer_max_connections,
+        peer_max_handshakes=cfg.limits.peer_max_handshakes,
+        peer_max_per_source=cfg.limits.peer_max_per_source, source=str(cfg.path))

@@ -7,14 +7,14 @@ from pathlib import Path
 
 from raftsso.config import Peer, RaftTimings
 from raftsso.errors import ConfigError
+from raftsso.limits import (
+    DEFAULT_PEER_MAX_CONNECTIONS,
+    DEFAULT_PEER_MAX_HANDSHAKES,
+    DEFAULT_PEER_MAX_PER_SOURCE,
+)
 
 CLUSTER_SECRET_SIZE = 32
 
-# The Raft port speaks only to the other members (a handful), so its caps are small:
-# they bound what a stranger who reaches the port can hold, in descriptors and memory.
-PEER_MAX_CONNECTIONS = 128
-PEER_MAX_HANDSHAKES = 32
-PEER_MAX_PER_SOURCE = 8
 
 
 @dataclass(frozen=True)
@@ -41,9 +41,11 @@ class RaftConfig:
     ca_cert: Path | None = None
     cert: Path | None = None
     key: Path | None = None
-    peer_max_connections: int = PEER_MAX_CONNECTIONS
-    peer_max_handshakes: int = PEER_MAX_HANDSHAKES
-    peer_max_per_source: int = PEER_MAX_PER_SOURCE
+    # The Raft port speaks only to the other members, so its caps ([limits] peer_max_*)
+    # are small: they bound what a stranger who reaches the port can hold.
+    peer_max_connections: int = DEFAULT_PEER_MAX_CONNECTIONS
+    peer_max_handshakes: int = DEFAULT_PEER_MAX_HANDSHAKES
+    peer_max_per_source: int = DEFAULT_PEER_MAX_PER_SOURCE
     source: str = ""
 
     def __post_init__(self) -> None:

@@ -23,21 +23,19 @@ pysyncobj binds no port and opens no connection of its own; this module carries 
   name), carry the role ``node`` and have as common name the member id that this node's
   directory gives for that address. Until then pysyncobj's bytes wait in the socketpair; on
   any failure both ends close and pysyncobj retries after ``connection_retry``.
-* **Bounded.** Anyone who reaches the port can connect, so what a connection costs
-  before its certificate is checked is capped: at most ``max_handshakes`` TLS
-  handshakes in progress, ``max_per_source`` of them from one address, and
-  ``max_connections`` incoming connections in all (handshakes and member links); a
-  connection past a cap is closed at once, before it costs more than the accept. The
-  hosts of current members are held to ``max_per_source`` only, so strangers cannot
-  crowd a member out (an attacker on a member's own host still can, for that host). Each
-  handshake must finish within ``handshake_timeout``. An ``accept`` that finds no file
-  descriptor left (EMFILE, ENFILE) pauses the listener for :data:`ACCEPT_PAUSE` instead of
-  spinning, and says so in the log at most every few seconds. A link idle for
-  ``idle_timeout`` is closed (pysyncobj's own ``connection_timeout`` is shorter and
-  normally closes idle links first); a link whose peer stops being a member is closed
-  within a second. Reading from one side pauses while the other side's write buffer is
-  full. The two sides of a link close together. Refusals are logged, at most one line per
-  second for each reason and remote host.
+* **Bounded.** Anyone who reaches the port can connect, so incoming connections go through
+  the same kind of gate as the service port's (:class:`raftsso.limits.Gate`, ``[limits]``
+  ``peer_max_connections``, ``peer_max_handshakes``, ``peer_max_per_source``): past the
+  total or per-source cap a connection is closed at once; when the handshake slots are
+  full, the oldest handshake of the busiest source is dropped, so a flood of connections
+  that never finish their handshake cannot shut out a member (whose handshake takes
+  milliseconds). Each handshake must finish within ``handshake_timeout``; an ``accept``
+  that finds no descriptor left backs off instead of spinning and emits
+  ``resources_exhausted``. A link idle for ``idle_timeout`` is closed (pysyncobj's own
+  ``connection_timeout`` is shorter and normally closes idle links first); a link whose
+  peer stops being a member is closed within a second. Reading from one side pauses while
+  the other side's write buffer is full. The two sides of a link close together. Refusals
+  are logged, at most one line per second for each reason and remote host.
 
 Why socketpairs and not a loopback port for pysyncobj: a port on 127.0.0.1 can be reached by
 every local user of the host, who with the password could join through it; a socketpair has
@@ -64,21 +62,27 @@ from typing import Any
 from raftsso import pki
 from raftsso.config import split_address
 from raftsso.errors import ConfigError
-from raftsso.logs import RateLimiter
-from raftsso.raft import storage
-from raftsso.raft.config import (
-    PEER_MAX_CONNECTIONS,
-    PEER_MAX_HANDSHAKES,
-    PEER_MAX_PER_SOURCE,
+from raftsso.limits import (
+    DEFAULT_PEER_MAX_CONNECTIONS,
+    DEFAULT_PEER_MAX_HANDSHAKES,
+    DEFAULT_PEER_MAX_PER_SOURCE,
+    Gate,
+    PortLimits,
+    Ticket,
+    accept_loop,
+    is_exhaustion,
+    listen,
+    peer_label,
+    source_of,
+    swallow_eviction,
 )
+from raftsso.logs import RateLimiter
 from raftsso.tlserrors import describe, handshake_failure_reason
 
 log = logging.getLogger(__name__)
 
 HANDSHAKE_TIMEOUT = 5.0
 IDLE_TIMEOUT = 120.0
-ACCEPT_BATCH = 64  # connections accepted per wake-up before other work gets a turn
-ACCEPT_PAUSE = 0.5
 # Bytes accepted from one side of a link before the other side is connected; beyond it
 # reading pauses (pysyncobj's frames are capped at 4 MiB, a heartbeat is ~100 bytes).
 PENDING_LIMIT = 1 << 20
@@ -104,40 +108,6 @@ def peer_context(ca: Path, cert: Path, key: Path, *, server: bool) -> ssl.SSLCon
 def failure_reason(exc: BaseException) -> str:
     """A short description of a failed TLS handshake (see :mod:`raftsso.tlserrors`)."""
     return describe(handshake_failure_reason(exc))
-
-
-def _listen(address: str) -> list[socket.socket]:
-    """Non-blocking listening sockets on every address ``address`` resolves to."""
-    host, port = split_address(address)
-    sockets: list[socket.socket] = []
-    try:
-        for family, kind, proto, _name, sockaddr in socket.getaddrinfo(
-                host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE):
-            sock = socket.socket(family, kind, proto)
-            sockets.append(sock)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            sock.bind(sockaddr)
-            sock.listen(128)
-            sock.setblocking(False)
-    except OSError:
-        for sock in sockets:
-            sock.close()
-        raise
-    return sockets
-
-
-def _host_of(peername: Any) -> str:
-    if isinstance(peername, tuple) and peername:
-        return str(peername[0])
-    return "?"
-
-
-def _peer_label(peername: Any) -> str:
-    if isinstance(peername, tuple) and len(peername) >= 2:
-        return f"{peername[0]}:{peername[1]}"
-    return "?"
 
 
 def _set_keepalive(transport: asyncio.BaseTransport) -> None:
@@ -204,7 +174,9 @@ class _Link:
         self.remote = _Half(self)
         self.last_active = time.monotonic()
         self.closed = False
-        self.counted = False  # an incoming link counted against max_connections
+        # Set when the link closes: the handler of an incoming link waits for it, so the
+        # port's gate counts the link as an open connection for as long as it lasts.
+        self.done: asyncio.Future[None] | None = None
 
     def join(self) -> None:
         """Start forwarding both ways, first what either side sent meanwhile."""
@@ -228,9 +200,8 @@ class _Link:
             return
         self.closed = True
         self.owner._links.discard(self)
-        if self.counted:
-            self.counted = False
-            self.owner._incoming -= 1
+        if self.done is not None and not self.done.done():
+            self.done.set_result(None)
         for half in (self.local, self.remote):
             if half.transport is not None:
                 # Both at once: whatever one side still had to say is moot without the other.
@@ -244,9 +215,9 @@ class PeerLinks:
                  members: Members, on_incoming: Incoming,
                  handshake_timeout: float = HANDSHAKE_TIMEOUT,
                  idle_timeout: float = IDLE_TIMEOUT,
-                 max_connections: int = PEER_MAX_CONNECTIONS,
-                 max_handshakes: int = PEER_MAX_HANDSHAKES,
-                 max_per_source: int = PEER_MAX_PER_SOURCE) -> None:
+                 max_connections: int = DEFAULT_PEER_MAX_CONNECTIONS,
+                 max_handshakes: int = DEFAULT_PEER_MAX_HANDSHAKES,
+                 max_per_source: int = DEFAULT_PEER_MAX_PER_SOURCE) -> None:
         self.node_id = node_id
         self.listen = listen
         self._members = members
@@ -255,28 +226,19 @@ class PeerLinks:
         self._client_ctx = peer_context(ca, cert, key, server=False)
         self.handshake_timeout = handshake_timeout
         self.idle_timeout = idle_timeout
-        self.max_connections = max_connections
-        self.max_handshakes = max_handshakes
-        self.max_per_source = max_per_source
+        # The port's caps ([limits] peer_max_*), the service port's kind of gate: the
+        # handshakes in progress are its "pending" connections, member links settled ones.
+        self.gate = Gate("raft", PortLimits(max_connections, max_handshakes, max_per_source))
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._listeners: list[socket.socket] = []
         self._sweeper: asyncio.Task[None] | None = None
         self._links: set[_Link] = set()
-        # Incoming connections: TLS handshakes in progress (in all, from hosts that are not
-        # a member's, and by source address) and authenticated links.
-        self._handshakes = 0
-        self._strangers = 0
-        self._by_source: dict[str, int] = {}
-        self._incoming = 0
-        # The addresses of the current members' hosts (refreshed by the sweeper): their
-        # handshakes are capped per source only, so strangers cannot crowd members out.
-        self._member_hosts: frozenset[str] = frozenset()
         self._tasks: set[asyncio.Task[Any]] = set()
-        # Refusals: at most one line a second per (reason, host); out of descriptors at
-        # accept: one line per few seconds.
+        self._accepting: set[asyncio.Task[None]] = set()  # accept loops
+        self._handlers: set[asyncio.Task[None]] = set()  # incoming connections
+        # Refusals: at most one line a second per (reason, host).
         self._refusals = RateLimiter(1.0)
-        self._accept_log = RateLimiter(5.0)
         self._closing = False
 
     def _refuse(self, key: tuple[str, str], message: str,
@@ -306,9 +268,10 @@ class PeerLinks:
     async def _start(self) -> None:
         loop = asyncio.get_running_loop()
         deadline = time.monotonic() + BIND_PATIENCE
+        host, port = split_address(self.listen)
         while True:
             try:
-                self._listeners = _listen(self.listen)
+                self._listeners = listen(host, port)
                 break
             except OSError as exc:
                 # A previous process may still hold the port for a moment.
@@ -317,8 +280,8 @@ class PeerLinks:
                                       f"{exc.strerror or exc}") from None
                 await asyncio.sleep(0.2)
         for sock in self._listeners:
-            loop.add_reader(sock.fileno(), self._accept, sock)
-        await self._refresh_member_hosts()
+            self._accepting.add(loop.create_task(
+                accept_loop(sock, self.gate, self._admit, self._handlers)))
         self._sweeper = loop.create_task(self._sweep())
         log.info("Raft peer links: mutual TLS on %s (role %r, current members only)",
                  self.listen, ROLE)
@@ -338,18 +301,19 @@ class PeerLinks:
 
     async def _shutdown(self) -> None:
         self._closing = True
-        loop = asyncio.get_running_loop()
+        for task in self._accepting:
+            task.cancel()
         for sock in self._listeners:
-            loop.remove_reader(sock.fileno())
             sock.close()
         self._listeners = []
         if self._sweeper is not None:
             self._sweeper.cancel()
-        for task in list(self._tasks):
+        for task in (*self._tasks, *self._handlers):
             task.cancel()
         for link in list(self._links):
             link.close()
-        pending = [t for t in (self._sweeper, *self._tasks) if t is not None]
+        pending = [t for t in (self._sweeper, *self._accepting, *self._tasks, *self._handlers)
+                   if t is not None]
         await asyncio.gather(*pending, return_exceptions=True)
 
     @property
@@ -361,9 +325,8 @@ class PeerLinks:
         return str(name[0]), int(name[1])
 
     def counts(self) -> dict[str, int]:
-        """Incoming connections now: handshakes in progress and member links (for tests)."""
-        return {"handshakes": self._handshakes, "links": self._incoming,
-                "sources": len(self._by_source)}
+        """Incoming connections now: all of them, and those still in their handshake."""
+        return {"open": self.gate.open, "handshakes": self.gate.pending}
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -473,95 +436,44 @@ class PeerLinks:
 
     # incoming -------------------------------------------------------------------------
 
-    def _accept(self, listener: socket.socket) -> None:
-        """The listener is readable: accept what is waiting, refuse what is over a cap."""
-        loop = self._loop
-        for _ in range(ACCEPT_BATCH):
-            try:
-                sock, peer = listener.accept()
-            except (BlockingIOError, InterruptedError, ConnectionAbortedError):
-                return
-            except OSError as exc:
-                if exc.errno not in storage.TRANSIENT_ERRNOS or loop is None:
-                    log.warning("accepting a Raft peer connection failed: %s", exc)
-                    return
-                # No descriptor left: stop listening for a moment (the kernel keeps the
-                # backlog) rather than spin on a socket that stays readable.
-                self._accept_log.log("accept", log, logging.WARNING,
-                                     f"not accepting Raft peer connections for "
-                                     f"{ACCEPT_PAUSE} s: {exc.strerror or exc} (out of file "
-                                     "descriptors)")
-                loop.remove_reader(listener.fileno())
-                loop.call_later(ACCEPT_PAUSE, self._resume_accept, listener)
-                return
-            host = _host_of(peer)
-            problem = self._over_cap(host)
-            if problem is not None or self._closing:
-                sock.close()  # at once: an excess connection costs nothing more
-                if problem is not None:
-                    self._refuse(("busy", host),
-                                        f"refused a Raft peer connection from "
-                                        f"{_peer_label(peer)}: {problem}")
-                continue
-            self._handshakes += 1
-            stranger = host not in self._member_hosts
-            self._strangers += stranger
-            self._by_source[host] = self._by_source.get(host, 0) + 1
-            self._spawn(self._admit(sock, peer, host, stranger))
-
-    def _resume_accept(self, listener: socket.socket) -> None:
-        if not self._closing and self._loop is not None and listener in self._listeners:
-            self._loop.add_reader(listener.fileno(), self._accept, listener)
-
-    def _over_cap(self, host: str) -> str | None:
-        # Hosts of members are capped per source only: however many strangers connect,
-        # a member can still get through (unless it shares its host with the attacker).
-        if host not in self._member_hosts:
-            if self._strangers + self._incoming >= self.max_connections:
-                return f"{self._strangers + self._incoming} connections are open (limit " \
-                       f"{self.max_connections}: peer_max_connections)"
-            if self._strangers >= self.max_handshakes:
-                return f"{self._strangers} TLS handshakes are already under way (limit " \
-                       f"{self.max_handshakes}: peer_max_handshakes)"
-        if self._by_source.get(host, 0) >= self.max_per_source:
-            return f"{self._by_source[host]} handshakes from {host} are already under way " \
-                   f"(limit {self.max_per_source}: peer_max_per_source)"
-        return None
-
-    def _handshake_done(self, host: str, stranger: bool) -> None:
-        self._handshakes -= 1
-        self._strangers -= stranger
-        left = self._by_source.get(host, 1) - 1
-        if left > 0:
-            self._by_source[host] = left
-        else:
-            self._by_source.pop(host, None)
-
-    async def _admit(self, sock: socket.socket, peer: Any, host: str, stranger: bool) -> None:
+    async def _admit(self, sock: socket.socket, address: Any, ticket: Ticket) -> None:
+        """An incoming connection the gate let in: TLS, the member's certificate, the link."""
+        ticket.started = True
         loop = asyncio.get_running_loop()
+        host, label = source_of(address), peer_label(address)
         link = _Link(self, "in", "")
         try:
-            try:
-                sock.setblocking(False)
-                tls, _ = await asyncio.wait_for(loop.connect_accepted_socket(
-                    lambda: link.remote, sock, ssl=self._server_ctx,
-                    ssl_handshake_timeout=self.handshake_timeout),
-                    2 * self.handshake_timeout)
-            except (OSError, EOFError) as exc:  # ssl.SSLError and TimeoutError included
-                reason = failure_reason(exc)
-                self._refuse((reason, host),
-                                    f"refused a Raft peer connection from {_peer_label(peer)}: "
-                                    f"TLS handshake failed ({reason}: {exc})")
-                sock.close()
+            tls, _ = await asyncio.wait_for(loop.connect_accepted_socket(
+                lambda: link.remote, sock, ssl=self._server_ctx,
+                ssl_handshake_timeout=self.handshake_timeout), 2 * self.handshake_timeout)
+        except asyncio.CancelledError:
+            sock.close()
+            if swallow_eviction(ticket):  # the gate made room for a newer connection
+                self._refuse(("evicted", host), f"dropped a Raft peer connection from "
+                             f"{label} still in its TLS handshake, to make room")
                 return
-            except asyncio.CancelledError:
-                sock.close()
-                raise
-        finally:
-            self._handshake_done(host, stranger)
-        self._incoming += 1  # counted from here on, until the link closes
-        link.counted = True
+            raise
+        except (OSError, EOFError) as exc:  # ssl.SSLError and TimeoutError included
+            sock.close()
+            if is_exhaustion(exc):
+                self.gate.report.exhausted("starting TLS", exc)
+            reason = failure_reason(exc)
+            self._refuse((reason, host), f"refused a Raft peer connection from {label}: "
+                         f"TLS handshake failed ({reason}: {exc})")
+            return
+        self.gate.settled(ticket)  # no longer evictable: it finished its handshake
+        link.done = loop.create_future()
         self._links.add(link)
+        try:
+            if await self._join_incoming(link, tls, host, label):
+                await link.done  # the gate counts the link until it closes
+        finally:
+            link.close()
+
+    async def _join_incoming(self, link: _Link, tls: asyncio.BaseTransport, host: str,
+                             label: str) -> bool:
+        """Check the member's certificate and hand pysyncobj its end of the link."""
+        loop = asyncio.get_running_loop()
         role, name = pki.peer_identity(tls.get_extra_info("peercert"))
         members = self._current()
         problem = None
@@ -574,59 +486,39 @@ class PeerLinks:
             problem = f"node {name!r} is not a current member"
         if problem is not None:
             self._refuse((f"identity {name}", host),
-                                f"refused a Raft peer connection from {_peer_label(peer)}: "
-                                f"{problem}")
-            link.close()
-            return
+                         f"refused a Raft peer connection from {label}: {problem}")
+            return False
         link.peer_address = members[name]
         _set_keepalive(tls)
-        handed = False
-        theirs: socket.socket | None = None
         try:
             ours, theirs = socket.socketpair()
-            ours.setblocking(False)
-            theirs.setblocking(False)
-            try:
-                await loop.connect_accepted_socket(lambda: link.local, ours)
-            except BaseException:
-                if link.local.transport is None:
-                    ours.close()
-                raise
-            if link.closed:  # the peer went away meanwhile
-                return
-            link.peer_id = name
-            link.join()
-            log.debug("Raft peer %s connected from %s", name, _peer_label(peer))
-            self._on_incoming(theirs, link.peer_address)
-            handed = True
-        except OSError as exc:
+        except OSError as exc:  # out of descriptors: the peer reconnects later
             self._refuse(("socketpair", host),
-                                f"cannot hand the Raft link from {name} to pysyncobj: {exc}")
-        finally:
-            if not handed:
-                if theirs is not None:
-                    theirs.close()
-                link.close()
+                         f"cannot hand the Raft link from {name} to pysyncobj: {exc}")
+            return False
+        ours.setblocking(False)
+        theirs.setblocking(False)
+        try:
+            await loop.connect_accepted_socket(lambda: link.local, ours)
+        except BaseException:
+            theirs.close()
+            if link.local.transport is None:
+                ours.close()
+            raise
+        if link.closed:  # the peer went away meanwhile
+            theirs.close()
+            return False
+        link.peer_id = name
+        link.join()
+        log.debug("Raft peer %s connected from %s", name, label)
+        self._on_incoming(theirs, link.peer_address)
+        return True
 
     # housekeeping ---------------------------------------------------------------------
-
-    async def _refresh_member_hosts(self) -> None:
-        loop = asyncio.get_running_loop()
-        hosts: set[str] = set()
-        for address in self._current().values():
-            try:
-                host, port = split_address(address)
-                for *_, sockaddr in await loop.getaddrinfo(host, port,
-                                                           type=socket.SOCK_STREAM):
-                    hosts.add(str(sockaddr[0]))
-            except (ConfigError, OSError):
-                continue  # an unresolvable member simply gets no share of its own
-        self._member_hosts = frozenset(hosts)
 
     async def _sweep(self) -> None:
         while True:
             await asyncio.sleep(SWEEP_PERIOD)
-            await self._refresh_member_hosts()
             if not self._links:
                 continue
             try:

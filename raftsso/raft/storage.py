@@ -17,19 +17,19 @@ at most every :data:`TRANSIENT_LOG_PERIOD` seconds.
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import os
 import sys
 from collections.abc import Callable
 
 from raftsso.errors import StorageError
+from raftsso.limits import EXHAUSTION_ERRNOS, is_exhaustion
 from raftsso.logs import RateLimiter
 
 log = logging.getLogger(__name__)
 
 EXIT_STORAGE_FAILURE = 75
-TRANSIENT_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+TRANSIENT_ERRNOS = EXHAUSTION_ERRNOS  # EMFILE, ENFILE, ENOMEM, ENOBUFS
 TRANSIENT_LOG_PERIOD = 10.0
 
 
@@ -39,9 +39,7 @@ class TransientStorageError(StorageError):
 
 def is_transient(exc: BaseException) -> bool:
     """Out of descriptors or memory (retry later), as opposed to a failing disk."""
-    if isinstance(exc, MemoryError | TransientStorageError):
-        return True
-    return isinstance(exc, OSError) and exc.errno in TRANSIENT_ERRNOS
+    return isinstance(exc, TransientStorageError) or is_exhaustion(exc)
 
 
 def write_all(fd: int, data: bytes) -> None:

@@ -23,9 +23,11 @@ from pysyncobj.tcp_server import TcpServer
 from pysyncobj.transport import TCPTransport
 
 from raftsso.raft import storage
-from raftsso.raft.peer_links import ACCEPT_PAUSE, PeerLinks
+from raftsso.raft.peer_links import PeerLinks
 
 log = logging.getLogger(__name__)
+
+ACCEPT_PAUSE = 0.5  # password-only fallback: how long its listener rests after EMFILE
 
 
 class _PausingTcpServer(TcpServer):  # type: ignore[misc]

@@ -4,9 +4,10 @@ Real node processes on loopback. The node under attack gets a low ``RLIMIT_NOFIL
 the running process with ``prlimit``), and bare TCP connections that never start TLS come
 at its Raft port from several source addresses. What must hold:
 
-* the Raft port's caps (``peer_max_handshakes``, ``peer_max_per_source``,
-  ``peer_max_connections``) close the excess at once, so the node keeps its role and
-  acknowledges rotations during and after the flood;
+* the Raft port's gate (``[limits]`` ``peer_max_handshakes``, ``peer_max_per_source``,
+  ``peer_max_connections``) closes the excess at once or drops the oldest unfinished
+  handshake, so the node keeps its role and acknowledges rotations during and after the
+  flood;
 * even with no file descriptor left at all, the node does not exit: the journal, term and
   vote need no new descriptor (:mod:`raftsso.raft.meta`), and an ``accept`` that finds
   none pauses the listener instead of spinning. (Before, the next term-and-vote write
@@ -134,14 +135,14 @@ def test_a_flooded_raft_port_at_a_low_descriptor_limit_keeps_the_node_serving(
     # Room for the node's own needs and the capped handshakes, far less than a flood.
     _limit_descriptors(pid, _open_descriptors(pid) + 64)
     with Flood(_raft_address(cluster, target), size=1200) as flood:
-        wait_for(lambda: "refused a Raft peer connection" in cluster.log(target)
-                 and flood.attempts > 1200, what="the flood to reach the Raft port")
+        wait_for(lambda: '"event":"connection_refused"' in cluster.log(target)
+                 and "raft port:" in cluster.log(target) and flood.attempts > 1200,
+                 what="the flood to reach the Raft port's caps")
         version = cluster.rotate()["version"]  # acknowledged during the flood
         assert cluster.wait_healthy()["primary_version"] == version
         _assert_alive(cluster, target)
         assert _role_and_term(cluster, target) == before
-    log = cluster.log(target)
-    assert "peer_max_per_source" in log or "peer_max_handshakes" in log
+    assert "to make room" in cluster.log(target)  # unfinished handshakes were dropped
     version = cluster.rotate()["version"]  # and after it
     assert cluster.wait_healthy()["primary_version"] == version
     _assert_alive(cluster, target)
@@ -156,7 +157,8 @@ def test_a_leader_without_a_free_descriptor_still_acknowledges_rotations(
     _limit_descriptors(pid, _open_descriptors(pid))  # nothing left (but holes)
     try:
         with Flood(_raft_address(cluster, leader), size=64):
-            wait_for(lambda: "not accepting Raft peer connections" in cluster.log(leader),
+            wait_for(lambda: "raft port: out of descriptors or memory while accepting"
+                     in cluster.log(leader),
                      what="the Raft port's accept to run out of descriptors")
             for _ in range(3):  # each one changes the commit index: a meta write
                 version = cluster.rotate()["version"]
