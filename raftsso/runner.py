@@ -22,7 +22,7 @@ from raftsso.fsm import KeyringStateMachine
 from raftsso.logs import log_through_queue
 from raftsso.metrics import HealthServer, NodeMetrics
 from raftsso.node import Node, RaftHooks
-from raftsso.raft import RaftNode
+from raftsso.raft import RaftConfig, RaftNode
 from raftsso.server import Server
 from raftsso.telemetry import RequestTelemetry
 from raftsso.watch import ClusterWatch
@@ -41,12 +41,24 @@ def setup_logging(level: str = "INFO") -> None:
     logging.getLogger("pysyncobj").setLevel(logging.WARNING)
 
 
+def raft_config(cfg: NodeConfig) -> RaftConfig:
+    """The Raft member's settings out of a node's configuration (the one place they meet)."""
+    return RaftConfig(
+        node_id=cfg.node_id, raft_address=cfg.raft_address, members=cfg.members,
+        data_dir=cfg.data_dir, cluster_secret=cfg.cluster_secret(), timings=cfg.raft,
+        peer_tls=cfg.peer_tls, ca_cert=cfg.ca_cert, cert=cfg.cert, key=cfg.key,
+        peer_max_connections=cfg.limits.peer_max_connections,
+        peer_max_handshakes=cfg.limits.peer_max_handshakes,
+        peer_max_per_source=cfg.limits.peer_max_per_source, source=str(cfg.path))
+
+
 def build_node(cfg: NodeConfig) -> Node:
     """Wire one replica: its state machine, its Raft member (built here, the one place a
     RaftNode is made) and the node that is given both."""
     fsm = KeyringStateMachine()
     hooks = RaftHooks(cfg)
-    raft = RaftNode(cfg, fsm, on_role_change=hooks.role_changed, directory=hooks.members)
+    raft = RaftNode(raft_config(cfg), fsm, on_role_change=hooks.role_changed,
+                    directory=hooks.members)
     return Node(cfg, fsm, raft, hooks)
 
 

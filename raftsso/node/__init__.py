@@ -110,10 +110,7 @@ class Node:
 
     def role_changed(self, old: str, new: str) -> None:
         """Called by the Raft member, in the Raft thread: events.emit only queues."""
-        try:
-            term: int | None = self.raft.term
-        except RuntimeError:  # the member is still being built
-            term = None
+        term = self.raft.term if self.raft.started else None
         log.info("raft role of %s: %s -> %s (term %s)", self.cfg.node_id, old, new,
                  "?" if term is None else term)
         if new == "leader":

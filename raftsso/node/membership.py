@@ -16,7 +16,7 @@ from raftsso.config import Endpoint, NodeConfig, Peer
 from raftsso.errors import NotLeader, RaftssoError, RemoteError
 from raftsso.fsm import KeyringStateMachine
 from raftsso.keyring import Keyring
-from raftsso.node.raft_member import RaftMember, accepted
+from raftsso.node.raft_member import RaftMember
 from raftsso.node.tracking import node_client
 from raftsso.node.write_path import WritePath, result_of
 from raftsso.protocol.codes import ErrorCode
@@ -55,10 +55,9 @@ class Membership:
                 by_id.pop(node_id, None)
             else:
                 by_id[node_id] = Peer(node_id, rec.raft_address, rec.service_address)
-        try:
-            in_raft = self._raft.raft_addresses()
-        except RuntimeError:  # the Raft member is not running yet
+        if not self._raft.started:
             return sorted(by_id.values(), key=lambda p: p.id)
+        in_raft = self._raft.raft_addresses()
         members = [p for p in by_id.values() if p.raft_address in in_raft]
         known = {p.raft_address for p in members}
         # In Raft but not (yet) in the directory: a change whose record did not land.
@@ -176,13 +175,12 @@ class Membership:
                     "quorum", code=ErrorCode.WOULD_LOSE_QUORUM)
             raft_address = by_id[node_id].raft_address
             service_address = by_id[node_id].service_address
-        if (raft_address in self._raft.raft_addresses()) != add:
-            answer = self._raft.change_membership(add, raft_address,
-                                                  2 * self._cfg.raft.commit_timeout,
-                                                  node_id=node_id)
-            if not accepted(answer):
-                raise RemoteError("Raft refused the membership change (a previous change is "
-                                  "not committed yet); retry", code=ErrorCode.CHANGE_PENDING)
+        if ((raft_address in self._raft.raft_addresses()) != add
+                and not self._raft.change_membership(add, raft_address,
+                                                     2 * self._cfg.raft.commit_timeout,
+                                                     node_id=node_id)):
+            raise RemoteError("Raft refused the membership change (a previous change is "
+                              "not committed yet); retry", code=ErrorCode.CHANGE_PENDING)
         return Member(request_id, node_id, raft_address, service_address, removed=not add)
 
     def _answers(self, service_address: str) -> bool:
@@ -231,7 +229,7 @@ class Membership:
                                   "catch up in time", code=ErrorCode.LAGGING)
             time.sleep(0.02)
         old_term = raft.term
-        if not accepted(raft.transfer_leadership(target, timeout)):
+        if not raft.transfer_leadership(target, timeout):
             raise RemoteError(f"the transfer to {target} was refused (it is lagging or no "
                               "longer connected); try again", code=ErrorCode.LAGGING)
         log.info("leadership transfer from %s to %s requested", self._cfg.node_id, target)

@@ -36,7 +36,10 @@ class PeerInfo(Protocol):
 
 
 class RaftMember(Protocol):
-    """One replica's Raft member, as the node uses it."""
+    """One replica's Raft member, as the node uses it (``raftsso.raft.RaftNode``)."""
+
+    @property
+    def started(self) -> bool: ...
 
     @property
     def is_leader(self) -> bool: ...
@@ -68,7 +71,7 @@ class RaftMember(Protocol):
     def peers(self) -> Sequence[PeerInfo]: ...
 
     def raft_addresses(self) -> set[str]:
-        """The Raft configuration now (this node included); RuntimeError if not running."""
+        """The Raft configuration now (this node included); only once :attr:`started`."""
         ...
 
     def propose(self, command: bytes, timeout: float) -> Outcome:
@@ -76,26 +79,17 @@ class RaftMember(Protocol):
         ...
 
     def change_membership(self, add: bool, raft_address: str, timeout: float,
-                          node_id: str | None = None) -> int:
-        """Accepted: True (or pysyncobj's 0, before the Raft package returned bool)."""
+                          node_id: str | None = None) -> bool:
+        """True once the change committed; False: refused (one change at a time)."""
         ...
 
-    def transfer_leadership(self, node_id: str, timeout: float) -> int:
-        """Accepted: True (or pysyncobj's 0, before the Raft package returned bool)."""
+    def transfer_leadership(self, node_id: str, timeout: float) -> bool:
+        """True: the request went out (the caller polls :attr:`leader_id`); False: refused."""
         ...
 
     def start(self) -> None: ...
 
     def stop(self) -> None: ...
-
-
-def accepted(answer: int) -> bool:
-    """A membership or transfer request the Raft member accepted.
-
-    ``raftsso.raft`` answers pysyncobj's FAIL_REASON (0 is success); the Raft package answers
-    a bool. Both read right here, so the caller does not care which it runs on.
-    """
-    return answer if isinstance(answer, bool) else answer == 0
 
 
 class RaftHooks:

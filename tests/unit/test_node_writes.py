@@ -47,6 +47,7 @@ class LaggingRaft:
     role: str = "leader"
     leader_id: str | None = "node1"
     has_quorum: bool = True
+    started: bool = True
     index: int = 0
     proposed: list[bytes] = field(default_factory=list)
 
