@@ -27,6 +27,10 @@ def _ms(x: Any) -> str:
     return f"{x * 1000:.1f} ms" if _num(x) else "-"
 
 
+def _ops(x: Any) -> str:
+    return f"{x:,.0f}" if _num(x) else "-"
+
+
 def comparisons(report: dict[str, Any]) -> dict[str, Any]:
     """raftsso / etcd ratios from the same run (None where either side is missing)."""
     out: dict[str, Any] = {}
@@ -88,9 +92,12 @@ def targets(report: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             rot["p50_s"] <= 0.005, "rotation")
     enc = _get(report, "encryption", "1 KiB")
     if enc:
-        row("encrypt at 1 KiB >= 70% of raw AESGCM", f"{enc['encrypt_ratio']:.0%} "
-            f"({enc['client_encrypt']:,.0f} vs {enc['raw_encrypt']:,.0f} ops/s)",
-            enc["encrypt_ratio"] >= 0.7, "encryption")
+        for op in ("encrypt", "decrypt"):
+            floor = enc.get(f"{op}_floor_ratio")
+            row(f"{op} at 1 KiB >= 80% of raw AESGCM", f"{enc[f'{op}_ratio']:.0%} "
+                f"({enc[f'client_{op}']:,.0f} vs {enc[f'raw_{op}']:,.0f} ops/s"
+                + (f"; the format's Python floor {floor:.0%})" if floor else ")"),
+                enc[f"{op}_ratio"] >= 0.8, "encryption")
     rw = _get(report, "rewrap")
     if rw:
         row("rewrap >= 20,000 rows/s", f"{rw['rows_per_s']:,.0f} rows/s "
@@ -212,15 +219,18 @@ def _scenario_tables(report: dict[str, Any]) -> list[str]:
     enc = _get(report, "encryption")
     if enc:
         lines += ["### Encryption (ops/s, one thread)", "",
-                  "| size | raw AESGCM enc | raw + urandom nonce | SSOClient enc | ratio | "
-                  "raw dec | SSOClient dec | ratio |",
-                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+                  "Floor: the same token made (opened) by the least inline Python, no checks "
+                  "(bench/encryption.py).", "",
+                  "| size | raw AESGCM enc | raw + urandom nonce | floor enc | SSOClient enc | "
+                  "ratio | raw dec | floor dec | SSOClient dec | ratio |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
         for label in ("64 B", "1 KiB", "64 KiB"):
             x = enc.get(label)
             if x:
                 lines.append(f"| {label} | {x['raw_encrypt']:,.0f} | "
-                             f"{x['raw_nonce_encrypt']:,.0f} | {x['client_encrypt']:,.0f} | "
-                             f"{x['encrypt_ratio']:.0%} | {x['raw_decrypt']:,.0f} | "
+                             f"{x['raw_nonce_encrypt']:,.0f} | {_ops(x.get('floor_encrypt'))} | "
+                             f"{x['client_encrypt']:,.0f} | {x['encrypt_ratio']:.0%} | "
+                             f"{x['raw_decrypt']:,.0f} | {_ops(x.get('floor_decrypt'))} | "
                              f"{x['client_decrypt']:,.0f} | {x['decrypt_ratio']:.0%} |")
         lines.append("")
     rw = _get(report, "rewrap")

@@ -140,7 +140,7 @@ class _Cache:
     # Precomputed for encrypt/decrypt, whose every Python operation shows in their cost:
     fresh_until: float  # synced_at + max_staleness
     primary: envelope.Envelope | None
-    by_header: Mapping[bytes, envelope.Envelope]  # a token's first 5 bytes -> its envelope
+    keyset: envelope.Keyset  # every version's envelope, by token header
 
 
 def _int(raw: Mapping[str, Any], key: str) -> int:
@@ -399,12 +399,10 @@ class SSOClient:
         """
         cache = self._cache
         if cache is not None:
-            try:  # the format byte and key version in one lookup
-                found = cache.by_header.get(token[:5])
-            except TypeError:  # not bytes (an unhashable slice): the slow path decides
-                found = None
-            if found is not None:
-                return found.decrypt(token, associated_data)
+            plaintext = cache.keyset.decrypt(token, associated_data)
+            if plaintext is not None:
+                return plaintext
+        # Closed, not a token, a version not cached (resync), or not bytes: spelled out.
         cache = self._current()
         version_id = envelope.token_key_version(token)
         version = cache.ring.versions.get(version_id)
@@ -504,13 +502,12 @@ class SSOClient:
     def _install(self, ring: _Keyring, index: int) -> None:
         previous = self._cache
         now = self._clock()
-        envelopes = [v.envelope for v in ring.versions.values()]
         self._cache = _Cache(ring=ring, synced_at=now, synced_at_wall=self._wall(),
                              max_version=max(ring.versions, default=0),
                              fresh_until=now + self.max_staleness,
                              primary=None if ring.primary is None
                              else ring.versions[ring.primary].envelope,
-                             by_header={e.header: e for e in envelopes})
+                             keyset=envelope.Keyset(v.envelope for v in ring.versions.values()))
         self._preferred = index
         if self._cluster_id is None:
             self._cluster_id = ring.cluster_id

@@ -50,7 +50,7 @@ import secrets
 import struct
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -212,6 +212,39 @@ class Envelope:
         body = token[_NONCE_END:] if size < _VIEW_FROM else memoryview(token)[_NONCE_END:]
         try:
             return self._open(token[_HEADER_END:_NONCE_END], body, header + associated_data)
+        except InvalidTag:
+            raise InvalidToken() from None
+
+
+class Keyset:
+    """The envelopes of one keyring, found by a token's first five bytes (format, version).
+
+    :meth:`decrypt` is the client's hot path: the lookup checks the format byte and finds
+    the version at once, and the token is opened in the same frame.
+    """
+
+    __slots__ = ("_by_header",)
+
+    def __init__(self, envelopes: Iterable[Envelope]) -> None:
+        self._by_header = {e.header: (e.header, e._open) for e in envelopes}
+
+    def decrypt(self, token: bytes, associated_data: bytes = b"") -> bytes | None:
+        """The plaintext; ``None`` when no envelope here made a token with this header
+        (another version, or not a token at all); :class:`InvalidToken` when one did but
+        the token does not open."""
+        try:
+            found = self._by_header.get(token[:_HEADER_END])
+        except (TypeError, ValueError):  # unhashable (bytearray, writable memoryview)
+            return None
+        if found is None:
+            return None
+        header, open_ = found
+        size = len(token)
+        if size < TOKEN_OVERHEAD:
+            raise InvalidToken()
+        body = token[_NONCE_END:] if size < _VIEW_FROM else memoryview(token)[_NONCE_END:]
+        try:
+            return open_(token[_HEADER_END:_NONCE_END], body, header + associated_data)
         except InvalidTag:
             raise InvalidToken() from None
 

@@ -196,7 +196,8 @@ def test_wrong_associated_data_is_rejected(client: SSOClient) -> None:
 
 
 
-@pytest.mark.parametrize("kind", [bytes, bytearray, memoryview])
+@pytest.mark.parametrize("kind", [bytes, bytearray, memoryview,
+                                  lambda b: memoryview(bytearray(b))])
 def test_decrypt_takes_any_bytes_like_token(client: SSOClient, kind: Any) -> None:
     for size in (0, 100, 70_000):  # small and large (a memoryview inside) tokens
         data = os.urandom(size)

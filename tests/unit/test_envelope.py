@@ -443,3 +443,35 @@ def test_tokens_of_every_size_round_trip_and_reject_tampering(size: int) -> None
     tampered[-1] ^= 1
     _assert_invalid(ENV.decrypt, bytes(tampered), b"ad")
     _assert_invalid(ENV.decrypt, token, b"other")
+
+
+# -- Keyset: the client's lookup by token header -------------------------------------------
+
+
+def test_keyset_opens_tokens_of_its_versions_and_declines_others() -> None:
+    one, two = Envelope(1, KEY), Envelope(2, OTHER_KEY)
+    keyset = envelope.Keyset([one, two])
+    assert keyset.decrypt(one.encrypt(b"a", b"ad"), b"ad") == b"a"
+    assert keyset.decrypt(two.encrypt(b"", b"ad"), b"ad") == b""  # empty, not None
+    assert keyset.decrypt(two.encrypt(b"b" * 70_000)) == b"b" * 70_000
+    # Another version, another format, not a token: not ours, the caller decides.
+    assert keyset.decrypt(Envelope(3, KEY).encrypt(b"c")) is None
+    assert keyset.decrypt(b"\x02" + one.encrypt(b"d")[1:]) is None
+    for junk in (b"", b"\x01", b"\x01\x00\x00\x00"):
+        assert keyset.decrypt(junk) is None
+    assert keyset.decrypt(bytearray(one.encrypt(b"e"))) is None  # unhashable: caller decides
+    assert keyset.decrypt(memoryview(one.encrypt(b"f"))) == b"f"
+
+
+def test_keyset_rejects_a_token_of_its_version_that_does_not_open() -> None:
+    one = Envelope(1, KEY)
+    keyset = envelope.Keyset([one])
+    token = one.encrypt(b"secret", b"ad")
+    _assert_invalid(keyset.decrypt, token[:TOKEN_OVERHEAD - 1], b"ad")
+    _assert_invalid(keyset.decrypt, token, b"other")
+    for pos in range(5, len(token)):
+        tampered = bytearray(token)
+        tampered[pos] ^= 1
+        _assert_invalid(keyset.decrypt, bytes(tampered), b"ad")
+    # Same header, other key material (a version id reused in another cluster).
+    _assert_invalid(envelope.Keyset([Envelope(1, OTHER_KEY)]).decrypt, token, b"ad")
