@@ -55,7 +55,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from bench.common import ms, print_table
+from bench.common import FirstAck, ms, print_table, stop_processes
 from bench.stats import percentile, summary
 from tests.harness import free_base_port
 
@@ -141,16 +141,7 @@ class BaoCluster:
             self.pids.append(n.proc.pid)
 
     def stop(self) -> None:
-        for n in self.nodes:
-            if n.proc and n.proc.poll() is None:
-                n.proc.terminate()
-        for n in self.nodes:
-            if n.proc:
-                try:
-                    n.proc.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    n.proc.kill()
-                    n.proc.wait(timeout=15)
+        stop_processes((n.proc for n in self.nodes), timeout=15)
 
     # the HTTP API ----------------------------------------------------------------------
 
@@ -342,58 +333,38 @@ def _trial(cluster: BaoCluster, i: int) -> dict[str, Any]:
     if old is None or old.proc is None:
         raise RuntimeError("OpenBao has no active node before the trial")
     survivors = [n for n in cluster.nodes if n is not old]
-    done = threading.Event()
-    lock = threading.Lock()
-    result: list[tuple[float, str]] = []
-    failed: Counter[str] = Counter()  # by HTTP status; "error": no answer (refused, timeout)
     path = f"/v1/transit/keys/{KEY}/rotate"
     t0 = time.perf_counter()
     old.proc.send_signal(signal.SIGKILL)
     old.proc.wait(timeout=10)
 
-    def attempt(node: _Node) -> None:
+    def attempt(node: _Node) -> str | None:
         try:
             status, _ = cluster.call(node, "POST", path, {}, timeout=3.0)
         except HTTPError:
-            status = 0
-        with lock:
-            if status // 100 == 2:
-                if not result:
-                    result.append((time.perf_counter() - t0, node.name))
-                done.set()
-            else:
-                failed[str(status) if status else "error"] += 1
+            return "error"  # no answer: refused, reset, timed out
+        return None if status // 100 == 2 else str(status)  # 307 included: not followed
 
-    def launcher() -> None:
-        k = 0
-        while not done.is_set():
-            threading.Thread(target=attempt, args=(survivors[k % len(survivors)],),
-                             daemon=True).start()
-            k += 1
-            time.sleep(0.01)
-
-    probe = threading.Thread(target=launcher, daemon=True)
+    probe = FirstAck(survivors, attempt, t0)
     probe.start()
     leader_s = None
     deadline = t0 + 90
-    while leader_s is None and time.perf_counter() < deadline and not done.is_set():
+    while leader_s is None and time.perf_counter() < deadline:
         for node in survivors:
             if cluster.health(node, timeout=0.5) == 200:
                 leader_s = time.perf_counter() - t0
                 break
         else:
             time.sleep(0.005)
-    if not done.wait(max(0.0, deadline - time.perf_counter())):
-        done.set()
+    first = probe.wait(deadline - time.perf_counter())
+    if first is None:
         raise RuntimeError("OpenBao acknowledged no write within 90 s")
-    probe.join(timeout=5)
-    with lock:
-        ack_s, via = result[0]
-        failures = dict(sorted(failed.items()))
+    ack_s, via = first
+    failures = dict(sorted(probe.failures.items()))
     cluster.start(old)
     cluster.unseal(old)
     return {"killed": old.name, "new_active_s": leader_s, "ack_write_s": ack_s,
-            "acked_by": via, "failed_writes": sum(failures.values()),
+            "acked_by": via.name, "failed_writes": sum(failures.values()),
             "failed_by_status": failures}
 
 

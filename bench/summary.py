@@ -310,11 +310,15 @@ def _peer_tables(report: dict[str, Any]) -> list[str]:
                      f"{_ratio(r, e)} | {_ratio(r, bd)} | {_ratio(r, bm)} |")
     lines.append(f"| acknowledged write, sequential p50 | {_ms(r_rot)} | {_ms(e_put)} | "
                  f"{_ms(b_rot)} | | {_ratio(r_rot, e_put)} | {_ratio(r_rot, b_rot)} | |")
-    lines += ["", f"OpenBao failover trials: {d['trials']} per timing "
+    def failed(f: dict[str, Any]) -> str:
+        by = ", ".join(f"{k} {v:,}" for k, v in (f.get("failed_by_status") or {}).items())
+        return f"{f['failed_writes']:,}" + (f" ({by})" if by else "")
+
+    lines += ["", f"OpenBao failover trials: {d['trials']} per timing, default / multiplier 1 "
               f"(heartbeat timeout {d['heartbeat_s']:g} s / {m1['heartbeat_s']:g} s); "
-              f"failed writes while electing (307 to the dead node, refused, 5xx): "
-              f"{d['failed_writes']:,} / {m1['failed_writes']:,}; new active node median "
-              f"{_ms(d['new_active_s'].get('median'))} / "
+              "failed writes while electing (any answer but 2xx, by status, 307 to the dead "
+              f"node included and not followed; 'error': no answer): {failed(d)} / "
+              f"{failed(m1)}; new active node median {_ms(d['new_active_s'].get('median'))} / "
               f"{_ms(m1['new_active_s'].get('median'))}.", ""]
     t = bao["transit"]
     agent = _get(report, "agent") or {}
