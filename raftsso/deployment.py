@@ -16,11 +16,15 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from raftsso import envelope, pki
 from raftsso.config import CONFIG_FORMAT, dump_toml, format_secret_file, update_toml
 from raftsso.errors import ConfigError
 from raftsso.fsutil import atomic_write, read_private
+
+if TYPE_CHECKING:
+    from raftsso.config import NodeConfig
 
 PORTS_PER_NODE = 3  # raft, service, metrics (/metrics, /healthz, /readyz)
 
@@ -139,6 +143,25 @@ def init_deployment(directory: Path, nodes: int | None = 3, host: str = "127.0.0
     return cluster_id
 
 
+def _join_seal(source: NodeConfig, ndir: Path) -> dict[str, Any]:
+    """The joining node's seal: the file seal's key file copied (every generation); a
+    shamir node needs nothing (it is unsealed with the cluster's shares)."""
+    seal = source.seal
+    if seal.kind == "file" and source.seal_key_file is not None:
+        atomic_write(ndir / "seal.key", read_private(source.seal_key_file))
+        return {"seal": "file", "seal_key_file": "seal.key"}
+    if seal.kind == "shamir":
+        table = {k: v for k, v in (("threshold", seal.threshold), ("shares", seal.shares))
+                 if v is not None}
+        return {"seal": "shamir", "shamir": table}
+    raise ConfigError(_PKCS11_JOIN)
+
+
+_PKCS11_JOIN = ("a node joining a cluster with the pkcs11 seal needs the seal key in a "
+                "token of its own, which only a key ceremony puts there (the key never "
+                "leaves the other nodes' tokens): see docs/operations.md, Seal")
+
+
 def join_node(directory: Path, node_id: str, host: str | None = None,
               base_port: int | None = None) -> NodePlan:
     """Prepare ``DIR/node_id`` for a node joining the existing deployment in ``directory``.
@@ -167,6 +190,8 @@ def join_node(directory: Path, node_id: str, host: str | None = None,
     if node_id in members:
         raise ConfigError(f"{node_id} is already a member of this deployment")
     source = configs[0]
+    if source.seal.kind == "pkcs11":
+        raise ConfigError(_PKCS11_JOIN)
     used = [int(a.rsplit(":", 1)[1]) for m in members.values()
             for a in (m["raft_address"], m["service_address"])]
     if base_port is None:
@@ -181,8 +206,7 @@ def join_node(directory: Path, node_id: str, host: str | None = None,
     pki.write_pair(pki.issue(ca, node_id, "node", hosts=(host, node_id)),
                    ndir / "node.pem", ndir / "node.key")
     atomic_write(ndir / "ca.pem", ca.cert_pem)
-    atomic_write(ndir / "seal.key",
-                 format_secret_file(read_secret_file(source.seal_key_file, "seal"), "seal"))
+    seal = _join_seal(source, ndir)
     atomic_write(ndir / "cluster.secret", format_secret_file(
         read_secret_file(source.cluster_secret_file, "cluster"), "cluster"))
     atomic_write(ndir / "node.toml", dump_toml({
@@ -190,7 +214,7 @@ def join_node(directory: Path, node_id: str, host: str | None = None,
         "raft_address": plan.raft_address, "service_address": plan.service_address,
         "metrics_address": f"{host}:{plan.http_port}", "data_dir": "data",
         "ca_cert": "ca.pem", "cert": "node.pem", "key": "node.key",
-        "seal_key_file": "seal.key", "cluster_secret_file": "cluster.secret",
+        **seal, "cluster_secret_file": "cluster.secret",
         "rotation_grace": source.rotation_grace,
         "peer_tls": source.peer_tls,  # every member must use the same peer link mode
         "raft": {},

@@ -24,22 +24,20 @@ in; the node never imports the Raft module.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
 
-from raftsso import envelope, events
+from raftsso import events
 from raftsso.config import NodeConfig, Peer
-from raftsso.errors import InvalidToken, RemoteError
 from raftsso.fsm import KeyringStateMachine
 from raftsso.keyring import Keyring, KeyState
 from raftsso.node.duties import LeaderDuties
 from raftsso.node.keyring_writes import MAX_LIVE_VERSIONS, KeyringWrites
 from raftsso.node.membership import Membership
 from raftsso.node.raft_member import RaftHooks, RaftMember
+from raftsso.node.sealing import NodeSeal
 from raftsso.node.tracking import ClientCensus, ClientTracker
 from raftsso.node.write_path import WritePath
-from raftsso.protocol.codes import ErrorCode
 from raftsso.protocol.ids import VersionId
 from raftsso.protocol.messages import (
     BackedUpRequest,
@@ -64,6 +62,8 @@ from raftsso.protocol.messages import (
     VersionInfo,
     VersionResult,
 )
+from raftsso.seal.base import SealProvider
+from raftsso.seal.settings import open_seal
 
 log = logging.getLogger(__name__)
 
@@ -75,20 +75,22 @@ class Node:
 
     def __init__(self, cfg: NodeConfig, fsm: KeyringStateMachine, raft: RaftMember,
                  hooks: RaftHooks | None = None, *,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 seal: SealProvider | None = None) -> None:
         self.cfg = cfg
         self.fsm = fsm
         self.raft = raft
-        self._seal_key = cfg.seal_key()
-        self._unsealed: dict[tuple[int, bytes], bytes] = {}
-        self._unseal_lock = threading.Lock()
+        # The seal provider (file, pkcs11, shamir): opened here unless the wiring code
+        # passed one; a wrong PIN or a missing key file stops the node before Raft starts.
+        self.seal = NodeSeal(seal if seal is not None else open_seal(cfg.seal, cfg.cluster_id),
+                             cfg.cluster_id)
         self.writes = WritePath(cfg, fsm, raft, self.leader_service_address,
                                 lambda: self.duties.wake())
         self.membership = Membership(cfg, fsm, raft, self.writes)
         self.clients = ClientTracker(cfg.client_window, clock)
         self.census = ClientCensus(cfg, self.clients, self.membership.members)
-        self.keyring_writes = KeyringWrites(cfg, self.writes, self.census, self._seal_key)
-        self.duties = LeaderDuties(cfg, fsm, raft, self.writes, self.census, self._seal_key)
+        self.keyring_writes = KeyringWrites(cfg, self.writes, self.census, self.seal)
+        self.duties = LeaderDuties(cfg, fsm, raft, self.writes, self.census, self.seal)
         if hooks is not None:
             hooks.bind(self)
 
@@ -107,6 +109,7 @@ class Node:
         self.duties.stop()
         self.census.close()
         self.raft.stop()
+        self.seal.close()
 
     def role_changed(self, old: str, new: str) -> None:
         """Called by the Raft member, in the Raft thread: events.emit only queues."""
@@ -176,20 +179,7 @@ class Node:
     def _unseal(self, ring: Keyring, version: int) -> bytes:
         kv = ring.get(version)
         assert kv is not None and kv.sealed is not None  # a usable version has its key
-        cache_key = (version, kv.sealed)
-        with self._unseal_lock:
-            key = self._unsealed.get(cache_key)
-        if key is None:
-            try:
-                key = envelope.unseal(self._seal_key, kv.sealed,
-                                      cluster_id=self.cfg.cluster_id, version=version)
-            except InvalidToken:
-                raise RemoteError(
-                    f"this node cannot unseal version {version}: its seal key does not match "
-                    "the cluster's", code=ErrorCode.SEAL_MISMATCH) from None
-            with self._unseal_lock:
-                self._unsealed[cache_key] = key
-        return key
+        return self.seal.unwrap(version, kv.sealed)
 
     def clients_view(self) -> ClientsView:
         """The SSO clients this node served within ``client_window`` (for the leader)."""

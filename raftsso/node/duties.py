@@ -23,6 +23,7 @@ from raftsso.errors import RaftssoError
 from raftsso.fsm import KeyringStateMachine
 from raftsso.keyring import Keyring, KeyState
 from raftsso.node.raft_member import RaftMember
+from raftsso.node.sealing import NodeSeal
 from raftsso.node.tracking import ClientCensus
 from raftsso.node.write_path import WritePath
 from raftsso.protocol.commands import Barrier, Bootstrap, Command, Promote
@@ -35,13 +36,13 @@ EARLY_CHECK_INTERVAL = 1.0
 
 class LeaderDuties:
     def __init__(self, cfg: NodeConfig, fsm: KeyringStateMachine, raft: RaftMember,
-                 writes: WritePath, census: ClientCensus, seal_key: bytes) -> None:
+                 writes: WritePath, census: ClientCensus, seal: NodeSeal) -> None:
         self._cfg = cfg
         self._fsm = fsm
         self._raft = raft
         self._writes = writes
         self._census = census
-        self._seal_key = seal_key
+        self._seal = seal
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._last_early_check = 0.0
@@ -131,11 +132,11 @@ class LeaderDuties:
         req = new_request_id()
         key = envelope.new_key()
         fingerprint = envelope.fingerprint(key)
-        sealed = envelope.seal(self._seal_key, key, cluster_id=self._cfg.cluster_id, version=1)
 
         def build(ring: Keyring) -> Command | None:
             if ring.bootstrapped:
                 return None
+            sealed = self._seal.wrap(key, 1, ring.seal_generation)
             return Bootstrap(req, sealed, fingerprint, time.time())
 
         outcome = self._writes.run(req, "first secret", build, require_secret=False)
