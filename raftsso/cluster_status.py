@@ -9,7 +9,7 @@ from typing import Any
 
 from raftsso.errors import RaftssoError
 from raftsso.protocol.ids import VersionId
-from raftsso.protocol.messages import NodeStatus, StatusRequest, VersionInfo
+from raftsso.protocol.messages import NodeStatus, SealView, StatusRequest, VersionInfo
 from raftsso.remote import ClusterClient
 
 
@@ -25,11 +25,16 @@ class NodeRow:
     commit_index: int | None = None
     primary_version: VersionId | None = None
     last_contact: float | None = None
+    # The node's seal (None: unreachable, or a node older than seal providers).
+    sealed: bool | None = None
+    seal: SealView | None = None
 
     def to_dict(self) -> dict[str, object]:
         return {"id": self.id, "address": self.address, "reachable": self.reachable,
                 "role": self.role, "term": self.term, "commit_index": self.commit_index,
-                "primary_version": self.primary_version, "last_contact": self.last_contact}
+                "primary_version": self.primary_version, "last_contact": self.last_contact,
+                "sealed": self.sealed,
+                "seal": None if self.seal is None else self.seal.to_wire()}
 
 
 @dataclass(frozen=True)
@@ -91,7 +96,7 @@ def survey(client: ClusterClient, timeout: float = 2.0) -> ClusterStatus:
         else:
             nodes.append(NodeRow(endpoint.id, endpoint.address, True, answer.role, answer.term,
                                  answer.last_applied, answer.primary_version,
-                                 contact.get(endpoint.id)))
+                                 contact.get(endpoint.id), answer.sealed, answer.seal))
     return ClusterStatus(
         cluster_id=next((a.cluster_id for a in answers if a is not None), None),
         leader=leader.node_id if leader else None,

@@ -22,6 +22,7 @@ from raftsso import envelope, pki
 from raftsso.config import CONFIG_FORMAT, dump_toml, format_secret_file, update_toml
 from raftsso.errors import ConfigError
 from raftsso.fsutil import atomic_write, read_private
+from raftsso.seal.setup import SealPlan, setup_seal
 
 if TYPE_CHECKING:
     from raftsso.config import NodeConfig
@@ -82,12 +83,17 @@ def _mkdir(path: Path) -> None:
 
 
 def init_deployment(directory: Path, nodes: int | None = 3, host: str = "127.0.0.1",
-                    base_port: int = 7100, hosts: Sequence[str] | None = None) -> str:
+                    base_port: int = 7100, hosts: Sequence[str] | None = None, *,
+                    seal: SealPlan | None = None, notes: list[str] | None = None) -> str:
     """Write a new deployment into ``directory`` (which must be empty); return the cluster id.
 
     With ``hosts``, node *i* runs on ``hosts[i-1]`` (its certificate names that address)
     and ``nodes`` must be None or ``len(hosts)``; without, every node runs on ``host``.
+    ``seal`` says where the seal key goes (:mod:`raftsso.seal.setup`; the file seal by
+    default); what the operator must do next about it is appended to ``notes``.
     """
+    seal = seal or SealPlan()
+    seal.validate()
     if hosts is not None and nodes is not None and nodes != len(hosts):
         raise ConfigError(f"--nodes {nodes} does not match the {len(hosts)} host(s) given")
     plans = (plan_hosts(hosts, base_port) if hosts is not None
@@ -99,7 +105,6 @@ def init_deployment(directory: Path, nodes: int | None = 3, host: str = "127.0.0
     _mkdir(directory)
     ca = pki.create_ca(cluster_id)
     pki.write_pair(ca, directory / "ca.pem", directory / "ca.key")
-    seal_key = envelope.new_key()
     cluster_secret = envelope.new_key()
     members = [{"id": p.id, "raft_address": p.raft_address,
                 "service_address": p.service_address} for p in plans]
@@ -110,8 +115,13 @@ def init_deployment(directory: Path, nodes: int | None = 3, host: str = "127.0.0
         pki.write_pair(pki.issue(ca, plan.id, "node", hosts=(plan.host, plan.id)),
                        ndir / "node.pem", ndir / "node.key")
         atomic_write(ndir / "ca.pem", ca.cert_pem)
-        atomic_write(ndir / "seal.key", format_secret_file(seal_key, "seal"))
         atomic_write(ndir / "cluster.secret", format_secret_file(cluster_secret, "cluster"))
+    sealing = setup_seal(seal, directory=directory, cluster_id=cluster_id,
+                         node_dirs={p.id: directory / p.id for p in plans})
+    if notes is not None:
+        notes.extend(sealing.notes)
+    for plan in plans:
+        ndir = directory / plan.id
         atomic_write(ndir / "node.toml", dump_toml({
             "format": CONFIG_FORMAT,
             "node_id": plan.id,
@@ -123,7 +133,7 @@ def init_deployment(directory: Path, nodes: int | None = 3, host: str = "127.0.0
             "ca_cert": "ca.pem",
             "cert": "node.pem",
             "key": "node.key",
-            "seal_key_file": "seal.key",
+            **sealing.node_settings[plan.id],
             "cluster_secret_file": "cluster.secret",
             "rotation_grace": 120.0,
             "peer_tls": True,  # Raft peers authenticate by node certificate

@@ -28,6 +28,10 @@ op                   roles            what
 ``members``          client, admin    the members as this node sees them
 ``member_add``       admin            add a member
 ``member_remove``    admin            remove a member for good
+``unseal``           admin            one unseal share for a shamir node (never logged)
+``seal_install``     admin            hold a new seal generation's key (seal rekey, step 1)
+``reseal``           admin            re-seal every live version under it (step 2, leader)
+``seal_forget``      admin            destroy an old generation's key (step 3), compact
 ===================  ===============  ======================================================
 
 Writes sent to a follower are answered ``NOT_LEADER`` with the leader's service address.
@@ -82,12 +86,16 @@ from raftsso.protocol.messages import (
     Op,
     PingRequest,
     Request,
+    ResealRequest,
     RestoreRequest,
     Result,
     RetireRequest,
     RotateRequest,
+    SealForgetRequest,
+    SealInstallRequest,
     StatusRequest,
     TransferLeaderRequest,
+    UnsealRequest,
 )
 from raftsso.tlserrors import handshake_failure_reason
 from raftsso.wire import (
@@ -169,6 +177,11 @@ class Service:
             Op.MEMBERS: route(READ_ROLES, MembersRequest, self._members),
             Op.MEMBER_ADD: route(ADMIN_ROLES, MemberAddRequest, self._member_add),
             Op.MEMBER_REMOVE: route(ADMIN_ROLES, MemberRemoveRequest, self._member_remove),
+            # the seal
+            Op.UNSEAL: route(ADMIN_ROLES, UnsealRequest, self._unseal),
+            Op.SEAL_INSTALL: route(ADMIN_ROLES, SealInstallRequest, self._seal_install),
+            Op.RESEAL: route(ADMIN_ROLES, ResealRequest, self._reseal),
+            Op.SEAL_FORGET: route(ADMIN_ROLES, SealForgetRequest, self._seal_forget),
         }
 
     async def handle(self, caller: Caller, message: WireMap) -> WireMap:
@@ -301,6 +314,33 @@ class Service:
     async def _member_remove(self, caller: Caller, req: MemberRemoveRequest) -> Result:
         self._require_leader()
         return await asyncio.to_thread(self.node.member_remove, req)
+
+    # the seal ---------------------------------------------------------------------------------
+
+    async def _unseal(self, caller: Caller, req: UnsealRequest) -> Result:
+        result = await asyncio.to_thread(self.node.unseal, req)
+        log.info("unseal share from %s: %s", caller.name,
+                 "sealed" if result.sealed else "unsealed")
+        return result
+
+    async def _seal_install(self, caller: Caller, req: SealInstallRequest) -> Result:
+        result = await asyncio.to_thread(self.node.seal_install, req)
+        log.info("seal generation %d installed by %s", req.generation, caller.name)
+        return result
+
+    async def _reseal(self, caller: Caller, req: ResealRequest) -> Result:
+        self._require_leader()
+        result = await asyncio.to_thread(self.node.reseal, req)
+        log.info("seal rekey by %s: versions %s sealed under generation %d", caller.name,
+                 list(result.versions), result.generation)
+        events.emit(events.SEAL_REKEYED, f"seal generation {result.generation}",
+                    generation=result.generation, versions=list(result.versions))
+        return result
+
+    async def _seal_forget(self, caller: Caller, req: SealForgetRequest) -> Result:
+        result = await asyncio.to_thread(self.node.seal_forget, req)
+        log.info("seal generation %d destroyed by %s", req.generation, caller.name)
+        return result
 
     def _require_ready_leader(self) -> None:
         """A read that must see every commit (a backup): the leader, past its barrier."""

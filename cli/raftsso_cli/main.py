@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 from raftsso.errors import RaftssoError, exit_code_for
-from raftsso_cli import admin, lifecycle, local, members, sso
+from raftsso_cli import admin, lifecycle, local, members, seal, sso
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -48,6 +48,8 @@ cli.add_command(members.members)
 cli.add_command(sso.sso)
 for _command in (lifecycle.keys, lifecycle.backup, lifecycle.backup_info, lifecycle.restore,
                  lifecycle.retire, lifecycle.rewrap):
+    cli.add_command(_command)
+for _command in (seal.unseal, seal.rekey_seal):
     cli.add_command(_command)
 
 

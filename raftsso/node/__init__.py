@@ -26,19 +26,25 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 from raftsso import events
 from raftsso.config import NodeConfig, Peer
+from raftsso.errors import RaftssoError, RemoteError
 from raftsso.fsm import KeyringStateMachine
 from raftsso.keyring import Keyring, KeyState
+from raftsso.node.destroy import Destroyer
 from raftsso.node.duties import LeaderDuties
 from raftsso.node.keyring_writes import MAX_LIVE_VERSIONS, KeyringWrites
 from raftsso.node.membership import Membership
 from raftsso.node.raft_member import RaftHooks, RaftMember
+from raftsso.node.seal_ops import SealOps
 from raftsso.node.sealing import NodeSeal
 from raftsso.node.tracking import ClientCensus, ClientTracker
 from raftsso.node.write_path import WritePath
-from raftsso.protocol.ids import VersionId
+from raftsso.protocol.codes import ErrorCode
+from raftsso.protocol.commands import Barrier
+from raftsso.protocol.ids import VersionId, new_request_id
 from raftsso.protocol.messages import (
     BackedUpRequest,
     BackedUpResult,
@@ -53,12 +59,18 @@ from raftsso.protocol.messages import (
     NodeStatus,
     PeerStatus,
     PingResult,
+    ResealRequest,
+    ResealResult,
     RestoreRequest,
     RestoreResult,
     RetireRequest,
     RotateRequest,
+    SealForgetRequest,
+    SealInstallRequest,
+    SealView,
     TransferLeaderRequest,
     TransferResult,
+    UnsealRequest,
     VersionInfo,
     VersionResult,
 )
@@ -91,6 +103,9 @@ class Node:
         self.census = ClientCensus(cfg, self.clients, self.membership.members)
         self.keyring_writes = KeyringWrites(cfg, self.writes, self.census, self.seal)
         self.duties = LeaderDuties(cfg, fsm, raft, self.writes, self.census, self.seal)
+        self.destroyer = Destroyer(fsm, raft, self.seal)
+        self.seal_ops = SealOps(cfg, fsm, self.writes, self.seal, self.duties.wake,
+                                self._compact_now)
         if hooks is not None:
             hooks.bind(self)
 
@@ -102,10 +117,18 @@ class Node:
     def start(self) -> None:
         self.raft.start()
         self.duties.start()
+        self.destroyer.start()
+        if self.seal.sealed:
+            log.warning("node %s is sealed: it serves no keyring until %s unseal shares are "
+                        "supplied (raftsso unseal %s --share-file FILE)", self.cfg.node_id,
+                        self.cfg.seal.threshold or "enough", self.cfg.node_id)
+            events.emit(events.NODE_SEALED, f"{self.cfg.node_id} is sealed",
+                        seal=self.seal.kind)
         log.info("node %s started: raft %s, service %s, cluster %s", self.cfg.node_id,
                  self.cfg.raft_address, self.cfg.service_address, self.cfg.cluster_id)
 
     def stop(self) -> None:
+        self.destroyer.stop()
         self.duties.stop()
         self.census.close()
         self.raft.stop()
@@ -156,7 +179,8 @@ class Node:
             primary_version=VersionId(ring.primary) if ring.primary is not None else None,
             versions=tuple(VersionInfo.of(v) for v in ring.versions),
             peers=tuple(PeerStatus(p.id, p.connected, p.last_contact, p.match_index)
-                        for p in raft.peers()))
+                        for p in raft.peers()),
+            seal=self.seal_ops.view())
 
     def keyring(self, req: KeyringRequest, certificate: str) -> KeyringResult:
         """What an SSO client caches: every usable version with its key, and the primary.
@@ -165,6 +189,10 @@ class Node:
         so answers of different nodes can be ordered. With a ``client_id``, the client is
         remembered under ``certificate`` (the verified certificate's name) for the census.
         """
+        if self.seal.sealed:
+            raise RemoteError(f"node {self.cfg.node_id} is sealed: it serves no keyring until "
+                              "enough unseal shares are supplied; ask another node",
+                              code=ErrorCode.SEALED)
         ring, index = self.fsm.view()
         term = self.raft.term
         if req.client_id is not None:
@@ -194,7 +222,43 @@ class Node:
         return self.keyring_writes.rotate(req)
 
     def retire(self, req: RetireRequest) -> VersionResult:
-        return self.keyring_writes.retire(req)
+        """Retire, then destroy: the answer says whether this node's files already hold no
+        sealed copy of the version (``destroyed``); every other node compacts on its own
+        within a bounded time of applying the retirement."""
+        result = self.keyring_writes.retire(req)
+        _, index = self.fsm.view()
+        try:
+            # One more entry, so every node's compaction leaves the retirement (and the
+            # rotation before it) out of the two entries it keeps.
+            self.writes.propose(Barrier(new_request_id()))
+        except RaftssoError as exc:
+            log.info("no barrier after the retirement (%s); compaction waits for the next "
+                     "entry", exc)
+        destroyed = self.destroyer.wait(index, self.cfg.raft.commit_timeout * 2)
+        return replace(result, destroyed=destroyed)
+
+    def _compact_now(self) -> bool:
+        """Compact this node's log now (seal rekey); True once done."""
+        self.destroyer.wake()
+        _, index = self.fsm.view()
+        return self.destroyer.wait(index, self.cfg.raft.commit_timeout * 2)
+
+    # the seal -------------------------------------------------------------------------------
+
+    def seal_view(self) -> SealView:
+        return self.seal_ops.view()
+
+    def unseal(self, req: UnsealRequest) -> SealView:
+        return self.seal_ops.unseal(req)
+
+    def seal_install(self, req: SealInstallRequest) -> SealView:
+        return self.seal_ops.install(req)
+
+    def seal_forget(self, req: SealForgetRequest) -> SealView:
+        return self.seal_ops.forget(req)
+
+    def reseal(self, req: ResealRequest) -> ResealResult:
+        return self.seal_ops.reseal(req)
 
     def mark_backed_up(self, req: BackedUpRequest) -> BackedUpResult:
         return self.keyring_writes.mark_backed_up(req)
