@@ -85,6 +85,11 @@ class LeaderDuties:
             if self._raft.term == term and self._raft.is_leader:
                 self._writes.mark_ready(term)
                 log.info("leader %s is ready in term %d", self._cfg.node_id, term)
+        if self._seal.sealed:
+            # A sealed leader (shamir, before its shares) can seal nothing: no first secret,
+            # no promotion; writes answer SEALED. Transfer leadership to an unsealed node,
+            # or unseal this one.
+            return
         ring = self._fsm.keyring
         if not ring.bootstrapped:
             self._bootstrap()
