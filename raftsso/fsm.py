@@ -92,6 +92,10 @@ class KeyringStateMachine:
         # tombstones that stop a removed id from rejoining.
         self._directory: dict[str, MemberRecord] = {}
         self._requests: OrderedDict[bytes, Outcome] = OrderedDict()
+        # The Raft index of the last command that dropped a sealed secret (a retirement, a
+        # reseal, a restore replacing the first secret): the node compacts past it so no
+        # copy stays in its files (raftsso.node.destroy). Not snapshotted: 0 after a start.
+        self._last_drop = 0
         # Written only by the Raft thread; the lock makes a read of (keyring, requests)
         # from a service thread consistent.
         self._lock = threading.Lock()
@@ -108,6 +112,12 @@ class KeyringStateMachine:
         """
         with self._lock:
             return self._keyring, self._index
+
+    @property
+    def last_drop(self) -> int:
+        """The Raft index of the last command that dropped a sealed secret (0: none since
+        this process started)."""
+        return self._last_drop
 
     def directory(self) -> dict[str, MemberRecord]:
         """Members added or removed after ``init`` (see :meth:`_member`)."""
@@ -253,6 +263,7 @@ class KeyringStateMachine:
             return _fail(ErrorCode.CONFLICT, f"version {version} is the primary; rotate first")
         if kv.state is not KeyState.RETIRED:
             self._keyring = self._keyring.retire(version)
+            self._last_drop = self._index
         return Outcome(True, self._summary(version))
 
     def _member(self, cmd: Member) -> Outcome:
@@ -292,6 +303,7 @@ class KeyringStateMachine:
             return _fail(ErrorCode.BAD_COMMAND, f"every re-sealed secret must be of seal "
                                                 f"generation {cmd.generation}")
         self._keyring = ring.resealed(cmd.generation, {int(k): v for k, v in cmd.versions.items()})
+        self._last_drop = self._index
         return Outcome(True, self._reseal_summary())
 
     def _reseal_summary(self) -> WireMap:
@@ -325,6 +337,7 @@ class KeyringStateMachine:
                     "from, or replaces the first secret of a brand-new cluster"))
             replaced = [ring.versions[0].id]
             ring = Keyring(seal_generation=ring.seal_generation)
+            self._last_drop = self._index
         added, revived = [], []
         for v in incoming:
             cur = ring.get(v.id)

@@ -105,7 +105,7 @@ class Node:
         self.duties = LeaderDuties(cfg, fsm, raft, self.writes, self.census, self.seal)
         self.destroyer = Destroyer(fsm, raft, self.seal)
         self.seal_ops = SealOps(cfg, fsm, self.writes, self.seal, self.duties.wake,
-                                self._compact_now)
+                                self._compact_now, self._destroy_after_write)
         if hooks is not None:
             hooks.bind(self)
 
@@ -226,21 +226,24 @@ class Node:
         sealed copy of the version (``destroyed``); every other node compacts on its own
         within a bounded time of applying the retirement."""
         result = self.keyring_writes.retire(req)
-        _, index = self.fsm.view()
+        return replace(result, destroyed=self._destroy_after_write())
+
+    def _destroy_after_write(self) -> bool:
+        """After a write that dropped sealed blobs (retire, reseal): one more entry, so
+        every node's compaction leaves that write (and the one before it, which may have
+        carried the blob) out of the two entries it keeps; then wait for this node's
+        compaction. True once this node's files hold no dropped blob."""
+        index = self.fsm.last_drop
         try:
-            # One more entry, so every node's compaction leaves the retirement (and the
-            # rotation before it) out of the two entries it keeps.
             self.writes.propose(Barrier(new_request_id()))
         except RaftssoError as exc:
-            log.info("no barrier after the retirement (%s); compaction waits for the next "
-                     "entry", exc)
-        destroyed = self.destroyer.wait(index, self.cfg.raft.commit_timeout * 2)
-        return replace(result, destroyed=destroyed)
+            log.info("no barrier after the write (%s); compaction waits for the next entry",
+                     exc)
+        return self.destroyer.wait(index, self.cfg.raft.commit_timeout * 2)
 
     def _compact_now(self) -> bool:
-        """Compact this node's log now (seal rekey); True once done."""
-        self.destroyer.wake()
-        _, index = self.fsm.view()
+        """Wait until this node's files hold no blob the keyring dropped (seal rekey)."""
+        index = self.fsm.last_drop
         return self.destroyer.wait(index, self.cfg.raft.commit_timeout * 2)
 
     # the seal -------------------------------------------------------------------------------

@@ -23,7 +23,6 @@ import time
 
 from raftsso import events
 from raftsso.fsm import KeyringStateMachine
-from raftsso.keyring import Keyring
 from raftsso.node.raft_member import RaftMember
 from raftsso.node.sealing import NodeSeal
 
@@ -31,10 +30,6 @@ log = logging.getLogger(__name__)
 
 POLL = 0.25
 COMPACT_TIMEOUT = 10.0
-
-
-def _blobs(ring: Keyring) -> set[tuple[int, bytes]]:
-    return {(v.id, v.sealed) for v in ring.versions if v.sealed is not None}
 
 
 class Destroyer:
@@ -45,9 +40,7 @@ class Destroyer:
         self._cond = threading.Condition()
         self._wake = threading.Event()
         self._stopping = threading.Event()
-        self._known: set[tuple[int, bytes]] | None = None
-        self._versions: set[int] = set()  # versions whose blob is waiting to leave the files
-        self._pending: int | None = None  # the applied index that must be passed first
+        self._start: int | None = None  # a compaction owed since the start (its index)
         self._done = 0  # every blob dropped at or before this index is gone from the files
         self._thread = threading.Thread(target=self._loop, name="destroy", daemon=True)
 
@@ -64,8 +57,8 @@ class Destroyer:
         self._wake.set()
 
     def wait(self, index: int, timeout: float) -> bool:
-        """True once every blob dropped up to Raft index ``index`` is gone from this node's
-        files; False after ``timeout``."""
+        """True once every blob dropped up to Raft index ``index`` (the state machine's
+        ``last_drop``) is gone from this node's files; False after ``timeout``."""
         self.wake()
         deadline = time.monotonic() + timeout
         with self._cond:
@@ -91,43 +84,38 @@ class Destroyer:
 
     def run_once(self) -> None:
         ring, index = self._fsm.view()
-        live = _blobs(ring)
-        if self._known is None:
+        drop = self._fsm.last_drop
+        if self._start is None:
             # At start: a journal replayed since the last snapshot may still hold the blob
             # of a version retired (or re-sealed) before the restart. Compact once.
-            if any(v.sealed is None for v in ring.versions) or ring.seal_generation > 1:
-                self._pending = index - 1
+            stale = any(v.sealed is None for v in ring.versions) or ring.seal_generation > 1
+            self._start = index if stale else 0
+        if drop > self._done:
+            target, past = drop, 1  # compact once the entry after the drop is applied
+        elif self._start:
+            target, past = self._start, 0
         else:
-            gone = self._known - live
-            if gone:
-                dropped = self._seal.prune(ring)
-                self._versions |= {version for version, _ in gone}
-                self._pending = index
-                log.info("sealed secrets of version(s) %s dropped from the keyring at index "
-                         "%d (unseal cache: %s); compacting once the next entry is applied",
-                         sorted(self._versions), index, dropped or "none")
-        self._known = live
-        if self._pending is None:
             with self._cond:
-                self._done = max(self._done, index)
                 self._cond.notify_all()
             return
-        if self._raft.last_applied <= self._pending:
+        dropped = self._seal.prune(ring)
+        if dropped:
+            log.info("opened secrets of version(s) %s left the unseal cache", dropped)
+        if self._raft.last_applied < target + past:
             return
-        target = self._pending
         applied = self._raft.compact(COMPACT_TIMEOUT)
-        if applied is None or applied <= target:
+        if applied is None or applied < target + past:
             log.warning("compaction to destroy dropped sealed secrets did not finish; "
                         "retrying")
             return
-        log.info("compacted the Raft log at index %d: no sealed copy of version(s) %s "
-                 "remains in this node's files", applied, sorted(self._versions) or "-")
-        if self._versions:
-            events.emit(events.VERSION_DESTROYED, versions=sorted(self._versions),
-                        index=applied)
+        retired = sorted(v.id for v in ring.versions if v.sealed is None)
+        log.info("compacted the Raft log at index %d: no sealed copy dropped at or before "
+                 "index %d (retired versions %s, seal generation %d) remains in this "
+                 "node's files", applied, target, retired or "-", ring.seal_generation)
+        events.emit(events.VERSION_DESTROYED, index=applied, retired=retired,
+                    seal_generation=ring.seal_generation)
         with self._cond:
-            if self._pending == target:
-                self._pending = None
-                self._versions = set()
             self._done = max(self._done, target)
+            if target == self._start:
+                self._start = 0
             self._cond.notify_all()

@@ -47,13 +47,14 @@ log = logging.getLogger(__name__)
 class SealOps:
     def __init__(self, cfg: NodeConfig, fsm: KeyringStateMachine, writes: WritePath,
                  seal: NodeSeal, on_unsealed: Callable[[], None],
-                 compact: Callable[[], bool]) -> None:
+                 compact: Callable[[], bool], destroy_after_write: Callable[[], bool]) -> None:
         self._cfg = cfg
         self._fsm = fsm
         self._writes = writes
         self._seal = seal
         self._on_unsealed = on_unsealed
         self._compact = compact
+        self._destroy_after_write = destroy_after_write
 
     def view(self) -> SealView:
         status = self._seal.status()
@@ -132,8 +133,8 @@ class SealOps:
         if outcome is not None:
             result_of(outcome)
             log.info("every live version re-sealed under seal generation %d", req.generation)
+        compacted = self._destroy_after_write()
         ring = self._fsm.keyring
-        self._seal.prune(ring)
         return ResealResult(ring.seal_generation, tuple(VersionId(v.id) for v in ring.live()),
-                            self._compact())
+                            compacted)
 

@@ -43,8 +43,24 @@ pytestmark = pytest.mark.integration
 _SEALED_FIELD = re.compile(rb"\xa6sealed\xc4([\x3d\x41])", re.DOTALL)
 
 
+def _forms(needle: bytes) -> tuple[bytes, bytes]:
+    """``needle`` as stored raw, and as pysyncobj's journal stores command bytes (a str of
+    the bytes decoded as latin-1, written as UTF-8)."""
+    return needle, needle.decode("latin-1").encode("utf-8")
+
+
+def _as_latin1(data: bytes) -> bytes:
+    """The inverse view of a file: UTF-8 text read back into the bytes it stood for."""
+    text = data.decode("utf-8", errors="surrogateescape")
+    return bytes(o if o < 0x100 else (o & 0xFF if 0xDC80 <= o <= 0xDCFF else 0x3F)
+                 for o in map(ord, text))
+
+
 def _sealed_blobs(data: bytes) -> set[bytes]:
-    return {data[m.end():m.end() + m.group(1)[0]] for m in _SEALED_FIELD.finditer(data)}
+    out = set()
+    for view in (data, _as_latin1(data)):
+        out |= {view[m.end():m.end() + m.group(1)[0]] for m in _SEALED_FIELD.finditer(view)}
+    return out
 
 
 def _files(root: Path) -> Iterator[Path]:
@@ -61,7 +77,7 @@ def _blobs_in(root: Path) -> set[bytes]:
 
 
 def _holding(root: Path, needle: bytes) -> list[Path]:
-    return [p for p in _files(root) if needle in p.read_bytes()]
+    return [p for p in _files(root) if any(f in p.read_bytes() for f in _forms(needle))]
 
 
 def _in_memory(pid: int, needle: bytes) -> bool:
@@ -78,20 +94,21 @@ def _in_memory(pid: int, needle: bytes) -> bool:
                 chunk = mem.read(end - start)
             except (OSError, ValueError, OverflowError):
                 continue
-            if needle in chunk:
+            if any(f in chunk for f in _forms(needle)):
                 found = True
                 break
     return found
 
 
+def _opened(seal: FileSeal, blob: bytes, cluster_id: str, version: int) -> bytes | None:
+    try:
+        return seal.unwrap(blob, cluster_id=cluster_id, version=version)
+    except (InvalidToken, SealError):
+        return None
+
+
 def _opens(seal: FileSeal, blob: bytes, cluster_id: str) -> bool:
-    for version in range(1, 8):
-        try:
-            seal.unwrap(blob, cluster_id=cluster_id, version=version)
-            return True
-        except (InvalidToken, SealError):
-            continue
-    return False
+    return any(_opened(seal, blob, cluster_id, v) is not None for v in range(1, 8))
 
 
 def _readyz(cluster: Cluster, node_id: str) -> tuple[int, str]:
@@ -243,7 +260,8 @@ def test_rekey_seal_old_journal_blobs_no_longer_open_and_it_reruns(tmp_path: Pat
             assert c.node_status(node_id)["seal"]["seal_generation"] == 2
         _same_keyring_everywhere(c, expect)  # the same secrets, sealed anew
         for node_id in c.ids:
-            wait_for(lambda n=node_id: not (_blobs_in(c.root / n) & before),  # type: ignore[misc]
+            wait_for(lambda n=node_id: not any(_holding(c.root / n, b)  # type: ignore[misc]
+                                               for b in before),
                      what=f"{node_id}'s files to drop the old sealed blobs")
         # Run again: a new generation, nothing lost.
         again = cli("-c", str(c.admin_toml), "rekey-seal")
@@ -264,8 +282,7 @@ def test_retire_leaves_no_sealed_copy_in_files_and_no_key_in_memory(tmp_path: Pa
         retired = keys[1]
         seal = FileSeal(c.root / "node1" / "seal.key")
         blob = next(b for b in _blobs_in(c.data_dir("node1"))
-                    if _opens(seal, b, c.cluster_id) and
-                    seal.unwrap(b, cluster_id=c.cluster_id, version=1) == retired)
+                    if _opened(seal, b, c.cluster_id, 1) == retired)
         with SSOClient.from_config(c.client_toml) as client:
             client.sync()
             assert 1 in {v.id for v in client.state().versions}
