@@ -502,7 +502,12 @@ class Server:
                     return
                 answer = await self.service.handle(caller, message)
                 await self._send(writer, answer)
-                if self.service.ends_connection(answer):
+                ends = self.service.ends_connection(answer)
+                # A keyring answer holds master secrets: drop it now, not when the next
+                # request comes on this connection (idle for minutes, perhaps), so a
+                # retired version's key does not outlive the unseal cache's copy.
+                del answer, message
+                if ends:
                     return
         except (ConnectionError, ssl.SSLError, OSError, MemoryError) as exc:
             if is_exhaustion(exc):
