@@ -112,6 +112,8 @@ class NodeConfig:
     # Where the seal key lives (raftsso.seal.settings): `seal`, `seal_key_file`, [pkcs11],
     # [shamir] in node.toml.
     seal: SealSettings = field(default_factory=SealSettings)
+    # Overwrite freed memory (raftsso.memscrub): a retired key does not linger in the heap.
+    scrub_freed_memory: bool = True
 
     @property
     def audit_path(self) -> Path:
@@ -255,6 +257,7 @@ def load_node_config(path: str | Path) -> NodeConfig:
         peer_tls=_get(data, "peer_tls", bool, p, True),
         limits=_limits(_get(data, "limits", dict, p, {}), p, idle_timeout),
         seal=seal,
+        scrub_freed_memory=_get(data, "scrub_freed_memory", bool, p, True),
     )
     _check_address(cfg.raft_address, "raft_address", p)
     _check_address(cfg.service_address, "service_address", p)

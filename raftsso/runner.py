@@ -15,7 +15,7 @@ import signal
 import sys
 from pathlib import Path
 
-from raftsso import events
+from raftsso import events, memscrub
 from raftsso.audit import AuditLog
 from raftsso.config import NodeConfig, load_node_config
 from raftsso.fsm import KeyringStateMachine
@@ -69,6 +69,8 @@ def run_node(config_path: str | Path) -> int:
     # clients (bench/RESULTS.md). 32 KiB reads serve our small frames just as well.
     asyncio.sslproto.SSLProtocol.max_size = 32 * 1024
     cfg = load_node_config(config_path)
+    if cfg.scrub_freed_memory:
+        memscrub.reexec_scrubbed()  # once, before anything holds a secret
     events.configure(cfg.node_id)
     node = build_node(cfg)
     metrics = NodeMetrics(node, clients=node.clients)
