@@ -24,6 +24,7 @@ from typing import Any
 from raftsso.envelope import SEALED_SIZE
 from raftsso.errors import DecodeError
 from raftsso.keyring import Keyring, KeyState, KeyVersion
+from raftsso.known_stores import MAX_STORES, KnownStore, reported
 from raftsso.protocol.codes import ErrorCode
 from raftsso.protocol.commands import (
     BackedUp,
@@ -36,6 +37,8 @@ from raftsso.protocol.commands import (
     Restore,
     Retire,
     Rotate,
+    StoreForget,
+    StoreReport,
     decode_envelope,
     decode_fields,
 )
@@ -91,6 +94,8 @@ class KeyringStateMachine:
         # tombstones that stop a removed id from rejoining.
         self._directory: dict[str, MemberRecord] = {}
         self._requests: OrderedDict[bytes, Outcome] = OrderedDict()
+        # The SSO stores known to the cluster, by id (raftsso.known_stores).
+        self._stores: dict[str, KnownStore] = {}
         # Written only by the Raft thread; the lock makes a read of (keyring, requests)
         # from a service thread consistent.
         self._lock = threading.Lock()
@@ -112,6 +117,11 @@ class KeyringStateMachine:
         """Members added or removed after ``init`` (see :meth:`_member`)."""
         with self._lock:
             return dict(self._directory)
+
+    def stores(self) -> dict[str, KnownStore]:
+        """The SSO stores known to the cluster, by id."""
+        with self._lock:
+            return dict(self._stores)
 
     def request_outcome(self, req: bytes) -> Outcome | None:
         """The remembered outcome of a request id, if it was applied."""
@@ -172,6 +182,10 @@ class KeyringStateMachine:
                 return self._restore(command)
             case Member():
                 return self._member(command)
+            case StoreReport():
+                return self._store_report(command)
+            case StoreForget():
+                return self._store_forget(command)
         return _fail(ErrorCode.BAD_COMMAND, f"unknown command {command.op!r}")
 
     def _summary(self, version: int) -> WireMap:
@@ -244,6 +258,22 @@ class KeyringStateMachine:
                                                     cmd.removed)
         return Outcome(True, {"node_id": cmd.node_id, "removed": cmd.removed})
 
+    def _store_report(self, cmd: StoreReport) -> Outcome:
+        current = self._stores.get(cmd.store_id)
+        if current is None and len(self._stores) >= MAX_STORES:
+            return _fail(ErrorCode.TOO_MANY_STORES,
+                         f"the cluster already knows {MAX_STORES} stores, the most it keeps; "
+                         "forget stores that are gone (raftsso stores forget ID)")
+        store = reported(current, cmd.store_id, cmd.kind, cmd.counted_at,
+                         cmd.versions_in_use, cmd.full)
+        self._stores[cmd.store_id] = store
+        return Outcome(True, store.to_wire())
+
+    def _store_forget(self, cmd: StoreForget) -> Outcome:
+        if self._stores.pop(cmd.store_id, None) is None:
+            return _fail(ErrorCode.NOT_FOUND, f"no known store has id {cmd.store_id}")
+        return Outcome(True, {"store_id": cmd.store_id, "forgotten": True})
+
     def _restore(self, cmd: Restore) -> Outcome:
         """Merge versions from a backup; never drops or overwrites a different version.
 
@@ -292,12 +322,15 @@ class KeyringStateMachine:
 
     def snapshot(self) -> bytes:
         with self._lock:
-            return versioned(SNAPSHOT_FORMAT, {
+            state: dict[str, WireValue] = {
                 "index": self._index,
                 "directory": {k: v.to_wire() for k, v in self._directory.items()},
                 "versions": [v.to_wire() for v in self._keyring.versions],
                 "requests": [[k, o.to_wire()] for k, o in self._requests.items()],
-            })
+            }
+            if self._stores:  # absent without stores: the bytes of earlier versions
+                state["stores"] = [s.to_wire() for s in self._stores.values()]
+            return versioned(SNAPSHOT_FORMAT, state)
 
     def restore(self, blob: bytes) -> None:
         """Replace the state with a snapshot; raises :class:`DecodeError` if malformed."""
@@ -312,6 +345,8 @@ class KeyringStateMachine:
             if not isinstance(raw_directory, Mapping):
                 raise TypeError("the member directory must be a map")
             directory = {str(k): _member_record(v) for k, v in raw_directory.items()}
+            # Snapshots of versions without known stores have no "stores".
+            stores = {s.id: s for s in map(KnownStore.from_wire, _list(raw.get("stores", [])))}
         except (KeyError, TypeError, ValueError, AttributeError, OverflowError,
                 DecodeError) as exc:
             raise DecodeError(f"malformed snapshot: {exc}") from None
@@ -327,6 +362,7 @@ class KeyringStateMachine:
             self._requests = requests
             self._index = index
             self._directory = directory
+            self._stores = stores
 
 
 def _list(raw: WireValue) -> list[WireValue]:

@@ -28,6 +28,10 @@ op                   roles            what
 ``members``          client, admin    the members as this node sees them
 ``member_add``       admin            add a member
 ``member_remove``    admin            remove a member for good
+``store_report``     client, admin    which key versions a store uses (a client: only the
+                                      rows it wrote; an admin: a full count too)
+``stores``           admin            the SSO stores known to the cluster
+``store_forget``     admin            drop a known store
 ===================  ===============  ======================================================
 
 Writes sent to a follower are answered ``NOT_LEADER`` with the leader's service address.
@@ -87,6 +91,9 @@ from raftsso.protocol.messages import (
     RetireRequest,
     RotateRequest,
     StatusRequest,
+    StoreForgetRequest,
+    StoreReportRequest,
+    StoresRequest,
     TransferLeaderRequest,
 )
 from raftsso.tlserrors import handshake_failure_reason
@@ -170,6 +177,11 @@ class Service:
             Op.MEMBER_ADD: route(ADMIN_ROLES, MemberAddRequest, self._member_add),
             Op.MEMBER_REMOVE: route(ADMIN_ROLES, MemberRemoveRequest, self._member_remove),
         }
+        self.routes.update({
+            Op.STORE_REPORT: route(READ_ROLES, StoreReportRequest, self._store_report),
+            Op.STORES: route(ADMIN_ROLES, StoresRequest, self._stores),
+            Op.STORE_FORGET: route(ADMIN_ROLES, StoreForgetRequest, self._store_forget),
+        })
 
     async def handle(self, caller: Caller, message: WireMap) -> WireMap:
         start = time.perf_counter()
@@ -301,6 +313,22 @@ class Service:
     async def _member_remove(self, caller: Caller, req: MemberRemoveRequest) -> Result:
         self._require_leader()
         return await asyncio.to_thread(self.node.member_remove, req)
+
+    # the stores known to the cluster ------------------------------------------------------
+
+    async def _store_report(self, caller: Caller, req: StoreReportRequest) -> Result:
+        self._require_leader()
+        return await asyncio.to_thread(self.node.store_report, req, caller.role)
+
+    async def _stores(self, caller: Caller, req: StoresRequest) -> Result:
+        self._require_ready_leader()
+        return self.node.stores_view()
+
+    async def _store_forget(self, caller: Caller, req: StoreForgetRequest) -> Result:
+        self._require_leader()
+        result = await asyncio.to_thread(self.node.store_forget, req)
+        log.info("store %s forgotten by %s", req.store_id, caller.name)
+        return result
 
     def _require_ready_leader(self) -> None:
         """A read that must see every commit (a backup): the leader, past its barrier."""

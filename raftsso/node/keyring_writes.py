@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Mapping
 
 from raftsso import envelope
 from raftsso.config import NodeConfig
 from raftsso.errors import Conflict, RemoteError
 from raftsso.keyring import Keyring, KeyState
+from raftsso.known_stores import KnownStore, retire_blocker
 from raftsso.node.tracking import ClientCensus
 from raftsso.node.write_path import WritePath, result_of
 from raftsso.protocol.codes import ErrorCode
@@ -50,8 +52,10 @@ def _too_many(live: int) -> RemoteError:
 
 class KeyringWrites:
     def __init__(self, cfg: NodeConfig, writes: WritePath, census: ClientCensus,
-                 seal_key: bytes) -> None:
+                 seal_key: bytes,
+                 stores: Callable[[], Mapping[str, KnownStore]] = dict) -> None:
         self._cfg = cfg
+        self._stores = stores
         self._writes = writes
         self._census = census
         self._seal_key = seal_key
@@ -109,6 +113,14 @@ class KeyringWrites:
                         f"that have not resynced may still encrypt under version "
                         f"{req.version}. Retry after {window - since:.0f} s (and rewrap "
                         "again), or use --force", code=ErrorCode.TOO_SOON)
+            # Every known store, not only one the operator names: refused while one has
+            # rows under the version or no full count since it stopped being primary.
+            blocker = None if req.force or target is None or \
+                target.state is KeyState.RETIRED else \
+                retire_blocker(self._stores(), ring, req.version)
+            if blocker is not None:
+                raise RemoteError(f"version {req.version} may still encrypt stored data: "
+                                  f"{blocker} (or use --force)", code=ErrorCode.STORE_IN_USE)
             return Retire(req.request_id, req.version)
 
         outcome = self._writes.run(req.request_id, "retirement", build)

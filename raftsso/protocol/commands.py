@@ -22,6 +22,10 @@ op             fields
                ``replace_new``, ``at``
 ``member``     ``node_id``, ``raft_address``, ``service_address``, ``removed``
 =============  ============================================================================
+
+The stores known to the cluster (:mod:`raftsso.known_stores`): ``store_report``
+(``store_id``, ``kind``, ``counted_at``, ``versions_in_use`` as ``{"<id>": rows}``,
+``full``) and ``store_forget`` (``store_id``).
 """
 
 from __future__ import annotations
@@ -33,6 +37,12 @@ from typing import ClassVar, Self
 
 from raftsso.envelope import SEALED_SIZE
 from raftsso.errors import DecodeError
+from raftsso.known_stores import (
+    MAX_KIND,
+    MAX_REPORTED_VERSIONS,
+    counts_problem,
+    store_id_problem,
+)
 from raftsso.protocol.codes import ErrorCode
 from raftsso.protocol.fields import Fields
 from raftsso.protocol.ids import MAX_NODE_ID, RequestId, VersionId, request_id
@@ -279,9 +289,77 @@ class Member(Command):
         return command
 
 
+# -- the stores known to the cluster (raftsso.known_stores) -----------------------------------
+
+
+def _store_id(f: Fields) -> str:
+    value = f.text("store_id")
+    problem = store_id_problem(value)
+    if problem:
+        raise f.fail(problem)
+    return value
+
+
+def decode_counts(f: Fields, name: str) -> dict[int, int]:
+    """``{"<version id>": rows}`` (msgpack map keys are strings), bounded."""
+    out: dict[int, int] = {}
+    raw = f.mapping(name)
+    if len(raw) > MAX_REPORTED_VERSIONS:
+        raise f.fail(f"{name!r} holds more than {MAX_REPORTED_VERSIONS} versions")
+    for key, value in raw.items():
+        if not (isinstance(key, str) and key.isascii() and key.isdigit() and len(key) <= 10):
+            raise f.fail(f"{name!r} must map version ids to row counts")
+        out[int(key)] = value  # type: ignore[assignment]  # checked just below
+    problem = counts_problem(out)
+    if problem:
+        raise f.fail(f"{name!r}: {problem}")
+    return out
+
+
+@dataclass(frozen=True)
+class StoreReport(Command):
+    """Which key versions a store uses: a full count (replaces) or a client's increment
+    (adds); see :mod:`raftsso.known_stores`."""
+
+    op: ClassVar[str] = "store_report"
+    req: RequestId
+    store_id: str
+    kind: str
+    counted_at: float
+    versions_in_use: Mapping[int, int]
+    full: bool
+
+    def fields(self) -> dict[str, WireValue]:
+        return {"store_id": self.store_id, "kind": self.kind, "counted_at": self.counted_at,
+                "versions_in_use": {str(v): n for v, n in self.versions_in_use.items()},
+                "full": self.full}
+
+    @classmethod
+    def decode(cls, req: RequestId, f: Fields) -> Self:
+        return cls(req, _store_id(f), f.text("kind", MAX_KIND), f.number("counted_at"),
+                   decode_counts(f, "versions_in_use"), f.flag("full"))
+
+
+@dataclass(frozen=True)
+class StoreForget(Command):
+    """Drop a store from the known stores (the operator says it is gone)."""
+
+    op: ClassVar[str] = "store_forget"
+    req: RequestId
+    store_id: str
+
+    def fields(self) -> dict[str, WireValue]:
+        return {"store_id": self.store_id}
+
+    @classmethod
+    def decode(cls, req: RequestId, f: Fields) -> Self:
+        return cls(req, _store_id(f))
+
+
 #: Every command type by its op (``docs/architecture.md`` lists each).
 COMMANDS: dict[str, type[Command]] = {cls.op: cls for cls in (
     Bootstrap, Rotate, Promote, Barrier, Retire, BackedUp, Restore, Member)}
+COMMANDS.update({cls.op: cls for cls in (StoreReport, StoreForget)})
 
 
 def decode_envelope(blob: bytes) -> tuple[str, RequestId, WireMap]:
