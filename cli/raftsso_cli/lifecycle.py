@@ -161,8 +161,8 @@ def retire(ctx: click.Context, version: int, store: str | None, force: bool,
         where, report = count_store(ctx, store, cfg)
         report_store(cfg, report)
         click.echo(f"store {report.store_id} ({where}): "
-                   f"{report.versions_in_use.get(version, 0)} row(s) under version {version}",
-                   err=True)
+                   f"{report.versions_in_use.get(version, 0)} row(s) under version {version}, "
+                   "reported to the cluster")
     if force and not yes:
         click.confirm(f"Destroy version {version} for good? Data still under it becomes "
                       "unreadable", abort=True)

@@ -139,7 +139,10 @@ def count_store(ctx: click.Context, store: str, cfg: RemoteConfig) -> tuple[str,
     """For ``retire --store``: the store's versions in use, counted now from token
     headers (no key needed)."""
     with open_setting(store_setting(ctx, store, cfg)) as db:
-        return db.where, db.report()
+        report = db.report()
+        if report.damaged_rows:
+            db.versions_in_use()  # raises the error that names the first damaged row
+        return db.where, report
 
 
 # -- helpers ----------------------------------------------------------------------------------

@@ -103,6 +103,15 @@ class KeyringWrites:
         def build(ring: Keyring) -> Command:
             primary = ring.get(ring.primary) if ring.primary is not None else None
             target = ring.get(req.version)
+            # Every known store, not only one the operator names: refused while one has
+            # rows under the version or no full count since it stopped being primary.
+            # First, as it names what to do (rewrap that store).
+            blocker = None if req.force or target is None or \
+                target.state is not KeyState.ACTIVE else \
+                retire_blocker(self._stores(), ring, req.version)
+            if blocker is not None:
+                raise RemoteError(f"version {req.version} may still encrypt stored data: "
+                                  f"{blocker} (or use --force)", code=ErrorCode.STORE_IN_USE)
             if not req.force and target is not None and primary is not None and \
                     target.id < primary.id and target.state is KeyState.ACTIVE:
                 window = self._cfg.client_window
@@ -113,14 +122,6 @@ class KeyringWrites:
                         f"that have not resynced may still encrypt under version "
                         f"{req.version}. Retry after {window - since:.0f} s (and rewrap "
                         "again), or use --force", code=ErrorCode.TOO_SOON)
-            # Every known store, not only one the operator names: refused while one has
-            # rows under the version or no full count since it stopped being primary.
-            blocker = None if req.force or target is None or \
-                target.state is KeyState.RETIRED else \
-                retire_blocker(self._stores(), ring, req.version)
-            if blocker is not None:
-                raise RemoteError(f"version {req.version} may still encrypt stored data: "
-                                  f"{blocker} (or use --force)", code=ErrorCode.STORE_IN_USE)
             return Retire(req.request_id, req.version)
 
         outcome = self._writes.run(req.request_id, "retirement", build)
