@@ -13,6 +13,7 @@ import click
 
 from raftsso import backup as backups
 from raftsso import cluster_status
+from raftsso.backup_recipient import read_any_info
 from raftsso.errors import ConfigError, RaftssoError
 from raftsso.fsutil import atomic_write, read_private
 from raftsso.remote import ClusterClient
@@ -102,7 +103,7 @@ def backup(ctx: click.Context, out: Path, password_file: Path, reminder: str,
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def backup_info(file: Path, as_json: bool) -> None:
     """Show a backup's cluster, versions and password reminder (no password needed)."""
-    info = backups.read_info(file.read_bytes())
+    info = read_any_info(file.read_bytes())  # a password or a public-key backup
     if as_json:
         print_json({"cluster_id": info.cluster_id, "created": info.created,
                     "reminder": info.reminder, "primary_version": info.primary,
@@ -113,8 +114,12 @@ def backup_info(file: Path, as_json: bool) -> None:
     click.echo(f"cluster   {info.cluster_id}")
     click.echo(f"written   {_when(info.created)}")
     click.echo(f"reminder  {info.reminder or '(none)'}")
-    click.echo(f"kdf       {info.kdf['name']} {info.kdf['memory_kib']} KiB, "
-               f"{info.kdf['iterations']} passes, {info.kdf['lanes']} lanes")
+    if "key_id" in info.kdf:
+        click.echo(f"recipient {info.kdf['name']} key {info.kdf['key_id']} (restore it with "
+                   "--identity KEY)")
+    else:
+        click.echo(f"kdf       {info.kdf['name']} {info.kdf['memory_kib']} KiB, "
+                   f"{info.kdf['iterations']} passes, {info.kdf['lanes']} lanes")
     click.echo(table(["version", "state", "created", "fingerprint"],
                      [[str(v.id), v.state, _when(v.created), v.fingerprint]
                       for v in info.versions]))
