@@ -64,7 +64,7 @@ def with_subcommands(command: click.Command, *subcommands: click.Command) -> cli
         p.required = False
 
     @click.pass_context
-    def callback(ctx: click.Context, **kwargs: Any) -> None:
+    def callback(ctx: click.Context, /, **kwargs: Any) -> None:
         if ctx.invoked_subcommand is not None:
             return
         for p in required:
