@@ -17,6 +17,7 @@ from raftsso.backup_recipient import read_any_info
 from raftsso.errors import ConfigError, RaftssoError
 from raftsso.fsutil import atomic_write, read_private
 from raftsso.remote import ClusterClient
+from raftsso_cli.backups import open_backup_file
 from raftsso_cli.common import print_json, remote_config, table
 
 
@@ -128,19 +129,22 @@ def backup_info(file: Path, as_json: bool) -> None:
 
 @click.command()
 @click.argument("file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
-@click.option("--password-file", required=True,
-              type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option("--password-file", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="The password file of a password backup.")
+@click.option("--identity", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="The identity (from `backup keygen`) of a backup made to its public key.")
 @click.option("--force", is_flag=True,
               help="Restore a backup of another cluster (disaster recovery into a new one): "
                    "replaces the target's first secret if the target is brand new.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation with --force.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.pass_context
-def restore(ctx: click.Context, file: Path, password_file: Path, force: bool, yes: bool,
-            as_json: bool) -> None:
+def restore(ctx: click.Context, file: Path, password_file: Path | None,
+            identity: Path | None, force: bool, yes: bool, as_json: bool) -> None:
     """Load a backup into the cluster: merges, never drops or overwrites a newer version."""
     cfg = remote_config(ctx, role="admin")
-    info = backups.open_backup(file.read_bytes(), _password(password_file))
+    info = open_backup_file(file, _password(password_file) if password_file else None,
+                            identity)
     if force and not yes:
         click.confirm(f"Restore cluster {info.cluster_id}'s backup with --force? If the target "
                       "has only its first secret, never backed up, that secret is replaced, "
