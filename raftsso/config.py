@@ -18,8 +18,9 @@ from typing import Any
 
 import tomli_w
 
-from raftsso.errors import ConfigError
-from raftsso.fsutil import atomic_write, read_private
+from raftsso.errors import ConfigError, RaftssoError
+from raftsso.fsutil import atomic_write, check_private, read_private
+from raftsso.limits import Limits, LimitsError, resolve_limits
 
 CONFIG_FORMAT = 1
 MIN_MAX_FRAME = 4 << 10
@@ -116,6 +117,9 @@ class NodeConfig:
     # Raft peers authenticate each other with their node certificates (raftsso.peer_tls).
     # False: pysyncobj's password-only link (a documented fallback; see operations.md).
     peer_tls: bool = True
+    # [limits]: caps on every listening port, resolved against RLIMIT_NOFILE at load
+    # (raftsso.limits; peer_max_* are read by the Raft package).
+    limits: Limits = field(default_factory=Limits)
     # [backup]: unattended backups to a public key (None: off).
     backup: BackupSchedule | None = None
     # Rotation policy of the leader (0: off): a staged rotation once the newest version is
@@ -160,10 +164,11 @@ class RemoteConfig:
     key: Path
     nodes: tuple[Endpoint, ...]
     timeout: float = 5.0
-    store: Path | None = None
+    store: Path | str | None = None  # a SQLite path, or a postgresql:// URI (a str)
     resync_interval: float = 60.0
     max_staleness: float | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
+    store_password_file: Path | None = None  # the PostgreSQL store's password (0600)
 
 
 # -- reading ----------------------------------------------------------------------
@@ -233,6 +238,7 @@ def load_node_config(path: str | Path) -> NodeConfig:
         timings.validate()
     except ConfigError as exc:
         raise ConfigError(f"{p}: {exc}") from None
+    idle_timeout = _get(data, "idle_timeout", float, p, 300.0)
     cfg = NodeConfig(
         path=p,
         node_id=_get(data, "node_id", str, p),
@@ -252,10 +258,11 @@ def load_node_config(path: str | Path) -> NodeConfig:
         client_window=_get(data, "client_window", float, p,
                            _get(data, "rotation_grace", float, p, 120.0)),
         max_frame=_get(data, "max_frame", int, p, 1 << 20),
-        idle_timeout=_get(data, "idle_timeout", float, p, 300.0),
+        idle_timeout=idle_timeout,
         read_timeout=_get(data, "read_timeout", float, p, 10.0),
         audit_log=_path(data, "audit_log", base, p) if "audit_log" in data else None,
         peer_tls=_get(data, "peer_tls", bool, p, True),
+        limits=_limits(_get(data, "limits", dict, p, {}), p, idle_timeout),
         backup=_backup(_get(data, "backup", dict, p), base, p) if "backup" in data else None,
         rotation_period=_get(data, "rotation_period", float, p, 0.0),
         max_encryptions=_get(data, "max_encryptions", int, p, 0),
@@ -281,6 +288,7 @@ def load_node_config(path: str | Path) -> NodeConfig:
     ids = [m.id for m in cfg.members]
     if len(set(ids)) != len(ids):
         raise ConfigError(f"{p}: node ids must be unique (got {', '.join(ids)})")
+    _check_key(cfg.key)
     # Every NodeConfig field (but path) is a node.toml key of the same name, so a field added
     # to NodeConfig is accepted here without further change.
     known = {f.name for f in fields(NodeConfig)} - {"path"} | {"format"}
@@ -289,6 +297,27 @@ def load_node_config(path: str | Path) -> NodeConfig:
         raise ConfigError(f"{p}: unknown keys: {', '.join(sorted(unknown))} (a typo? "
                           f"node.toml knows {', '.join(sorted(known))})")
     return cfg
+
+
+def _limits(raw: Mapping[str, Any], path: Path, idle_timeout: float) -> Limits:
+    typed = {}
+    for key, value in raw.items():
+        if key in Limits.__dataclass_fields__ and key not in ("nofile", "notes"):
+            kind = type(getattr(Limits(), key))
+            typed[key] = _get(raw, key, kind, path)
+            continue
+        typed[key] = value  # resolve_limits names every unknown key
+    try:
+        return resolve_limits(typed, idle_timeout=idle_timeout)
+    except LimitsError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def _check_key(key: Path) -> None:
+    # A TLS private key readable by others is refused at load, like seal.key (pki checks
+    # again when it builds a context); a missing one is reported when TLS is set up.
+    if key.exists():
+        check_private(key)
 
 
 def _backup(raw: Mapping[str, Any], base: Path, path: Path) -> BackupSchedule:
@@ -340,28 +369,45 @@ def load_remote_config(path: str | Path) -> RemoteConfig:
                  f"(got {role!r})", p)
     timeout = _get(data, "timeout", float, p, 5.0)
     _check_range(timeout > 0, "timeout", "must be positive (seconds)", p)
-    store = _path(data, "store", base, p) if "store" in data else None
+    store = _store(data, base, p)
     resync = _get(data, "resync_interval", float, p, 60.0)
     _check_range(resync > 0, "resync_interval", "must be positive (seconds)", p)
     staleness = _get(data, "max_staleness", float, p, None) if "max_staleness" in data else None
     if staleness is not None:
         _check_range(staleness > 0, "max_staleness", "must be positive (seconds)", p)
     known = {"format", "cluster_id", "role", "ca_cert", "cert", "key", "nodes", "timeout",
-             "store", "resync_interval", "max_staleness"}
+             "store", "resync_interval", "max_staleness", "store_password_file"}
+    key = _path(data, "key", base, p)
+    _check_key(key)
     return RemoteConfig(
         path=p,
         cluster_id=_get(data, "cluster_id", str, p),
         role=role,
         ca_cert=_path(data, "ca_cert", base, p),
         cert=_path(data, "cert", base, p),
-        key=_path(data, "key", base, p),
+        key=key,
         nodes=tuple(nodes),
         timeout=timeout,
         store=store,
         resync_interval=resync,
         max_staleness=staleness,
         extra={k: v for k, v in data.items() if k not in known},
+        store_password_file=_path(data, "store_password_file", base, p)
+        if "store_password_file" in data else None,
     )
+
+
+def _store(data: Mapping[str, Any], base: Path, path: Path) -> Path | str | None:
+    """``store``: a path (relative to the file) or a postgresql:// URI without password."""
+    from raftsso.store.backend import store_location
+
+    if "store" not in data:
+        return None
+    try:
+        where = store_location(_get(data, "store", str, path))
+    except RaftssoError as exc:
+        raise ConfigError(f"{path}: store: {exc}") from None
+    return where if isinstance(where, str) else _path(data, "store", base, path)
 
 
 def read_secret_file(path: Path, kind: str) -> bytes:
