@@ -55,6 +55,7 @@ from raftsso.limits import (
     wait_readable,
 )
 from raftsso.node import Node
+from raftsso.tls_guard import ReloadableTLS, RevocationGuard
 from raftsso.wire import decode_body, encode_frame, error, frame_length, ok, parse_request
 
 log = logging.getLogger(__name__)
@@ -358,7 +359,12 @@ class Server:
         self.cfg = node.cfg
         self.limits = self.cfg.limits
         self.service = Service(node)
-        self._ctx = pki.server_context(self.cfg.ca_cert, self.cfg.cert, self.cfg.key)
+        # The certificate is reloaded on SIGHUP (runner); revoked certificates are refused
+        # after the handshake and their open connections closed (raftsso.tls_guard).
+        self.tls = ReloadableTLS(
+            lambda: pki.server_context(self.cfg.ca_cert, self.cfg.cert, self.cfg.key),
+            lambda: pki.describe(self.cfg.cert.read_bytes()))
+        self.guard = RevocationGuard()
         self._listeners: list[socket.socket] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._connections: set[asyncio.Task[None]] = set()
@@ -389,6 +395,7 @@ class Server:
             self._tasks.add(loop.create_task(
                 accept_loop(listener, self.gate, self._accepted, self._connections)))
         self._tasks.add(loop.create_task(self.trimmer.run()))
+        self._tasks.add(loop.create_task(self.guard.run()))
 
     async def close(self) -> None:
         for task in self._tasks:
@@ -430,7 +437,7 @@ class Server:
             protocol = asyncio.StreamReaderProtocol(reader)
             handed = True
             transport, _ = await loop.connect_accepted_socket(
-                lambda: protocol, sock, ssl=self._ctx,
+                lambda: protocol, sock, ssl=self.tls.context,
                 ssl_handshake_timeout=max(0.1, deadline - loop.time()))
             return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
         except asyncio.CancelledError:
@@ -453,8 +460,14 @@ class Server:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                      peer: str) -> None:
         sslobj = writer.get_extra_info("ssl_object")
-        role, name = pki.peer_identity(sslobj.getpeercert() if sslobj else None)
+        peercert = sslobj.getpeercert() if sslobj else None
+        role, name = pki.peer_identity(peercert)
         caller = Caller(role, name, peer)
+        tracked = self.guard.admit(pki.peer_serial(peercert), name, role, peer,
+                                   writer.transport.abort)
+        if tracked is None:  # a revoked certificate: not one request answered
+            writer.transport.abort()
+            return
         try:
             while True:
                 try:
@@ -496,6 +509,7 @@ class Server:
         except Exception:
             log.exception("unexpected error serving %s", peer)
         finally:
+            self.guard.release(tracked)
             writer.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(writer.wait_closed(), 1)

@@ -32,6 +32,7 @@ from raftsso.errors import ConfigError
 log = logging.getLogger(__name__)
 
 SWEEP_PERIOD = 0.2
+NOTHING_REVOKED: frozenset[str] = frozenset()
 
 
 class ReloadableTLS:
@@ -82,9 +83,9 @@ class Tracked:
 class RevocationGuard:
     """Refuses and closes connections whose certificate serial is revoked."""
 
-    def __init__(self, revoked: Callable[[], frozenset[str]],
+    def __init__(self, revoked: Callable[[], frozenset[str]] = lambda: NOTHING_REVOKED,
                  on_revoked: OnRevoked | None = None) -> None:
-        self._revoked = revoked
+        self.revoked = revoked  # the runner points it at the state machine's registry
         self.on_revoked = on_revoked
         self._open: set[Tracked] = set()
         self._seen: frozenset[str] | None = None
@@ -105,7 +106,7 @@ class RevocationGuard:
         caller closes it) if its certificate is revoked. A certificate without a readable
         serial is refused too (TLS verified it, so this does not happen in practice)."""
         t = Tracked(serial or "", name, role, peer, close)
-        if serial is None or serial in self._revoked():
+        if serial is None or serial in self.revoked():
             self._report("handshake", t)
             return None
         self._open.add(t)
@@ -117,7 +118,7 @@ class RevocationGuard:
 
     def sweep(self) -> int:
         """Close every tracked connection whose serial is revoked; how many were."""
-        revoked = self._revoked()
+        revoked = self.revoked()
         if revoked is self._seen:
             return 0
         self._seen = revoked
