@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -139,6 +140,16 @@ def client_context(ca: Path, cert: Path, key: Path) -> ssl.SSLContext:
     ctx = _base_context(ssl.PROTOCOL_TLS_CLIENT, ca, cert, key)
     ctx.check_hostname = True
     return ctx
+
+
+def issued_by(ca: Path, cert: Path) -> bool:
+    """Was ``cert`` signed by the CA in ``ca`` (both PEM)? ``ValueError`` if not PEM."""
+    ca_cert = x509.load_pem_x509_certificate(ca.read_bytes())
+    try:
+        x509.load_pem_x509_certificate(cert.read_bytes()).verify_directly_issued_by(ca_cert)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
 
 
 def peer_identity(peercert: dict[str, Any] | None) -> tuple[str, str]:
