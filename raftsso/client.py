@@ -26,13 +26,14 @@ for tests: anything with ``endpoints``, ``fetch(endpoint)`` and ``close()`` will
 
 from __future__ import annotations
 
+import itertools
 import logging
 import random
 import secrets
 import ssl
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import TracebackType
@@ -93,6 +94,9 @@ class ClusterSource:
         self._timeout = timeout
         # Lets nodes tell which clients have synced a staged version (early promotion).
         self.client_id = ClientId(client_id or secrets.token_hex(8))
+        # The client's cumulative encryptions per version, sent with every keyring request
+        # (the leader's max_encryptions policy; set by SSOClient).
+        self.encryptions: Callable[[], Mapping[int, int]] | None = None
         # ``spread``: start at a random node (a deployment's config lists the same order
         # for every client); without it, the caller's order is the order of preference.
         self._offset = random.randrange(len(cluster.nodes)) if spread and cluster.nodes else 0
@@ -104,8 +108,10 @@ class ClusterSource:
         return nodes[self._offset:] + nodes[:self._offset]
 
     def fetch(self, endpoint: Endpoint) -> WireValue:
+        counts = self.encryptions() if self.encryptions is not None else None
         return self._cluster.call_node(endpoint.address, Op.KEYRING,
-                                       KeyringRequest(self.client_id).to_wire(),
+                                       KeyringRequest(self.client_id,
+                                                      encryptions=counts).to_wire(),
                                        timeout=self._timeout)
 
     def close(self) -> None:
@@ -145,6 +151,8 @@ class _Cache:
     fresh_until: float  # synced_at + max_staleness
     primary: envelope.Envelope | None
     keyset: envelope.Keyset  # every version's envelope, by token header
+    # Counts the primary's encryptions (one C call per encrypt; see encryption_counts).
+    uses: Iterator[int] = field(default_factory=itertools.count)
 
 
 def parse_keyring(raw: WireValue) -> _Keyring:
@@ -250,6 +258,10 @@ class SSOClient:
         self._last_on_demand_version = 0
         self._closed = False
         self._stop = threading.Event()
+        self._counters: dict[int, Iterator[int]] = {}
+        self._counter_reads: dict[int, int] = {}
+        if isinstance(self._source, ClusterSource):
+            self._source.encryptions = self.encryption_counts
         self._thread: threading.Thread | None = None
 
         try:
@@ -334,6 +346,7 @@ class SSOClient:
         if cache is not None and self._clock() < cache.fresh_until:
             primary = cache.primary
             if primary is not None:
+                next(cache.uses)
                 return primary.encrypt(data, associated_data)
         return self._encrypt_checked(data, associated_data)
 
@@ -352,6 +365,7 @@ class SSOClient:
             raise ClusterUnavailable("the cluster has no primary master secret yet; wait for "
                                      "its leader to create one (raftsso status)")
         # Fresh after all (synced_at + max_staleness rounded the other way).
+        next(cache.uses)
         return cache.primary.encrypt(data, associated_data)
 
     def decrypt(self, token: bytes, associated_data: bytes = b"") -> bytes:
@@ -470,7 +484,9 @@ class SSOClient:
                              fresh_until=now + self.max_staleness,
                              primary=None if ring.primary is None
                              else ring.versions[ring.primary].envelope,
-                             keyset=envelope.Keyset(v.envelope for v in ring.versions.values()))
+                             keyset=envelope.Keyset(v.envelope for v in ring.versions.values()),
+                             uses=(itertools.count() if ring.primary is None
+                                   else self._uses(ring.primary)))
         self._preferred = index
         if self._cluster_id is None:
             self._cluster_id = ring.cluster_id
@@ -487,6 +503,28 @@ class SSOClient:
             log.info("keyring from %s: primary version %s, versions %s (term %d, index %d)",
                      ring.node_id, ring.primary, sorted(ring.versions), ring.term,
                      ring.commit_index)
+
+    def _uses(self, version: int) -> Iterator[int]:
+        with self._lock:
+            counter = self._counters.get(version)
+            if counter is None:
+                counter = self._counters[version] = itertools.count()
+            return counter
+
+    def encryption_counts(self) -> dict[int, int]:
+        """Messages encrypted under each version by this client since it started (sent to
+        the nodes at each resync: ``max_encryptions``).
+
+        Each counter hands out one number per encryption (``itertools.count``: one C call,
+        atomic under the GIL); reading takes one number too, so the reads are subtracted.
+        """
+        with self._lock:
+            out = {}
+            for version, counter in self._counters.items():
+                reads = self._counter_reads.get(version, 0)
+                out[version] = next(counter) - reads
+                self._counter_reads[version] = reads + 1
+            return {v: n for v, n in out.items() if n}
 
     def _failed(self, message: str) -> None:
         with self._lock:

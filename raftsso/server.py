@@ -28,6 +28,10 @@ op                   roles            what
 ``members``          client, admin    the members as this node sees them
 ``member_add``       admin            add a member
 ``member_remove``    admin            remove a member for good
+``certs``            admin            certificates registered or revoked
+``cert_register``    admin            register a certificate made by ``certs issue``
+``cert_revoke``      admin            revoke certificates by name or serial
+``encryptions``      node             SSO clients' encryption counts this node received
 ===================  ===============  ======================================================
 
 Writes sent to a follower are answered ``NOT_LEADER`` with the leader's service address.
@@ -73,7 +77,11 @@ from raftsso.node import Node
 from raftsso.protocol.codes import ErrorCode
 from raftsso.protocol.messages import (
     BackedUpRequest,
+    CertRegisterRequest,
+    CertRevokeRequest,
+    CertsRequest,
     ClientsRequest,
+    EncryptionsRequest,
     ErrorBody,
     KeyringRequest,
     MemberAddRequest,
@@ -170,6 +178,10 @@ class Service:
             Op.MEMBERS: route(READ_ROLES, MembersRequest, self._members),
             Op.MEMBER_ADD: route(ADMIN_ROLES, MemberAddRequest, self._member_add),
             Op.MEMBER_REMOVE: route(ADMIN_ROLES, MemberRemoveRequest, self._member_remove),
+            Op.CERTS: route(ADMIN_ROLES, CertsRequest, self._certs),
+            Op.CERT_REGISTER: route(ADMIN_ROLES, CertRegisterRequest, self._cert_register),
+            Op.CERT_REVOKE: route(ADMIN_ROLES, CertRevokeRequest, self._cert_revoke),
+            Op.ENCRYPTIONS: route(NODE_ROLES, EncryptionsRequest, self._encryptions),
         }
 
     async def handle(self, caller: Caller, message: WireMap) -> WireMap:
@@ -298,6 +310,28 @@ class Service:
     async def _member_add(self, caller: Caller, req: MemberAddRequest) -> Result:
         self._require_leader()
         return await asyncio.to_thread(self.node.member_add, req)
+
+    async def _certs(self, caller: Caller, req: CertsRequest) -> Result:
+        if req.require_leader:
+            self._require_ready_leader()
+        return self.node.certs_view()
+
+    async def _encryptions(self, caller: Caller, req: EncryptionsRequest) -> Result:
+        return self.node.encryption_reports()
+
+    async def _cert_register(self, caller: Caller, req: CertRegisterRequest) -> Result:
+        self._require_leader()
+        result = await asyncio.to_thread(self.node.cert_register, req)
+        log.info("certificate %s (serial %s, %s) registered by %s", req.name, req.serial,
+                 req.role, caller.name)
+        return result
+
+    async def _cert_revoke(self, caller: Caller, req: CertRevokeRequest) -> Result:
+        self._require_leader()
+        result = await asyncio.to_thread(self.node.cert_revoke, req, caller.name[:64])
+        log.warning("certificate(s) %s revoked by %s (%s)", ", ".join(result.serials),
+                    caller.name, req.target)
+        return result
 
     async def _member_remove(self, caller: Caller, req: MemberRemoveRequest) -> Result:
         self._require_leader()

@@ -16,7 +16,7 @@ from raftsso.errors import RaftssoError
 from raftsso.fsutil import read_private
 from raftsso.keyring import KeyState
 from raftsso.protocol.messages import VersionInfo
-from raftsso_cli.backups import open_backup_file
+from raftsso_cli.backups import open_backup_file, policy_json, print_policy
 from raftsso_cli.common import admin_client, print_json, remote_config, table
 
 
@@ -45,13 +45,19 @@ def keys(ctx: click.Context, as_json: bool) -> None:
         raise RaftssoError("no leader answered; the version list may be stale, so none "
                            "is shown (see `raftsso status`)")
     versions = status.versions
+    leader = status.leader_status
+    counts = dict(leader.encryptions) if leader is not None else {}
     if as_json:
         print_json({"primary_version": status.primary_version,
-                    "versions": [v.to_wire() for v in versions]})
+                    "versions": [{**v.to_wire(), "encryptions": counts.get(v.id, 0)}
+                                 for v in versions],
+                    **policy_json(leader)})
         return
     rows = [[str(v.id), v.state.value, _when(v.created), v.fingerprint,
-             "yes" if v.backed_up else "NO"] for v in versions]
-    click.echo(table(["version", "state", "created", "fingerprint", "backed up"], rows))
+             "yes" if v.backed_up else "NO", str(counts.get(v.id, 0))] for v in versions]
+    click.echo(table(["version", "state", "created", "fingerprint", "backed up",
+                      "encryptions"], rows))
+    print_policy(leader)
     warn_not_backed_up(versions)
 
 
