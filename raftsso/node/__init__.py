@@ -33,7 +33,7 @@ from raftsso.config import NodeConfig, Peer
 from raftsso.errors import InvalidToken, RemoteError
 from raftsso.fsm import KeyringStateMachine
 from raftsso.keyring import Keyring, KeyState
-from raftsso.node.certificates import CertificateWrites
+from raftsso.node.certificates import CertificateWrites, RevokedSerials
 from raftsso.node.duties import LeaderDuties
 from raftsso.node.keyring_writes import MAX_LIVE_VERSIONS, KeyringWrites
 from raftsso.node.membership import Membership
@@ -102,6 +102,7 @@ class Node:
         # Day-two operations (issue 15): certificates, encryption counts, the leader's
         # scheduled duties (backups to a public key, rotation policy).
         self.certificates = CertificateWrites(fsm, self.writes)
+        self._revoked = RevokedSerials(fsm, cfg.data_dir / "revoked.serials")
         self.reports = EncryptionReportTracker(clock)
         self.schedule = ScheduledDuties(cfg, fsm, raft, self.writes, self.keyring_writes,
                                         self.reports, self.membership.members,
@@ -236,8 +237,8 @@ class Node:
         return self.reports.view()
 
     def revoked(self) -> frozenset[str]:
-        """Revoked certificate serials (the same object until the registry changes)."""
-        return self.fsm.certs().revoked
+        """Revoked certificate serials (the same object until the set changes)."""
+        return self._revoked()
 
     # writes -----------------------------------------------------------------------------------
 

@@ -92,3 +92,20 @@ def test_certs_issue_bad_input(deployment: Path, tmp_path: Path, args: list[str]
             str(deployment / "ca.key"), "--out", str(tmp_path / "o"), "--no-register")
     assert r.returncode in (1, 2) and message in r.stderr
     assert b"Traceback" not in r.stderr
+
+
+def test_restore_needs_the_right_identity(deployment: Path, tmp_path: Path) -> None:
+    """Refused before any node is asked: the file names its key, and says which flag."""
+    mine, other = backup_recipient.keygen(tmp_path / "k"), backup_recipient.keygen(tmp_path / "o")
+    key = envelope.new_key()
+    blob = backup_recipient.write_backup(
+        mine.recipient, cluster_id="c-x", primary=1,
+        versions=[BackupVersion(1, "primary", envelope.fingerprint(key), 1.0, key)])
+    path = tmp_path / "b.rsso"
+    path.write_bytes(blob)
+    admin = str(deployment / "admin.toml")
+    r = cli("-c", admin, "restore", str(path), "--identity", str(tmp_path / "o"))
+    assert r.returncode == 1 and b"encrypted to key " + mine.recipient.key_id.encode() in r.stderr
+    assert other.recipient.key_id.encode() in r.stderr
+    r = cli("-c", admin, "restore", str(path), "--password-file", str(tmp_path / "k"))
+    assert r.returncode == 2 and b"--identity KEY" in r.stderr
