@@ -449,6 +449,8 @@ class SSOClient:
             endpoint = self._endpoints[index]
             try:
                 ring = self._fetch(endpoint)
+            except ConfigError:
+                raise  # our own files are wrong (ca_cert did not issue cert): no node helps
             except (OSError, RaftssoError) as exc:
                 errors.append(f"{endpoint.id}: {_describe(exc)}")
                 continue
