@@ -9,7 +9,6 @@ from pathlib import Path
 
 import click
 
-from raftsso import backup as backups
 from raftsso.admin import AdminClient
 from raftsso.errors import RaftssoError
 from raftsso.fsutil import read_private
@@ -25,6 +24,8 @@ def _when(ts: float | None) -> str:
 
 
 def _password(path: Path) -> bytes:
+    from raftsso import backup as backups  # Argon2id: loaded by the commands that use it
+
     raw = read_private(path, limit=4096)
     password = raw[:-1] if raw.endswith(b"\n") else raw
     password = password[:-1] if password.endswith(b"\r") else password
@@ -89,6 +90,8 @@ def backup(ctx: click.Context, out: Path, password_file: Path, reminder: str,
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def backup_info(file: Path, as_json: bool) -> None:
     """Show a backup's cluster, versions and password reminder (no password needed)."""
+    from raftsso import backup as backups
+
     info = backups.read_info(file.read_bytes())
     if as_json:
         print_json({"cluster_id": info.cluster_id, "created": info.created,
@@ -122,6 +125,8 @@ def restore(ctx: click.Context, file: Path, password_file: Path, force: bool, ye
             as_json: bool) -> None:
     """Load a backup into the cluster: merges, never drops or overwrites a newer version."""
     cfg = remote_config(ctx, role="admin")
+    from raftsso import backup as backups
+
     info = backups.open_backup(file.read_bytes(), _password(password_file))
     if force and not yes:
         click.confirm(f"Restore cluster {info.cluster_id}'s backup with --force? If the target "
