@@ -15,8 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
-from raftsso import backup as backups
 from raftsso import cluster_status
 from raftsso.cluster_status import ClusterStatus
 from raftsso.config import RemoteConfig, load_remote_config, split_address
@@ -49,6 +49,9 @@ from raftsso.protocol.messages import (
     VersionResult,
 )
 from raftsso.remote import ClusterClient
+
+if TYPE_CHECKING:  # Argon2id (cryptography) is loaded by the backup calls only
+    from raftsso import backup as backups
 
 DEFAULT_WRITE_DEADLINE = 15.0
 MEMBER_DEADLINE = 30.0
@@ -141,6 +144,8 @@ class AdminClient:
         The keyring comes from the leader past its barrier, so the file holds every
         committed version.
         """
+        from raftsso import backup as backups
+
         backups.check_password(password)
         if out.exists() and not overwrite:
             raise ConfigError(f"{out} exists; choose another name or pass --overwrite")

@@ -107,10 +107,12 @@ class ClusterSource:
         nodes = self._cluster.nodes
         return nodes[self._offset:] + nodes[:self._offset]
 
-    def fetch(self, endpoint: Endpoint) -> WireValue:
+    def fetch(self, endpoint: Endpoint, known: int | None = None) -> WireValue:
+        """``known``: the ``commit_index`` of the keyring held, so that a node whose keyring
+        is the same may answer ``unchanged`` (no versions) instead of the whole keyring."""
         counts = self.encryptions() if self.encryptions is not None else None
         return self._cluster.call_node(endpoint.address, Op.KEYRING,
-                                       KeyringRequest(self.client_id,
+                                       KeyringRequest(self.client_id, known=known,
                                                       encryptions=counts).to_wire(),
                                        timeout=self._timeout)
 
@@ -155,9 +157,23 @@ class _Cache:
     uses: Iterator[int] = field(default_factory=itertools.count)
 
 
-def parse_keyring(raw: WireValue) -> _Keyring:
-    """Check a node's ``keyring`` answer and build the envelopes (:class:`DecodeError`)."""
+def parse_keyring(raw: WireValue, held: _Keyring | None = None) -> _Keyring:
+    """Check a node's ``keyring`` answer and build the envelopes (:class:`DecodeError`).
+
+    An ``unchanged`` answer (to a request that sent ``held.commit_index`` as ``known``)
+    is ``held`` as of the answer's term and index; it must name the same cluster and
+    primary, or it is refused like any malformed answer.
+    """
     answer = KeyringResult.from_wire(raw)  # the shape: ids, states, one primary
+    if answer.unchanged:
+        if held is None:
+            raise DecodeError("an unchanged keyring answer to a client that holds none")
+        if answer.cluster_id != held.cluster_id or answer.primary != held.primary:
+            raise DecodeError("an unchanged keyring answer that does not match the keyring "
+                              "held (cluster or primary differs)")
+        return _Keyring(cluster_id=answer.cluster_id, node_id=answer.node_id,
+                        term=answer.term, commit_index=answer.commit_index,
+                        primary=held.primary, versions=held.versions)
     versions: dict[int, _Version] = {}
     for v in answer.versions:
         vid = v.info.id
@@ -446,7 +462,9 @@ class SSOClient:
             index = (start + step) % n
             endpoint = self._endpoints[index]
             try:
-                ring = parse_keyring(self._source.fetch(endpoint))
+                ring = self._fetch(endpoint)
+            except ConfigError:
+                raise  # our own files are wrong (ca_cert did not issue cert): no node helps
             except (OSError, RaftssoError) as exc:
                 errors.append(f"{endpoint.id}: {_describe(exc)}")
                 continue
@@ -463,6 +481,16 @@ class SSOClient:
         message = "no node gave a usable keyring (" + "; ".join(errors) + ")"
         self._failed(message)
         raise ClusterUnavailable(message)
+
+    def _fetch(self, endpoint: Endpoint) -> _Keyring:
+        cache = self._cache
+        source = self._source
+        if cache is None or not isinstance(source, ClusterSource):
+            return parse_keyring(source.fetch(endpoint))
+        # Send the index held: the node answers "unchanged" while the keyring is the same,
+        # so a steady-state resync carries no keys and does not grow with the history.
+        held = cache.ring
+        return parse_keyring(source.fetch(endpoint, known=held.commit_index), held)
 
     def _reject(self, ring: _Keyring) -> str | None:
         if self._cluster_id is not None and ring.cluster_id != self._cluster_id:

@@ -91,6 +91,10 @@ class KeyringStateMachine:
     def __init__(self) -> None:
         self._keyring = Keyring()
         self._index = 0  # the Raft index of the last command applied to the keyring
+        # The index at which the keyring last changed (a snapshot's index after a restore):
+        # the keyring at any index from here to ``_index`` is the same, which lets a node
+        # answer a client that holds one of them "unchanged" (see :meth:`view_since`).
+        self._changed = 0
         # Nodes added or removed after init. The Raft configuration itself lives in
         # pysyncobj; this is the directory of ids and service addresses, and the
         # tombstones that stop a removed id from rejoining.
@@ -125,6 +129,12 @@ class KeyringStateMachine:
         """Encryptions per version, as SSO clients reported them (immutable)."""
         return self._ledger
 
+    def view_since(self) -> tuple[Keyring, int, int]:
+        """:meth:`view` plus the index at which the keyring last changed: a client holding
+        the keyring of any index in ``[changed, index]`` holds this very keyring."""
+        with self._lock:
+            return self._keyring, self._index, self._changed
+
     def directory(self) -> dict[str, MemberRecord]:
         """Members added or removed after ``init`` (see :meth:`_member`)."""
         with self._lock:
@@ -156,6 +166,7 @@ class KeyringStateMachine:
                 return seen
             # Fields are decoded only now, as ever: a malformed command is remembered as
             # BAD_COMMAND under its request id.
+            before = self._keyring
             try:
                 outcome = self._dispatch(decode_fields(op, req, raw))
             except DecodeError as exc:
@@ -163,6 +174,10 @@ class KeyringStateMachine:
             except Exception as exc:
                 log.exception("unexpected error applying %s", op)
                 outcome = _fail(ErrorCode.INTERNAL, f"{type(exc).__name__}")
+            if self._keyring is not before:
+                # Without an index (tests), no index may claim this keyring: one past the
+                # last makes every "unchanged" check fail until a real index arrives.
+                self._changed = self._index if index is not None else self._index + 1
             self._requests[req] = outcome
             while len(self._requests) > MAX_REMEMBERED:
                 self._requests.popitem(last=False)
@@ -383,6 +398,7 @@ class KeyringStateMachine:
             self._keyring = Keyring(versions)
             self._requests = requests
             self._index = index
+            self._changed = index
             self._directory = directory
             self._certs = certs
             self._ledger = ledger

@@ -12,17 +12,16 @@ import ipaddress
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from typing import TYPE_CHECKING, Any
 
 from raftsso.errors import ConfigError
 from raftsso.fsutil import atomic_write, check_private
 from raftsso.revocation import canonical_serial
+
+# cryptography (x509, ~20 ms to import) only in the functions that make or read
+# certificates: every CLI call and SSO client needs the TLS contexts below, not those.
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import ec
 
 ROLES = ("node", "admin", "client")
 _CA_YEARS = 10
@@ -36,6 +35,8 @@ class Issued:
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                              serialization.NoEncryption())
 
@@ -45,6 +46,11 @@ def _now() -> dt.datetime:
 
 
 def create_ca(cluster_id: str) -> Issued:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([
         x509.NameAttribute(NameOID.ORGANIZATION_NAME, "raftsso"),
@@ -71,6 +77,11 @@ def create_ca(cluster_id: str) -> Issued:
 
 def issue(ca: Issued, common_name: str, role: str, hosts: tuple[str, ...] = ()) -> Issued:
     """Issue a leaf certificate for ``role``; ``hosts`` become its subject alternative names."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
     if role not in ROLES:
         raise ValueError(f"unknown role {role!r}")
     ca_cert = x509.load_pem_x509_certificate(ca.cert_pem)
@@ -144,6 +155,9 @@ def client_context(ca: Path, cert: Path, key: Path) -> ssl.SSLContext:
 
 def issued_by(ca: Path, cert: Path) -> bool:
     """Was ``cert`` signed by the CA in ``ca`` (both PEM)? ``ValueError`` if not PEM."""
+    from cryptography import x509
+    from cryptography.exceptions import InvalidSignature
+
     ca_cert = x509.load_pem_x509_certificate(ca.read_bytes())
     try:
         x509.load_pem_x509_certificate(cert.read_bytes()).verify_directly_issued_by(ca_cert)
@@ -182,6 +196,10 @@ class CertInfo:
 def describe(cert_pem: bytes) -> CertInfo:
     """Serial, name, role and validity of a PEM certificate (:class:`ConfigError` if it
     is not one)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import NameOID
+
     try:
         cert = x509.load_pem_x509_certificate(cert_pem)
     except ValueError:
@@ -210,6 +228,10 @@ def load_ca(cert_path: Path, key_path: Path) -> Issued:
     """The CA certificate and its private key, for issuing; the key must be 0600 (a CA key
     others can read lets them mint certificates of any role) and must match the
     certificate."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     from raftsso.fsutil import read_private
 
     key_pem = read_private(key_path, limit=64 << 10)

@@ -84,6 +84,7 @@ from raftsso.protocol.messages import (
     EncryptionsRequest,
     ErrorBody,
     KeyringRequest,
+    KeyringResult,
     MemberAddRequest,
     MemberRemoveRequest,
     MembersRequest,
@@ -104,9 +105,11 @@ from raftsso.wire import (
     WireValue,
     decode_body,
     encode_frame,
+    encode_ok_frame,
     error,
     frame_length,
     ok,
+    pack,
     parse_request,
 )
 
@@ -183,6 +186,10 @@ class Service:
             Op.CERT_REVOKE: route(ADMIN_ROLES, CertRevokeRequest, self._cert_revoke),
             Op.ENCRYPTIONS: route(NODE_ROLES, EncryptionsRequest, self._encryptions),
         }
+        # The node hands out the same KeyringResult object until the keyring, its index or
+        # the term changes; its wire form and packed bytes are kept here (one slot per
+        # kind: whole, unchanged), so a fetch between two changes packs only the frame head.
+        self._packed: dict[bool, tuple[KeyringResult, WireValue, bytes]] = {}
 
     async def handle(self, caller: Caller, message: WireMap) -> WireMap:
         start = time.perf_counter()
@@ -230,12 +237,33 @@ class Service:
                             caller.peer)
                 raise PermissionDenied(
                     f"a {caller.role or 'certificate without a'} role may not call {op}")
-            return ok(rid, (await entry.call(caller, args)).to_wire())
+            return ok(rid, self._result_wire(await entry.call(caller, args)))
         except Exception as exc:
             body = self.error_body(exc, op, caller)
             return error(rid, body.code.value, body.message,
                          **{k: v for k, v in body.to_wire().items()
                             if k not in ("code", "message")})
+
+    def _result_wire(self, result: Result) -> WireValue:
+        if not isinstance(result, KeyringResult):
+            return result.to_wire()
+        slot = self._packed.get(result.unchanged)
+        if slot is None or slot[0] is not result:
+            wire = result.to_wire()
+            slot = (result, wire, pack(wire))
+            self._packed[result.unchanged] = slot
+        return slot[1]
+
+    def encode(self, answer: WireMap, max_frame: int) -> bytes:
+        """The frame of ``answer``; a cached keyring result is not packed again."""
+        result = answer.get("result")
+        if result is not None and answer.get("ok") is True:
+            for _result, wire, packed in self._packed.values():
+                if result is wire:
+                    rid = answer.get("id")
+                    assert type(rid) is int  # built by _handle
+                    return encode_ok_frame(rid, packed, max_frame)
+        return encode_frame(answer, max_frame)
 
     def error_body(self, exc: Exception, op: str, caller: Caller) -> ErrorBody:
         """The one place where an exception becomes an error answer."""
@@ -484,9 +512,11 @@ class Server:
             return
         try:
             while True:
+                # asyncio.timeout, not wait_for: wait_for wraps every read in a new task
+                # (Python 3.11), which was a tenth of the cost of a keyring fetch.
                 try:
-                    header = await asyncio.wait_for(reader.readexactly(4),
-                                                    self.cfg.idle_timeout)
+                    async with asyncio.timeout(self.cfg.idle_timeout):
+                        header = await reader.readexactly(4)
                 except (asyncio.IncompleteReadError, TimeoutError):
                     return
                 try:
@@ -498,8 +528,8 @@ class Server:
                     await self._send(writer, error(0, "BAD_FRAME", str(exc)))
                     return
                 try:
-                    body = await asyncio.wait_for(reader.readexactly(length),
-                                                  self.cfg.read_timeout)
+                    async with asyncio.timeout(self.cfg.read_timeout):
+                        body = await reader.readexactly(length)
                 except (asyncio.IncompleteReadError, TimeoutError):
                     return
                 try:
@@ -529,9 +559,10 @@ class Server:
                 await asyncio.wait_for(writer.wait_closed(), 1)
 
     async def _send(self, writer: asyncio.StreamWriter, message: WireMap) -> None:
-        writer.write(encode_frame(message, max_frame=max(self.cfg.max_frame, 1 << 20)))
+        writer.write(self.service.encode(message, max(self.cfg.max_frame, 1 << 20)))
         try:
-            await asyncio.wait_for(writer.drain(), self.limits.send_timeout)
+            async with asyncio.timeout(self.limits.send_timeout):
+                await writer.drain()
         except TimeoutError:
             # A client that does not read its answers would otherwise hold the connection
             # (and the unsent answer) for ever: no read timeout runs while we wait here.

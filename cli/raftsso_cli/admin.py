@@ -9,7 +9,6 @@ import click
 
 from raftsso.admin import AdminClient
 from raftsso.cluster_status import ClusterStatus
-from raftsso.deployment import init_deployment, join_node
 from raftsso.protocol.ids import MAX_VERSION_ID
 from raftsso_cli.common import admin_client, print_json, remote_config, table
 from raftsso_cli.lifecycle import warn_not_backed_up
@@ -34,6 +33,9 @@ def init(directory: Path, nodes: int | None, host: str, base_port: int | None,
     With --join NODE_ID, prepare one more node for the existing deployment in DIRECTORY;
     start it, then run `raftsso -c DIRECTORY/admin.toml members add NODE_ID ADDRESS`.
     """
+    # Certificates (cryptography) only for the command that makes them.
+    from raftsso.deployment import init_deployment, join_node
+
     if join is not None:
         plan = join_node(directory, join, host=None if host == "127.0.0.1" else host,
                          base_port=base_port)

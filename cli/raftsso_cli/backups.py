@@ -7,7 +7,6 @@ makes it a group too, so that ``raftsso backup keygen --out KEY`` sits beside it
 from __future__ import annotations
 
 import copy
-import datetime as dt
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,7 @@ import click
 
 from raftsso import backup as backups
 from raftsso import backup_recipient as recipients
-from raftsso.protocol.messages import NodeStatus
+from raftsso_cli import lifecycle
 from raftsso_cli.common import print_json
 
 
@@ -81,22 +80,6 @@ def with_subcommands(command: click.Command, *subcommands: click.Command) -> cli
     return group
 
 
-def policy_json(leader: NodeStatus | None) -> dict[str, Any]:
-    """``keys --json``'s rotation policy and scheduled backup fields (the leader's)."""
-    if leader is None:
-        return {"policy": None, "last_backup": None}
-    return {"policy": leader.policy.to_wire(), "last_backup": leader.last_backup}
 
-
-def print_policy(leader: NodeStatus | None) -> None:
-    """The rotation policy under ``keys``' table."""
-    if leader is None:
-        return
-    p = leader.policy
-    period = f"every {p.rotation_period:g} s" if p.rotation_period else "off"
-    limit = (f"{p.max_encryptions} per version (rotates at {p.rotate_at})"
-             if p.max_encryptions else "off")
-    click.echo(f"rotation policy: period {period}; max encryptions {limit}")
-    if p.next_rotation is not None:
-        when = dt.datetime.fromtimestamp(p.next_rotation, dt.UTC)
-        click.echo(f"next rotation by period: {when:%Y-%m-%d %H:%M:%SZ}")
+#: ``backup`` (the password backup of raftsso_cli.lifecycle) with ``backup keygen``.
+backup = with_subcommands(lifecycle.backup, keygen)

@@ -9,14 +9,11 @@ from pathlib import Path
 
 import click
 
-from raftsso import backup as backups
 from raftsso.admin import AdminClient
-from raftsso.backup_recipient import read_any_info
 from raftsso.errors import RaftssoError
 from raftsso.fsutil import read_private
 from raftsso.keyring import KeyState
-from raftsso.protocol.messages import VersionInfo
-from raftsso_cli.backups import open_backup_file, policy_json, print_policy
+from raftsso.protocol.messages import NodeStatus, VersionInfo
 from raftsso_cli.common import admin_client, print_json, remote_config, table
 
 
@@ -27,6 +24,8 @@ def _when(ts: float | None) -> str:
 
 
 def _password(path: Path) -> bytes:
+    from raftsso import backup as backups  # Argon2id: loaded by the commands that use it
+
     raw = read_private(path, limit=4096)
     password = raw[:-1] if raw.endswith(b"\n") else raw
     password = password[:-1] if password.endswith(b"\r") else password
@@ -59,6 +58,27 @@ def keys(ctx: click.Context, as_json: bool) -> None:
                       "encryptions"], rows))
     print_policy(leader)
     warn_not_backed_up(versions)
+
+
+def policy_json(leader: NodeStatus | None) -> dict[str, object]:
+    """``keys --json``'s rotation policy and scheduled backup fields (the leader's)."""
+    if leader is None:
+        return {"policy": None, "last_backup": None}
+    return {"policy": leader.policy.to_wire(), "last_backup": leader.last_backup}
+
+
+def print_policy(leader: NodeStatus | None) -> None:
+    """The rotation policy under ``keys``' table."""
+    if leader is None:
+        return
+    p = leader.policy
+    period = f"every {p.rotation_period:g} s" if p.rotation_period else "off"
+    limit = (f"{p.max_encryptions} per version (rotates at {p.rotate_at})"
+             if p.max_encryptions else "off")
+    click.echo(f"rotation policy: period {period}; max encryptions {limit}")
+    if p.next_rotation is not None:
+        when = dt.datetime.fromtimestamp(p.next_rotation, dt.UTC)
+        click.echo(f"next rotation by period: {when:%Y-%m-%d %H:%M:%SZ}")
 
 
 def warn_not_backed_up(versions: Sequence[VersionInfo]) -> None:
@@ -97,6 +117,8 @@ def backup(ctx: click.Context, out: Path, password_file: Path, reminder: str,
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def backup_info(file: Path, as_json: bool) -> None:
     """Show a backup's cluster, versions and password reminder (no password needed)."""
+    from raftsso.backup_recipient import read_any_info
+
     info = read_any_info(file.read_bytes())  # a password or a public-key backup
     if as_json:
         print_json({"cluster_id": info.cluster_id, "created": info.created,
@@ -136,6 +158,8 @@ def restore(ctx: click.Context, file: Path, password_file: Path | None,
             identity: Path | None, force: bool, yes: bool, as_json: bool) -> None:
     """Load a backup into the cluster: merges, never drops or overwrites a newer version."""
     cfg = remote_config(ctx, role="admin")
+    from raftsso_cli.backups import open_backup_file
+
     info = open_backup_file(file, _password(password_file) if password_file else None,
                             identity)
     if force and not yes:

@@ -92,6 +92,10 @@ class Node:
         self._seal_key = cfg.seal_key()
         self._unsealed: dict[tuple[int, bytes], bytes] = {}
         self._unseal_lock = threading.Lock()
+        # The last keyring answer of each kind (whole, unchanged), with what it was built
+        # from (the keyring object, its index, the term): clients syncing between two
+        # changes get the same object. Each slot is replaced whole: no lock needed.
+        self._answers: dict[bool, tuple[Keyring, int, int, KeyringResult]] = {}
         self.writes = WritePath(cfg, fsm, raft, self.leader_service_address,
                                 lambda: self.duties.wake())
         self.membership = Membership(cfg, fsm, raft, self.writes)
@@ -191,18 +195,28 @@ class Node:
         so answers of different nodes can be ordered. With a ``client_id``, the client is
         remembered under ``certificate`` (the verified certificate's name) for the census.
         """
-        ring, index = self.fsm.view()
+        ring, index, changed = self.fsm.view_since()
         term = self.raft.term
         if req.client_id is not None:
             self.clients.record(certificate, req.client_id, ring.last_id)
             if req.encryptions:
                 self.reports.record(certificate, req.client_id, req.encryptions)
-        return KeyringResult(
+        # The client's index holds this keyring: tell it so, without the versions.
+        unchanged = req.known is not None and changed <= req.known <= index
+        cached = self._answers.get(unchanged)
+        if cached is not None and cached[0] is ring and cached[1] == index \
+                and cached[2] == term:
+            return cached[3]  # the same (immutable) answer: the service reuses its bytes
+        result = KeyringResult(
             cluster_id=self.cfg.cluster_id, node_id=self.cfg.node_id, term=term,
             commit_index=index,
             primary=VersionId(ring.primary) if ring.primary is not None else None,
-            versions=tuple(KeyringVersion(VersionInfo.of(v), self._unseal(ring, v.id))
-                           for v in ring.versions if v.state is not KeyState.RETIRED))
+            versions=() if unchanged else tuple(
+                KeyringVersion(VersionInfo.of(v), self._unseal(ring, v.id))
+                for v in ring.versions if v.state is not KeyState.RETIRED),
+            unchanged=unchanged)
+        self._answers[unchanged] = (ring, index, term, result)
+        return result
 
     def _unseal(self, ring: Keyring, version: int) -> bytes:
         kv = ring.get(version)

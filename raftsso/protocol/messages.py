@@ -370,7 +370,12 @@ class KeyringVersion:
 @dataclass(frozen=True)
 class KeyringResult(Result):
     """What an SSO client caches. ``commit_index`` is the Raft index the keyring reflects,
-    so answers of different nodes can be ordered."""
+    so answers of different nodes can be ordered.
+
+    ``unchanged``: the answer to a request whose ``known`` index holds the same keyring as
+    this node at ``commit_index``; it carries no versions (the client keeps its own and
+    moves its index forward), so a steady-state sync costs the same at any history length.
+    """
 
     cluster_id: str
     node_id: str
@@ -378,14 +383,26 @@ class KeyringResult(Result):
     commit_index: int
     primary: VersionId | None
     versions: tuple[KeyringVersion, ...] = field(repr=False)
+    unchanged: bool = False
 
     def to_wire(self) -> WireMap:
-        return {"cluster_id": self.cluster_id, "node_id": self.node_id, "term": self.term,
-                "commit_index": self.commit_index, "primary": self.primary,
-                "versions": [v.to_wire() for v in self.versions]}
+        out: dict[str, WireValue] = {
+            "cluster_id": self.cluster_id, "node_id": self.node_id, "term": self.term,
+            "commit_index": self.commit_index, "primary": self.primary}
+        if self.unchanged:
+            out["unchanged"] = True
+        else:
+            out["versions"] = [v.to_wire() for v in self.versions]
+        return out
 
     @classmethod
     def decode(cls, f: Fields) -> Self:
+        if f.raw("unchanged") is True:
+            if f.has("versions"):
+                raise f.fail("an unchanged keyring answer carries no versions")
+            return cls(f.text("cluster_id"), f.text("node_id"), f.integer("term"),
+                       f.integer("commit_index"), f.optional_version("primary"), (),
+                       unchanged=True)
         versions = f.each("versions", KeyringVersion.decode)
         ids = [v.info.id for v in versions]
         if len(set(ids)) != len(ids):
@@ -403,11 +420,14 @@ class KeyringResult(Result):
 @dataclass(frozen=True)
 class KeyringRequest(Request[KeyringResult]):
     """``client_id`` lets the nodes tell which SSO clients have synced a staged version;
-    ``require_leader``: the leader's keyring past its barrier (a backup)."""
+    ``require_leader``: the leader's keyring past its barrier (a backup); ``known``: the
+    ``commit_index`` of the keyring the client holds, so the node may answer ``unchanged``
+    (a request without it, as every client before it sent, gets the whole keyring)."""
 
     op: ClassVar[Op] = Op.KEYRING
     client_id: ClientId | None = None
     require_leader: bool = False
+    known: int | None = None
     # The client's cumulative encryptions per version (max_encryptions, issue 15).
     encryptions: Mapping[int, int] | None = None
 
@@ -417,24 +437,29 @@ class KeyringRequest(Request[KeyringResult]):
             out["client_id"] = self.client_id
         if self.require_leader:
             out["require_leader"] = True
+        if self.known is not None:
+            out["known"] = self.known
         if self.encryptions:
             out["encryptions"] = {str(v): n for v, n in self.encryptions.items()}
         return out
 
     @classmethod
     def decode(cls, f: Fields) -> Self:
-        # Lenient by design (as ever): a malformed client id is ignored, not refused, so an
-        # SSO client always gets its keyring.
+        # Lenient by design (as ever): a malformed client id or known index is ignored, not
+        # refused, so an SSO client always gets its keyring (the whole one, at worst).
         try:
             cid = client_id(f.raw("client_id"))
         except ValueError:
             cid = None
+        known = f.raw("known")
+        if type(known) is not int or not 0 <= known < 2**63:
+            known = None
         try:
             counts: Mapping[int, int] | None = (parse_counts(f.raw("encryptions"))
                                                if f.has("encryptions") else None)
         except ValueError:
             counts = None
-        return cls(cid, f.raw("require_leader") is True, counts)
+        return cls(cid, f.raw("require_leader") is True, known, counts)
 
     def decode_result(self, raw: WireValue) -> KeyringResult:
         return KeyringResult.from_wire(raw)
