@@ -39,7 +39,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol
 
-from raftsso import envelope
+from raftsso import envelope, pki
 from raftsso.config import Endpoint, RemoteConfig, load_remote_config
 from raftsso.errors import (
     ClusterUnavailable,
@@ -118,6 +118,9 @@ class ClusterSource:
 
     def close(self) -> None:
         self._cluster.close()
+
+    def use_context(self, ctx: ssl.SSLContext) -> None:
+        self._cluster.set_context(ctx)
 
 
 # -- the cached keyring --------------------------------------------------------------
@@ -232,8 +235,10 @@ class SSOClient:
             if max_staleness is None:
                 max_staleness = cfg.max_staleness
             self._source: KeyringSource = ClusterSource(ClusterClient.from_config(cfg))
+            self._config: RemoteConfig | None = cfg
         else:
             self._source = source
+            self._config = None
         interval = DEFAULT_RESYNC_INTERVAL if resync_interval is None else resync_interval
         staleness = 2.0 * interval if max_staleness is None else max_staleness
         try:
@@ -531,6 +536,16 @@ class SSOClient:
             log.info("keyring from %s: primary version %s, versions %s (term %d, index %d)",
                      ring.node_id, ring.primary, sorted(ring.versions), ring.term,
                      ring.commit_index)
+
+    def reload_certificate(self) -> bool:
+        """Load the client certificate and key of the configuration again (on SIGHUP, say):
+        new connections present them, open ones keep theirs. False for a client not made
+        from a configuration; :class:`ConfigError` (nothing changed) if they do not load."""
+        cfg = self._config
+        if cfg is None or not isinstance(self._source, ClusterSource):
+            return False
+        self._source.use_context(pki.client_context(cfg.ca_cert, cfg.cert, cfg.key))
+        return True
 
     def _uses(self, version: int) -> Iterator[int]:
         with self._lock:

@@ -27,6 +27,7 @@ from raftsso import backup_recipient, pki
 from raftsso.backup_schedule import BackupDir
 from raftsso.client import SSOClient
 from raftsso.config import load_remote_config
+from raftsso.envelope import token_key_version
 from raftsso.errors import RaftssoError
 from raftsso.remote import ClusterClient
 from tests.harness import Cluster, NodeOptions, cli, running_cluster, wait_for
@@ -348,3 +349,57 @@ def test_failure_tolerance_one_then_zero(cluster: Cluster) -> None:
     assert "raftsso_failure_tolerance 0.0" in body
     assert f'raftsso_node_healthy{{node="{victim}"}} 0.0' in body
 
+
+
+def test_max_encryptions_rotates_before_the_limit(tmp_path: Path) -> None:
+    """Clients report their counts at resync; the leader commits them and starts a staged
+    rotation at 3/4 of max_encryptions, which is then promoted."""
+    options = NodeOptions(max_encryptions=100, rotation_grace=1.0)
+    with running_cluster(tmp_path / "d", options=options) as c, \
+            SSOClient.from_config(c.client_toml, resync_interval=0.2) as client:
+        for _ in range(80):
+            client.encrypt(b"x")
+
+        def rotated() -> dict[str, Any] | None:
+            listing = json.loads(ok("-c", str(c.admin_toml), "keys", "--json").stdout)
+            by_id = {v["id"]: v for v in listing["versions"]}
+            if 2 in by_id and by_id[2]["state"] == "primary":
+                return listing
+            return None
+
+        listing = wait_for(rotated, 60, interval=0.2, what="a rotation by max_encryptions")
+        assert listing["policy"]["max_encryptions"] == 100
+        assert listing["policy"]["rotate_at"] == 75
+        assert listing["versions"][0]["encryptions"] >= 75
+        # The client moves to the new primary; its next encryptions count there.
+        wait_for(lambda: client.state().primary == 2, 10, what="the client on version 2")
+        assert token_key_version(client.encrypt(b"y")) == 2
+
+
+def test_a_client_swaps_its_certificate_then_the_old_one_is_revoked(cluster: Cluster,
+                                                                     tmp_path: Path) -> None:
+    """The hook for long-running clients (the agent's SIGHUP): reload_certificate() makes
+    new connections present the new files; revoking the old serial then costs nothing."""
+    c = cluster
+    admin = str(c.admin_toml)
+    out = tmp_path / "svc-b"
+    first = json.loads(ok("-c", admin, "certs", "issue", "--role", "client", "--name",
+                          "svc-b", "--ca-key", str(c.root / "ca.key"), "--out", str(out),
+                          "--json").stdout)
+    old_conn = ClusterClient.from_config(load_remote_config(out / "svc-b.toml"))
+    addresses = [c.address(n) for n in c.ids]
+    assert all(ping(old_conn, a) for a in addresses)
+    with SSOClient.from_config(out / "svc-b.toml", resync_interval=60) as client:
+        ca = pki.load_ca(c.root / "ca.pem", c.root / "ca.key")
+        pki.write_pair(pki.issue(ca, "svc-b", "client"), out / "svc-b.pem", out / "svc-b.key")
+        assert client.reload_certificate()
+        ok("-c", admin, "certs", "revoke", first["serial"])
+        # Every node has closed the old certificate's connections (old_conn's among them,
+        # and the client's, in the same sweep) ...
+        for address in addresses:
+            wait_for(lambda a=address: not ping(old_conn, a), 10,
+                     what=f"the old certificate's connections to {address} closed")
+        # ... so a sync that succeeds now presented the new certificate.
+        wait_for(lambda: client.sync() is None, 10, what="a sync with the new certificate")
+        assert client.decrypt(client.encrypt(b"z")) == b"z"
+    old_conn.close()
