@@ -22,7 +22,7 @@ from raftsso.config import CONFIG_FORMAT, RemoteConfig, dump_toml
 from raftsso.errors import ConfigError
 from raftsso.fsutil import atomic_write
 
-ISSUABLE_ROLES = ("client", "admin")
+ISSUABLE_ROLES = ("client", "admin", "node")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
@@ -43,16 +43,27 @@ class IssuedFiles:
 
 
 def issue_files(ca: pki.Issued, *, role: str, name: str, out: Path,
-                remote: RemoteConfig | None = None) -> IssuedFiles:
+                remote: RemoteConfig | None = None, hosts: tuple[str, ...] = ()
+                ) -> IssuedFiles:
     """Issue a ``role`` certificate named ``name`` into ``out`` (never over existing files).
 
     With ``remote`` (the operator's configuration), also write ``NAME.toml`` naming the same
-    cluster and nodes.
+    cluster and nodes (not for a node: its certificate replaces ``node.pem``/``node.key``,
+    then SIGHUP). A node certificate names its ``hosts`` (the host of its addresses, and
+    the node id, as ``init`` does).
     """
     if role not in ISSUABLE_ROLES:
-        raise ConfigError(f"certs issue makes {' or '.join(ISSUABLE_ROLES)} certificates "
-                          f"(node certificates come from `raftsso init --join`), not {role!r}")
+        raise ConfigError(f"certs issue makes {', '.join(ISSUABLE_ROLES)} certificates, "
+                          f"not {role!r}")
     check_name(name)
+    if role == "node":
+        if not hosts:
+            raise ConfigError("a node certificate names the node's host: pass --host (the "
+                              "host of its raft_address and service_address)")
+        hosts = (*hosts, name) if name not in hosts else hosts
+        remote = None
+    elif hosts:
+        raise ConfigError("--host is for node certificates only")
     cert_path, key_path, config_path = out / f"{name}.pem", out / f"{name}.key", \
         out / f"{name}.toml"
     for path in (cert_path, key_path, config_path):
@@ -60,7 +71,7 @@ def issue_files(ca: pki.Issued, *, role: str, name: str, out: Path,
             raise ConfigError(f"{path} exists; issue into another directory, or move the old "
                               "files away first (revoke the old certificate if it leaked)")
     out.mkdir(mode=0o700, parents=True, exist_ok=True)
-    issued = pki.issue(ca, name, role)
+    issued = pki.issue(ca, name, role, hosts=hosts)
     pki.write_pair(issued, cert_path, key_path)
     atomic_write(out / "ca.pem", ca.cert_pem)
     written: Path | None = None

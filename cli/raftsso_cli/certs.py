@@ -46,7 +46,10 @@ def _operator_config(ctx: click.Context) -> RemoteConfig | None:
 
 @certs.command()
 @click.option("--role", required=True, type=click.Choice(ISSUABLE_ROLES),
-              help="client: may fetch the keyring; admin: may also rotate, back up, revoke.")
+              help="client: may fetch the keyring; admin: may also rotate, back up, revoke; "
+                   "node: a replacement node certificate (then SIGHUP the node).")
+@click.option("--host", "hosts", multiple=True,
+              help="A node certificate's host (address or DNS name); repeatable.")
 @click.option("--name", required=True, help="The certificate's name (one per service).")
 @click.option("--ca-key", required=True,
               type=click.Path(dir_okay=False, exists=True, path_type=Path),
@@ -59,8 +62,8 @@ def _operator_config(ctx: click.Context) -> RemoteConfig | None:
               help="Do not register the certificate with the cluster (offline issuing).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.pass_context
-def issue(ctx: click.Context, role: str, name: str, ca_key: Path, ca_cert: Path | None,
-          out: Path, no_register: bool, as_json: bool) -> None:
+def issue(ctx: click.Context, role: str, hosts: tuple[str, ...], name: str, ca_key: Path,
+          ca_cert: Path | None, out: Path, no_register: bool, as_json: bool) -> None:
     """Issue a ROLE certificate named NAME into OUT."""
     remote = _operator_config(ctx)
     if ca_cert is None:
@@ -69,7 +72,7 @@ def issue(ctx: click.Context, role: str, name: str, ca_key: Path, ca_cert: Path 
                                    "or --ca-cert CA.pem")
         ca_cert = remote.ca_cert
     files = issue_files(pki.load_ca(ca_cert, ca_key), role=role, name=name, out=out,
-                        remote=remote)
+                        remote=remote, hosts=hosts)
     info = files.info
     registered, problem = False, ""
     if remote is not None and not no_register:

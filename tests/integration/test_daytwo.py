@@ -194,11 +194,14 @@ def test_sighup_reloads_the_node_certificate_without_an_election(cluster: Cluste
     # A client connected before the reload keeps its connection.
     client = ClusterClient.from_config(load_remote_config(c.client_toml))
     assert ping(client, c.address(node))
-    ca = pki.load_ca(c.root / "ca.pem", c.root / "ca.key")
     ndir = c.root / node
-    pki.write_pair(pki.issue(ca, node, "node", hosts=("127.0.0.1", node)),
-                   ndir / "node.pem", ndir / "node.key")
-    new_serial = pki.describe((ndir / "node.pem").read_bytes()).serial
+    issued = json.loads(ok("-c", str(c.admin_toml), "certs", "issue", "--role", "node",
+                           "--name", node, "--host", "127.0.0.1", "--ca-key",
+                           str(c.root / "ca.key"), "--out", str(c.root / "new-cert"),
+                           "--json").stdout)
+    shutil.copy(issued["cert"], ndir / "node.pem")
+    shutil.copy(issued["key"], ndir / "node.key")
+    new_serial = issued["serial"]
     assert new_serial != old_serial
     c.signal(node, signal.SIGHUP)
     wait_for(lambda: served_serial(c.address(node), c.root) == new_serial, 15,

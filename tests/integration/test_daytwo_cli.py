@@ -83,7 +83,8 @@ def test_certs_issue_refuses_a_ca_key_others_can_read(deployment: Path, tmp_path
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["--role", "node", "--name", "n"], b"Invalid value for '--role'"),
+    (["--role", "root", "--name", "n"], b"Invalid value for '--role'"),
+    (["--role", "node", "--name", "n"], b"--host"),
     (["--role", "client", "--name", "../x"], b"not a certificate name"),
 ])
 def test_certs_issue_bad_input(deployment: Path, tmp_path: Path, args: list[str],

@@ -4,9 +4,11 @@ and the replicated registry of issued and revoked certificates (pure)."""
 from __future__ import annotations
 
 import os
+import socket
 import ssl
 import stat
 import subprocess
+import threading
 import tomllib
 from pathlib import Path
 
@@ -80,10 +82,33 @@ def test_issue_refuses_to_overwrite(deployment: Path, tmp_path: Path) -> None:
     assert (tmp_path / "svc-b.key").read_bytes() == before
 
 
-@pytest.mark.parametrize("role", ["node", "root", ""])
-def test_issue_only_client_and_admin(deployment: Path, tmp_path: Path, role: str) -> None:
-    with pytest.raises(ConfigError, match="client or admin"):
+@pytest.mark.parametrize("role", ["root", ""])
+def test_issue_only_known_roles(deployment: Path, tmp_path: Path, role: str) -> None:
+    with pytest.raises(ConfigError, match="client, admin, node"):
         issue_files(ca_of(deployment), role=role, name="x", out=tmp_path)
+
+
+def test_a_node_certificate_names_its_host_and_id(deployment: Path, tmp_path: Path) -> None:
+    ca = ca_of(deployment)
+    with pytest.raises(ConfigError, match="--host"):
+        issue_files(ca, role="node", name="node1", out=tmp_path)
+    with pytest.raises(ConfigError, match="node certificates only"):
+        issue_files(ca, role="client", name="c", out=tmp_path, hosts=("h",))
+    remote = load_remote_config(deployment / "admin.toml")
+    files = issue_files(ca, role="node", name="node1", out=tmp_path, remote=remote,
+                        hosts=("127.0.0.1",))
+    assert files.config is None and files.info.role == "node"
+    # It serves: a client checking the node's name (127.0.0.1) accepts it.
+    node = deployment / "node1"
+    server = pki.server_context(node / "ca.pem", files.cert, files.key)
+    client = pki.client_context(deployment / "ca.pem", deployment / "client.pem",
+                                deployment / "client.key")
+    a, b = socket.socketpair()
+    t = threading.Thread(target=lambda: server.wrap_socket(a, server_side=True).close())
+    t.start()
+    with client.wrap_socket(b, server_hostname="127.0.0.1") as tls:
+        assert pki.peer_serial(tls.getpeercert()) == files.info.serial
+    t.join(5)
 
 
 @pytest.mark.parametrize("name", ["", "-a", "a/b", "../x", "a b", "x" * 65, "é"])
@@ -114,9 +139,6 @@ def test_the_ca_key_must_match_the_ca(deployment: Path, tmp_path: Path) -> None:
 
 def test_peer_serial_matches_describe(deployment: Path) -> None:
     """The serial a node reads from a live TLS peer is the one describe() records."""
-    import socket
-    import threading
-
     node = deployment / "node1"
     server = pki.server_context(node / "ca.pem", node / "node.pem", node / "node.key")
     client = pki.client_context(deployment / "ca.pem", deployment / "client.pem",
