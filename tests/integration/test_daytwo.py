@@ -280,8 +280,9 @@ def test_scheduled_backups_rotate_survive_a_killed_leader_and_restore(tmp_path: 
         c.wait(leader)
         c.start(leader, wrapper=["strace", "-f", "-qq", "-o", "/dev/null", "-e",
                                  "trace=linkat", "-e", "inject=linkat:delay_enter=60s"])
-        wait_for(lambda: all(n["reachable"] for n in c.status()["nodes"]), 30,
-                 what="the node back")
+        # Back, and healthy as the leader sees it (its Raft link up, caught up).
+        wait_for(lambda: all(n["healthy"] for n in status_json(c)["nodes"]), 30,
+                 what="the node back and caught up")
         ok("-c", str(c.admin_toml), "transfer-leader", leader)
         strace_pid = c.pid(leader)
         node_pid = wait_for(lambda: node_children(strace_pid), 10, what="the node process")[0]
