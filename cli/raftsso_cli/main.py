@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 from raftsso.errors import RaftssoError, exit_code_for
-from raftsso_cli import admin, lifecycle, local, members, sso
+from raftsso_cli import admin, agent, lifecycle, local, members, sso
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -46,6 +46,7 @@ cli.add_command(admin.rotate)
 cli.add_command(admin.transfer_leader)
 cli.add_command(members.members)
 cli.add_command(sso.sso)
+cli.add_command(agent.agent)
 for _command in (lifecycle.keys, lifecycle.backup, lifecycle.backup_info, lifecycle.restore,
                  lifecycle.retire, lifecycle.rewrap):
     cli.add_command(_command)
