@@ -226,8 +226,8 @@ class UnixUsers:
 
     def who(self, user: str, *groups: str) -> As:
         uid = self.users[self.name(user)]
-        return As(uid, self.groups[self.name(user)] if self.name(user) in self.groups
-                  else uid, tuple(self.groups[self.name(g)] for g in groups))
+        return As(uid, self.groups.get(self.name(user), uid),
+                  tuple(self.groups[self.name(g)] for g in groups))
 
 
 @pytest.fixture(scope="module")
@@ -259,7 +259,7 @@ def unix_users() -> Iterator[UnixUsers]:
             subprocess.run(["groupdel", name], capture_output=True, check=False)
 
 
-# -- a real agent process beside real nodes ---------------------------------------------------------
+# -- a real agent process beside real nodes ----------------------------------------------------
 
 
 @dataclass

@@ -45,7 +45,7 @@ def one(agent: InProcessAgent, data: bytes) -> tuple[int, dict[str, str], dict[s
 
 
 def error(agent: InProcessAgent, data: bytes, status: int, code: str) -> str:
-    got, headers, body = one(agent, data)
+    got, _headers, body = one(agent, data)
     assert (got, body.get("error")) == (status, code), body
     assert isinstance(body["message"], str) and body["message"]
     return str(body["message"])
@@ -248,7 +248,7 @@ def test_slow_client_gets_408(agent: InProcessAgent) -> None:
         data = b""
         while chunk := s.recv(4096):  # the agent answers at the deadline, then closes
             data += chunk
-    ((status, headers, body),) = parse_responses(data)
+    ((status, _headers, body),) = parse_responses(data)
     assert status == 408 and json.loads(body)["error"] == "REQUEST_TIMEOUT"
 
 
