@@ -188,6 +188,8 @@ class As:
 def curl(sock: Path, method: str, path: str, body: Any = None,
          who: As | None = None) -> tuple[int, Any]:
     """curl --unix-socket (a real client, not ours); returns (status, decoded JSON)."""
+    if shutil.which("curl") is None:
+        pytest.skip("no curl (apt: curl)")
     argv = ["curl", "-sS", "--unix-socket", str(sock), "-X", method, "-o", "-",
             "-w", "\n%{http_code}", f"http://localhost{path}"]
     if body is not None:
