@@ -22,6 +22,7 @@ import base64
 import binascii
 import json
 import logging
+import re
 import time
 import urllib.parse
 from collections.abc import Awaitable, Callable
@@ -51,6 +52,8 @@ APP_AD_PREFIX = b"raftsso/app/v1\x00"
 MAX_NAME = 256
 MAX_DESCRIPTION = 1024
 MAX_GROUP = 64
+# A Unix group name as groupadd accepts it (and the store checks), never starting with '-'.
+_GROUP_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\$?")
 T = TypeVar("T")
 
 
@@ -178,10 +181,7 @@ def check_text(what: str, value: Any, limit: int = MAX_DESCRIPTION) -> str:
 def check_group(what: str, value: Any) -> str | None:
     if value is None:
         return None
-    if (not isinstance(value, str) or not value or len(value) > MAX_GROUP
-            or not value.isascii()
-            or not (value[0].isalnum() or value[0] == "_")
-            or not all(c.isalnum() or c in "_.-" for c in value.rstrip("$"))):
+    if not isinstance(value, str) or len(value) > MAX_GROUP or not _GROUP_RE.fullmatch(value):
         raise bad_request(f"{what} must be a Unix group name (letters, digits, '_', '.', "
                           f"'-', at most {MAX_GROUP}) or null")
     return value
