@@ -10,7 +10,8 @@ secret-holding local service needs around it:
   refused from ``Content-Length`` before a byte of body is read), connections (503 BUSY),
   requests read ahead on one connection (reading pauses), a whole-request deadline from
   its first byte to its last (408), an idle keep-alive timeout, and a send deadline for a
-  caller that stops reading its answers (the connection is aborted);
+  caller that stops reading its answers (the connection is aborted); the deadlines are
+  checked by one sweep a few times per timeout, so they fire up to a quarter late;
 * answers leave in request order (pipelining), each with ``Content-Length``,
   ``Cache-Control: no-store`` (answers can hold secrets), and ``Connection: close`` when
   the connection ends with it;
@@ -29,6 +30,7 @@ import inspect
 import json
 import logging
 import socket
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -64,8 +66,11 @@ class Response:
 Handler = Callable[[Request], "Response | Awaitable[Response]"]
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"))  # built once, not per answer
+
+
 def json_response(status: int, obj: Any, headers: tuple[tuple[str, str], ...] = ()) -> Response:
-    return Response(status, json.dumps(obj, separators=(",", ":")).encode(), headers)
+    return Response(status, _ENCODER.encode(obj).encode(), headers)
 
 
 def error_response(err: ApiError, close: bool = False,
@@ -104,15 +109,33 @@ class HttpServer:
         self.connections: set[_Connection] = set()
         self.refused_busy = 0
         self._server: asyncio.AbstractServer | None = None
+        self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self, sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_unix_server(lambda: _Connection(self), sock=sock)
+        self._sweeper = asyncio.ensure_future(self._sweep())
+
+    async def _sweep(self) -> None:
+        """Check every connection's deadlines a few times per timeout."""
+        period = max(0.01, min(1.0, self.limits.request_timeout / 4,
+                               self.limits.idle_timeout / 4))
+        while True:
+            await asyncio.sleep(period)
+            now = time.monotonic()
+            for conn in list(self.connections):
+                try:
+                    conn.check_deadlines(now)
+                except Exception:  # one connection's trouble must not stop the sweep
+                    log.exception("deadline check failed")
+                    conn.abort()
 
     async def close(self, grace: float = 5.0) -> None:
         """Stop accepting, let answers in progress finish (up to ``grace``), then close."""
         if self._server is not None:
             self._server.close()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         for conn in list(self.connections):
             conn.shutdown()
         loop = asyncio.get_running_loop()
@@ -140,9 +163,11 @@ class _Connection(asyncio.Protocol):
         self._reading_paused = False
         self._write_paused = False
         self._task: asyncio.Task[None] | None = None
-        self._idle: asyncio.TimerHandle | None = None
-        self._deadline: asyncio.TimerHandle | None = None
-        self._stall: asyncio.TimerHandle | None = None
+        # Deadlines are checked by the server's sweep (HttpServer._sweep), not by a timer
+        # per request: two timer operations per request cost more than the AES-GCM.
+        self._activity = time.monotonic()  # last request completed or answer sent
+        self._message_start = 0.0  # first byte of the request being read
+        self._paused_at: float | None = None  # when the caller stopped reading answers
         self._in_message = False
         self._reset_message()
 
@@ -178,15 +203,12 @@ class _Connection(asyncio.Protocol):
             self._closing = True
             transport.abort()
             return
-        self._arm_idle()
+        self._activity = time.monotonic()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
         self._closing = True
         self._server.connections.discard(self)
-        for handle in (self._idle, self._deadline, self._stall):
-            if handle is not None:
-                handle.cancel()
         if self._task is not None and not self._task.done():
             self._task.cancel()
         self._queue.clear()
@@ -202,14 +224,11 @@ class _Connection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self._write_paused = True
-        loop = asyncio.get_running_loop()
-        self._stall = loop.call_later(self._limits.request_timeout, self.abort)
+        self._paused_at = time.monotonic()
 
     def resume_writing(self) -> None:
         self._write_paused = False
-        if self._stall is not None:
-            self._stall.cancel()
-            self._stall = None
+        self._paused_at = None
         self._pump()
 
     def shutdown(self) -> None:
@@ -229,23 +248,21 @@ class _Connection(asyncio.Protocol):
 
     # timers ----------------------------------------------------------------------------------
 
-    def _arm_idle(self) -> None:
-        if self._idle is not None:
-            self._idle.cancel()
-        loop = asyncio.get_running_loop()
-        self._idle = loop.call_later(self._limits.idle_timeout, self._on_idle)
-
-    def _on_idle(self) -> None:
-        self._idle = None
-        if not self._busy and not self._queue and not self._in_message:
+    def check_deadlines(self, now: float) -> None:
+        """Called by the server's sweep: the request, idle and send deadlines."""
+        if self._closed:
+            return
+        limits = self._limits
+        if self._paused_at is not None and now - self._paused_at >= limits.request_timeout:
+            self.abort()  # the caller does not read its answers
+        elif self._in_message and not self._closing:
+            if now - self._message_start >= limits.request_timeout:
+                self._fail(ApiError("REQUEST_TIMEOUT", "the request did not arrive whole "
+                                    f"within {limits.request_timeout:g} s"))
+                self._pump()
+        elif (not self._busy and not self._queue and not self._in_message
+              and now - self._activity >= limits.idle_timeout):
             self._close()
-
-    def _on_deadline(self) -> None:
-        self._deadline = None
-        if self._in_message and not self._closing:
-            self._fail(ApiError("REQUEST_TIMEOUT", "the request did not arrive whole within "
-                                f"{self._limits.request_timeout:g} s"))
-            self._pump()
 
     # parsing ---------------------------------------------------------------------------------
 
@@ -276,11 +293,7 @@ class _Connection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self._in_message = True
         self._reset_message()
-        if self._idle is not None:
-            self._idle.cancel()
-            self._idle = None
-        loop = asyncio.get_running_loop()
-        self._deadline = loop.call_later(self._limits.request_timeout, self._on_deadline)
+        self._message_start = time.monotonic()
 
     def on_url(self, url: bytes) -> None:
         self._count(len(url))
@@ -315,9 +328,6 @@ class _Connection(asyncio.Protocol):
         self._body.append(body)
 
     def on_message_complete(self) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
         self._in_message = False
         assert self._caller is not None
         if self._upgrade:
@@ -338,9 +348,6 @@ class _Connection(asyncio.Protocol):
     def _stop_reading(self) -> None:
         self._closing = True
         self._in_message = False
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
         if self._transport is not None and not self._closed:
             with contextlib.suppress(RuntimeError):
                 self._transport.pause_reading()
@@ -385,8 +392,8 @@ class _Connection(asyncio.Protocol):
             self._transport.resume_reading()
         if self._closing and not self._in_message:
             self._close()
-        elif not self._in_message:
-            self._arm_idle()
+        else:
+            self._activity = time.monotonic()
 
     async def _finish(self, request: Request, pending: Awaitable[Response]) -> None:
         try:
