@@ -1,10 +1,11 @@
 """The agent: encrypt, decrypt and ``cred get`` over its Unix socket, 1 KiB, 1 and 8 clients.
 
 A real three-node cluster and a real agent process (``raftsso agent run``). Each client is
-its own process holding one keep-alive connection and sending raw HTTP/1.1 requests in a
-closed loop (the next request when the previous answer is complete), so the figures are
-the agent's, not a client library's. ``cred get`` goes through the store (SQLite) on the
-agent's thread pool. Every answer's status is checked; a non-200 counts as an error.
+its own process (:mod:`bench.agent_worker`, stdlib only) holding one keep-alive connection
+and sending raw HTTP/1.1 requests in a closed loop (the next request when the previous
+answer is complete), so the figures are the agent's, not a client library's. ``cred get``
+goes through the store (SQLite) on the agent's thread pool. Every answer's status is
+checked; a non-200 counts as an error.
 
 Target (issue 13): >= 10,000 encrypts/s with 8 clients and p99 <= 2 ms. OpenBao 2.7.2's
 transit engine, measured on this machine: 2,200/s sequential, 3,300-4,500/s with 8
@@ -15,12 +16,9 @@ from __future__ import annotations
 
 import base64
 import json
-import multiprocessing as mp
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -46,65 +44,44 @@ def _request(method: str, path: str, body: dict[str, Any] | None) -> bytes:
     return head.encode() + data
 
 
-def _worker(path: str, request: bytes, seconds: float, start: Any, out: Any) -> None:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.connect(path)
-    latencies: list[float] = []
-    errors = 0
-    buf = b""
-    start.wait()
-    end = time.perf_counter() + seconds
-    clock = time.perf_counter
-    while True:
-        t0 = clock()
-        if t0 >= end:
-            break
-        sock.sendall(request)
-        while True:
-            i = buf.find(b"\r\n\r\n")
-            if i >= 0:
-                head = buf[:i]
-                j = head.lower().find(b"content-length:")
-                k = head.find(b"\r\n", j)
-                length = int(head[j + 15:k if k > 0 else len(head)])
-                if len(buf) >= i + 4 + length:
-                    if not head.startswith(b"HTTP/1.1 200 "):
-                        errors += 1
-                    buf = buf[i + 4 + length:]
-                    break
-            chunk = sock.recv(65536)
-            if not chunk:
-                raise ConnectionError("the agent closed the connection")
-            buf += chunk
-        latencies.append(clock() - t0)
-    sock.close()
-    out.put((latencies, errors))
-
-
 def _measure(path: Path, request: bytes, clients: int, seconds: float,
              agent_pid: int) -> dict[str, Any]:
-    ctx = mp.get_context("spawn")
-    start = ctx.Event()
-    out = ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(str(path), request, seconds, start, out))
+    procs = [subprocess.Popen([sys.executable, "-m", "bench.agent_worker", str(path),
+                               str(seconds)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              cwd=Path(__file__).resolve().parents[1])
              for _ in range(clients)]
-    for p in procs:
-        p.start()
-    time.sleep(0.3)  # let every client connect before the clock starts
-    meter = CpuMeter({"agent": agent_pid})
-    start.set()
-    results = [out.get(timeout=seconds + 60) for _ in procs]
-    cpu = meter.read()
-    for p in procs:
-        p.join(timeout=30)
-    latencies = sorted(x for lat, _ in results for x in lat)
-    errors = sum(e for _, e in results)
+    try:
+        for p in procs:
+            assert p.stdin is not None and p.stdout is not None
+            p.stdin.write(b"%d\n" % len(request) + request)
+            p.stdin.flush()
+        for p in procs:  # every client connected before the clock starts
+            assert p.stdout is not None and p.stdout.readline().strip() == b"ready"
+        meter = CpuMeter({"agent": agent_pid})
+        for p in procs:
+            assert p.stdin is not None
+            p.stdin.write(b"go\n")
+            p.stdin.flush()
+        results = []
+        for p in procs:
+            assert p.stdout is not None
+            results.append(json.loads(p.stdout.readline()))
+        cpu = meter.read()
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait(timeout=30)
+    latencies = sorted(x for r in results for x in r["latencies"])
+    errors = sum(r["errors"] for r in results)
     return {"clients": clients, "ops": len(latencies), "errors": errors,
             "ops_per_s": len(latencies) / seconds,
             "p50_ms": percentile(latencies, 50) * 1000,
             "p99_ms": percentile(latencies, 99) * 1000,
             "max_ms": (latencies[-1] * 1000) if latencies else float("nan"),
-            "agent_cpu": cpu.get("agent"), "machine_cpu": cpu.get("machine")}
+            "agent_cpu": cpu.get("agent"), "machine_cpu": cpu.get("machine"),
+            "agent_cpu_us_per_op": (cpu.get("agent", 0.0) * seconds / len(latencies) * 1e6)
+            if latencies else float("nan")}
 
 
 def run(quick: bool = False, trials: int | None = None) -> dict[str, Any]:
