@@ -37,6 +37,7 @@ class Limits:
     max_body: int = 1 << 20  # bytes of a request body (413 beyond)
     max_header: int = 16 << 10  # bytes of the request line and headers together (431)
     max_connections: int = 256  # open connections (503 BUSY beyond)
+    max_connections_per_uid: int = 64  # so one local user cannot take every slot
     max_pipeline: int = 32  # requests read ahead of their answers on one connection
     request_timeout: float = 10.0  # first byte to last byte of one request (408)
     idle_timeout: float = 60.0  # a keep-alive connection with nothing to do is closed
@@ -144,7 +145,8 @@ def load_agent_config(path: str | Path) -> AgentConfig:
     if not isinstance(lim_raw, dict):
         raise ConfigError(f"{p}: [limits] must be a table")
     defaults = Limits()
-    minimums = {"max_body": 1024, "max_header": 1024, "max_connections": 1, "max_pipeline": 1,
+    minimums = {"max_body": 1024, "max_header": 1024, "max_connections": 1,
+                "max_connections_per_uid": 1, "max_pipeline": 1,
                 "request_timeout": 0.01, "idle_timeout": 0.01}
     limits = Limits(**{
         f.name: _number(p, lim_raw, f.name, type(getattr(defaults, f.name)),

@@ -7,7 +7,8 @@ secret-holding local service needs around it:
 * every caller is identified once, at ``accept()``, by the kernel
   (:func:`raftsso.agent.peer.identify`); a connection without credentials is closed;
 * limits (:class:`raftsso.agent.config.Limits`): request line + headers (431), body (413,
-  refused from ``Content-Length`` before a byte of body is read), connections (503 BUSY),
+  refused from ``Content-Length`` before a byte of body is read), connections in all and
+  per caller uid (503 BUSY),
   requests read ahead on one connection (reading pauses), a whole-request deadline from
   its first byte to its last (408), an idle keep-alive timeout, and a send deadline for a
   caller that stops reading its answers (the connection is aborted); the deadlines are
@@ -107,6 +108,7 @@ class HttpServer:
         self.limits = limits
         self.identify = identify
         self.connections: set[_Connection] = set()
+        self.per_uid: dict[int, int] = {}  # open connections of each caller uid
         self.refused_busy = 0
         self._server: asyncio.AbstractServer | None = None
         self._sweeper: asyncio.Task[None] | None = None
@@ -186,16 +188,13 @@ class _Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
-        self._server.connections.add(self)
-        if len(self._server.connections) > self._limits.max_connections:
-            self._server.refused_busy += 1
-            self._closing = True
-            err = ApiError("BUSY", "the agent has too many open connections; retry later")
-            transport.write(render(error_response(err), close=True))
-            transport.close()
+        server = self._server
+        server.connections.add(self)
+        if len(server.connections) > self._limits.max_connections:
+            self._busy_refusal("the agent has too many open connections; retry later")
             return
         try:
-            self._caller = self._server.identify(transport.get_extra_info("socket"))
+            self._caller = server.identify(transport.get_extra_info("socket"))
         except Exception as exc:  # PeerError, or a bug: never serve an unknown caller
             if not isinstance(exc, PeerError):
                 log.exception("cannot identify a caller")
@@ -203,12 +202,33 @@ class _Connection(asyncio.Protocol):
             self._closing = True
             transport.abort()
             return
+        uid = self._caller.uid
+        server.per_uid[uid] = server.per_uid.get(uid, 0) + 1
+        if server.per_uid[uid] > self._limits.max_connections_per_uid:
+            self._busy_refusal(f"uid {uid} has {self._limits.max_connections_per_uid} "
+                               "connections open to the agent already; reuse them")
+            return
         self._activity = time.monotonic()
+
+    def _busy_refusal(self, message: str) -> None:
+        self._server.refused_busy += 1
+        self._closing = True
+        assert self._transport is not None
+        self._transport.write(render(error_response(ApiError("BUSY", message)), close=True))
+        self._transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
         self._closing = True
-        self._server.connections.discard(self)
+        server = self._server
+        if self in server.connections:
+            server.connections.discard(self)
+            if self._caller is not None:
+                left = server.per_uid.get(self._caller.uid, 1) - 1
+                if left > 0:
+                    server.per_uid[self._caller.uid] = left
+                else:
+                    server.per_uid.pop(self._caller.uid, None)
         if self._task is not None and not self._task.done():
             self._task.cancel()
         self._queue.clear()

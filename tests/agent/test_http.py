@@ -24,7 +24,8 @@ from tests.agent.conftest import (
     unb64,
 )
 
-LIMITS = {"max_body": 16384, "max_header": 2048, "max_connections": 8, "max_pipeline": 4,
+LIMITS = {"max_body": 16384, "max_header": 2048, "max_connections": 8,
+          "max_connections_per_uid": 6, "max_pipeline": 4,
           "request_timeout": 1.0, "idle_timeout": 1.0}
 
 
@@ -263,24 +264,45 @@ def test_idle_keep_alive_connection_closed(agent: InProcessAgent) -> None:
     assert [a[0] for a in parse_responses(data)] == [200]
 
 
-def test_connection_limit(agent: InProcessAgent) -> None:
+def _hold(agent: InProcessAgent, n: int) -> list[socket.socket]:
     socks = []
+    for _ in range(n):
+        s = socket.socket(socket.AF_UNIX)
+        s.settimeout(5)
+        s.connect(str(agent.socket))
+        s.sendall(request_bytes("GET", "/v1/health"))
+        assert s.recv(4096).startswith(b"HTTP/1.1 200 ")
+        socks.append(s)
+    return socks
+
+
+def test_connection_limit_per_uid(agent: InProcessAgent) -> None:
+    socks = _hold(agent, LIMITS["max_connections_per_uid"])
     try:
-        for _ in range(LIMITS["max_connections"]):
-            s = socket.socket(socket.AF_UNIX)
-            s.settimeout(5)
-            s.connect(str(agent.socket))
-            s.sendall(request_bytes("GET", "/v1/health"))
-            assert s.recv(4096).startswith(b"HTTP/1.1 200 ")
-            socks.append(s)
         answer = raw_exchange(agent.socket, request_bytes("GET", "/v1/health"))
         ((status, _, body),) = parse_responses(answer)
-        assert status == 503 and json.loads(body)["error"] == "BUSY"
+        assert (status, json.loads(body)["error"]) == (503, "BUSY")
+        assert "uid" in json.loads(body)["message"]
     finally:
         for s in socks:
             s.close()
     with agent.client() as c:  # the slots come back
         assert c.health()["status"] == "ok"
+
+
+def test_connection_limit_in_all(short_dir: Path) -> None:
+    with in_process_agent(short_dir, limits={"max_connections": 4}) as agent:
+        socks = _hold(agent, 4)
+        try:
+            answer = raw_exchange(agent.socket, request_bytes("GET", "/v1/health"))
+            ((status, _, body),) = parse_responses(answer)
+            assert (status, json.loads(body)["error"]) == (503, "BUSY")
+            assert "too many open connections" in json.loads(body)["message"]
+        finally:
+            for s in socks:
+                s.close()
+        with agent.client() as c:
+            assert c.health()["status"] == "ok"
 
 
 def test_half_closed_client_still_answered(agent: InProcessAgent) -> None:
