@@ -11,26 +11,21 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from tests.harness import LocalCluster, wait_for
+from tests.harness import Cluster, running_cluster, wait_for
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 @contextlib.contextmanager
-def local_cluster(prefix: str) -> Iterator[LocalCluster]:
+def local_cluster(prefix: str) -> Iterator[Cluster]:
     """A fresh three-node cluster on 127.0.0.1 (free ports), healthy, stopped afterwards."""
-    with tempfile.TemporaryDirectory(prefix=f"raftsso-bench-{prefix}-") as tmp:
-        cluster = LocalCluster(Path(tmp) / "c")
-        cluster.start()
-        try:
-            cluster.wait_healthy()
-            yield cluster
-        finally:
-            cluster.stop()
+    with tempfile.TemporaryDirectory(prefix=f"raftsso-bench-{prefix}-") as tmp, \
+            running_cluster(Path(tmp) / "c") as cluster:
+        yield cluster
 
 
-def caught_up(cluster: LocalCluster) -> dict[str, Any]:
+def caught_up(cluster: Cluster) -> dict[str, Any]:
     """Wait until every node is reachable and serves the same primary and commit index."""
 
     def check() -> dict[str, Any] | None:
@@ -46,7 +41,7 @@ def caught_up(cluster: LocalCluster) -> dict[str, Any]:
     return wait_for(check, what="a fully caught-up cluster", interval=0.02)
 
 
-def node_pid(cluster: LocalCluster, node_id: str) -> int:
+def node_pid(cluster: Cluster, node_id: str) -> int:
     return cluster.procs[node_id].pid
 
 

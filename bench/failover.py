@@ -45,7 +45,7 @@ from raftsso.config import load_remote_config
 from raftsso.errors import RaftssoError
 from raftsso.pki import client_context
 from raftsso.remote import Connection
-from tests.harness import LocalCluster
+from tests.harness import Cluster
 
 RESYNC_INTERVAL = 0.25
 MAX_STALENESS = 10.0
@@ -141,7 +141,7 @@ class ClientFleet:
 class RotateProber:
     """One warm mTLS connection per node; per trial, races a rotate through all of them."""
 
-    def __init__(self, cluster: LocalCluster) -> None:
+    def __init__(self, cluster: Cluster) -> None:
         cfg = load_remote_config(cluster.admin_toml)
         ctx = client_context(cfg.ca_cert, cfg.cert, cfg.key)
         self.conns = {n.id: Connection(n, ctx, timeout=1.0) for n in cfg.nodes}
@@ -183,7 +183,7 @@ class RotateProber:
             c.close()
 
 
-def _new_leader(cluster: LocalCluster, old: str, t0: float, timeout: float = 30.0) -> float:
+def _new_leader(cluster: Cluster, old: str, t0: float, timeout: float = 30.0) -> float:
     deadline = time.perf_counter() + timeout
     while time.perf_counter() < deadline:
         for node_id in cluster.ids:
@@ -199,7 +199,7 @@ def _new_leader(cluster: LocalCluster, old: str, t0: float, timeout: float = 30.
     raise RuntimeError(f"no new leader within {timeout:.0f} s")
 
 
-def _trial(cluster: LocalCluster, prober: RotateProber, fleet: ClientFleet,
+def _trial(cluster: Cluster, prober: RotateProber, fleet: ClientFleet,
            sig: int) -> dict[str, Any]:
     caught_up(cluster)
     old = cluster.leader()

@@ -59,7 +59,7 @@ def run(quick: bool = False, trials: int | None = None) -> dict[str, Any]:
         noop_s = time.perf_counter() - t
     if versions != {primary: rows} or sample != b"password-0000007":
         raise RuntimeError(f"rewrap left {versions}, expected {{{primary}: {rows}}}")
-    out = {"config": {"rows": rows, "apps": APPS, "batch": "CLI default (500)",
+    out = {"config": {"rows": rows, "apps": APPS, "batch": "the CLI default",
                       "timed": "the raftsso CLI subprocess, start to exit",
                       "python": sys.version.split()[0]},
            "setup_s": setup_s, "seconds": elapsed, "rows_per_s": rows / elapsed,

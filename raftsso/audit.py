@@ -34,8 +34,6 @@ Rotation by logrotate: the file is reopened when its path no longer names the op
 
 from __future__ import annotations
 
-import datetime as dt
-import json
 import logging
 import os
 import threading
@@ -44,6 +42,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from raftsso.logs import json_line, json_scalar, utc_timestamp
 
 log = logging.getLogger(__name__)
 
@@ -56,20 +56,10 @@ MAX_PEERS_PER_WINDOW = 8
 _MAX_STR = 256
 
 
-def _ts(when: float) -> str:
-    t = dt.datetime.fromtimestamp(when, dt.UTC)
-    return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
-
-
 def _scalar(value: Any) -> Any:
-    """A JSON scalar, or ``None`` when the value must not be written (bytes, containers)."""
-    if value is None or isinstance(value, bool | int):
-        return value
-    if isinstance(value, float):
-        return value if value == value and abs(value) != float("inf") else None
-    if isinstance(value, str):
-        return value if len(value) <= _MAX_STR else value[:_MAX_STR] + "…"
-    return None
+    """A JSON scalar, or ``None`` when the value must not be written (bytes, containers,
+    NaN, any other object)."""
+    return json_scalar(value, _MAX_STR, lambda _: None)
 
 
 def audited_args(args: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -158,8 +148,7 @@ class AuditLog:
                 os.close(old)
 
     def _write(self, record: dict[str, Any], sync: bool) -> None:
-        line = (json.dumps(record, separators=(",", ":"), ensure_ascii=False,
-                           allow_nan=False) + "\n").encode("utf-8")
+        line = (json_line(record) + "\n").encode("utf-8")
         with self._lock:
             try:
                 if self._fd < 0:
@@ -197,7 +186,7 @@ class AuditLog:
                 admin: bool = False) -> None:
         """One line for an admin operation or a refused request."""
         record: dict[str, Any] = {
-            "v": AUDIT_FORMAT, "ts": _ts(self._clock()), "node": self.node_id,
+            "v": AUDIT_FORMAT, "ts": utc_timestamp(self._clock()), "node": self.node_id,
             "kind": "request", "who": {"cn": cn, "role": role}, "op": op, "peer": peer,
             "result": "ok" if code is None else "error", "code": code,
         }
@@ -239,10 +228,10 @@ class AuditLog:
     def _write_windows(self, closed: list[tuple[tuple[int, str, str, str], _Window]]) -> None:
         for (minute, cn, role, op), w in closed:
             self._write({
-                "v": AUDIT_FORMAT, "ts": _ts(min(self._clock(), (minute + 1) * 60.0)),
+                "v": AUDIT_FORMAT, "ts": utc_timestamp(min(self._clock(), (minute + 1) * 60.0)),
                 "node": self.node_id, "kind": "reads", "who": {"cn": cn, "role": role},
-                "op": op, "window_start": _ts(minute * 60.0),
-                "window_end": _ts((minute + 1) * 60.0), "count": w.count, "ok": w.ok,
+                "op": op, "window_start": utc_timestamp(minute * 60.0),
+                "window_end": utc_timestamp((minute + 1) * 60.0), "count": w.count, "ok": w.ok,
                 "errors": dict(sorted(w.errors.items())), "peers": w.peers,
                 "result": "ok" if not w.errors else "error",
             }, sync=False)

@@ -16,8 +16,10 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import tomli_w
+
 from raftsso.errors import ConfigError
-from raftsso.fsutil import read_private
+from raftsso.fsutil import atomic_write, read_private
 
 CONFIG_FORMAT = 1
 MIN_MAX_FRAME = 4 << 10
@@ -347,49 +349,39 @@ def format_secret_file(secret: bytes, kind: str) -> bytes:
 # -- writing ------------------------------------------------------------------------
 
 
-_TOML_ESCAPES = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\t": "\\t", "\r": "\\r"}
-
-
-def _toml_char(c: str) -> str:
-    # A TOML basic string may hold no control character but tab: escape the others
-    # (U+0000..U+001F, U+007F) as \uXXXX so that the output always parses back.
-    escaped = _TOML_ESCAPES.get(c)
-    if escaped is not None:
-        return escaped
-    if c < " " or c == "\x7f":
-        return f"\\u{ord(c):04X}"
-    return c
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return '"' + "".join(_toml_char(c) for c in value) + '"'
+def _without_none(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _without_none(v) for k, v in value.items() if v is not None}
     if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise TypeError(f"cannot write {type(value).__name__} to TOML")
+        return [_without_none(v) for v in value]
+    return value
 
 
 def dump_toml(data: Mapping[str, Any]) -> str:
-    """A small TOML writer for our own flat configs (scalars, tables, arrays of tables)."""
-    lines: list[str] = []
-    tables: list[tuple[str, Mapping[str, Any]]] = []
-    arrays: list[tuple[str, list[Mapping[str, Any]]]] = []
-    for key, value in data.items():
-        if isinstance(value, Mapping):
-            tables.append((key, value))
-        elif isinstance(value, list) and value and all(isinstance(v, Mapping) for v in value):
-            arrays.append((key, value))
-        elif value is not None:
-            lines.append(f"{key} = {_toml_value(value)}")
-    for key, table in tables:
-        lines.append(f"\n[{key}]")
-        lines.extend(f"{k} = {_toml_value(v)}" for k, v in table.items() if v is not None)
-    for key, items in arrays:
-        for item in items:
-            lines.append(f"\n[[{key}]]")
-            lines.extend(f"{k} = {_toml_value(v)}" for k, v in item.items() if v is not None)
-    return "\n".join(lines) + "\n"
+    """TOML text for one of our configs; keys whose value is None are left out (TOML has
+    no null). A value TOML cannot hold raises ``TypeError``."""
+    return tomli_w.dumps(_without_none(data))
+
+
+def _merged(base: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in changes.items():
+        old = out.get(key)
+        if isinstance(value, Mapping) and isinstance(old, Mapping):
+            out[key] = _merged(old, value)
+        elif value is None:
+            out.pop(key, None)
+        else:
+            out[key] = value
+    return out
+
+
+def update_toml(path: Path, changes: Mapping[str, Any]) -> None:
+    """Apply ``changes`` to the TOML file at ``path`` and rewrite it (0600, atomically).
+
+    Tables are merged key by key, any other value replaces the old one, and None removes
+    the key. The file is parsed and written whole, never edited as text.
+    """
+    with path.open("rb") as fh:
+        data = tomllib.load(fh)
+    atomic_write(path, dump_toml(_merged(data, changes)).encode())

@@ -14,17 +14,16 @@ Each node directory is self-contained so it can be copied to its own host.
 from __future__ import annotations
 
 import secrets
-import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from raftsso import envelope, pki
-from raftsso.config import CONFIG_FORMAT, dump_toml, format_secret_file
+from raftsso.config import CONFIG_FORMAT, dump_toml, format_secret_file, update_toml
 from raftsso.errors import ConfigError
 from raftsso.fsutil import atomic_write, read_private
 
-PORTS_PER_NODE = 3  # raft, service, metrics (reserved)
+PORTS_PER_NODE = 3  # raft, service, metrics (/metrics, /healthz, /readyz)
 
 
 @dataclass(frozen=True)
@@ -207,8 +206,6 @@ def join_node(directory: Path, node_id: str, host: str | None = None,
         if not path.exists():
             continue
         remote = load_remote_config(path)
-        raw = tomllib.loads(path.read_text())
-        raw["nodes"] = [{"id": n.id, "address": n.address} for n in remote.nodes] + \
-            [{"id": node_id, "address": plan.service_address}]
-        atomic_write(path, dump_toml(raw).encode())
+        update_toml(path, {"nodes": [{"id": n.id, "address": n.address} for n in remote.nodes]
+                           + [{"id": node_id, "address": plan.service_address}]})
     return plan

@@ -26,20 +26,18 @@ Rules that keep the lines safe and cheap:
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import datetime as dt
-import json
 import logging
-import logging.handlers
-import queue
 import re
 import sys
 import threading
-import time
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
 from typing import IO, Any
+
+from raftsso import logs
+from raftsso.logs import json_line, json_scalar, utc_timestamp
 
 LOGGER_NAME = "raftsso.events"
 _logger = logging.getLogger(LOGGER_NAME)
@@ -197,17 +195,18 @@ _MAX_LIST = 64
 _node_id = ""
 
 
-def _scalar(value: Any) -> Any:
-    if value is None or isinstance(value, bool | int):
-        return value
-    if isinstance(value, float):
-        return value if value == value and abs(value) != float("inf") else str(value)
+def _described(value: Any) -> str:
+    """What an event line says instead of a value that is not a JSON scalar."""
     if isinstance(value, bytes | bytearray | memoryview):
         return f"<{len(value)} bytes withheld>"
     if isinstance(value, Mapping | list | tuple | set | frozenset):
         return f"<{type(value).__name__} withheld>"  # nested values could hide bytes
-    text = str(value)
+    text = str(value)  # NaN, inf, enums, paths, ...: their text
     return text if len(text) <= _MAX_STR else text[:_MAX_STR] + "…"
+
+
+def _scalar(value: Any) -> Any:
+    return json_scalar(value, _MAX_STR, _described)
 
 
 def clean(value: Any) -> Any:
@@ -221,9 +220,8 @@ def clean(value: Any) -> Any:
 def format_event(event: EventType, message: str = "", node: str | None = None,
                  now: dt.datetime | None = None, **fields: Any) -> str:
     """The JSON line for one event (no newline)."""
-    ts = (now or dt.datetime.now(dt.UTC)).astimezone(dt.UTC)
     record: dict[str, Any] = {
-        "ts": ts.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts.microsecond // 1000:03d}Z",
+        "ts": utc_timestamp(now or dt.datetime.now(dt.UTC)),
         "event_id": event.id,
         "event": event.name,
         "level": event.level,
@@ -234,7 +232,7 @@ def format_event(event: EventType, message: str = "", node: str | None = None,
         if not _FIELD_NAME.match(name) or name in _RESERVED:
             name = f"field_{re.sub(r'[^a-z0-9_]', '_', name.lower())[:48]}"
         record[name] = clean(value)
-    return json.dumps(record, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return json_line(record)
 
 
 _listeners: list[Callable[[EventType], None]] = []
@@ -261,42 +259,24 @@ def emit(event: EventType | int, message: str = "", **fields: Any) -> None:
         logging.getLogger(__name__).debug("could not emit event %r", event, exc_info=True)
 
 
-class RateLimiter:
-    """At most one event per key per ``interval``; the next one says how many were held back.
-
-    For events a remote party can cause at will (refused requests, failing syncs), so that
-    a misbehaving client cannot flood the node log.
-    """
-
-    MAX_KEYS = 10_000
-
-    def __init__(self, interval: float = 60.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.interval = interval
-        self._clock = clock
-        self._state: dict[Hashable, tuple[float, int]] = {}
-        self._lock = threading.Lock()
+class RateLimiter(logs.RateLimiter):
+    """:class:`raftsso.logs.RateLimiter` for events: for events a remote party can cause at
+    will (refused requests, failing syncs), so that a misbehaving client cannot flood the
+    node log. A line that follows held-back ones carries ``suppressed``."""
 
     def emit(self, key: Hashable, event: EventType, message: str = "", **fields: Any) -> bool:
-        now = self._clock()
-        with self._lock:
-            last = self._state.get(key)
-            if last is not None and now - last[0] < self.interval:
-                self._state[key] = (last[0], last[1] + 1)
-                return False
-            if len(self._state) >= self.MAX_KEYS:
-                self._state.clear()
-            self._state[key] = (now, 0)
-        suppressed = last[1] if last is not None else 0
-        if suppressed:
-            fields["suppressed"] = suppressed
+        held = self.allow(key)
+        if held is None:
+            return False
+        if held:
+            fields["suppressed"] = held
         emit(event, message, **fields)
         return True
 
 
 # -- wiring -------------------------------------------------------------------------------
 
-_listener: logging.handlers.QueueListener | None = None
+_stop_queue: Callable[[], None] | None = None
 _lock = threading.Lock()
 
 
@@ -306,29 +286,24 @@ def configure(node_id: str, stream: IO[str] | None = None) -> None:
     The queue makes :func:`emit` non-blocking: a slow log consumer (a full pipe, a stalled
     journald) never delays the thread that emits, the Raft thread included.
     """
-    global _node_id, _listener
+    global _node_id, _stop_queue
     with _lock:
         _node_id = node_id
-        if _listener is not None:
+        if _stop_queue is not None:
             return
         handler = logging.StreamHandler(stream or sys.stderr)
         handler.setFormatter(logging.Formatter("%(message)s"))
-        q: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
-        _logger.handlers[:] = [logging.handlers.QueueHandler(q)]
-        _logger.setLevel(logging.INFO)
         _logger.propagate = False
-        _listener = logging.handlers.QueueListener(q, handler)
-        _listener.start()
-        atexit.register(shutdown)
+        _stop_queue = logs.log_through_queue(_logger, handler, logging.INFO)
 
 
 def shutdown() -> None:
     """Flush queued event lines (called at exit)."""
-    global _listener
+    global _stop_queue
     with _lock:
-        if _listener is not None:
-            _listener.stop()
-            _listener = None
+        if _stop_queue is not None:
+            _stop_queue()
+            _stop_queue = None
             _logger.handlers[:] = []
             _logger.propagate = True
 

@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import asyncio.sslproto
-import atexit
 import logging
-import logging.handlers
 import os
-import queue
 import signal
 import sys
 from pathlib import Path
@@ -21,6 +18,7 @@ from pathlib import Path
 from raftsso import events
 from raftsso.audit import AuditLog
 from raftsso.config import load_node_config
+from raftsso.logs import log_through_queue
 from raftsso.metrics import HealthServer, NodeMetrics
 from raftsso.node import Node
 from raftsso.server import Server
@@ -35,13 +33,8 @@ def setup_logging(level: str = "INFO") -> None:
     # pipe (a stuck log collector); one listener thread does the writing.
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    log_queue: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
-    listener = logging.handlers.QueueListener(log_queue, handler)
-    listener.start()
-    atexit.register(listener.stop)
-    root = logging.getLogger()
-    root.handlers[:] = [logging.handlers.QueueHandler(log_queue)]
-    root.setLevel(getattr(logging, level.upper(), logging.INFO))
+    log_through_queue(logging.getLogger(), handler,
+                      getattr(logging, level.upper(), logging.INFO))
     # pysyncobj is chatty at INFO and its messages are ours to translate.
     logging.getLogger("pysyncobj").setLevel(logging.WARNING)
 

@@ -5,16 +5,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import LocalCluster
+from tests.harness import Cluster, running_cluster
 
 
 @pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
     """Three real node processes, started and healthy."""
-    c = LocalCluster(tmp_path / "deploy")
-    c.start()
-    try:
-        c.wait_healthy()
+    with running_cluster(tmp_path / "deploy") as c:
         yield c
-    finally:
-        c.stop()

@@ -1,7 +1,7 @@
 """Fault schedules with a history checker (Jepsen-style) on a real cluster.
 
-* :mod:`tests.chaos.net`: network namespaces per node (or SIGSTOP) to cut nodes off;
-* :mod:`tests.chaos.cluster`: the node processes and their faults;
+* :mod:`tests.harness`: the node processes, their faults and the network namespaces (or
+  SIGSTOP) that cut nodes off, shared with the integration tests;
 * :mod:`tests.chaos.workload`: admin clients rotating, SSO clients encrypting/decrypting;
 * :mod:`tests.chaos.nemesis`: random faults from a seeded RNG;
 * :mod:`tests.chaos.history`: the recorded operations;

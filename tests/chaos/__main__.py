@@ -16,7 +16,9 @@ import time
 from pathlib import Path
 from types import FrameType
 
+from raftsso.config import RaftTimings
 from tests.chaos.runner import run
+from tests.harness import NodeOptions
 
 
 def _interrupt(signum: int, frame: FrameType | None) -> None:
@@ -43,12 +45,12 @@ def main(argv: list[str] | None = None) -> int:
     seed = args.seed if args.seed is not None else random.randrange(2**31)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix=f"raftsso-chaos-{seed}-"))
     signal.signal(signal.SIGTERM, _interrupt)
-    raft = ({"log_compaction_min_entries": args.compaction}
-            if args.compaction is not None else None)
+    options = (NodeOptions(raft=RaftTimings(log_compaction_min_entries=args.compaction))
+               if args.compaction is not None else None)
     t0 = time.monotonic()
     try:
         result = run(seed, args.duration, workdir, nodes=args.nodes, admins=args.admins,
-                     sso_clients=args.clients, net_mode=args.net, raft=raft,
+                     sso_clients=args.clients, net_mode=args.net, options=options,
                      out=lambda line: print(line, flush=True))
     except KeyboardInterrupt:
         print(f"chaos: interrupted after {time.monotonic() - t0:.0f} s (seed {seed}, "

@@ -26,9 +26,8 @@ import threading
 import time
 from typing import Any
 
-from tests.chaos.cluster import ChaosCluster
 from tests.chaos.history import History
-from tests.chaos.net import NamespaceNet
+from tests.harness import Cluster
 
 FAULTS: dict[str, float] = {
     "kill": 3.0,
@@ -40,7 +39,7 @@ FAULTS: dict[str, float] = {
 
 
 class Nemesis(threading.Thread):
-    def __init__(self, cluster: ChaosCluster, history: History, seed: int,
+    def __init__(self, cluster: Cluster, history: History, seed: int,
                  stop: threading.Event, quiet: tuple[float, float] = (0.5, 3.0),
                  faults: dict[str, float] | None = None) -> None:
         super().__init__(name="chaos-nemesis", daemon=True)
@@ -114,21 +113,13 @@ class Nemesis(threading.Thread):
             self.cluster.resume(node)
 
     def _cut(self, nodes: list[str], hold: float, fault: str, **info: Any) -> None:
-        net = self.cluster.net
-        how = "netns" if isinstance(net, NamespaceNet) else "sigstop"
-        with self.history.info("nemesis", fault, nodes=nodes, how=how, hold=hold, **info):
-            if isinstance(net, NamespaceNet):
-                net.cut([self.cluster.index(n) for n in nodes])
-                try:
-                    time.sleep(hold)
-                finally:
-                    net.heal()
-            else:
-                self.cluster.pause(*nodes)
-                try:
-                    time.sleep(hold)
-                finally:
-                    self.cluster.resume(*nodes)
+        with self.history.info("nemesis", fault, nodes=nodes, how=self.cluster.net.kind,
+                               hold=hold, **info):
+            self.cluster.cut(*nodes)
+            try:
+                time.sleep(hold)
+            finally:
+                self.cluster.heal()
 
     def _cut_one(self) -> None:
         node, why = self._pick_target()

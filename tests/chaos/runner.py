@@ -22,11 +22,10 @@ from raftsso import cluster_status, envelope
 from raftsso.client import SSOClient
 from raftsso.errors import RaftssoError
 from tests.chaos import checker
-from tests.chaos.cluster import ChaosCluster
 from tests.chaos.history import History, format_ops
 from tests.chaos.nemesis import Nemesis
-from tests.chaos.net import NamespaceNet, PauseNet, make_net
 from tests.chaos.workload import AdminWorker, SSOWorker, TokenPool
+from tests.harness import Cluster, LoopbackNet, NodeOptions, make_net, wait_for
 
 
 @dataclass
@@ -60,24 +59,7 @@ class RunResult:
         return "\n".join(lines)
 
 
-def _wait(predicate: Callable[[], Any], timeout: float, what: str,
-          interval: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    last: BaseException | None = None
-    while True:
-        try:
-            value = predicate()
-            if value:
-                return value
-        except (OSError, RaftssoError) as exc:
-            last = exc
-        if time.monotonic() >= deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}"
-                               + (f" (last error: {last})" if last else ""))
-        time.sleep(interval)
-
-
-def _converged(cluster: ChaosCluster) -> dict[str, Any] | None:
+def _converged(cluster: Cluster) -> dict[str, Any] | None:
     """Every node up, one leader with a quorum, every node applied the leader's commit
     index, and every node serves the same keyring."""
     st = cluster.status()
@@ -102,20 +84,20 @@ def _converged(cluster: ChaosCluster) -> dict[str, Any] | None:
 
 
 def run(seed: int, duration: float, workdir: Path, *, nodes: int = 3, admins: int = 2,
-        sso_clients: int = 3, net_mode: str = "auto", raft: dict[str, Any] | None = None,
+        sso_clients: int = 3, net_mode: str = "auto", options: NodeOptions | None = None,
         out: Callable[[str], None] = print) -> RunResult:
     started = time.monotonic()
     workdir.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
     net = make_net(nodes, net_mode)
     history = History(workdir / "history.jsonl")
-    cluster: ChaosCluster | None = None
+    cluster: Cluster | None = None
     workers: list[AdminWorker | SSOWorker] = []
     stop = threading.Event()
     pool = TokenPool()
     out(f"chaos: seed={seed} duration={duration:g}s nodes={nodes} net={net.kind} "
         f"workdir={workdir}")
-    if isinstance(net, PauseNet) and net.reason:
+    if isinstance(net, LoopbackNet) and net.reason:
         out(f"chaos: nodes are cut off with SIGSTOP: {net.reason}")
     # The SSO clients' warnings (every fault makes some) go to a file, not the terminal.
     client_log = logging.FileHandler(workdir / "clients.log")
@@ -126,9 +108,10 @@ def run(seed: int, duration: float, workdir: Path, *, nodes: int = 3, admins: in
     raftsso_logger.addHandler(client_log)
     raftsso_logger.setLevel(logging.INFO)
     try:
-        cluster = ChaosCluster(workdir / "deploy", net, nodes, raft=raft)
+        cluster = Cluster(workdir / "deploy", nodes, options=options, net=net,
+                          client_timeout=1.0)
         cluster.start()
-        _wait(lambda: _converged(cluster), 60, "a healthy cluster at start")
+        wait_for(lambda: _converged(cluster), 60, 0.2, "a healthy cluster at start")
         for i in range(sso_clients):
             workers.append(SSOWorker(f"sso{i + 1}", cluster, history, rng.randrange(2**32),
                                      stop, pool))
@@ -157,12 +140,11 @@ def run(seed: int, duration: float, workdir: Path, *, nodes: int = 3, admins: in
         errors += [f"{t.name} did not stop" for t in [nemesis, *workers] if t.is_alive()]
 
         # Heal everything and let the cluster converge.
-        if isinstance(net, NamespaceNet):
-            net.heal()
+        cluster.heal()
         cluster.resume()
         nemesis.check_exits()
         cluster.start()
-        final = _wait(lambda: _converged(cluster), 90, "the healed cluster to converge")
+        final = wait_for(lambda: _converged(cluster), 90, 0.2, "the healed cluster to converge")
 
         # Every ciphertext written during the run decrypts, with a fresh client.
         failures: list[dict[str, Any]] = []

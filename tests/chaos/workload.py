@@ -27,7 +27,7 @@ from typing import Any
 
 from raftsso import envelope
 from raftsso.client import ClusterSource, SSOClient
-from raftsso.config import Endpoint, load_remote_config
+from raftsso.config import Endpoint
 from raftsso.errors import (
     ClusterUnavailable,
     DecodeError,
@@ -38,22 +38,14 @@ from raftsso.errors import (
     StaleSecret,
 )
 from raftsso.remote import ClusterClient
-from tests.chaos.cluster import ChaosCluster
 from tests.chaos.history import History
+from tests.harness import Cluster, cluster_client
 
 # Answers that say the write was certainly not applied by this attempt.
 NOT_APPLIED = ("NOT_LEADER", "UNAVAILABLE", "NO_QUORUM")
 # Answers that are the state machine's own verdict on this request id (final).
 FSM_VERDICTS = ("CONFLICT", "NOT_READY")
 RETRY_WINDOW = 8.0
-
-
-def _client(path: Any, timeout: float) -> ClusterClient:
-    client = ClusterClient.from_config(load_remote_config(path))
-    client.timeout = timeout
-    for conn in client._conns.values():
-        conn._timeout = timeout
-    return client
 
 
 def _status(client: ClusterClient, address: str) -> dict[str, Any] | None:
@@ -64,32 +56,53 @@ def _status(client: ClusterClient, address: str) -> dict[str, Any] | None:
     return st if isinstance(st, dict) else None
 
 
-class AdminWorker(threading.Thread):
-    def __init__(self, name: str, cluster: ChaosCluster, history: History, seed: int,
-                 stop: threading.Event, cas_probability: float = 0.5,
-                 pause: tuple[float, float] = (0.05, 0.4)) -> None:
+class _Worker(threading.Thread):
+    """One client process of the history: ``step()`` until stopped, a random pause between
+    steps; an exception ends the worker and is reported by the runner (``error``)."""
+
+    def __init__(self, name: str, history: History, seed: int, stop: threading.Event,
+                 pause: tuple[float, float]) -> None:
         super().__init__(name=f"chaos-{name}", daemon=True)
         self.process = name
-        self.cluster = cluster
         self.history = history
         self.rng = random.Random(seed)
         self.stop_event = stop
-        self.cas_probability = cas_probability
         self.pause = pause
-        self.client = _client(cluster.admin_toml, 2.0)
-        self.by_address = {a: n for n, a in cluster.addresses.items()}
-        self.leader_hint: str | None = None
         self.error: BaseException | None = None
+
+    def step(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
 
     def run(self) -> None:
         try:
             while not self.stop_event.is_set():
-                self.rotate_once()
+                self.step()
                 self.stop_event.wait(self.rng.uniform(*self.pause))
         except BaseException as exc:  # reported by the runner
             self.error = exc
         finally:
-            self.client.close()
+            self.close()
+
+
+class AdminWorker(_Worker):
+    def __init__(self, name: str, cluster: Cluster, history: History, seed: int,
+                 stop: threading.Event, cas_probability: float = 0.5,
+                 pause: tuple[float, float] = (0.05, 0.4)) -> None:
+        super().__init__(name, history, seed, stop, pause)
+        self.cluster = cluster
+        self.cas_probability = cas_probability
+        self.client = cluster_client(cluster.admin_toml, 2.0)
+        self.by_address = {a: n for n, a in cluster.addresses.items()}
+        self.leader_hint: str | None = None
+
+    def step(self) -> None:
+        self.rotate_once()
+
+    def close(self) -> None:
+        self.client.close()
 
     def _read_primary(self) -> int | None:
         for node_id in self.rng.sample(self.cluster.ids, len(self.cluster.ids)):
@@ -250,37 +263,26 @@ def _ring(client: SSOClient) -> dict[str, Any]:
             "versions": id_ranges(v["id"] for v in st["versions"])}
 
 
-class SSOWorker(threading.Thread):
-    def __init__(self, name: str, cluster: ChaosCluster, history: History, seed: int,
+class SSOWorker(_Worker):
+    def __init__(self, name: str, cluster: Cluster, history: History, seed: int,
                  stop: threading.Event, pool: TokenPool, resync_interval: float = 0.5,
                  pause: tuple[float, float] = (0.02, 0.1)) -> None:
-        super().__init__(name=f"chaos-{name}", daemon=True)
-        self.process = name
-        self.history = history
-        self.rng = random.Random(seed)
-        self.stop_event = stop
+        super().__init__(name, history, seed, stop, pause)
         self.pool = pool
-        self.pause = pause
-        self.error: BaseException | None = None
-        cfg = load_remote_config(cluster.client_toml)
-        source = RecordingSource(ClusterSource(_client(cluster.client_toml, 1.0),
+        source = RecordingSource(ClusterSource(cluster_client(cluster.client_toml, 1.0),
                                                client_id=name), history, name)
-        self.client = SSOClient(source, cluster_id=cfg.cluster_id,
+        self.client = SSOClient(source, cluster_id=cluster.cluster_id,
                                 resync_interval=resync_interval)
         self.n = 0
 
-    def run(self) -> None:
-        try:
-            while not self.stop_event.is_set():
-                if self.rng.random() < 0.5:
-                    self.encrypt_once()
-                else:
-                    self.decrypt_once()
-                self.stop_event.wait(self.rng.uniform(*self.pause))
-        except BaseException as exc:
-            self.error = exc
-        finally:
-            self.client.close()
+    def step(self) -> None:
+        if self.rng.random() < 0.5:
+            self.encrypt_once()
+        else:
+            self.decrypt_once()
+
+    def close(self) -> None:
+        self.client.close()
 
     def encrypt_once(self) -> None:
         self.n += 1

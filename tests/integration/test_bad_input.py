@@ -17,19 +17,19 @@ from raftsso.config import split_address
 from raftsso.errors import PermissionDenied
 from raftsso.remote import Connection
 from raftsso.wire import encode_frame, read_frame
-from tests.harness import LocalCluster, wait_for
+from tests.harness import Cluster, wait_for
 
 pytestmark = pytest.mark.integration
 
 
-def _ctx(cluster: LocalCluster, role: str) -> ssl.SSLContext:
+def _ctx(cluster: Cluster, role: str) -> ssl.SSLContext:
     r = cluster.root
     if role == "node":
         return pki.client_context(r / "ca.pem", r / "node1" / "node.pem", r / "node1" / "node.key")
     return pki.client_context(r / "ca.pem", r / f"{role}.pem", r / f"{role}.key")
 
 
-def _tls(cluster: LocalCluster, node_id: str, role: str = "admin") -> ssl.SSLSocket:
+def _tls(cluster: Cluster, node_id: str, role: str = "admin") -> ssl.SSLSocket:
     host, port = split_address(cluster.address(node_id))
     raw = socket.create_connection((host, port), timeout=10)
     return _ctx(cluster, role).wrap_socket(raw, server_hostname=host)
@@ -44,7 +44,7 @@ def _request(sock: ssl.SSLSocket, payload: bytes) -> dict[str, object] | None:
         return None
 
 
-def _assert_still_serving(cluster: LocalCluster, node_id: str, primary: int = 1) -> None:
+def _assert_still_serving(cluster: Cluster, node_id: str, primary: int = 1) -> None:
     # A follower may apply the first secret a moment after the leader reports it.
     wait_for(lambda: cluster.node_status(node_id)["primary_version"] == primary,
              what=f"{node_id} to serve primary version {primary}")
@@ -61,14 +61,14 @@ def _error_code(answer: dict[str, object] | None) -> str | None:
     return str(err["code"])
 
 
-def test_garbage_bytes_get_an_error_and_the_node_keeps_serving(cluster: LocalCluster) -> None:
+def test_garbage_bytes_get_an_error_and_the_node_keeps_serving(cluster: Cluster) -> None:
     with _tls(cluster, "node1") as s:
         answer = _request(s, struct.pack(">I", 16) + os.urandom(16))
     assert _error_code(answer) in ("BAD_FRAME", None)
     _assert_still_serving(cluster, "node1")
 
 
-def test_an_oversized_frame_is_refused_before_it_is_read(cluster: LocalCluster) -> None:
+def test_an_oversized_frame_is_refused_before_it_is_read(cluster: Cluster) -> None:
     with _tls(cluster, "node1") as s:
         # Announce 512 MiB and send nothing more: the node must not wait for or buffer it.
         answer = _request(s, struct.pack(">I", 512 << 20))
@@ -76,7 +76,7 @@ def test_an_oversized_frame_is_refused_before_it_is_read(cluster: LocalCluster) 
     _assert_still_serving(cluster, "node1")
 
 
-def test_wrong_format_version_is_refused(cluster: LocalCluster) -> None:
+def test_wrong_format_version_is_refused(cluster: Cluster) -> None:
     frame = bytearray(encode_frame({"id": 1, "op": "status", "args": {}}))
     frame[4] = 99
     with _tls(cluster, "node1") as s:
@@ -91,13 +91,13 @@ def test_wrong_format_version_is_refused(cluster: LocalCluster) -> None:
     {"id": 1, "op": "rotate", "args": {"request_id": "not-bytes", "now": "yes"}},
 ])
 def test_well_formed_frames_with_wrong_types_are_refused(
-        cluster: LocalCluster, message: dict[str, object]) -> None:
+        cluster: Cluster, message: dict[str, object]) -> None:
     with _tls(cluster, "node1") as s:
         assert _error_code(_request(s, encode_frame(message))) == "BAD_REQUEST"
     _assert_still_serving(cluster, "node1")
 
 
-def test_unknown_operation(cluster: LocalCluster) -> None:
+def test_unknown_operation(cluster: Cluster) -> None:
     with _tls(cluster, "node1") as s:
         answer = _request(s, encode_frame({"id": 5, "op": "drop_tables", "args": {}}))
     assert _error_code(answer) == "UNKNOWN_OP"
@@ -114,15 +114,15 @@ def _keyring_over(ctx: ssl.SSLContext, address: str) -> None:
             raise ConnectionError("closed")
 
 
-def test_a_tls_client_without_a_certificate_is_refused(cluster: LocalCluster) -> None:
+def test_a_tls_client_without_a_certificate_is_refused(cluster: Cluster) -> None:
     ctx = ssl.create_default_context(cafile=str(cluster.root / "ca.pem"))
     with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
         _keyring_over(ctx, cluster.address("node1"))
     _assert_still_serving(cluster, "node1")
 
 
-def test_a_certificate_from_another_ca_is_refused(cluster: LocalCluster, tmp_path: Path) -> None:
-    other = LocalCluster(tmp_path / "other")  # a second deployment, never started
+def test_a_certificate_from_another_ca_is_refused(cluster: Cluster, tmp_path: Path) -> None:
+    other = Cluster(tmp_path / "other")  # a second deployment, never started
     ctx = pki.client_context(cluster.root / "ca.pem", other.root / "admin.pem",
                              other.root / "admin.key")
     with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
@@ -131,7 +131,7 @@ def test_a_certificate_from_another_ca_is_refused(cluster: LocalCluster, tmp_pat
 
 
 @pytest.mark.parametrize("role", ["client", "node"])
-def test_a_non_admin_certificate_may_not_rotate(cluster: LocalCluster, role: str) -> None:
+def test_a_non_admin_certificate_may_not_rotate(cluster: Cluster, role: str) -> None:
     leader = cluster.leader()
     endpoint = next(n for n in cluster.client.nodes if n.id == leader)
     conn = Connection(endpoint, _ctx(cluster, role), 10)
@@ -145,7 +145,7 @@ def test_a_non_admin_certificate_may_not_rotate(cluster: LocalCluster, role: str
     _assert_still_serving(cluster, leader)
 
 
-def test_plain_tcp_to_the_service_port_is_dropped(cluster: LocalCluster) -> None:
+def test_plain_tcp_to_the_service_port_is_dropped(cluster: Cluster) -> None:
     host, port = split_address(cluster.address("node1"))
     with socket.create_connection((host, port), timeout=10) as s:
         s.sendall(b"GET / HTTP/1.0\r\n\r\n" + os.urandom(64))
@@ -158,7 +158,7 @@ def test_plain_tcp_to_the_service_port_is_dropped(cluster: LocalCluster) -> None
     _assert_still_serving(cluster, "node1")
 
 
-def _raft_port(cluster: LocalCluster, node_id: str) -> tuple[str, int]:
+def _raft_port(cluster: Cluster, node_id: str) -> tuple[str, int]:
     from raftsso.config import load_node_config
 
     return split_address(load_node_config(cluster.node_toml(node_id)).raft_address)
@@ -173,7 +173,7 @@ class _Exploit:
 
 
 @pytest.mark.parametrize("kind", ["pickle", "garbage", "huge"])
-def test_raw_bytes_to_the_raft_port_are_refused(cluster: LocalCluster, tmp_path: Path,
+def test_raw_bytes_to_the_raft_port_are_refused(cluster: Cluster, tmp_path: Path,
                                                 kind: str) -> None:
     marker = tmp_path / "pwned"
     payloads = {

@@ -17,7 +17,7 @@ from raftsso.client import SSOClient
 from raftsso.config import load_remote_config
 from raftsso.envelope import token_key_version
 from raftsso.errors import StaleSecret
-from tests.harness import LocalCluster, wait_for
+from tests.harness import Cluster, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -59,7 +59,7 @@ class Worker:
         self._thread.join(timeout=30)
 
 
-def test_zero_failures_while_the_leader_is_killed(cluster: LocalCluster) -> None:
+def test_zero_failures_while_the_leader_is_killed(cluster: Cluster) -> None:
     cfg = load_remote_config(cluster.client_toml)
     leader = cluster.leader()
     # The leader first in the list: the client syncs from it and must move when it dies.
@@ -92,7 +92,7 @@ def test_zero_failures_while_the_leader_is_killed(cluster: LocalCluster) -> None
     assert worker.ops > 600
 
 
-def test_every_node_down_decrypt_works_and_encrypt_goes_stale(cluster: LocalCluster) -> None:
+def test_every_node_down_decrypt_works_and_encrypt_goes_stale(cluster: Cluster) -> None:
     max_staleness = 2.0
     with SSOClient.from_config(cluster.client_toml, resync_interval=0.5,
                                max_staleness=max_staleness) as client:
@@ -138,7 +138,7 @@ def test_every_node_down_decrypt_works_and_encrypt_goes_stale(cluster: LocalClus
         assert client.decrypt(before, b"row") == b"written while the cluster was up"
 
 
-def test_rotation_reaches_running_clients(cluster: LocalCluster) -> None:
+def test_rotation_reaches_running_clients(cluster: Cluster) -> None:
     with SSOClient.from_config(cluster.client_toml, resync_interval=0.5) as running, \
             SSOClient.from_config(cluster.client_toml) as idle:  # resyncs every 60 s
         old = running.state()["primary"]
@@ -172,7 +172,7 @@ def test_rotation_reaches_running_clients(cluster: LocalCluster) -> None:
 
 
 def test_rotate_now_never_breaks_a_running_client_reading_another_ones_tokens(
-        cluster: LocalCluster) -> None:
+        cluster: Cluster) -> None:
     """A writer encrypts under each new primary the moment it learns it; a reader that has
     not synced yet meets the version first in a token and must resync on demand, past any
     follower that has not applied the rotation yet."""

@@ -9,18 +9,18 @@ from pathlib import Path
 import pytest
 
 from raftsso.errors import RaftssoError
-from tests.harness import LocalCluster, wait_for
+from tests.harness import Cluster, wait_for
 
 pytestmark = pytest.mark.integration
 
 
-def _keys(cluster: LocalCluster) -> dict[int, bytes]:
+def _keys(cluster: Cluster) -> dict[int, bytes]:
     # From the leader: a follower may not have applied the newest commit yet.
     ring = cluster.client.call_node(cluster.address(cluster.leader()), "keyring")
     return {v["id"]: v["key"] for v in ring["versions"]}
 
 
-def test_three_nodes_agree_on_one_leader_and_the_primary(cluster: LocalCluster) -> None:
+def test_three_nodes_agree_on_one_leader_and_the_primary(cluster: Cluster) -> None:
     status = wait_for(lambda: (s := cluster.status()) and
                       all(n["reachable"] and n["primary_version"] == 1 for n in s["nodes"])
                       and s, what="every node to report primary version 1")
@@ -35,7 +35,7 @@ def test_three_nodes_agree_on_one_leader_and_the_primary(cluster: LocalCluster) 
     assert all(len(r["versions"][0]["key"]) == 32 for r in rings)
 
 
-def test_rotation_is_replicated_to_every_node(cluster: LocalCluster) -> None:
+def test_rotation_is_replicated_to_every_node(cluster: Cluster) -> None:
     staged = cluster.rotate(now=False)
     assert staged == {"version": 2, "state": "staged", "primary_version": 1}
     promoted = cluster.rotate(now=True)
@@ -50,7 +50,7 @@ def test_rotation_is_replicated_to_every_node(cluster: LocalCluster) -> None:
 
 
 def test_sigkill_of_the_leader_elects_another_and_rotation_succeeds(
-        cluster: LocalCluster) -> None:
+        cluster: Cluster) -> None:
     old = cluster.leader()
     term = cluster.node_status(old)["term"]
     cluster.kill(old)
@@ -67,7 +67,7 @@ def test_sigkill_of_the_leader_elects_another_and_rotation_succeeds(
     assert cluster.node_status(old)["role"] == "follower"
 
 
-def test_acknowledged_rotation_survives_sigkill_of_every_node(cluster: LocalCluster) -> None:
+def test_acknowledged_rotation_survives_sigkill_of_every_node(cluster: Cluster) -> None:
     acked = [cluster.rotate(now=True)["version"] for _ in range(3)]
     assert acked == [2, 3, 4]
     keys_before = _keys(cluster)
@@ -82,7 +82,7 @@ def test_acknowledged_rotation_survives_sigkill_of_every_node(cluster: LocalClus
     assert _keys(cluster) == keys_before
 
 
-def test_no_plaintext_secret_in_any_file(cluster: LocalCluster) -> None:
+def test_no_plaintext_secret_in_any_file(cluster: Cluster) -> None:
     cluster.rotate(now=True)
     cluster.rotate(now=False)
     keys = _keys(cluster)
@@ -100,7 +100,7 @@ def test_no_plaintext_secret_in_any_file(cluster: LocalCluster) -> None:
             assert needle not in data, f"a master secret appears in {path}"
 
 
-def test_node_files_are_private(cluster: LocalCluster) -> None:
+def test_node_files_are_private(cluster: Cluster) -> None:
     cluster.rotate(now=True)
     for node_id in cluster.ids:
         for path in (cluster.root / node_id).rglob("*"):
@@ -108,7 +108,7 @@ def test_node_files_are_private(cluster: LocalCluster) -> None:
             assert mode & 0o077 == 0, f"{path} has mode {mode:o}"
 
 
-def test_a_leader_cut_off_by_sigstop_is_replaced_and_rejoins(cluster: LocalCluster) -> None:
+def test_a_leader_cut_off_by_sigstop_is_replaced_and_rejoins(cluster: Cluster) -> None:
     old = cluster.leader()
     cluster.signal(old, signal.SIGSTOP)
     try:
@@ -123,7 +123,7 @@ def test_a_leader_cut_off_by_sigstop_is_replaced_and_rejoins(cluster: LocalClust
 
 
 def test_restart_of_a_single_node_keeps_its_data(tmp_path: Path) -> None:
-    c = LocalCluster(tmp_path / "one", nodes=1)
+    c = Cluster(tmp_path / "one", nodes=1)
     c.start()
     try:
         c.wait_healthy()
@@ -132,10 +132,10 @@ def test_restart_of_a_single_node_keeps_its_data(tmp_path: Path) -> None:
         c.start()
         assert c.wait_healthy()["primary_version"] == 2
     finally:
-        c.stop()
+        c.close()
 
 
-def test_a_leader_without_quorum_steps_down_and_refuses_writes(cluster: LocalCluster) -> None:
+def test_a_leader_without_quorum_steps_down_and_refuses_writes(cluster: Cluster) -> None:
     leader = cluster.leader()
     followers = [i for i in cluster.ids if i != leader]
     for f in followers:

@@ -24,7 +24,6 @@ import secrets
 import shutil
 import struct
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,7 @@ from raftsso.fsm import COMMAND_FORMAT
 from raftsso.raft import _HEADER, DurableJournal
 from raftsso.wire import unversioned
 from tests.chaos.checker import fsm_command, read_node_log, replay
-from tests.harness import LocalCluster, wait_for
+from tests.harness import Cluster, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -51,22 +50,13 @@ def _require_fiu() -> None:
                     "fiu-utils)")
 
 
-def _start_under_fiu(cluster: LocalCluster, node_id: str, ctrl: Path,
+def _start_under_fiu(cluster: Cluster, node_id: str, ctrl: Path,
                      enable: tuple[str, ...] = ()) -> subprocess.Popen[bytes]:
     """Start ``node_id`` under ``fiu-run -x`` with remote control at ``ctrl``-PID."""
-    fd = os.open(cluster.root / node_id / "node.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND,
-                 0o600)
     commands = [arg for point in enable for arg in ("-c", f"enable name={point}")]
-    try:
-        proc = subprocess.Popen(
-            ["fiu-run", "-x", "-f", str(ctrl), *commands, sys.executable, "-m", "raftsso_cli",
-             "node", "run", str(cluster.node_toml(node_id))],
-            stdin=subprocess.DEVNULL, stdout=fd, stderr=fd)
-    finally:
-        os.close(fd)
     # fiu-run execs the program: this pid is the node's, so kill/stop/wait work as usual.
-    cluster.procs[node_id] = proc
-    return proc
+    cluster.start(node_id, wrapper=["fiu-run", "-x", "-f", str(ctrl), *commands])
+    return cluster.procs[node_id]
 
 
 def _fiu_ctrl(ctrl: Path, pid: int, *commands: str) -> None:
@@ -77,11 +67,11 @@ def _fiu_ctrl(ctrl: Path, pid: int, *commands: str) -> None:
                    capture_output=True)
 
 
-def _primary(cluster: LocalCluster, node_id: str) -> Any:
+def _primary(cluster: Cluster, node_id: str) -> Any:
     return cluster.node_status(node_id)["primary_version"]
 
 
-def _make_leader(cluster: LocalCluster, node_id: str) -> None:
+def _make_leader(cluster: Cluster, node_id: str) -> None:
     def leads() -> bool:
         if cluster.leader() == node_id:
             return True
@@ -91,10 +81,9 @@ def _make_leader(cluster: LocalCluster, node_id: str) -> None:
     wait_for(leads, timeout=60, what=f"{node_id} to lead")
 
 
-def _rotate_on(cluster: LocalCluster, node_id: str, request_id: bytes,
+def _rotate_on(cluster: Cluster, node_id: str, request_id: bytes,
                timeout: float = 25.0) -> Any:
-    return cluster.client.call_node(cluster.address(node_id), "rotate",
-                                    {"request_id": request_id, "now": True}, timeout=timeout)
+    return cluster.rotate_on(node_id, request_id, timeout=timeout)
 
 
 def _requests_on_disk(path: Path) -> set[str]:
@@ -108,7 +97,7 @@ def _requests_on_disk(path: Path) -> set[str]:
     return found
 
 
-def _committed_verdicts(cluster: LocalCluster) -> dict[str, Any]:
+def _committed_verdicts(cluster: Cluster) -> dict[str, Any]:
     """Stop the cluster and replay every node's committed log (request id -> verdict)."""
     commit = max(cluster.node_status(n)["commit_index"] for n in cluster.ids)
     cluster.stop()
@@ -120,7 +109,7 @@ def _committed_verdicts(cluster: LocalCluster) -> dict[str, Any]:
     return verdicts
 
 
-def _fail_log(cluster: LocalCluster) -> None:
+def _fail_log(cluster: Cluster) -> None:
     for node_id in cluster.ids:
         print(f"----- {node_id} log -----\n{cluster.log(node_id)[-5000:]}")
 
@@ -130,7 +119,7 @@ def _fail_log(cluster: LocalCluster) -> None:
 
 def test_leader_whose_fsync_fails_exits_and_never_acknowledges(tmp_path: Path) -> None:
     _require_fiu()
-    cluster = LocalCluster(tmp_path / "deploy")
+    cluster = Cluster(tmp_path / "deploy")
     ctrl = tmp_path / "fiu"
     try:
         cluster.start("node2", "node3")
@@ -173,13 +162,13 @@ def test_leader_whose_fsync_fails_exits_and_never_acknowledges(tmp_path: Path) -
         _fail_log(cluster)
         raise
     finally:
-        cluster.stop()
+        cluster.close()
 
 
 def test_follower_whose_fsync_fails_never_completes_a_quorum(tmp_path: Path) -> None:
     """Leader + a follower that cannot persist is not a majority: nothing is acknowledged."""
     _require_fiu()
-    cluster = LocalCluster(tmp_path / "deploy")
+    cluster = Cluster(tmp_path / "deploy")
     ctrl = tmp_path / "fiu"
     try:
         cluster.start("node1", "node2")
@@ -215,12 +204,12 @@ def test_follower_whose_fsync_fails_never_completes_a_quorum(tmp_path: Path) -> 
         _fail_log(cluster)
         raise
     finally:
-        cluster.stop()
+        cluster.close()
 
 
 def test_node_whose_disk_cannot_sync_from_the_start_never_joins(tmp_path: Path) -> None:
     _require_fiu()
-    cluster = LocalCluster(tmp_path / "deploy")
+    cluster = Cluster(tmp_path / "deploy")
     try:
         cluster.start("node1", "node2")
         proc = _start_under_fiu(cluster, "node3", tmp_path / "fiu", enable=(FDATASYNC,))
@@ -232,7 +221,7 @@ def test_node_whose_disk_cannot_sync_from_the_start_never_joins(tmp_path: Path) 
         _fail_log(cluster)
         raise
     finally:
-        cluster.stop()
+        cluster.close()
 
 
 # -- torn and corrupt journals ------------------------------------------------------------
@@ -252,7 +241,7 @@ def _records(path: Path) -> list[tuple[int, int]]:
     return out
 
 
-def _follower_with_entries(cluster: LocalCluster, rotations: int = 3) -> tuple[str, int]:
+def _follower_with_entries(cluster: Cluster, rotations: int = 3) -> tuple[str, int]:
     cluster.wait_healthy()
     for _ in range(rotations):
         version = cluster.rotate(now=True)["version"]
@@ -265,7 +254,7 @@ def _follower_with_entries(cluster: LocalCluster, rotations: int = 3) -> tuple[s
 @pytest.mark.parametrize("damage", ["cut_mid_record", "partial_append"])
 def test_torn_journal_tail_is_cut_with_a_warning_and_the_node_catches_up(
         tmp_path: Path, damage: str) -> None:
-    cluster = LocalCluster(tmp_path / "deploy")
+    cluster = Cluster(tmp_path / "deploy")
     try:
         cluster.start()
         node, version = _follower_with_entries(cluster)
@@ -297,12 +286,12 @@ def test_torn_journal_tail_is_cut_with_a_warning_and_the_node_catches_up(
         _fail_log(cluster)
         raise
     finally:
-        cluster.stop()
+        cluster.close()
 
 
 def test_corrupt_journal_refuses_to_start_and_recovers_from_peers_once_moved_away(
         tmp_path: Path) -> None:
-    cluster = LocalCluster(tmp_path / "deploy")
+    cluster = Cluster(tmp_path / "deploy")
     try:
         cluster.start()
         node, version = _follower_with_entries(cluster)
@@ -314,7 +303,7 @@ def test_corrupt_journal_refuses_to_start_and_recovers_from_peers_once_moved_awa
         data[offset + length - 3] ^= 0xFF  # a damaged record with valid ones after it
         journal.write_bytes(bytes(data))
         cluster.start(node)
-        code = cluster.procs[node].wait(timeout=30)
+        code = cluster.wait(node, timeout=30)
         assert code not in (0, None)
         log = cluster.log(node)
         assert "is corrupt" in log and "this node will not start" in log, log[-3000:]
@@ -329,4 +318,4 @@ def test_corrupt_journal_refuses_to_start_and_recovers_from_peers_once_moved_awa
         _fail_log(cluster)
         raise
     finally:
-        cluster.stop()
+        cluster.close()

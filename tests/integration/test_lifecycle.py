@@ -20,19 +20,10 @@ from raftsso.client import SSOClient
 from raftsso.envelope import token_key_version
 from raftsso.errors import Conflict
 from raftsso.store import RowKind, SSOStore, associated_data
-from tests.harness import LocalCluster, cli, wait_for
+from tests.harness import Cluster, NodeOptions, cli, running_cluster, wait_for
 
 pytestmark = pytest.mark.integration
 PASSWORD = b"correct horse battery staple\n"
-
-
-def _set_node_option(cluster: LocalCluster, text: str) -> None:
-    """Add top-level keys to every node.toml (before the nodes start)."""
-    for node_id in cluster.ids:
-        path = cluster.node_toml(node_id)
-        body = path.read_text()
-        head, sep, tail = body.partition("\n[")
-        path.write_text(head.rstrip("\n") + "\n" + text.strip() + "\n" + sep + tail)
 
 
 @pytest.fixture
@@ -48,11 +39,11 @@ def password_file(tmp_path: Path) -> Path:
     return path
 
 
-def _admin(cluster: LocalCluster, *args: str) -> subprocess.CompletedProcess[bytes]:
+def _admin(cluster: Cluster, *args: str) -> subprocess.CompletedProcess[bytes]:
     return cli("-c", str(cluster.admin_toml), *args)
 
 
-def _fill(cluster: LocalCluster, store: Path, rows: int) -> dict[tuple[str, str], bytes]:
+def _fill(cluster: Cluster, store: Path, rows: int) -> dict[tuple[str, str], bytes]:
     """Write ``rows`` credentials in one transaction (a bulk load for the test)."""
     expected = {}
     with SSOClient.from_config(cluster.client_toml, background=False) as client, \
@@ -70,7 +61,7 @@ def _fill(cluster: LocalCluster, store: Path, rows: int) -> dict[tuple[str, str]
     return expected
 
 
-def _check_store(cluster: LocalCluster, store: Path, expected: dict[tuple[str, str], bytes],
+def _check_store(cluster: Cluster, store: Path, expected: dict[tuple[str, str], bytes],
                  toml: Path | None = None) -> dict[int, int]:
     with SSOClient.from_config(toml or cluster.client_toml, background=False) as client, \
             SSOStore(store, cipher=client) as db:
@@ -83,25 +74,16 @@ def _check_store(cluster: LocalCluster, store: Path, expected: dict[tuple[str, s
 
 
 @pytest.fixture
-def staged_cluster(tmp_path: Path) -> Iterator[LocalCluster]:
-    c = LocalCluster(tmp_path / "deploy")
+def staged_cluster(tmp_path: Path) -> Iterator[Cluster]:
     # A grace period far beyond the test: only "every recent client has synced it" can
     # promote the staged version in time.
-    _set_node_option(c, "client_window = 2.0")
-    for node_id in c.ids:
-        path = c.node_toml(node_id)
-        path.write_text(path.read_text().replace("rotation_grace = 120.0",
-                                                 "rotation_grace = 3600.0"))
-    c.start()
-    try:
-        c.wait_healthy()
+    options = NodeOptions(client_window=2.0, rotation_grace=3600.0)
+    with running_cluster(tmp_path / "deploy", options=options) as c:
         yield c
-    finally:
-        c.stop()
 
 
 def test_staged_rotation_with_two_client_processes_loses_no_operation(
-        staged_cluster: LocalCluster, tmp_path: Path) -> None:
+        staged_cluster: Cluster, tmp_path: Path) -> None:
     cluster = staged_cluster
     a, b, stop = tmp_path / "a.tokens", tmp_path / "b.tokens", tmp_path / "stop"
     workers = [
@@ -139,7 +121,7 @@ def test_staged_rotation_with_two_client_processes_loses_no_operation(
 
 
 def test_a_retried_rotation_creates_one_version_and_cas_admits_one_winner(
-        cluster: LocalCluster) -> None:
+        cluster: Cluster) -> None:
     request_id = secrets.token_bytes(16)
     first = cluster.rotate(now=True, request_id=request_id)
     again = cluster.rotate(now=True, request_id=request_id)
@@ -163,7 +145,7 @@ def test_a_retried_rotation_creates_one_version_and_cas_admits_one_winner(
 
 
 def test_rewrap_killed_midway_and_run_again_leaves_every_row_readable_under_the_primary(
-        cluster: LocalCluster, store: Path) -> None:
+        cluster: Cluster, store: Path) -> None:
     expected = _fill(cluster, store, 3000)
     assert cluster.rotate(now=True)["version"] == 2
     proc = subprocess.Popen([sys.executable, "-m", "raftsso_cli", "-c", str(cluster.admin_toml),
@@ -189,7 +171,7 @@ def test_rewrap_killed_midway_and_run_again_leaves_every_row_readable_under_the_
 
 
 def test_retire_is_refused_while_rows_use_the_version_and_allowed_after_rewrap(
-        cluster: LocalCluster, store: Path) -> None:
+        cluster: Cluster, store: Path) -> None:
     expected = _fill(cluster, store, 20)
     assert cluster.rotate(now=True)["version"] == 2
     refused = _admin(cluster, "retire", "1", "--store", str(store))
@@ -218,7 +200,7 @@ def test_retire_is_refused_while_rows_use_the_version_and_allowed_after_rewrap(
 
 
 def test_backup_marks_versions_and_backup_info_needs_no_password(
-        cluster: LocalCluster, tmp_path: Path, password_file: Path) -> None:
+        cluster: Cluster, tmp_path: Path, password_file: Path) -> None:
     cluster.rotate(now=True)
     out = tmp_path / "secret.bak"
     status = _admin(cluster, "status")
@@ -245,7 +227,7 @@ def test_backup_marks_versions_and_backup_info_needs_no_password(
 
 
 def test_bad_backups_are_refused_and_change_nothing(
-        cluster: LocalCluster, tmp_path: Path, password_file: Path) -> None:
+        cluster: Cluster, tmp_path: Path, password_file: Path) -> None:
     cluster.rotate(now=True)
     out = tmp_path / "secret.bak"
     assert _admin(cluster, "backup", "--out", str(out), "--password-file",
@@ -270,7 +252,7 @@ def test_bad_backups_are_refused_and_change_nothing(
 
 
 def test_restore_merges_into_the_running_cluster(
-        cluster: LocalCluster, tmp_path: Path, password_file: Path) -> None:
+        cluster: Cluster, tmp_path: Path, password_file: Path) -> None:
     out = tmp_path / "secret.bak"
     assert _admin(cluster, "backup", "--out", str(out), "--password-file",
                   str(password_file)).returncode == 0
@@ -284,7 +266,7 @@ def test_restore_merges_into_the_running_cluster(
 
 def test_disaster_recovery_into_a_new_cluster(
         tmp_path: Path, store: Path, password_file: Path) -> None:
-    old = LocalCluster(tmp_path / "old")
+    old = Cluster(tmp_path / "old")
     old.start()
     try:
         old.wait_healthy()
@@ -299,10 +281,10 @@ def test_disaster_recovery_into_a_new_cluster(
         assert cli("-c", str(old.admin_toml), "backup", "--out", str(backup),
                    "--password-file", str(password_file)).returncode == 0
     finally:
-        old.stop()
+        old.close()
     shutil.rmtree(old.root)  # every node, every key: only the backup and the store remain
 
-    new = LocalCluster(tmp_path / "new")
+    new = Cluster(tmp_path / "new")
     new.start()
     try:
         new.wait_healthy()
@@ -332,5 +314,5 @@ def test_disaster_recovery_into_a_new_cluster(
                  what="every restarted node to replay the restore")
         assert _check_store(new, store, expected, toml=new.client_toml) == {1: 50, 2: 1}
     finally:
-        new.stop()
+        new.close()
     assert os.path.exists(store)

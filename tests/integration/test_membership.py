@@ -8,17 +8,17 @@ import json
 import pytest
 
 from raftsso.config import load_node_config
-from tests.harness import LocalCluster, cli, wait_for
+from tests.harness import Cluster, cli, wait_for
 
 pytestmark = pytest.mark.integration
 
 
-def _admin(cluster: LocalCluster, *args: str) -> tuple[int, bytes, bytes]:
+def _admin(cluster: Cluster, *args: str) -> tuple[int, bytes, bytes]:
     r = cli("-c", str(cluster.admin_toml), *args)
     return r.returncode, r.stdout, r.stderr
 
 
-def _members(cluster: LocalCluster) -> list[dict[str, object]]:
+def _members(cluster: Cluster) -> list[dict[str, object]]:
     code, out, err = _admin(cluster, "members", "--json")
     assert code == 0, err
     rows = json.loads(out)["members"]
@@ -26,16 +26,15 @@ def _members(cluster: LocalCluster) -> list[dict[str, object]]:
     return rows
 
 
-def _join(cluster: LocalCluster, node_id: str) -> str:
+def _join(cluster: Cluster, node_id: str) -> str:
     r = cli("init", str(cluster.root), "--join", node_id)
     assert r.returncode == 0, r.stderr
-    cluster.ids.append(node_id)
-    cluster._client = None  # admin.toml now lists the new node
+    cluster.adopt(node_id)  # admin.toml now lists the new node
     cluster.start(node_id)
     return load_node_config(cluster.node_toml(node_id)).raft_address
 
 
-def test_add_a_node_then_remove_another(cluster: LocalCluster) -> None:
+def test_add_a_node_then_remove_another(cluster: Cluster) -> None:
     rows = _members(cluster)
     assert [r["id"] for r in rows] == ["node1", "node2", "node3"]
     assert {"id", "address", "raft_address", "role", "reachable", "match_index", "lag",
@@ -67,7 +66,7 @@ def test_add_a_node_then_remove_another(cluster: LocalCluster) -> None:
     assert code == 1 and b"never rejoins" in err
 
 
-def test_membership_refusals(cluster: LocalCluster) -> None:
+def test_membership_refusals(cluster: Cluster) -> None:
     leader = cluster.leader()
     code, _, err = _admin(cluster, "members", "remove", leader)
     assert code == 1 and b"transfer-leader" in err

@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from raftsso.config import load_remote_config, split_address
 from raftsso.errors import RemoteError
 from raftsso.remote import ClusterClient
-from tests.harness import LocalCluster, wait_for
+from tests.harness import Cluster, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -55,11 +55,11 @@ EXPECTED_FAMILIES = {
 }
 
 
-def _node_cfg(cluster: LocalCluster, node_id: str) -> dict[str, Any]:
+def _node_cfg(cluster: Cluster, node_id: str) -> dict[str, Any]:
     return tomllib.loads(cluster.node_toml(node_id).read_text())
 
 
-def _http(cluster: LocalCluster, node_id: str, path: str) -> tuple[int, str]:
+def _http(cluster: Cluster, node_id: str, path: str) -> tuple[int, str]:
     url = f"http://{_node_cfg(cluster, node_id)['metrics_address']}{path}"
     try:
         with urllib.request.urlopen(url, timeout=3) as answer:
@@ -68,7 +68,7 @@ def _http(cluster: LocalCluster, node_id: str, path: str) -> tuple[int, str]:
         return int(exc.code), exc.read().decode()
 
 
-def _metrics(cluster: LocalCluster, node_id: str) -> dict[str, Any]:
+def _metrics(cluster: Cluster, node_id: str) -> dict[str, Any]:
     status, text = _http(cluster, node_id, "/metrics")
     assert status == 200
     return {f.name: f for f in text_string_to_metric_families(text)}
@@ -86,11 +86,11 @@ def _value(families: dict[str, Any], family: str, sample: str | None = None,
     return None
 
 
-def _client(cluster: LocalCluster) -> ClusterClient:
+def _client(cluster: Cluster) -> ClusterClient:
     return ClusterClient.from_config(load_remote_config(cluster.client_toml))
 
 
-def _events(cluster: LocalCluster, node_id: str) -> list[dict[str, Any]]:
+def _events(cluster: Cluster, node_id: str) -> list[dict[str, Any]]:
     out = []
     for line in cluster.log(node_id).splitlines():
         if line.startswith("{"):
@@ -98,7 +98,7 @@ def _events(cluster: LocalCluster, node_id: str) -> list[dict[str, Any]]:
     return out
 
 
-def _audit(cluster: LocalCluster, node_id: str) -> list[dict[str, Any]]:
+def _audit(cluster: Cluster, node_id: str) -> list[dict[str, Any]]:
     path = cluster.root / node_id / "data" / "audit.jsonl"
     if not path.exists():
         return []
@@ -114,7 +114,7 @@ def _handshake_failure(address: str) -> None:
             pass
 
 
-def test_every_node_serves_prometheus_metrics_and_health(cluster: LocalCluster) -> None:
+def test_every_node_serves_prometheus_metrics_and_health(cluster: Cluster) -> None:
     leader = cluster.leader()
     follower = next(n for n in cluster.ids if n != leader)
     wait_for(lambda: cluster.node_status(follower)["primary_version"] == 1,
@@ -178,7 +178,7 @@ def test_every_node_serves_prometheus_metrics_and_health(cluster: LocalCluster) 
 
 
 def test_readyz_turns_unready_on_a_node_cut_off_from_the_quorum(
-        cluster: LocalCluster) -> None:
+        cluster: Cluster) -> None:
     kept = "node1"
     wait_for(lambda: _http(cluster, kept, "/readyz")[0] == 200, what="node1 ready")
     others = [n for n in cluster.ids if n != kept]
@@ -198,7 +198,7 @@ def test_readyz_turns_unready_on_a_node_cut_off_from_the_quorum(
     assert _http(cluster, kept, "/healthz")[0] == 200
 
 
-def test_rotation_and_refusal_produce_events_and_audit_lines(cluster: LocalCluster) -> None:
+def test_rotation_and_refusal_produce_events_and_audit_lines(cluster: Cluster) -> None:
     leader = cluster.leader()
     result = cluster.rotate(now=True)
     version = result["version"]
@@ -239,7 +239,7 @@ def test_rotation_and_refusal_produce_events_and_audit_lines(cluster: LocalClust
              what="the refusal's event line")
 
 
-def test_no_secret_material_in_audit_or_logs(cluster: LocalCluster) -> None:
+def test_no_secret_material_in_audit_or_logs(cluster: Cluster) -> None:
     leader = cluster.leader()
     cluster.rotate(now=True)
     keys: set[bytes] = set()

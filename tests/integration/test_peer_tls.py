@@ -29,35 +29,28 @@ from pysyncobj.encryptor import getEncryptor
 from raftsso import pki
 from raftsso.config import NodeConfig, load_node_config, split_address
 from raftsso.fsutil import read_private
-from tests.harness import LocalCluster, cli, free_base_port, wait_for
+from tests.harness import (
+    Cluster,
+    NodeOptions,
+    cli,
+    free_base_port,
+    running_cluster,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
 TIMEOUT = 10.0
 
 
-def _cfg(cluster: LocalCluster, node_id: str) -> NodeConfig:
+def _cfg(cluster: Cluster, node_id: str) -> NodeConfig:
     return load_node_config(cluster.node_toml(node_id))
 
 
-def _set_peer_tls(cluster: LocalCluster, value: bool) -> None:
-    for node_id in cluster.ids:
-        path = cluster.node_toml(node_id)
-        text = path.read_text()
-        assert "peer_tls = true\n" in text  # what init writes
-        path.write_text(text.replace("peer_tls = true\n", f"peer_tls = {str(value).lower()}\n"))
-
-
 @pytest.fixture
-def fallback_cluster(tmp_path: Path) -> Iterator[LocalCluster]:
-    c = LocalCluster(tmp_path / "deploy")
-    _set_peer_tls(c, False)
-    c.start()
-    try:
-        c.wait_healthy()
+def fallback_cluster(tmp_path: Path) -> Iterator[Cluster]:
+    with running_cluster(tmp_path / "deploy", options=NodeOptions(peer_tls=False)) as c:
         yield c
-    finally:
-        c.stop()
 
 
 # -- pysyncobj's protocol, spoken with the real password -----------------------------------
@@ -120,7 +113,7 @@ def _attack(sock: socket.socket | ssl.SSLSocket, password: str, claim: str) -> A
 ATTACK_TERM = 10**6  # the term of the attacker's vote request
 
 
-def _state(cluster: LocalCluster) -> list[tuple[str, Any, Any]]:
+def _state(cluster: Cluster) -> list[tuple[str, Any, Any]]:
     """Every node's keyring, once they all agree (and no term the attacker asked for)."""
 
     def settled() -> list[tuple[str, Any, Any]] | None:
@@ -133,7 +126,7 @@ def _state(cluster: LocalCluster) -> list[tuple[str, Any, Any]]:
     return wait_for(settled, what="every node to hold the same keyring")
 
 
-def _refusals(cluster: LocalCluster, node_id: str) -> list[str]:
+def _refusals(cluster: Cluster, node_id: str) -> list[str]:
     return [line for line in cluster.log(node_id).splitlines()
             if "refused a Raft peer connection" in line]
 
@@ -177,7 +170,7 @@ def _listening(pid: int) -> tuple[set[tuple[str, int]], int]:
     return tcp, unix
 
 
-def _all_serving(cluster: LocalCluster) -> None:
+def _all_serving(cluster: Cluster) -> None:
     """Every node answers on its service address (so it has bound all of its ports)."""
     wait_for(lambda: all(cluster.node_status(i) for i in cluster.ids),
              what="every node to serve")
@@ -194,7 +187,7 @@ def _configured(cfg: NodeConfig) -> set[tuple[str, int]]:
 
 
 def test_peer_tls_is_the_default_and_the_cluster_agrees_rotates_and_fails_over(
-        cluster: LocalCluster) -> None:
+        cluster: Cluster) -> None:
     assert all(_cfg(cluster, i).peer_tls for i in cluster.ids)
     assert cluster.rotate(now=True)["version"] == 2
     wait_for(lambda: all(cluster.node_status(i)["primary_version"] == 2 for i in cluster.ids),
@@ -214,7 +207,7 @@ def test_peer_tls_is_the_default_and_the_cluster_agrees_rotates_and_fails_over(
 
 
 def test_pysyncobj_binds_nothing_but_the_configured_addresses_are_listened_on(
-        cluster: LocalCluster) -> None:
+        cluster: Cluster) -> None:
     _all_serving(cluster)
     for node_id in cluster.ids:
         cfg = _cfg(cluster, node_id)
@@ -229,7 +222,7 @@ def test_pysyncobj_binds_nothing_but_the_configured_addresses_are_listened_on(
 
 
 def test_an_attacker_with_the_password_but_no_certificate_gets_nothing(
-        cluster: LocalCluster) -> None:
+        cluster: Cluster) -> None:
     before = _state(cluster)
     leader = cluster.leader()
     cfg = _cfg(cluster, leader)
@@ -252,7 +245,7 @@ def test_an_attacker_with_the_password_but_no_certificate_gets_nothing(
     ("no-certificate", "TLS handshake failed"),
 ])
 def test_tls_peers_without_a_member_node_certificate_are_refused(
-        cluster: LocalCluster, tmp_path: Path, who: str, logged: str) -> None:
+        cluster: Cluster, tmp_path: Path, who: str, logged: str) -> None:
     root = cluster.root
     ca = pki.Issued((root / "ca.pem").read_bytes(), read_private(root / "ca.key"))
     if who in ("admin", "client"):
@@ -282,7 +275,7 @@ def test_tls_peers_without_a_member_node_certificate_are_refused(
     assert _state(cluster) == before
 
 
-def test_a_member_cannot_speak_as_another_member(cluster: LocalCluster) -> None:
+def test_a_member_cannot_speak_as_another_member(cluster: Cluster) -> None:
     # node1's own certificate and the password: node3 lets it in as node1 and nothing else.
     cfg1, cfg2, cfg3 = (_cfg(cluster, i) for i in ("node1", "node2", "node3"))
     fernet = getEncryptor(cfg1.cluster_secret().hex())
@@ -305,7 +298,7 @@ def test_a_member_cannot_speak_as_another_member(cluster: LocalCluster) -> None:
 def test_a_second_member_joins_a_one_node_cluster_over_peer_tls(tmp_path: Path) -> None:
     # The new member is in Raft before its directory record can commit, and that commit
     # needs the new member itself: the leader admits it as the member it is adding.
-    cluster = LocalCluster(tmp_path / "deploy", nodes=1)
+    cluster = Cluster(tmp_path / "deploy", nodes=1)
     try:
         cluster.start()
         cluster.wait_healthy()
@@ -313,8 +306,7 @@ def test_a_second_member_joins_a_one_node_cluster_over_peer_tls(tmp_path: Path) 
         r = cli("init", str(cluster.root), "--join", "node2",
                 "--base-port", str(free_base_port(3)))
         assert r.returncode == 0, r.stderr
-        cluster.ids.append("node2")
-        cluster._client = None  # admin.toml now lists node2
+        cluster.adopt("node2")  # admin.toml now lists node2
         cluster.start("node2")
         # With one member, adding a second needs the second to answer (or no quorum).
         wait_for(lambda: cluster.node_status("node2"), what="node2 to serve")
@@ -327,14 +319,14 @@ def test_a_second_member_joins_a_one_node_cluster_over_peer_tls(tmp_path: Path) 
         r = cli("-c", str(cluster.admin_toml), "members", "--json")
         assert [m["id"] for m in json.loads(r.stdout)["members"]] == ["node1", "node2"]
     finally:
-        cluster.stop()
+        cluster.close()
 
 
 # -- the password-only fallback --------------------------------------------------------------
 
 
 def test_the_password_only_fallback_still_runs_a_cluster(
-        fallback_cluster: LocalCluster) -> None:
+        fallback_cluster: Cluster) -> None:
     cluster = fallback_cluster
     assert not any(_cfg(cluster, i).peer_tls for i in cluster.ids)
     _all_serving(cluster)

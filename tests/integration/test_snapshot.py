@@ -16,8 +16,9 @@ from typing import Any
 
 import pytest
 
+from raftsso.config import RaftTimings
 from raftsso.raft import DurableJournal, read_snapshot_file
-from tests.harness import LocalCluster, wait_for
+from tests.harness import Cluster, NodeOptions, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -25,21 +26,11 @@ COMPACT_AFTER = 8  # log entries before a node compacts (the default is 1000)
 ROTATIONS = 3 * COMPACT_AFTER
 
 
-def _compact_early(cluster: LocalCluster) -> None:
-    """Add log_compaction_min_entries to the (empty) [raft] table of every node.toml."""
-    for node_id in cluster.ids:
-        path = cluster.node_toml(node_id)
-        text = path.read_text()
-        assert text.count("[raft]\n") == 1, text
-        path.write_text(text.replace(
-            "[raft]\n", f"[raft]\nlog_compaction_min_entries = {COMPACT_AFTER}\n"))
-
-
-def _snapshot_file(cluster: LocalCluster, node_id: str) -> Path:
+def _snapshot_file(cluster: Cluster, node_id: str) -> Path:
     return cluster.root / node_id / "data" / "raft.snapshot"
 
 
-def _snapshot_first_index(cluster: LocalCluster, node_id: str) -> int | None:
+def _snapshot_first_index(cluster: Cluster, node_id: str) -> int | None:
     """The index of the first entry a node's journal keeps after its last compaction."""
     path = _snapshot_file(cluster, node_id)
     if not path.exists():
@@ -48,7 +39,7 @@ def _snapshot_first_index(cluster: LocalCluster, node_id: str) -> int | None:
     return prev[1]
 
 
-def _last_journal_index(cluster: LocalCluster, node_id: str) -> int:
+def _last_journal_index(cluster: Cluster, node_id: str) -> int:
     """The last entry in a stopped node's journal (appended, maybe not yet committed)."""
     journal = DurableJournal(str(cluster.root / node_id / "data" / "raft.journal"))
     try:
@@ -57,7 +48,7 @@ def _last_journal_index(cluster: LocalCluster, node_id: str) -> int:
         journal._destroy()
 
 
-def _ring(cluster: LocalCluster, node_id: str) -> dict[str, Any]:
+def _ring(cluster: Cluster, node_id: str) -> dict[str, Any]:
     ring = cluster.client.call_node(cluster.address(node_id), "keyring", timeout=2.0)
     assert isinstance(ring, dict)
     return ring
@@ -70,8 +61,8 @@ def _keys(ring: dict[str, Any]) -> dict[int, tuple[str, bytes]]:
 def test_a_lagging_follower_installs_a_snapshot_and_everything_survives_sigkill(
         tmp_path: Path) -> None:
     started = time.monotonic()
-    cluster = LocalCluster(tmp_path / "deploy")
-    _compact_early(cluster)
+    cluster = Cluster(tmp_path / "deploy", options=NodeOptions(
+        raft=RaftTimings(log_compaction_min_entries=COMPACT_AFTER)))
     cluster.start()
     try:
         leader = cluster.leader()
@@ -123,5 +114,5 @@ def test_a_lagging_follower_installs_a_snapshot_and_everything_survives_sigkill(
         # and the recovered cluster still takes writes
         assert cluster.rotate(now=True)["version"] == last + 2
     finally:
-        cluster.stop()
+        cluster.close()
     assert time.monotonic() - started < 60

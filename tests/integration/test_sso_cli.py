@@ -9,7 +9,7 @@ import pytest
 
 from raftsso.client import SSOClient
 from raftsso.store import SSOStore
-from tests.harness import LocalCluster, cli
+from tests.harness import Cluster, cli
 
 CREDENTIAL = b"Pa55-w0rd for alice / 9c1e"
 CONFIG_VALUE = b"Server=db1;User=svc;Password=Qz8-config"
@@ -35,7 +35,7 @@ def _on_disk(store: Path) -> bytes:
 
 
 @pytest.mark.integration
-def test_cred_set_then_get_from_another_process(cluster: LocalCluster) -> None:
+def test_cred_set_then_get_from_another_process(cluster: Cluster) -> None:
     c = str(cluster.client_toml)
     store = cluster.root / "sso.db"  # client.toml: store = "sso.db"
     _ok("-c", c, "sso", "app", "add", "payroll", "--description", "payroll system")
@@ -73,7 +73,7 @@ def test_cred_set_then_get_from_another_process(cluster: LocalCluster) -> None:
 
 
 @pytest.mark.integration
-def test_unknown_application_or_user_is_one_line_and_exit_1(cluster: LocalCluster) -> None:
+def test_unknown_application_or_user_is_one_line_and_exit_1(cluster: Cluster) -> None:
     c = str(cluster.client_toml)
     _ok("-c", c, "sso", "app", "add", "crm")
     err = _fails("-c", c, "sso", "cred", "get", "nope", "alice")
@@ -90,7 +90,7 @@ def test_unknown_application_or_user_is_one_line_and_exit_1(cluster: LocalCluste
 
 @pytest.mark.integration
 def test_secrets_need_a_reachable_cluster(tmp_path: Path) -> None:
-    deploy = LocalCluster(tmp_path / "deploy")  # never started
+    deploy = Cluster(tmp_path / "deploy")  # never started
     c = str(deploy.client_toml)
     _ok("-c", c, "sso", "app", "add", "payroll")  # no secret involved: no cluster needed
     err = _fails("-c", c, "sso", "cred", "set", "payroll", "alice", stdin=b"x", code=3)

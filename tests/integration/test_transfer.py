@@ -8,17 +8,17 @@ import signal
 import pytest
 
 from raftsso.errors import RemoteError
-from tests.harness import LocalCluster, cli, wait_for
+from tests.harness import Cluster, cli, wait_for
 
 pytestmark = pytest.mark.integration
 
 
-def _transfer(cluster: LocalCluster, node_id: str) -> tuple[int, bytes, bytes]:
+def _transfer(cluster: Cluster, node_id: str) -> tuple[int, bytes, bytes]:
     r = cli("-c", str(cluster.admin_toml), "transfer-leader", node_id, "--json")
     return r.returncode, r.stdout, r.stderr
 
 
-def test_transfer_moves_leadership_and_waits_for_it(cluster: LocalCluster) -> None:
+def test_transfer_moves_leadership_and_waits_for_it(cluster: Cluster) -> None:
     old = cluster.leader()
     target = next(i for i in cluster.ids if i != old)
     wait_for(lambda: cluster.node_status(target)["last_applied"]
@@ -35,7 +35,7 @@ def test_transfer_moves_leadership_and_waits_for_it(cluster: LocalCluster) -> No
     assert code == 0 and json.loads(out)["changed"] is False
 
 
-def test_transfer_refusals(cluster: LocalCluster) -> None:
+def test_transfer_refusals(cluster: Cluster) -> None:
     leader = cluster.leader()
     unknown = cli("-c", str(cluster.admin_toml), "transfer-leader", "node9")
     assert unknown.returncode == 2 and b"node9" in unknown.stderr

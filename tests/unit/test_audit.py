@@ -16,17 +16,10 @@ from raftsso.audit import MAX_PEERS_PER_WINDOW, AuditLog, audited_args, audited_
 from raftsso.metrics import NodeMetrics
 from raftsso.server import Caller, Observed
 from raftsso.telemetry import RequestTelemetry
+from tests.fakes import FakeClock
 
 KEY = bytes(range(100, 132))
 T0 = 1_699_999_980.0  # a whole minute (divisible by 60)
-
-
-class Clock:
-    def __init__(self, t: float = T0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
 
 
 def _lines(path: Path) -> list[dict[str, Any]]:
@@ -34,12 +27,12 @@ def _lines(path: Path) -> list[dict[str, Any]]:
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> FakeClock:
+    return FakeClock(T0)
 
 
 @pytest.fixture
-def audit(tmp_path: Path, clock: Clock) -> AuditLog:
+def audit(tmp_path: Path, clock: FakeClock) -> AuditLog:
     log = AuditLog(tmp_path / "data" / "audit.jsonl", "node1", clock=clock, background=False)
     yield log
     log.close()
@@ -91,7 +84,7 @@ def test_audited_args_and_outcome_allow_lists() -> None:
     assert audited_outcome(["not", "a", "map"]) == {}
 
 
-def test_reads_are_aggregated_per_client_per_minute(audit: AuditLog, clock: Clock) -> None:
+def test_reads_are_aggregated_per_client_per_minute(audit: AuditLog, clock: FakeClock) -> None:
     for i in range(5):
         audit.read(cn="sso-a", role="client", op="keyring", peer=f"10.0.0.7:{5000 + i}",
                    code=None)
@@ -100,7 +93,7 @@ def test_reads_are_aggregated_per_client_per_minute(audit: AuditLog, clock: Cloc
     audit.read(cn="sso-b", role="client", op="keyring", peer="10.0.0.8:1", code=None)
     audit.read(cn="sso-a", role="client", op="status", peer="10.0.0.7:1", code=None)
     assert not audit.path.read_text()  # the minute is not over
-    clock.t += 61
+    clock.now += 61
     audit.read(cn="sso-a", role="client", op="keyring", peer="10.0.0.7:1", code=None)
     lines = _lines(audit.path)  # the new minute's first read wrote the closed windows
     assert len(lines) == 3
@@ -124,7 +117,7 @@ def test_peer_list_is_capped(audit: AuditLog) -> None:
     assert line["count"] == 50 and len(line["peers"]) == MAX_PEERS_PER_WINDOW
 
 
-def test_file_is_private_and_append_only(tmp_path: Path, clock: Clock) -> None:
+def test_file_is_private_and_append_only(tmp_path: Path, clock: FakeClock) -> None:
     path = tmp_path / "audit.jsonl"
     path.write_text('{"earlier": true}\n')
     path.chmod(0o644)

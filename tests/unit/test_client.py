@@ -1,7 +1,7 @@
 """SSOClient on an injected keyring source and clock: real AES-GCM, no network, no sleeps.
 
-The seam is :class:`raftsso.client.KeyringSource`: :class:`FakeSource` below answers the
-``keyring`` operation per node from dictionaries shaped exactly like a node's answer.
+The seam is :class:`raftsso.client.KeyringSource`: :class:`tests.fakes.FakeSource` answers
+the ``keyring`` operation per node from dictionaries shaped exactly like a node's answer.
 """
 
 from __future__ import annotations
@@ -9,14 +9,11 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
 from raftsso import envelope
 from raftsso.client import SSOClient, parse_keyring
-from raftsso.config import Endpoint
 from raftsso.errors import (
     ClusterUnavailable,
     ConfigError,
@@ -25,89 +22,8 @@ from raftsso.errors import (
     RaftssoError,
     StaleSecret,
 )
+from tests.fakes import CLUSTER, KEYS, FakeClock, FakeSource, make_client, ring
 from tests.harness import wait_for
-
-CLUSTER = "c-test"
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-class FakeSource:
-    """Answers per node id: a keyring dict, an exception to raise, or None (refused)."""
-
-    def __init__(self, nodes: int = 3) -> None:
-        self.endpoints = [Endpoint(f"node{i + 1}", f"127.0.0.1:{7000 + i}")
-                          for i in range(nodes)]
-        self.answers: dict[str, Any] = {}
-        self.calls: list[str] = []
-        self.closed = False
-        self._lock = threading.Lock()
-
-    def fetch(self, endpoint: Endpoint) -> Any:
-        with self._lock:
-            self.calls.append(endpoint.id)
-            answer = self.answers.get(endpoint.id)
-        if answer is None:
-            raise ConnectionRefusedError(111, "Connection refused")
-        if isinstance(answer, BaseException):
-            raise answer
-        return answer
-
-    def set_all(self, answer: Any) -> None:
-        for ep in self.endpoints:
-            self.answers[ep.id] = answer
-
-    def close(self) -> None:
-        self.closed = True
-
-
-KEYS = {v: os.urandom(32) for v in range(1, 6)}
-
-
-def ring(versions: dict[int, str], *, index: int, term: int = 1, node: str = "node1",
-         cluster: str = CLUSTER) -> dict[str, Any]:
-    primary = next((v for v, s in versions.items() if s == "primary"), None)
-    return {
-        "cluster_id": cluster, "node_id": node, "term": term, "commit_index": index,
-        "primary": primary,
-        "versions": [{"id": v, "state": s, "key": KEYS[v],
-                      "fingerprint": envelope.fingerprint(KEYS[v]), "created": 1.0,
-                      "promoted": None, "backed_up": False} for v, s in versions.items()],
-    }
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def source() -> FakeSource:
-    s = FakeSource()
-    s.set_all(ring({1: "primary"}, index=5))
-    return s
-
-
-@pytest.fixture
-def client(source: FakeSource, clock: FakeClock) -> Iterator[SSOClient]:
-    c = SSOClient(source, cluster_id=CLUSTER, resync_interval=10.0, max_staleness=20.0,
-                  clock=clock, background=False)
-    yield c
-    c.close()
-
-
-def make_client(source: FakeSource, clock: FakeClock, **kw: Any) -> SSOClient:
-    opts: dict[str, Any] = {"cluster_id": CLUSTER, "resync_interval": 10.0,
-                            "max_staleness": 20.0, "clock": clock, "background": False}
-    opts.update(kw)
-    return SSOClient(source, **opts)
-
 
 # -- start -------------------------------------------------------------------------------
 

@@ -24,6 +24,7 @@ from raftsso.config import (
     load_remote_config,
     read_secret_file,
     split_address,
+    update_toml,
 )
 from raftsso.deployment import init_deployment, plan_nodes
 from raftsso.errors import ConfigError
@@ -601,6 +602,19 @@ def test_dump_toml_control_characters(value: str) -> None:
 def test_dump_toml_refuses_unsupported_values() -> None:
     with pytest.raises(TypeError):
         dump_toml({"when": object()})
+
+
+def test_update_toml_merges_tables_replaces_values_and_stays_private(tmp_path: Path) -> None:
+    path = _write(tmp_path / "x.toml", dump_toml(
+        {"a": 1, "b": "keep", "gone": True, "raft": {"x": 1, "y": 2},
+         "peers": [{"id": "n1"}]}))
+    path.chmod(0o644)
+    update_toml(path, {"a": 2, "gone": None, "raft": {"y": 3, "z": 4.5},
+                       "peers": [{"id": "n2"}], "new": {"k": "v"}})
+    assert tomllib.loads(path.read_text()) == {
+        "a": 2, "b": "keep", "raft": {"x": 1, "y": 3, "z": 4.5}, "peers": [{"id": "n2"}],
+        "new": {"k": "v"}}
+    assert path.stat().st_mode & 0o777 == 0o600
 
 
 toml_text = st.text(st.characters(blacklist_categories=("Cs",)) | st.sampled_from(

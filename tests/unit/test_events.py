@@ -1,4 +1,5 @@
-"""raftsso.events: line format, no bytes ever, rate limiting, the documented catalogue."""
+"""raftsso.events and raftsso.logs: line format, no bytes ever, rate limiting, the log queue,
+the documented catalogue."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from raftsso import events
+from raftsso import events, logs
+from tests.fakes import FakeClock
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "events.md"
 NOW = dt.datetime(2025, 1, 2, 3, 4, 5, 678_000, tzinfo=dt.UTC)
@@ -104,14 +106,14 @@ def test_configure_writes_bare_lines_through_a_queue() -> None:
 
 
 def test_rate_limiter_holds_back_and_counts(caplog: pytest.LogCaptureFixture) -> None:
-    now = [100.0]
-    limiter = events.RateLimiter(60.0, clock=lambda: now[0])
+    clock = FakeClock(100.0)
+    limiter = events.RateLimiter(60.0, clock=clock)
     with caplog.at_level(logging.INFO, logger=events.LOGGER_NAME):
         assert limiter.emit("a", events.REQUEST_REFUSED, op="rotate")
         assert not limiter.emit("a", events.REQUEST_REFUSED, op="rotate")
         assert not limiter.emit("a", events.REQUEST_REFUSED, op="rotate")
         assert limiter.emit("b", events.REQUEST_REFUSED, op="rotate")  # another key
-        now[0] += 60.0
+        clock.now += 60.0
         assert limiter.emit("a", events.REQUEST_REFUSED, op="rotate")
     lines = [json.loads(r.getMessage()) for r in caplog.records
              if r.name == events.LOGGER_NAME]
@@ -135,3 +137,60 @@ def test_docs_list_every_event_as_the_code_defines_it() -> None:
     doc = DOC.read_text()
     for row in events.as_markdown_rows():
         assert row in doc, f"docs/events.md is out of date; expected the row:\n{row}"
+
+
+# -- raftsso.logs: what event lines, audit lines and the node log share ------------------
+
+
+def test_json_scalar_keeps_scalars_and_hands_everything_else_over() -> None:
+    def other(value: object) -> str:
+        return f"<{type(value).__name__}>"
+
+    for value in (None, True, 0, -7, 1.5, "text"):
+        assert logs.json_scalar(value, 10, other) == value
+    assert logs.json_scalar("x" * 12, 10, other) == "x" * 10 + "…"
+    for value in (b"key", bytearray(b"k"), [1], {"a": 1}, float("nan"), float("inf"),
+                  object()):
+        assert logs.json_scalar(value, 10, other) == other(value)
+
+
+def test_utc_timestamp_from_posix_time_and_datetime() -> None:
+    assert logs.utc_timestamp(0.0) == "1970-01-01T00:00:00.000Z"
+    aware = dt.datetime(2025, 1, 1, 13, 0, 0, 123456, tzinfo=dt.timezone(dt.timedelta(hours=1)))
+    assert logs.utc_timestamp(aware) == "2025-01-01T12:00:00.123Z"
+
+
+def test_rate_limited_log_lines_say_how_many_were_held_back(
+        caplog: pytest.LogCaptureFixture) -> None:
+    clock = FakeClock(0.0)
+    limiter = logs.RateLimiter(1.0, clock=clock, max_keys=2)
+    logger = logging.getLogger("raftsso.test.ratelimit")
+    with caplog.at_level(logging.WARNING, logger=logger.name):
+        assert limiter.log("peer-a", logger, logging.WARNING, "refused a")
+        assert not limiter.log("peer-a", logger, logging.WARNING, "refused a")
+        assert not limiter.log("peer-a", logger, logging.WARNING, "refused a")
+        clock.now = 1.0
+        assert limiter.log("peer-a", logger, logging.WARNING, "refused a")
+        assert limiter.log("peer-b", logger, logging.WARNING, "refused b")
+        assert limiter.log("peer-c", logger, logging.WARNING, "refused c")  # forgets all
+        assert limiter.log("peer-a", logger, logging.WARNING, "refused a")
+    assert [r.getMessage() for r in caplog.records] == [
+        "refused a", "refused a (2 more like it suppressed)", "refused b", "refused c",
+        "refused a"]
+
+
+def test_queued_logging_flushes_on_stop_and_stops_once() -> None:
+    logger = logging.getLogger("raftsso.test.queue")
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    logger.propagate = False
+    try:
+        stop = logs.log_through_queue(logger, handler, logging.INFO)
+        for i in range(100):
+            logger.info("line %d", i)
+        stop()
+        stop()  # and once more at exit: harmless
+        assert stream.getvalue().splitlines() == [f"line {i}" for i in range(100)]
+    finally:
+        logger.handlers[:] = []
+        logger.propagate = True

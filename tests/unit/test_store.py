@@ -27,29 +27,10 @@ from raftsso.store import (
     SSOStore,
     associated_data,
 )
-from tests.unit.test_client import CLUSTER, KEYS, FakeClock, FakeSource, ring
+from tests.fakes import KEYS, FakeClock, FakeSource, ring
 
 PASSWORD = b"correct horse battery staple 7f3a"
 CONFIG_VALUE = b"Server=db1;Password=Tr0ub4dor&3-config"
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def source() -> FakeSource:
-    s = FakeSource()
-    s.set_all(ring({1: "primary"}, index=5))
-    return s
-
-
-@pytest.fixture
-def client(source: FakeSource, clock: FakeClock) -> Iterator[SSOClient]:
-    with SSOClient(source, cluster_id=CLUSTER, resync_interval=10.0, max_staleness=20.0,
-                   clock=clock, background=False) as c:
-        yield c
 
 
 @pytest.fixture

@@ -1,28 +1,32 @@
-"""How the nemesis cuts nodes off: network namespaces where possible, SIGSTOP otherwise.
+"""Where the nodes of a test cluster live, and how one is cut off from the others.
+
+:class:`LoopbackNet`: every node on 127.0.0.1 with its own ports; "cut off" means SIGSTOP
+(the node is then unreachable for its peers *and* for clients).
 
 :class:`NamespaceNet` gives every node its own network namespace (its own "host") on a
-bridge, the way ``tests/integration/test_partition_netns.py`` does, but with names and a
-subnet chosen per run so that several runs (a long run in the background, CI, the
-partition test) can coexist::
+bridge, with names and a subnet chosen per run so that several runs (a long chaos run in
+the background, CI, the partition test) can coexist::
 
     root namespace (the test: clients, admin, nemesis; GATEWAY on bridge PREFIXb)
       ├── PREFIXv1 ══ veth ══ namespace PREFIXn1: 10.A.B.11  node1
       ├── PREFIXv2 ══ veth ══ namespace PREFIXn2: 10.A.B.12  node2
       └── ...
 
-A node is *cut off* with policy rules inside its own namespace (``ip rule add to PEER
-blackhole`` and ``from PEER blackhole`` for every other node, before the ``local`` table,
-which is moved from priority 0 to 100 when the namespace is made). The test process (the
-gateway address) still reaches every node, so SSO clients keep talking to a cut-off node
-and see whatever it serves: the harshest case for "a client never goes back".
+Every node listens on its own address with the same ports (a deployment made by
+``init_deployment(hosts=...)``: certificates name each node's IP). A node is *cut off* with
+policy rules inside its own namespace (``ip rule add to PEER blackhole`` and ``from PEER
+blackhole`` for every other node, before the ``local`` table, which is moved from priority
+0 to 100 when the namespace is made). The test process (the gateway address) still
+reaches every node, so SSO clients keep talking to a cut-off node and see whatever it
+serves: the harshest case for "a client never goes back", and how a test watches a
+cut-off leader refuse writes.
 
 Everything created here is removed by :meth:`NamespaceNet.close`. A run killed before it
 could clean up leaves a state file in ``STATE_DIR`` naming its prefix and pid; the next
 run deletes the leftovers of every prefix whose pid is gone (never those of a live run).
 
-Only iproute2 is needed (no iptables). :func:`make_net` falls back to :class:`PauseNet`
-(cut off = SIGSTOP: the node is unreachable for peers *and* clients) when namespaces
-cannot be made (not root, no ``ip``, no CAP_SYS_ADMIN).
+Only iproute2 is needed (no iptables). :func:`make_net` falls back to :class:`LoopbackNet`
+when namespaces cannot be made (not root, no ``ip``, no CAP_SYS_ADMIN).
 """
 
 from __future__ import annotations
@@ -90,7 +94,7 @@ def _pid_alive(pid: int) -> bool:
 
 def clean_stale_runs() -> list[str]:
     """Remove what runs that died without cleaning up left behind; returns their prefixes."""
-    cleaned = []
+    cleaned: list[str] = []
     if not STATE_DIR.is_dir():
         return cleaned
     for state in STATE_DIR.iterdir():
@@ -118,12 +122,12 @@ def _used_networks() -> list[ipaddress.IPv4Network]:
     return nets
 
 
-class PauseNet:
+class LoopbackNet:
     """No namespaces: every node on 127.0.0.1; "cut off" means SIGSTOP (see module doc)."""
 
     kind = "sigstop"
 
-    def __init__(self, nodes: int, reason: str | None = None) -> None:
+    def __init__(self, nodes: int = 0, reason: str | None = None) -> None:
         self.nodes = nodes
         self.reason = reason  # why namespaces are not used (None: asked for SIGSTOP)
 
@@ -232,10 +236,13 @@ class NamespaceNet:
         return names
 
 
-def make_net(nodes: int, mode: str = "auto") -> NamespaceNet | PauseNet:
+Net = LoopbackNet | NamespaceNet
+
+
+def make_net(nodes: int, mode: str = "auto") -> Net:
     """``mode``: ``auto`` (namespaces if possible), ``netns`` (required) or ``sigstop``."""
     if mode == "sigstop":
-        return PauseNet(nodes)
+        return LoopbackNet(nodes)
     reason = namespaces_available()
     if reason is None:
         clean_stale_runs()
@@ -245,4 +252,4 @@ def make_net(nodes: int, mode: str = "auto") -> NamespaceNet | PauseNet:
             reason = f"{' '.join(exc.cmd)}: {(exc.stderr or '').strip()}"
     if mode == "netns":
         raise RuntimeError(f"network namespaces are not available: {reason}")
-    return PauseNet(nodes, reason)
+    return LoopbackNet(nodes, reason)
