@@ -19,7 +19,8 @@ from __future__ import annotations
 from typing import Any
 
 from raftsso.agent.peer import Caller
-from raftsso.audit import AUDIT_FORMAT, AuditLog, _scalar, _ts
+from raftsso.audit import AUDIT_FORMAT, AuditLog, _scalar
+from raftsso.logs import utc_timestamp
 
 
 class AgentAudit(AuditLog):
@@ -27,7 +28,7 @@ class AgentAudit(AuditLog):
               name: str | None = None, code: str | None = None, status: int = 200,
               extra: dict[str, Any] | None = None) -> None:
         record: dict[str, Any] = {
-            "v": AUDIT_FORMAT, "ts": _ts(self._clock()), "node": self.node_id,
+            "v": AUDIT_FORMAT, "ts": utc_timestamp(self._clock()), "node": self.node_id,
             "kind": "agent", "who": caller.describe(), "op": op,
         }
         if app is not None:

@@ -30,7 +30,7 @@ from raftsso.agent.config import load_agent_config
 from raftsso.agent.service import Agent
 from raftsso.client import SSOClient
 from raftsso.config import Endpoint
-from tests.harness import LocalCluster, wait_for
+from tests.harness import Cluster, wait_for
 
 CLUSTER = "c-agenttest"
 KEY = os.urandom(32)
@@ -266,7 +266,7 @@ def unix_users() -> Iterator[UnixUsers]:
 
 @dataclass
 class AgentProcess:
-    cluster: LocalCluster
+    cluster: Cluster
     config: Path
     socket: Path
     audit_path: Path
@@ -309,7 +309,7 @@ class AgentProcess:
 
 
 @contextlib.contextmanager
-def agent_beside(cluster: LocalCluster, sock_dir: Path, **config: Any) -> Iterator[AgentProcess]:
+def agent_beside(cluster: Cluster, sock_dir: Path, **config: Any) -> Iterator[AgentProcess]:
     toml = write_agent_toml(cluster.root / "agent-test.toml", client="client.toml",
                             socket=str(sock_dir / "agent.sock"),
                             audit_log="agent-audit.jsonl", **config)

@@ -24,12 +24,12 @@ from tests.agent.conftest import (
     request_bytes,
     unb64,
 )
-from tests.harness import LocalCluster, cli, free_base_port, wait_for
+from tests.harness import Cluster, cli, free_base_port, wait_for
 
 pytestmark = pytest.mark.integration
 
 
-def test_curl_encrypts_and_decrypts(cluster: LocalCluster, short_dir: Path) -> None:
+def test_curl_encrypts_and_decrypts(cluster: Cluster, short_dir: Path) -> None:
     with agent_beside(cluster, short_dir) as agent:
         assert stat.S_IMODE(os.stat(agent.socket).st_mode) == 0o660
         assert curl(agent.socket, "GET", "/v1/health")[1]["status"] == "ok"
@@ -60,7 +60,7 @@ def test_curl_encrypts_and_decrypts(cluster: LocalCluster, short_dir: Path) -> N
         assert agent.alive()
 
 
-def test_a_caller_outside_the_groups_gets_403(cluster: LocalCluster, short_dir: Path,
+def test_a_caller_outside_the_groups_gets_403(cluster: Cluster, short_dir: Path,
                                                unix_users: UnixUsers) -> None:
     u = unix_users
     with agent_beside(cluster, short_dir, socket_group=u.name("sock")) as agent:
@@ -174,7 +174,7 @@ def test_a_caller_outside_the_groups_gets_403(cluster: LocalCluster, short_dir: 
 
 
 def test_decrypts_with_every_node_down_and_encrypt_503_only_past_max_staleness(
-        cluster: LocalCluster, short_dir: Path) -> None:
+        cluster: Cluster, short_dir: Path) -> None:
     max_staleness = 4.0
     with agent_beside(cluster, short_dir, resync_interval=0.5,
                       max_staleness=max_staleness) as agent:
@@ -212,7 +212,7 @@ def test_decrypts_with_every_node_down_and_encrypt_503_only_past_max_staleness(
 
 
 def test_sigkill_of_the_leader_during_an_encrypt_loop_costs_nothing(
-        cluster: LocalCluster, short_dir: Path) -> None:
+        cluster: Cluster, short_dir: Path) -> None:
     with agent_beside(cluster, short_dir, resync_interval=0.5, max_staleness=10.0) as agent:
         with agent.client() as c:
             c.add_app("payroll", users_group="root")
@@ -251,7 +251,7 @@ def test_sigkill_of_the_leader_during_an_encrypt_loop_costs_nothing(
         assert counts["after_kill"] > 0
 
 
-def test_rotation_reaches_the_agent(cluster: LocalCluster, short_dir: Path) -> None:
+def test_rotation_reaches_the_agent(cluster: Cluster, short_dir: Path) -> None:
     with agent_beside(cluster, short_dir, resync_interval=0.5, max_staleness=10.0) as agent, \
             agent.client() as c:
         c.add_app("payroll", users_group="root")
@@ -263,7 +263,7 @@ def test_rotation_reaches_the_agent(cluster: LocalCluster, short_dir: Path) -> N
         assert c.decrypt("payroll", old) == b"before" and c.decrypt("payroll", new) == b"after"
 
 
-def test_agent_survives_hostile_connections(cluster: LocalCluster, short_dir: Path) -> None:
+def test_agent_survives_hostile_connections(cluster: Cluster, short_dir: Path) -> None:
     with agent_beside(cluster, short_dir, limits={"request_timeout": 1.0}) as agent:
         answers = parse_responses(raw_exchange(agent.socket, b"\x00" * 100))
         assert answers[0][0] == 400
@@ -298,7 +298,7 @@ def test_init_writes_agent_toml_and_local_up_starts_the_agent(tmp_path: Path) ->
     assert not (d / "agent.sock").exists()
 
 
-def test_agent_refuses_to_start_twice_and_without_a_cluster(cluster: LocalCluster,
+def test_agent_refuses_to_start_twice_and_without_a_cluster(cluster: Cluster,
                                                             short_dir: Path) -> None:
     with agent_beside(cluster, short_dir) as agent:
         second = cli("agent", "run", "--config", str(agent.config), timeout=60)

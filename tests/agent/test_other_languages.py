@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.agent.conftest import AgentProcess, agent_beside, b64, curl, unb64
-from tests.harness import LocalCluster
+from tests.harness import running_cluster
 
 pytestmark = pytest.mark.integration
 CLIENTS = Path(__file__).parent / "clients"
@@ -23,17 +23,14 @@ CREDENTIAL = "Pa55-for-alice ü"
 @pytest.fixture(scope="module")
 def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProcess]:
     import tempfile
-    cluster = LocalCluster(tmp_path_factory.mktemp("langs") / "deploy")
     sock_dir = Path(tempfile.mkdtemp(prefix="rsa-", dir="/tmp"))
-    cluster.start()
     try:
-        cluster.wait_healthy()
-        with agent_beside(cluster, sock_dir) as a, a.client() as c:
+        with running_cluster(tmp_path_factory.mktemp("langs") / "deploy") as cluster, \
+                agent_beside(cluster, sock_dir) as a, a.client() as c:
             c.add_app("payroll", users_group="root")
             c.set_credential("payroll", "alice", CREDENTIAL.encode())
             yield a
     finally:
-        cluster.stop()
         shutil.rmtree(sock_dir, ignore_errors=True)
 
 
