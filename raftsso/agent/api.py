@@ -661,6 +661,12 @@ class AgentApi:
                     if kind == "credential":
                         return self.store.get_credential(app_name, name)
                     return self.store.get_config(app_name, name)
+                except InvalidToken:
+                    # The caller sent nothing wrong: the stored row does not decrypt.
+                    raise ApiError("UNDECRYPTABLE", f"the stored {kind} {name!r} of "
+                                   f"{app_name!r} cannot be decrypted: its key version is "
+                                   "unknown to the cluster (retired?) or the row was "
+                                   "altered; set it again") from None
                 except RaftssoError as exc:
                     raise _translate(exc) from None
 

@@ -365,3 +365,17 @@ def test_stale_cache_refuses_encrypt_with_503(short_dir: Path) -> None:
         with a.client() as c:
             assert c.decrypt("payroll", token) == b"x"  # decrypt goes on
             assert c.health()["status"] == "stale"
+
+
+def test_a_stored_value_that_does_not_decrypt_is_409(agent: InProcessAgent,
+                                                     short_dir: Path) -> None:
+    import sqlite3
+    db = sqlite3.connect(short_dir / "sso.db")
+    with db:
+        (token,) = db.execute("SELECT token FROM credentials WHERE user = 'alice'").fetchone()
+        altered = bytes(token[:-1]) + bytes([token[-1] ^ 1])
+        db.execute("UPDATE credentials SET token = ? WHERE user = 'alice'", (altered,))
+    db.close()
+    message = error(agent, request_bytes("GET", "/v1/apps/payroll/credentials/alice"), 409,
+                    "UNDECRYPTABLE")
+    assert "set it again" in message
