@@ -265,7 +265,9 @@ class AppCache:
 
     Changes made through this agent invalidate at once; changes made elsewhere (another
     host's agent on a shared PostgreSQL store, the CLI on the store file) are seen
-    within ``ttl``.
+    within ``ttl``. When the store cannot be read (a shared PostgreSQL store down),
+    encrypt and decrypt go on with the last definition read (:meth:`last`): a change made
+    meanwhile could not be read anyway, and the outage must not stop the applications.
     """
 
     MAX = 10_000
@@ -281,6 +283,11 @@ class AppCache:
         if hit is None or self._clock() - hit[0] >= self.ttl:
             return False, None
         return True, hit[1]
+
+    def last(self, name: str) -> App | None:
+        """The last definition read, however old (None if never read, or unknown)."""
+        hit = self._apps.get(name)
+        return hit[1] if hit is not None else None
 
     def put(self, name: str, app: App | None) -> None:
         if len(self._apps) >= self.MAX:
@@ -418,9 +425,17 @@ class AgentApi:
             try:
                 app = await self._offload(lambda: self._load_app(name))
             except ApiError as err:
-                if err.code != "NOT_FOUND":
+                if err.code == "NOT_FOUND":
+                    app = None
+                elif err.code == "UNAVAILABLE" and (last := self.apps.last(name)):
+                    # The store is down: the last definition read, trusted for one more
+                    # ttl (so requests do not each wait for the store to fail).
+                    log.warning("the SSO store cannot be read (%s); using the last known "
+                                "definition of %r", err.message, name)
+                    self.apps.put(name, last)
+                    app = last
+                else:
                     raise
-                app = None
             return self._use(req, op, name, app, then)
 
         return slow()

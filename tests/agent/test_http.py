@@ -379,3 +379,25 @@ def test_a_stored_value_that_does_not_decrypt_is_409(agent: InProcessAgent,
     message = error(agent, request_bytes("GET", "/v1/apps/payroll/credentials/alice"), 409,
                     "UNDECRYPTABLE")
     assert "set it again" in message
+
+
+def test_store_outage_keeps_encrypt_on_the_last_definition(short_dir: Path,
+                                                           monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
+    # The store's reads fail (as a shared PostgreSQL store does when it is down): the API's
+    # fallback logic is what is tested here, with the real cipher and socket.
+    from raftsso.errors import StoreError
+    with in_process_agent(short_dir, app_cache_ttl=0.0) as a:
+        with a.client() as c:
+            c.add_app("payroll", users_group="root")
+            token = c.encrypt("payroll", b"x")  # reads the definition once
+
+            def down(name: str) -> None:
+                raise StoreError("cannot read the SSO store: connection refused")
+
+            monkeypatch.setattr(a.agent.store, "app", down)
+            assert c.decrypt("payroll", c.encrypt("payroll", b"y")) == b"y"
+            assert c.decrypt("payroll", token) == b"x"
+        # Never read before: nothing to fall back on, 503.
+        error(a, request_bytes("POST", "/v1/encrypt", {"app": "billing", "plaintext": ""}),
+              503, "UNAVAILABLE")
