@@ -35,7 +35,7 @@ def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentProcess]:
 
 
 def run_client(argv: list[str], agent: AgentProcess, timeout: float = 300) -> list[str]:
-    env = {**os.environ, "GOCACHE": "/tmp/raftsso-go-cache", "GOFLAGS": "-mod=mod"}
+    env = {**os.environ, "GOCACHE": "/tmp/raftsso-go-cache", "GOPATH": "/tmp/raftsso-go-path"}
     result = subprocess.run([*argv, str(agent.socket), "payroll", "alice"],
                             capture_output=True, timeout=timeout, check=False, env=env,
                             cwd=CLIENTS)
