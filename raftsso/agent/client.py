@@ -122,7 +122,11 @@ class AgentClient:
         """One call; the decoded JSON answer, or the matching raftsso error."""
         data = None if body is None else json.dumps(body).encode()
         headers = {"Content-Type": "application/json"} if data is not None else {}
-        for attempt in (1, 2):
+        # A keep-alive connection the agent closed meanwhile (idle timeout) fails at once:
+        # one retry on a fresh connection, except for creations (never made twice).
+        attempts = (1, 2) if method != "POST" or path in ("/v1/encrypt", "/v1/decrypt") \
+            else (2,)
+        for attempt in attempts:
             try:
                 self._conn.request(method, path, body=data, headers=headers)
                 resp = self._conn.getresponse()
