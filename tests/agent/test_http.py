@@ -401,3 +401,11 @@ def test_store_outage_keeps_encrypt_on_the_last_definition(short_dir: Path,
         # Never read before: nothing to fall back on, 503.
         error(a, request_bytes("POST", "/v1/encrypt", {"app": "billing", "plaintext": ""}),
               503, "UNAVAILABLE")
+
+
+def test_python_client_reconnects_after_the_idle_timeout(short_dir: Path) -> None:
+    from tests.harness import wait_for
+    with in_process_agent(short_dir, limits={"idle_timeout": 0.2}) as a, a.client() as c:
+        assert c.health()["status"] == "ok"
+        wait_for(lambda: not a.agent.http.connections, what="the idle connection to close")
+        assert c.health()["status"] == "ok"  # a fresh connection, transparently
