@@ -88,10 +88,19 @@ class _Worker:
         self.ctx = client_context(*map(__import__("pathlib").Path, (ca, cert, key)))
         self.index = index
         self.conns: list[_Conn] = []
+        self.opened = 0
 
     async def _open(self, cid: str) -> _Conn:
+        # Simulated clients come from many hosts: spread them over 127.<w+1>.x.y (Linux
+        # routes all of 127/8 to loopback), 64 per address, so that the node's
+        # connections-per-source cap ([limits] max_per_source) sees real-looking sources.
+        n = self.opened // 64
+        self.opened += 1
+        local = (f"127.{self.index + 1}.{(n >> 8) & 255}.{(n & 255) or 1}", 0) \
+            if self.host.startswith("127.") else None
         reader, writer = await asyncio.open_connection(
-            self.host, self.port, ssl=self.ctx, server_hostname=self.host, limit=1 << 20)
+            self.host, self.port, ssl=self.ctx, server_hostname=self.host, limit=1 << 20,
+            local_addr=local)
         return _Conn(reader, writer, cid)
 
     async def connect(self, n: int, prefix: str) -> dict[str, Any]:

@@ -8,7 +8,9 @@ The header is readable without the password (``backup-info``: cluster id, versio
 fingerprints, the password reminder, the KDF parameters) and is *authenticated*: it is the
 associated data of the AES-256-GCM encryption of the body, so a changed header fails like
 a wrong password. The key comes from the password through Argon2id (64 MiB, 3 passes,
-4 lanes by default). The body holds every non-retired version's key.
+4 lanes by default); parameters read from a file are capped near those (see
+``_KDF_LIMITS`` and ``MAX_KDF_WORK``) and checked before any derivation. The body holds
+every non-retired version's key.
 """
 
 from __future__ import annotations
@@ -30,10 +32,14 @@ FORMAT = 1
 _LEN = struct.Struct(">I")
 MAX_HEADER = 1 << 20
 MIN_PASSWORD = 12
-DEFAULT_KDF = {"name": "argon2id", "memory_kib": 65536, "iterations": 3, "lanes": 4}
-# Bounds on KDF parameters read from a file, so a crafted file cannot make us allocate
-# gigabytes or spin for hours before the password is even checked.
-_KDF_LIMITS = {"memory_kib": (8, 1 << 20), "iterations": (1, 64), "lanes": (1, 64)}
+DEFAULT_KDF: dict[str, Any] = {"name": "argon2id", "memory_kib": 65536, "iterations": 3,
+                               "lanes": 4}
+# Caps on KDF parameters read from a file, close to what raftsso writes: a crafted file
+# must not make us allocate gigabytes or spin for a minute before the password is even
+# checked (1 GiB and 64 passes once cost 76 s). At most 256 MiB, 8 passes, 16 lanes, and
+# memory x passes at most 4 times the default's (one derivation ~4x the default's time).
+_KDF_LIMITS = {"memory_kib": (8, 256 << 10), "iterations": (1, 8), "lanes": (1, 16)}
+MAX_KDF_WORK = 4 * 65536 * 3  # KiB x passes: 4 times the default's
 
 
 class BackupError(RaftssoError):
@@ -77,6 +83,7 @@ def write_backup(password: bytes, *, cluster_id: str, primary: int | None,
     if not versions or any(v.key is None or len(v.key) != envelope.KEY_SIZE for v in versions):
         raise BackupError("a backup needs at least one version with its key")
     params = {**(kdf or DEFAULT_KDF), "salt": os.urandom(16)}
+    _kdf({"kdf": params})  # never write a file that raftsso would refuse to open
     header = pack({
         "kdf": params, "cluster_id": cluster_id, "created": time.time(),
         "reminder": reminder, "primary": primary,
@@ -115,10 +122,17 @@ def _kdf(header: dict[str, Any]) -> dict[str, Any]:
         raise BackupError("the backup file names an unknown or damaged key derivation")
     for name, (low, high) in _KDF_LIMITS.items():
         value = kdf.get(name)
-        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        if not isinstance(value, int) or isinstance(value, bool):
             raise BackupError(f"the backup file's KDF parameter {name} is out of range")
+        if not low <= value <= high:
+            raise BackupError(f"the backup file's KDF parameter {name} is out of range "
+                              f"({value}; raftsso allows {low} to {high})")
     if kdf["memory_kib"] < 8 * kdf["lanes"]:  # Argon2's own rule
         raise BackupError("the backup file's KDF parameters are inconsistent")
+    if kdf["memory_kib"] * kdf["iterations"] > MAX_KDF_WORK:
+        raise BackupError(f"the backup file's KDF parameters ask for too much work "
+                          f"({kdf['memory_kib']} KiB x {kdf['iterations']} passes; raftsso "
+                          f"allows at most {MAX_KDF_WORK} KiB x passes, 4 times its default)")
     return kdf
 
 

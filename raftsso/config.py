@@ -19,7 +19,8 @@ from typing import Any
 import tomli_w
 
 from raftsso.errors import ConfigError
-from raftsso.fsutil import atomic_write, read_private
+from raftsso.fsutil import atomic_write, check_private, read_private
+from raftsso.limits import Limits, LimitsError, resolve_limits
 
 CONFIG_FORMAT = 1
 MIN_MAX_FRAME = 4 << 10
@@ -104,6 +105,9 @@ class NodeConfig:
     # Raft peers authenticate each other with their node certificates (raftsso.peer_tls).
     # False: pysyncobj's password-only link (a documented fallback; see operations.md).
     peer_tls: bool = True
+    # [limits]: caps on every listening port, resolved against RLIMIT_NOFILE at load
+    # (raftsso.limits; peer_max_* are read by the Raft package).
+    limits: Limits = field(default_factory=Limits)
 
     @property
     def audit_path(self) -> Path:
@@ -215,6 +219,7 @@ def load_node_config(path: str | Path) -> NodeConfig:
         timings.validate()
     except ConfigError as exc:
         raise ConfigError(f"{p}: {exc}") from None
+    idle_timeout = _get(data, "idle_timeout", float, p, 300.0)
     cfg = NodeConfig(
         path=p,
         node_id=_get(data, "node_id", str, p),
@@ -234,10 +239,11 @@ def load_node_config(path: str | Path) -> NodeConfig:
         client_window=_get(data, "client_window", float, p,
                            _get(data, "rotation_grace", float, p, 120.0)),
         max_frame=_get(data, "max_frame", int, p, 1 << 20),
-        idle_timeout=_get(data, "idle_timeout", float, p, 300.0),
+        idle_timeout=idle_timeout,
         read_timeout=_get(data, "read_timeout", float, p, 10.0),
         audit_log=_path(data, "audit_log", base, p) if "audit_log" in data else None,
         peer_tls=_get(data, "peer_tls", bool, p, True),
+        limits=_limits(_get(data, "limits", dict, p, {}), p, idle_timeout),
     )
     _check_address(cfg.raft_address, "raft_address", p)
     _check_address(cfg.service_address, "service_address", p)
@@ -256,6 +262,7 @@ def load_node_config(path: str | Path) -> NodeConfig:
     ids = [m.id for m in cfg.members]
     if len(set(ids)) != len(ids):
         raise ConfigError(f"{p}: node ids must be unique (got {', '.join(ids)})")
+    _check_key(cfg.key)
     # Every NodeConfig field (but path) is a node.toml key of the same name, so a field added
     # to NodeConfig is accepted here without further change.
     known = {f.name for f in fields(NodeConfig)} - {"path"} | {"format"}
@@ -264,6 +271,27 @@ def load_node_config(path: str | Path) -> NodeConfig:
         raise ConfigError(f"{p}: unknown keys: {', '.join(sorted(unknown))} (a typo? "
                           f"node.toml knows {', '.join(sorted(known))})")
     return cfg
+
+
+def _limits(raw: Mapping[str, Any], path: Path, idle_timeout: float) -> Limits:
+    typed = {}
+    for key, value in raw.items():
+        if key in Limits.__dataclass_fields__ and key not in ("nofile", "notes"):
+            kind = type(getattr(Limits(), key))
+            typed[key] = _get(raw, key, kind, path)
+            continue
+        typed[key] = value  # resolve_limits names every unknown key
+    try:
+        return resolve_limits(typed, idle_timeout=idle_timeout)
+    except LimitsError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def _check_key(key: Path) -> None:
+    # A TLS private key readable by others is refused at load, like seal.key (pki checks
+    # again when it builds a context); a missing one is reported when TLS is set up.
+    if key.exists():
+        check_private(key)
 
 
 def _check_address(address: str, key: str, path: Path) -> None:
@@ -308,13 +336,15 @@ def load_remote_config(path: str | Path) -> RemoteConfig:
         _check_range(staleness > 0, "max_staleness", "must be positive (seconds)", p)
     known = {"format", "cluster_id", "role", "ca_cert", "cert", "key", "nodes", "timeout",
              "store", "resync_interval", "max_staleness"}
+    key = _path(data, "key", base, p)
+    _check_key(key)
     return RemoteConfig(
         path=p,
         cluster_id=_get(data, "cluster_id", str, p),
         role=role,
         ca_cert=_path(data, "ca_cert", base, p),
         cert=_path(data, "cert", base, p),
-        key=_path(data, "key", base, p),
+        key=key,
         nodes=tuple(nodes),
         timeout=timeout,
         store=store,

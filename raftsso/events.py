@@ -174,6 +174,24 @@ REQUEST_REFUSED = _event(
     1500, "request_refused", "warning",
     "a request was refused because the caller's certificate role does not allow it",
     emitted_by="server (every op)")
+CONNECTION_REFUSED = _event(
+    1510, "connection_refused", "warning",
+    "a port's connection limit was reached ([limits] in node.toml): a new connection was "
+    "closed at once (reason max_connections or max_per_source), or one still in its TLS "
+    "handshake or HTTP request was dropped to make room (reason evicted); at most one "
+    "line per port and reason a minute",
+    emitted_by="limits (service, metrics and Raft ports)")
+RESOURCES_EXHAUSTED = _event(
+    1511, "resources_exhausted", "error",
+    "the node ran out of file descriptors or memory while accepting or serving a "
+    "connection; it refuses connections until some close and keeps running (raise "
+    "LimitNOFILE or lower the [limits] caps)",
+    emitted_by="limits (service, metrics and Raft ports)")
+LIMITS_LOWERED = _event(
+    1512, "limits_lowered", "warning",
+    "a configured [limits] cap does not fit the process's descriptor limit "
+    "(RLIMIT_NOFILE, systemd's LimitNOFILE) and was lowered at start",
+    emitted_by="server (at start)")
 
 
 def catalogue() -> tuple[EventType, ...]:

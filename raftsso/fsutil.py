@@ -46,8 +46,8 @@ def atomic_write(path: str | os.PathLike[str], data: bytes, mode: int = 0o600) -
         raise StorageError(f"could not write {target} durably: {exc.strerror or exc}") from exc
 
 
-def read_private(path: str | os.PathLike[str], limit: int = 1 << 20) -> bytes:
-    """Read a small secret file, refusing one that is group- or world-accessible."""
+def check_private(path: str | os.PathLike[str]) -> os.stat_result:
+    """Refuse a secret file (key, seal key) that is group- or world-accessible."""
     p = Path(path)
     try:
         st = p.stat()
@@ -56,6 +56,13 @@ def read_private(path: str | os.PathLike[str], limit: int = 1 << 20) -> bytes:
     if st.st_mode & 0o077:
         raise ConfigError(f"{p} is accessible by other users (mode {st.st_mode & 0o777:o}); "
                            f"run: chmod 600 {p}")
+    return st
+
+
+def read_private(path: str | os.PathLike[str], limit: int = 1 << 20) -> bytes:
+    """Read a small secret file, refusing one that is group- or world-accessible."""
+    p = Path(path)
+    st = check_private(p)
     if st.st_size > limit:
         raise ConfigError(f"{p} is larger than {limit} bytes; is it the right file?")
     return p.read_bytes()

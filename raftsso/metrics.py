@@ -2,8 +2,9 @@
 
 The HTTP server binds ``metrics_address`` from node.toml (keep it on a management network:
 it has no TLS and no authentication, and it shows client certificate names). It runs in its
-own threads; a scrape reads the node's state without taking any lock the Raft thread
-holds, so monitoring can never stall Raft.
+own thread (one asyncio loop, bounded by ``[limits]``: see :class:`HealthServer`); a scrape
+reads the node's state without taking any lock the Raft thread holds, so monitoring can
+never stall Raft.
 
 =================  =====================================================================
 path               answer
@@ -29,13 +30,15 @@ What each metric means is in ``docs/operations.md`` (section *Metrics*). Two nee
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-import http.server
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from http import HTTPStatus
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -46,6 +49,17 @@ from raftsso import events
 from raftsso.config import split_address
 from raftsso.errors import ConfigError
 from raftsso.keyring import KeyState
+from raftsso.limits import (
+    Gate,
+    Limits,
+    MemoryTrimmer,
+    Ticket,
+    accept_loop,
+    is_exhaustion,
+    listen,
+    peer_label,
+    swallow_eviction,
+)
 
 if TYPE_CHECKING:
     from raftsso.node import Node
@@ -228,6 +242,10 @@ class NodeMetrics:
             registry=r)
         self.connections = Counter("raftsso_connections",
                                    "Service connections accepted (TCP).", registry=r)
+        self.connections_refused = Counter(
+            "raftsso_connections_refused",
+            "Connections closed at once or dropped by a port's [limits], by port and reason.",
+            ["port", "reason"], registry=r)
         self.leader_changes = Counter("raftsso_raft_leader_changes",
                                       "New (leader, term) pairs seen by this node.",
                                       registry=r)
@@ -261,64 +279,122 @@ class NodeMetrics:
 # -- HTTP -------------------------------------------------------------------------------
 
 
-class _Handler(http.server.BaseHTTPRequestHandler):
-    server: _HTTPServer
-    timeout = 10
-    protocol_version = "HTTP/1.0"
-
-    def do_GET(self) -> None:
-        self._answer(head=False)
-
-    def do_HEAD(self) -> None:
-        self._answer(head=True)
-
-    def _answer(self, head: bool) -> None:
-        path = self.path.split("?", 1)[0]
-        try:
-            status, ctype, body = self.server.route(path)
-        except Exception as exc:  # never let a scrape take the thread down silently
-            log.exception("metrics endpoint %s failed", path)
-            status, ctype, body = 500, "text/plain", f"error: {type(exc).__name__}\n".encode()
-        self.send_response(status)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
-        self.end_headers()
-        if not head:
-            self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass  # scrapes every few seconds would drown the node log
-
-
-class _HTTPServer(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-    route: Callable[[str], tuple[int, str, bytes]]
+_MAX_HEAD = 8192  # request line and headers; a scrape needs a few hundred bytes
+_MAX_HEADER_LINES = 64
 
 
 class HealthServer:
-    """``/metrics``, ``/healthz`` and ``/readyz`` on ``address`` (host:port), in threads."""
+    """``/metrics``, ``/healthz`` and ``/readyz`` on ``address`` (host:port).
 
-    def __init__(self, address: str, metrics: NodeMetrics, node: Node | None) -> None:
+    One asyncio loop in its own thread serves every connection, within the metrics caps
+    of ``[limits]``: at most ``metrics_max_connections`` open (``metrics_max_per_source``
+    from one address; when full, the oldest connection of the busiest source that has not
+    sent its whole request yet is dropped), and each connection must send its request and
+    take its answer within ``metrics_request_timeout``. A slow or silent client therefore
+    holds one socket for a bounded time and never a thread. One request per connection
+    (HTTP/1.0, ``Connection: close``), ``GET`` and ``HEAD`` only.
+    """
+
+    def __init__(self, address: str, metrics: NodeMetrics, node: Node | None,
+                 limits: Limits | None = None) -> None:
         host, port = split_address(address)
         self.metrics = metrics
         self.node = node
+        if limits is None:
+            limits = node.cfg.limits if node is not None else Limits()
+        self.request_timeout = limits.metrics_request_timeout
+        self.gate = Gate("metrics", limits.metrics, on_refused=self._refused)
+        self.trimmer = MemoryTrimmer([self.gate], threshold=16)
         try:
-            self._httpd = _HTTPServer((host, port), _Handler, bind_and_activate=True)
+            self._listeners = listen(host, port, backlog=64)
         except OSError as exc:
             raise ConfigError(f"cannot listen for metrics on {address}: "
                               f"{exc.strerror or exc}") from None
-        self._httpd.route = self.route
-        self._thread = threading.Thread(target=self._httpd.serve_forever,
-                                        kwargs={"poll_interval": 0.25},
-                                        name="metrics-http", daemon=True)
+        self._loop = asyncio.new_event_loop()
+        self._stop = asyncio.Event()  # bound to the loop when first awaited (in _main)
+        self._thread = threading.Thread(target=self._run, name="metrics-http", daemon=True)
+
+    def _refused(self, reason: str) -> None:
+        self.metrics.connections_refused.labels("metrics", reason).inc()
 
     @property
     def port(self) -> int:
-        return int(self._httpd.server_address[1])
+        return int(self._listeners[0].getsockname()[1])
 
     def start(self) -> None:
         self._thread.start()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._loop.run_until_complete(self._main())
+        finally:
+            self._loop.close()
+
+    async def _main(self) -> None:
+        loop = asyncio.get_running_loop()
+        connections: set[asyncio.Task[None]] = set()
+        tasks = [loop.create_task(accept_loop(listener, self.gate, self._connection,
+                                              connections))
+                 for listener in self._listeners]
+        tasks.append(loop.create_task(self.trimmer.run()))
+        try:
+            await self._stop.wait()
+        finally:
+            for task in (*tasks, *connections):
+                task.cancel()
+            await asyncio.gather(*tasks, *connections, return_exceptions=True)
+
+    async def _connection(self, sock: socket.socket, address: object, ticket: Ticket) -> None:
+        ticket.started = True
+        loop = asyncio.get_running_loop()
+        writer: asyncio.StreamWriter | None = None
+        handed = False  # once asyncio's transport owns the socket, only it may close it
+        try:
+            async with asyncio.timeout(self.request_timeout):  # the whole request
+                reader = asyncio.StreamReader(limit=_MAX_HEAD)
+                protocol = asyncio.StreamReaderProtocol(reader)
+                handed = True
+                transport, _ = await loop.connect_accepted_socket(lambda: protocol, sock)
+                writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+                request = await _read_request(reader)
+                self.gate.settled(ticket)
+                writer.write(self._respond(request))
+                writer.close()  # after the answer is flushed, within the deadline
+                await writer.wait_closed()
+        except asyncio.CancelledError:
+            if not swallow_eviction(ticket):  # dropped for room: end quietly; else shutdown
+                raise
+        except (TimeoutError, ConnectionError, OSError, MemoryError) as exc:
+            if is_exhaustion(exc):
+                self.gate.report.exhausted("serving a request", exc)
+        except Exception:  # never let one request take the server down
+            log.exception("metrics connection from %s failed", peer_label(address))
+        finally:
+            if writer is not None:
+                writer.transport.abort()  # a no-op once closed; else drop what is left
+            elif not handed:
+                sock.close()
+
+    def _respond(self, request: tuple[str, str] | int) -> bytes:
+        if isinstance(request, int):
+            status, ctype, head = request, "text/plain; charset=utf-8", False
+            body = f"{HTTPStatus(status).phrase.lower()}\n".encode()
+        else:
+            method, path = request
+            head = method == "HEAD"
+            try:
+                status, ctype, body = self.route(path)
+            except Exception as exc:  # never let a scrape fail silently
+                log.exception("metrics endpoint %s failed", path)
+                status, ctype = 500, "text/plain"
+                body = f"error: {type(exc).__name__}\n".encode()
+        lines = [f"HTTP/1.0 {status} {HTTPStatus(status).phrase}",
+                 f"Content-Type: {ctype}", f"Content-Length: {len(body)}",
+                 "Cache-Control: no-store", "Connection: close"]
+        if status == 405:
+            lines.append("Allow: GET, HEAD")
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (b"" if head else body)
 
     def route(self, path: str) -> tuple[int, str, bytes]:
         if path == "/metrics":
@@ -335,8 +411,34 @@ class HealthServer:
         return 404, "text/plain; charset=utf-8", b"not found: /metrics, /healthz, /readyz\n"
 
     def close(self) -> None:
-        if self._thread.is_alive():  # shutdown() waits for serve_forever: only if running
-            with contextlib.suppress(Exception):
-                self._httpd.shutdown()
+        if self._thread.is_alive():
+            with contextlib.suppress(RuntimeError):  # the loop has just ended
+                self._loop.call_soon_threadsafe(self._stop.set)
             self._thread.join(timeout=5)
-        self._httpd.server_close()
+        elif not self._loop.is_closed() and self._thread.ident is None:
+            self._loop.close()  # never started
+        for listener in self._listeners:
+            listener.close()
+
+
+async def _read_request(reader: asyncio.StreamReader) -> tuple[str, str] | int:
+    """``(method, path)`` of an HTTP request head, or the status to answer it with."""
+    try:
+        line = await reader.readline()
+        parts = line.decode("latin-1").split()
+        for _ in range(_MAX_HEADER_LINES):  # headers: read and ignored
+            header = await reader.readline()
+            if not header.strip():
+                break
+            if not header.endswith(b"\n"):
+                return 400  # EOF inside the head
+        else:
+            return 431
+    except ValueError:  # a line longer than the limit
+        return 431
+    if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+        return 400
+    method, target = parts[0], parts[1]
+    if method not in ("GET", "HEAD"):
+        return 405
+    return method, target.split("?", 1)[0]

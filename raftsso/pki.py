@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from raftsso.errors import ConfigError
-from raftsso.fsutil import atomic_write
+from raftsso.fsutil import atomic_write, check_private
 
 ROLES = ("node", "admin", "client")
 _CA_YEARS = 10
@@ -116,6 +116,10 @@ def _base_context(purpose: int, ca: Path, cert: Path, key: Path) -> ssl.SSLConte
     ctx = ssl.SSLContext(purpose)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.verify_mode = ssl.CERT_REQUIRED
+    # A private key others can read is refused like seal.key (whoever reads it acts with
+    # its role); a missing one is reported by the load below.
+    if key.exists():
+        check_private(key)
     try:
         ctx.load_verify_locations(cafile=str(ca))
         ctx.load_cert_chain(certfile=str(cert), keyfile=str(key))

@@ -82,6 +82,8 @@ async def _serve(node: Node, metrics: NodeMetrics | None = None,
         server.on_tls_failure = lambda reason: metrics.tls_handshake_failures.labels(
             reason).inc()
         server.on_connection = metrics.connections.inc
+        server.on_refused = lambda reason: metrics.connections_refused.labels(
+            "service", reason).inc()
     await server.start()
     log.info("node %s serving on %s", node.cfg.node_id, node.cfg.service_address)
     events.emit(events.NODE_STARTED, f"serving on {node.cfg.service_address}",

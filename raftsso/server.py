@@ -26,15 +26,34 @@ import asyncio
 import contextlib
 import logging
 import math
+import socket
 import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from raftsso import pki
+from raftsso import events, pki
 from raftsso.config import split_address
-from raftsso.errors import DecodeError, FrameTooLarge, NotLeader, RaftssoError, RemoteError
+from raftsso.errors import (
+    ConfigError,
+    DecodeError,
+    FrameTooLarge,
+    NotLeader,
+    RaftssoError,
+    RemoteError,
+)
+from raftsso.limits import (
+    Gate,
+    MemoryTrimmer,
+    Ticket,
+    accept_loop,
+    is_exhaustion,
+    listen,
+    peer_label,
+    swallow_eviction,
+    wait_readable,
+)
 from raftsso.node import Node
 from raftsso.wire import decode_body, encode_frame, error, frame_length, ok, parse_request
 
@@ -298,20 +317,11 @@ def _rid(message: Any) -> int:
     return rid if isinstance(rid, int) and not isinstance(rid, bool) and rid >= 0 else 0
 
 
-HANDSHAKE_TIMEOUT = 10.0
-
-
-def _peer_address(peername: Any) -> str:
-    if isinstance(peername, tuple) and len(peername) >= 2:
-        host = str(peername[0])
-        return f"[{host}]:{peername[1]}" if ":" in host else f"{host}:{peername[1]}"
-    return str(peername)
-
-
 def handshake_failure_reason(exc: BaseException) -> str:
     """A small fixed set of labels for why a TLS handshake failed (a metrics label)."""
-    if isinstance(exc, TimeoutError):
-        return "timeout"
+    if isinstance(exc, TimeoutError) or (isinstance(exc, ConnectionAbortedError)
+                                         and "taking longer" in str(exc)):
+        return "timeout"  # asyncio reports its handshake timeout as ConnectionAbortedError
     if isinstance(exc, ssl.SSLError):
         text = f"{exc.reason or ''} {exc}".upper()
         if "PEER_DID_NOT_RETURN_A_CERTIFICATE" in text or "NO_CERTIFICATE" in text:
@@ -334,40 +344,114 @@ def _plain(details: dict[str, Any]) -> dict[str, Any]:
 
 
 class Server:
-    """The asyncio TLS listener of one node."""
+    """The asyncio TLS listener of one node, within the caps of ``[limits]``.
+
+    Each accepted connection passes the port's :class:`~raftsso.limits.Gate` (refused ones
+    are closed at once). TLS starts only once the client has sent its first bytes, so a
+    bare TCP connection holds a socket and no TLS state; the whole handshake, that wait
+    included, must finish within ``handshake_timeout``. An answer the client does not
+    read within ``send_timeout`` ends the connection.
+    """
 
     def __init__(self, node: Node) -> None:
         self.node = node
         self.cfg = node.cfg
+        self.limits = self.cfg.limits
         self.service = Service(node)
         self._ctx = pki.server_context(self.cfg.ca_cert, self.cfg.cert, self.cfg.key)
-        self._server: asyncio.Server | None = None
+        self._listeners: list[socket.socket] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._connections: set[asyncio.Task[None]] = set()
         # Called with a short reason for every connection whose TLS handshake fails.
         self.on_tls_failure: Callable[[str], None] | None = None
         self.on_connection: Callable[[], None] | None = None
+        self.gate = Gate("service", self.limits.service, on_refused=self._refused)
+        self.on_refused: Callable[[str], None] | None = None
+        self.trimmer = MemoryTrimmer([self.gate])
+
+    def _refused(self, reason: str) -> None:
+        if self.on_refused is not None:
+            self.on_refused(reason)
 
     async def start(self) -> None:
-        from raftsso.config import split_address
-
         host, port = split_address(self.cfg.service_address)
-        # TLS is started per connection (not ssl= here) so that failed handshakes, which
-        # asyncio would swallow, can be counted: see _handshake.
-        self._server = await asyncio.start_server(
-            self._connection, host, port, limit=self.cfg.max_frame + 16)
+        for note in self.limits.notes:
+            log.warning("%s", note)
+            events.emit(events.LIMITS_LOWERED, note)
+        log.info("connection limits: %s", self.limits.describe())
+        try:
+            self._listeners = listen(host, port)
+        except OSError as exc:
+            raise ConfigError(f"cannot listen on {self.cfg.service_address}: "
+                              f"{exc.strerror or exc}") from None
+        loop = asyncio.get_running_loop()
+        for listener in self._listeners:
+            self._tasks.add(loop.create_task(
+                accept_loop(listener, self.gate, self._accepted, self._connections)))
+        self._tasks.add(loop.create_task(self.trimmer.run()))
 
     async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), 2)
+        for task in self._tasks:
+            task.cancel()
+        for listener in self._listeners:
+            listener.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(asyncio.gather(*self._tasks, return_exceptions=True), 2)
+        self._tasks.clear()
 
-    async def _connection(self, reader: asyncio.StreamReader,
-                          writer: asyncio.StreamWriter) -> None:
-        peer = _peer_address(writer.get_extra_info("peername"))
+    async def _accepted(self, sock: socket.socket, address: Any, ticket: Ticket) -> None:
+        ticket.started = True
+        peer = peer_label(address)
         if self.on_connection is not None:
             self.on_connection()
-        if not await self._handshake(writer, peer):
+        try:
+            streams = await self._handshake(sock, peer)
+        except asyncio.CancelledError:
+            if swallow_eviction(ticket):
+                self._tls_failed("evicted", peer, "dropped to make room")
+                return
+            raise
+        if streams is None:
             return
+        self.gate.settled(ticket)
+        await self._serve(*streams, peer)
+
+    async def _handshake(self, sock: socket.socket, peer: str
+                         ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+        """TLS on an accepted socket, or None (the socket closed, the failure counted)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.limits.handshake_timeout
+        handed = False  # once asyncio's transport owns the socket, only it may close it
+        try:
+            # No TLS state until the client speaks: a silent connection costs a socket.
+            if not await wait_readable(sock, self.limits.handshake_timeout):
+                raise TimeoutError("no TLS ClientHello in time")
+            reader = asyncio.StreamReader(limit=self.cfg.max_frame + 16)
+            protocol = asyncio.StreamReaderProtocol(reader)
+            handed = True
+            transport, _ = await loop.connect_accepted_socket(
+                lambda: protocol, sock, ssl=self._ctx,
+                ssl_handshake_timeout=max(0.1, deadline - loop.time()))
+            return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
+        except asyncio.CancelledError:
+            if not handed:
+                sock.close()
+            raise
+        except Exception as exc:  # every failed handshake, whatever the cause, is counted
+            if not handed:
+                sock.close()
+            if is_exhaustion(exc):
+                self.gate.report.exhausted("starting TLS", exc)
+            self._tls_failed(handshake_failure_reason(exc), peer, exc)
+            return None
+
+    def _tls_failed(self, reason: str, peer: str, detail: object) -> None:
+        log.debug("TLS handshake with %s failed (%s): %s", peer, reason, detail)
+        if self.on_tls_failure is not None:
+            self.on_tls_failure(reason)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                     peer: str) -> None:
         sslobj = writer.get_extra_info("ssl_object")
         role, name = pki.peer_identity(sslobj.getpeercert() if sslobj else None)
         caller = Caller(role, name, peer)
@@ -400,7 +484,9 @@ class Server:
                 await self._send(writer, answer)
                 if not answer["ok"] and answer["error"]["code"] == "BAD_REQUEST":
                     return
-        except (ConnectionError, ssl.SSLError, OSError) as exc:
+        except (ConnectionError, ssl.SSLError, OSError, MemoryError) as exc:
+            if is_exhaustion(exc):
+                self.gate.report.exhausted("serving a connection", exc)
             log.debug("connection from %s ended: %s", peer, exc)
         except asyncio.CancelledError:
             # Shutdown: end quietly (a cancelled handler makes asyncio's stream callback
@@ -414,18 +500,13 @@ class Server:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(writer.wait_closed(), 1)
 
-    async def _handshake(self, writer: asyncio.StreamWriter, peer: str) -> bool:
-        try:
-            await writer.start_tls(self._ctx, ssl_handshake_timeout=HANDSHAKE_TIMEOUT)
-            return True
-        except Exception as exc:  # every failed handshake, whatever the cause, is counted
-            reason = handshake_failure_reason(exc)
-            log.debug("TLS handshake with %s failed (%s): %s", peer, reason, exc)
-            if self.on_tls_failure is not None:
-                self.on_tls_failure(reason)
-            writer.transport.abort()
-            return False
-
     async def _send(self, writer: asyncio.StreamWriter, message: dict[str, Any]) -> None:
         writer.write(encode_frame(message, max_frame=max(self.cfg.max_frame, 1 << 20)))
-        await writer.drain()
+        try:
+            await asyncio.wait_for(writer.drain(), self.limits.send_timeout)
+        except TimeoutError:
+            # A client that does not read its answers would otherwise hold the connection
+            # (and the unsent answer) for ever: no read timeout runs while we wait here.
+            writer.transport.abort()
+            raise ConnectionAbortedError(
+                f"the client read nothing for {self.limits.send_timeout:g} s") from None

@@ -393,6 +393,40 @@ def test_huge_memory_fails_fast_with_the_real_kdf() -> None:
         assert time.monotonic() - started < 0.5
 
 
+# Issue 11: the caps sit near what raftsso writes (64 MiB, 3 passes, 4 lanes); a file asking
+# for more is refused before any derivation (1 GiB and 64 passes once cost 76 s and 1 GB).
+BEYOND_CAPS = {
+    "issue-11-1GiB-64-passes": {"memory_kib": 1 << 20, "iterations": 64},
+    "memory-over-256MiB": {"memory_kib": (256 << 10) + 1},
+    "passes-9": {"iterations": 9},
+    "lanes-17": {"lanes": 17},
+    "work-over-4x-default": {"memory_kib": 256 << 10, "iterations": 4},
+}
+
+
+@pytest.mark.parametrize("kdf", BEYOND_CAPS.values(), ids=BEYOND_CAPS.keys())
+def test_kdf_parameters_beyond_the_caps_are_refused_before_any_derivation(
+        kdf: dict[str, int], no_key_derivation: None) -> None:
+    blob = frame(crafted_kdf(**kdf))
+    for call in (read_info, lambda b: open_backup(b, PASSWORD)):
+        with pytest.raises(BackupError, match=r"out of range \(.*raftsso allows|too much work"):
+            call(blob)
+
+
+@pytest.mark.parametrize("kdf", [DEFAULT_KDF, {"memory_kib": 256 << 10, "iterations": 3,
+                                               "lanes": 16},
+                                 {"memory_kib": 64 << 10, "iterations": 8, "lanes": 1}],
+                         ids=["default", "most-memory", "most-passes"])
+def test_the_caps_admit_the_default_and_their_corners(kdf: dict[str, Any],
+                                                      no_key_derivation: None) -> None:
+    assert read_info(frame(crafted_kdf(**kdf))).kdf["memory_kib"] == kdf["memory_kib"]
+
+
+def test_write_refuses_kdf_parameters_it_would_not_read(no_key_derivation: None) -> None:
+    with pytest.raises(BackupError, match="out of range"):
+        make(kdf={**DEFAULT_KDF, "iterations": 9})
+
+
 @pytest.mark.parametrize("memory,lanes", [(8, 2), (8, 64), (100, 13)])
 def test_lanes_beyond_memory_is_a_backup_error(memory: int, lanes: int) -> None:
     expect_backup_error(frame(crafted_kdf(memory_kib=memory, lanes=lanes)))
