@@ -18,7 +18,7 @@ from typing import Any
 
 import tomli_w
 
-from raftsso.errors import ConfigError
+from raftsso.errors import ConfigError, RaftssoError
 from raftsso.fsutil import atomic_write, check_private, read_private
 from raftsso.limits import Limits, LimitsError, resolve_limits
 
@@ -146,10 +146,11 @@ class RemoteConfig:
     key: Path
     nodes: tuple[Endpoint, ...]
     timeout: float = 5.0
-    store: Path | None = None
+    store: Path | str | None = None  # a SQLite path, or a postgresql:// URI (a str)
     resync_interval: float = 60.0
     max_staleness: float | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
+    store_password_file: Path | None = None  # the PostgreSQL store's password (0600)
 
 
 # -- reading ----------------------------------------------------------------------
@@ -328,14 +329,14 @@ def load_remote_config(path: str | Path) -> RemoteConfig:
                  f"(got {role!r})", p)
     timeout = _get(data, "timeout", float, p, 5.0)
     _check_range(timeout > 0, "timeout", "must be positive (seconds)", p)
-    store = _path(data, "store", base, p) if "store" in data else None
+    store = _store(data, base, p)
     resync = _get(data, "resync_interval", float, p, 60.0)
     _check_range(resync > 0, "resync_interval", "must be positive (seconds)", p)
     staleness = _get(data, "max_staleness", float, p, None) if "max_staleness" in data else None
     if staleness is not None:
         _check_range(staleness > 0, "max_staleness", "must be positive (seconds)", p)
     known = {"format", "cluster_id", "role", "ca_cert", "cert", "key", "nodes", "timeout",
-             "store", "resync_interval", "max_staleness"}
+             "store", "resync_interval", "max_staleness", "store_password_file"}
     key = _path(data, "key", base, p)
     _check_key(key)
     return RemoteConfig(
@@ -351,7 +352,22 @@ def load_remote_config(path: str | Path) -> RemoteConfig:
         resync_interval=resync,
         max_staleness=staleness,
         extra={k: v for k, v in data.items() if k not in known},
+        store_password_file=_path(data, "store_password_file", base, p)
+        if "store_password_file" in data else None,
     )
+
+
+def _store(data: Mapping[str, Any], base: Path, path: Path) -> Path | str | None:
+    """``store``: a path (relative to the file) or a postgresql:// URI without password."""
+    from raftsso.store.backend import store_location
+
+    if "store" not in data:
+        return None
+    try:
+        where = store_location(_get(data, "store", str, path))
+    except RaftssoError as exc:
+        raise ConfigError(f"{path}: store: {exc}") from None
+    return where if isinstance(where, str) else _path(data, "store", base, path)
 
 
 def read_secret_file(path: Path, kind: str) -> bytes:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime as dt
 import secrets
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -156,24 +155,23 @@ def restore(ctx: click.Context, file: Path, password_file: Path, force: bool, ye
 
 @click.command()
 @click.argument("version", type=int)
-@click.option("--store", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+@click.option("--store", metavar="PATH|URI",
               help="The SSO store to check for rows still under VERSION.")
 @click.option("--force", is_flag=True, help="Retire even if rows may still use VERSION.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation with --force.")
 @click.pass_context
-def retire(ctx: click.Context, version: int, store: Path | None, force: bool,
+def retire(ctx: click.Context, version: int, store: str | None, force: bool,
            yes: bool) -> None:
     """Destroy VERSION's key material (refused while a store row uses it)."""
-    from raftsso.store import SSOStore
+    from raftsso_cli.sso import rows_under
 
     cfg = remote_config(ctx, role="admin")
-    store = store or cfg.store
-    if store is not None:
-        with SSOStore(store) as db:
-            in_use = db.key_versions().get(version, 0)
+    found = rows_under(ctx, store, cfg, version)
+    if found is not None:
+        where, in_use = found
         if in_use and not force:
-            raise RaftssoError(f"version {version} still encrypts {in_use} row(s) of {store}; "
-                               f"run `raftsso -c {cfg.path} rewrap --store {store}` first")
+            raise RaftssoError(f"version {version} still encrypts {in_use} row(s) of {where}; "
+                               f"run `raftsso -c {cfg.path} rewrap --store {where}` first")
     elif not force:
         raise RaftssoError(f"cannot check that no stored data uses version {version}: pass "
                            "--store PATH (or --force to destroy it anyway)")
@@ -187,58 +185,16 @@ def retire(ctx: click.Context, version: int, store: Path | None, force: bool,
 
 
 @click.command()
-@click.option("--store", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+@click.option("--store", metavar="PATH|URI",
               help="The SSO store (default: store = ... in the config).")
 @click.option("--batch", default=2000, show_default=True, help="Rows per transaction.")
 @click.pass_context
-def rewrap(ctx: click.Context, store: Path | None, batch: int) -> None:
+def rewrap(ctx: click.Context, store: str | None, batch: int) -> None:
     """Re-encrypt every store row that is not under the primary version.
 
     Batches are single transactions; the command is idempotent and can be stopped and
     run again at any moment.
     """
-    from raftsso.client import SSOClient
-    from raftsso.store import SSOStore
+    from raftsso_cli.sso import run_rewrap
 
-    cfg = remote_config(ctx)
-    path = store or cfg.store
-    if path is None:
-        raise click.UsageError("pass --store PATH (no store = ... in the config)")
-    if batch < 1:
-        raise click.UsageError("--batch must be positive")
-    with SSOClient(cfg, background=False) as client, SSOStore(path, cipher=client) as db:
-        primary = client.state()["primary"]
-        todo = sum(n for v, n in db.key_versions().items() if v != primary)
-        done, unreadable = _rewrap_rows(db, client, primary, todo, batch)
-    click.echo(f"rewrap: {done} of {todo} row(s) re-encrypted under version {primary}")
-    if unreadable:
-        shown = ", ".join(f"{r.key.kind}:{r.key.app}/{r.key.name} (version {r.key_version})"
-                          for r in unreadable[:5])
-        raise RaftssoError(f"{len(unreadable)} row(s) could not be decrypted and were left "
-                           f"as they are: {shown}")
-
-
-def _rewrap_rows(db: Any, client: Any, primary: int, todo: int,
-                 batch: int) -> tuple[int, list[Any]]:
-    from raftsso.errors import InvalidToken
-
-    done = 0
-    after = None
-    unreadable: list[Any] = []
-    with click.progressbar(length=todo, label="rewrap", file=sys.stderr,
-                           show_pos=True) as bar:
-        while True:
-            rows = db.rows_not_under(primary, after=after, limit=batch)
-            if not rows:
-                return done, unreadable
-            updates = []
-            for row in rows:
-                try:
-                    plain = client.decrypt(row.token, row.associated_data)
-                except InvalidToken:
-                    unreadable.append(row)  # retired or foreign version: leave it be
-                    continue
-                updates.append((row, client.encrypt(plain, row.associated_data)))
-            done += db.replace_tokens(updates)
-            bar.update(len(rows))
-            after = rows[-1].key
+    run_rewrap(ctx, store, batch)

@@ -30,7 +30,6 @@ from concurrent.futures import Executor
 from typing import Any, Protocol, TypeVar
 
 from raftsso import envelope
-from raftsso.agent._store import GROUP_USER, App, AppType, Entry
 from raftsso.agent.audit import AgentAudit
 from raftsso.agent.errors import ApiError, bad_request, not_found
 from raftsso.agent.http import Request, Response, error_response, json_response
@@ -45,6 +44,7 @@ from raftsso.errors import (
     StaleSecret,
     StoreError,
 )
+from raftsso.store import GROUP_USER, App, AppType, Entry
 
 log = logging.getLogger(__name__)
 

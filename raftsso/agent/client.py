@@ -25,7 +25,6 @@ from pathlib import Path
 from types import EllipsisType, TracebackType
 from typing import Any
 
-from raftsso.agent._store import App, AppType, Entry
 from raftsso.errors import (
     AlreadyExists,
     ClusterUnavailable,
@@ -37,6 +36,7 @@ from raftsso.errors import (
     RemoteError,
     StaleSecret,
 )
+from raftsso.store import App, AppType, Entry
 
 
 class _UnixConnection(http.client.HTTPConnection):

@@ -32,9 +32,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from enum import StrEnum
 
-from raftsso.agent._store import App, AppType
 from raftsso.agent.errors import ApiError, forbidden
 from raftsso.agent.peer import Caller
+from raftsso.store import App, AppType
 
 
 class Action(StrEnum):

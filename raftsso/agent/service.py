@@ -25,7 +25,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from raftsso.agent._store import open_store
 from raftsso.agent.api import AgentApi, Cipher, Store
 from raftsso.agent.audit import AgentAudit
 from raftsso.agent.config import AgentConfig, load_agent_config
@@ -35,6 +34,7 @@ from raftsso.agent.peer import Names, identify
 from raftsso.agent.policy import Policy
 from raftsso.client import SSOClient
 from raftsso.errors import ClusterUnavailable, ConfigError
+from raftsso.store import open_store
 
 log = logging.getLogger("raftsso.agent")
 _PR_SET_DUMPABLE = 4

@@ -23,13 +23,13 @@ from typing import Any
 import pytest
 
 from raftsso import envelope
-from raftsso.agent._store import open_store
 from raftsso.agent.audit import AgentAudit
 from raftsso.agent.client import AgentClient
 from raftsso.agent.config import load_agent_config
 from raftsso.agent.service import Agent
 from raftsso.client import SSOClient
 from raftsso.config import Endpoint
+from raftsso.store import open_store
 from tests.harness import Cluster, wait_for
 
 CLUSTER = "c-agenttest"

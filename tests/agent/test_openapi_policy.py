@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from raftsso.agent._store import App, AppType
 from raftsso.agent.api import ROUTES, _route_table
 from raftsso.agent.errors import CODES, ApiError
 from raftsso.agent.openapi import document, document_bytes
 from raftsso.agent.peer import Caller
 from raftsso.agent.policy import Action, Policy
+from raftsso.store import App, AppType
 from tests.agent.conftest import in_process_agent
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "agent-openapi.json"

@@ -10,7 +10,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import pytest
 from raftsso.client import SSOClient
 from raftsso.envelope import token_key_version
 from raftsso.errors import Conflict
-from raftsso.store import RowKind, SSOStore, associated_data
+from raftsso.store import RowKind, SSOStore
 from tests.harness import Cluster, NodeOptions, cli, running_cluster, wait_for
 
 pytestmark = pytest.mark.integration
@@ -45,19 +44,12 @@ def _admin(cluster: Cluster, *args: str) -> subprocess.CompletedProcess[bytes]:
 
 def _fill(cluster: Cluster, store: Path, rows: int) -> dict[tuple[str, str], bytes]:
     """Write ``rows`` credentials in one transaction (a bulk load for the test)."""
-    expected = {}
     with SSOClient.from_config(cluster.client_toml, background=False) as client, \
             SSOStore(store, cipher=client) as db:
         db.add_app("payroll")
-        with db._transaction() as conn:
-            for i in range(rows):
-                user, secret = f"user{i:06d}", f"secret-{i}".encode()
-                token = client.encrypt(secret, associated_data(RowKind.CREDENTIAL, "payroll",
-                                                               user))
-                conn.execute("INSERT INTO credentials (app, user, token, key_version, updated)"
-                             " VALUES (?, ?, ?, ?, ?)",
-                             ("payroll", user, token, token_key_version(token), time.time()))
-                expected[("payroll", user)] = secret
+        expected = {("payroll", f"user{i:06d}"): f"secret-{i}".encode() for i in range(rows)}
+        db.put_many(RowKind.CREDENTIAL, "payroll",
+                    [(user, secret) for (_, user), secret in expected.items()])
     return expected
 
 
