@@ -294,11 +294,9 @@ class AppCache:
             self._apps.clear()
         self._apps[name] = (self._clock(), app)
 
-    def forget(self, name: str | None = None) -> None:
-        if name is None:
-            self._apps.clear()
-        else:
-            self._apps.pop(name, None)
+    def expire(self) -> None:
+        """Re-read every definition on next use (the last ones stay for :meth:`last`)."""
+        self._apps = {name: (float("-inf"), app) for name, (_, app) in self._apps.items()}
 
 
 # -- the API ------------------------------------------------------------------------------------
@@ -541,7 +539,7 @@ class AgentApi:
             app = self._written(caller, "app.create", name, None, lambda: self.store.add_app(
                 name, description, type=kind, enabled=enabled, users_group=users,
                 admins_group=admins))
-            self.apps.forget(name)
+            self.apps.put(name, app)
             return app
 
         return json_response(201, app_json(await self._offload(create)))
@@ -580,7 +578,7 @@ class AgentApi:
         def update() -> App:
             app = self._written(caller, "app.update", name, None,
                                 lambda: self.store.update_app(name, **changes))
-            self.apps.forget(name)
+            self.apps.put(name, app)  # in force at once on this agent
             return app
 
         return json_response(200, app_json(await self._offload(update)))
@@ -594,7 +592,7 @@ class AgentApi:
         def remove() -> tuple[int, int]:
             counts = self._written(caller, "app.delete", name, None,
                                    lambda: self.store.remove_app(name))
-            self.apps.forget(name)
+            self.apps.put(name, None)
             return counts
 
         creds, values = await self._offload(remove)
@@ -626,7 +624,7 @@ class AgentApi:
                 self.audit.event(caller, "apps.import", code=err.code, status=err.status)
                 raise err from None
             self.audit.event(caller, "apps.import", extra={"count": len(names)})
-            self.apps.forget()
+            self.apps.expire()
             return names
 
         imported = await self._offload(run)

@@ -273,8 +273,8 @@ class AgentProcess:
     proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        log = os.open(self.config.parent / "agent.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND,
-                      0o600)
+        log = os.open(self.config.parent / f"{self.config.stem}.log",
+                      os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "raftsso_cli", "agent", "run", "--config",
@@ -302,19 +302,20 @@ class AgentProcess:
         return self.proc is not None and self.proc.poll() is None
 
     def log(self) -> str:
-        return (self.config.parent / "agent.log").read_text(errors="replace")
+        return (self.config.parent / f"{self.config.stem}.log").read_text(errors="replace")
 
     def client(self) -> AgentClient:
         return AgentClient(self.socket, timeout=10)
 
 
 @contextlib.contextmanager
-def agent_beside(cluster: Cluster, sock_dir: Path, **config: Any) -> Iterator[AgentProcess]:
-    toml = write_agent_toml(cluster.root / "agent-test.toml", client="client.toml",
-                            socket=str(sock_dir / "agent.sock"),
-                            audit_log="agent-audit.jsonl", **config)
-    proc = AgentProcess(cluster, toml, sock_dir / "agent.sock",
-                        cluster.root / "agent-audit.jsonl")
+def agent_beside(cluster: Cluster, sock_dir: Path, *, config_name: str = "agent-test.toml",
+                 audit_log: str = "agent-audit.jsonl",
+                 **config: Any) -> Iterator[AgentProcess]:
+    toml = write_agent_toml(cluster.root / config_name, client="client.toml",
+                            socket=str(sock_dir / "agent.sock"), audit_log=audit_log,
+                            **config)
+    proc = AgentProcess(cluster, toml, sock_dir / "agent.sock", cluster.root / audit_log)
     proc.start()
     try:
         yield proc
