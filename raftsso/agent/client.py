@@ -36,7 +36,7 @@ from raftsso.errors import (
     RemoteError,
     StaleSecret,
 )
-from raftsso.store import App, AppType, Entry
+from raftsso.store import App, AppType, Entry, RowKind
 
 
 class _UnixConnection(http.client.HTTPConnection):
@@ -255,6 +255,43 @@ class AgentClient:
 
     def list_config(self, app: str) -> list[Entry]:
         return self._list("config", "name", app)
+
+    # the store's generic row methods (what the CLI's sso group calls) ---------------------------
+
+    def put(self, kind: RowKind, app: str, name: str, secret: bytes) -> int:
+        if kind is RowKind.CREDENTIAL:
+            return self.set_credential(app, name, secret)
+        return self.set_config(app, name, secret)
+
+    def get(self, kind: RowKind, app: str, name: str) -> bytes:
+        if kind is RowKind.CREDENTIAL:
+            return self.get_credential(app, name)
+        return self.get_config(app, name)
+
+    def delete(self, kind: RowKind, app: str, name: str) -> None:
+        if kind is RowKind.CREDENTIAL:
+            self.delete_credential(app, name)
+        else:
+            self.delete_config(app, name)
+
+    def entries(self, kind: RowKind, app: str) -> list[Entry]:
+        if kind is RowKind.CREDENTIAL:
+            return self.list_credentials(app)
+        return self.list_config(app)
+
+    def app_usage(self) -> dict[str, tuple[int, int]]:
+        """(credential mappings, config values) per application, as far as the caller may
+        list them (0 where it may not, or the type has none)."""
+        usage: dict[str, tuple[int, int]] = {}
+        for app in self.list_apps():
+            counts = []
+            for kind in (RowKind.CREDENTIAL, RowKind.CONFIG):
+                try:
+                    counts.append(len(self.entries(kind, app.name)))
+                except RemoteError:
+                    counts.append(0)
+            usage[app.name] = (counts[0], counts[1])
+        return usage
 
 
 def open_agent(config: Path) -> AgentClient:

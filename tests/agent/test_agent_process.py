@@ -311,3 +311,25 @@ def test_agent_refuses_to_start_twice_and_without_a_cluster(cluster: Cluster,
     result = cli("agent", "run", "--config", str(agent.config), timeout=60)
     assert result.returncode == 3 and b"cannot start without a keyring" in result.stderr
     assert b"Traceback" not in result.stderr
+
+
+def test_sso_command_line_through_the_agent(cluster: Cluster, short_dir: Path) -> None:
+    with agent_beside(cluster, short_dir) as agent:
+        a = str(agent.config)  # -c agent.toml: the sso group talks to the agent
+        for args, stdin in [
+            (("app", "add", "payroll", "--users-group", "root"), None),
+            (("cred", "set", "payroll", "alice"), b"Pa55-cli\n"),
+        ]:
+            result = cli("-c", a, "sso", *args, stdin=stdin)
+            assert result.returncode == 0, result.stderr.decode()
+        got = cli("-c", a, "sso", "cred", "get", "payroll", "alice")
+        assert got.returncode == 0 and got.stdout == b"Pa55-cli"
+        listing = json.loads(cli("-c", a, "sso", "app", "list", "--json").stdout)
+        assert listing[0]["name"] == "payroll" and listing[0]["credentials"] == 1
+        missing = cli("-c", a, "sso", "cred", "get", "payroll", "bob")
+        assert missing.returncode == 1 and b"no credential mapping" in missing.stderr
+        ops = [x["op"] for x in audit_lines(agent.audit_path)]
+        assert ops[:2] == ["app.create", "credential.set"]  # it went through the agent
+        # And the same data is in the store the direct CLI reads (client.toml).
+        direct = cli("-c", str(cluster.client_toml), "sso", "cred", "get", "payroll", "alice")
+        assert direct.returncode == 0 and direct.stdout == b"Pa55-cli"

@@ -409,3 +409,16 @@ def test_python_client_reconnects_after_the_idle_timeout(short_dir: Path) -> Non
         assert c.health()["status"] == "ok"
         wait_for(lambda: not a.agent.http.connections, what="the idle connection to close")
         assert c.health()["status"] == "ok"  # a fresh connection, transparently
+
+
+def test_python_client_has_the_store_row_methods_the_cli_uses(agent: InProcessAgent) -> None:
+    from raftsso.store import RowKind
+    with agent.client() as c:
+        c.add_app("settings", type="config", users_group="root")
+        assert c.put(RowKind.CONFIG, "settings", "url", b"https://x") == 1
+        assert c.get(RowKind.CONFIG, "settings", "url") == b"https://x"
+        assert [e.name for e in c.entries(RowKind.CREDENTIAL, "payroll")] == ["alice"]
+        assert c.app_usage() == {"payroll": (1, 0), "settings": (0, 1)}
+        c.delete(RowKind.CONFIG, "settings", "url")
+        with pytest.raises(NotFound):
+            c.get(RowKind.CONFIG, "settings", "url")
