@@ -137,6 +137,10 @@ class _Cache:
     synced_at: float  # the injected (monotonic) clock
     synced_at_wall: float
     max_version: int
+    # Precomputed for encrypt/decrypt, whose every Python operation shows in their cost:
+    fresh_until: float  # synced_at + max_staleness
+    primary: envelope.Envelope | None
+    keyset: envelope.Keyset  # every version's envelope, by token header
 
 
 def _int(raw: Mapping[str, Any], key: str) -> int:
@@ -363,6 +367,15 @@ class SSOClient:
         The token is ``0x01 | version (u32 BE) | nonce (12) | AES-256-GCM ciphertext``, with
         the header and ``associated_data`` authenticated (see :mod:`raftsso.envelope`).
         """
+        cache = self._cache
+        if cache is not None and self._clock() < cache.fresh_until:
+            primary = cache.primary
+            if primary is not None:
+                return primary.encrypt(data, associated_data)
+        return self._encrypt_checked(data, associated_data)
+
+    def _encrypt_checked(self, data: bytes, associated_data: bytes) -> bytes:
+        """The fast path's refusals, spelled out (and the one authority on staleness)."""
         cache = self._current()
         age = self._clock() - cache.synced_at
         if age >= self.max_staleness:
@@ -372,11 +385,11 @@ class SSOClient:
                 "answered since, so encryption is refused (decryption still works). "
                 "Check that the raftsso nodes are running and reachable "
                 "(raftsso -c admin.toml status); the client keeps retrying")
-        primary = cache.ring.primary
-        if primary is None:
+        if cache.primary is None:
             raise ClusterUnavailable("the cluster has no primary master secret yet; wait for "
                                      "its leader to create one (raftsso status)")
-        return cache.ring.versions[primary].envelope.encrypt(data, associated_data)
+        # Fresh after all (synced_at + max_staleness rounded the other way).
+        return cache.primary.encrypt(data, associated_data)
 
     def decrypt(self, token: bytes, associated_data: bytes = b"") -> bytes:
         """Decrypt with whichever cached version made ``token``; works with no node up.
@@ -384,6 +397,12 @@ class SSOClient:
         A version newer than every cached one triggers one immediate (rate-limited) resync.
         Every failure raises the one opaque :class:`InvalidToken`.
         """
+        cache = self._cache
+        if cache is not None:
+            plaintext = cache.keyset.decrypt(token, associated_data)
+            if plaintext is not None:
+                return plaintext
+        # Closed, not a token, a version not cached (resync), or not bytes: spelled out.
         cache = self._current()
         version_id = envelope.token_key_version(token)
         version = cache.ring.versions.get(version_id)
@@ -482,8 +501,13 @@ class SSOClient:
 
     def _install(self, ring: _Keyring, index: int) -> None:
         previous = self._cache
-        self._cache = _Cache(ring=ring, synced_at=self._clock(), synced_at_wall=self._wall(),
-                             max_version=max(ring.versions, default=0))
+        now = self._clock()
+        self._cache = _Cache(ring=ring, synced_at=now, synced_at_wall=self._wall(),
+                             max_version=max(ring.versions, default=0),
+                             fresh_until=now + self.max_staleness,
+                             primary=None if ring.primary is None
+                             else ring.versions[ring.primary].envelope,
+                             keyset=envelope.Keyset(v.envelope for v in ring.versions.values()))
         self._preferred = index
         if self._cluster_id is None:
             self._cluster_id = ring.cluster_id

@@ -102,7 +102,7 @@ class NodeConfig:
     read_timeout: float = 10.0
     # Append-only JSON-lines audit file (raftsso.audit); None: DATA_DIR/audit.jsonl.
     audit_log: Path | None = None
-    # Raft peers authenticate each other with their node certificates (raftsso.peer_tls).
+    # Raft peers authenticate each other with their node certificates (raftsso.raft.peer_links).
     # False: pysyncobj's password-only link (a documented fallback; see operations.md).
     peer_tls: bool = True
     # [limits]: caps on every listening port, resolved against RLIMIT_NOFILE at load

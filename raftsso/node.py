@@ -36,7 +36,7 @@ from raftsso.errors import (
 )
 from raftsso.fsm import REQUEST_ID_SIZE, KeyringStateMachine, Outcome, encode_command
 from raftsso.keyring import Keyring, KeyState
-from raftsso.raft import RaftNode
+from raftsso.raft import RaftConfig, RaftNode
 from raftsso.remote import ClusterClient
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ class Node:
         self._ready_term = -1
         self._write_lock = threading.Lock()
         self._unsealed: dict[tuple[int, bytes], bytes] = {}
-        self.raft = RaftNode(cfg, self.fsm, on_role_change=self._role_changed,
+        self.raft = RaftNode(raft_config(cfg), self.fsm, on_role_change=self._role_changed,
                              directory=self.members)
         self._membership_lock = threading.Lock()
         self._duties = threading.Thread(target=self._duty_loop, name="leader-duties",
@@ -90,7 +90,7 @@ class Node:
         self.raft.stop()
 
     def _role_changed(self, old: str, new: str) -> None:
-        term = self.raft.sync.raftCurrentTerm if self.raft._sync else None
+        term = self.raft.term if self.raft.started else None
         log.info("raft role of %s: %s -> %s (term %s)", self.cfg.node_id, old, new,
                  "?" if term is None else term)
         # Runs in the Raft thread: events.emit only queues the line.
@@ -422,7 +422,7 @@ class Node:
                 by_id.pop(node_id, None)
             else:
                 by_id[node_id] = Peer(node_id, rec["raft_address"], rec["service_address"])
-        if self.raft._sync is None:
+        if not self.raft.started:
             return sorted(by_id.values(), key=lambda p: p.id)
         in_raft = self.raft.raft_addresses()
         members = [p for p in by_id.values() if p.raft_address in in_raft]
@@ -496,11 +496,11 @@ class Node:
             raft_address = by_id[node_id].raft_address
             service_address = by_id[node_id].service_address
         timeout = 2 * self.cfg.raft.commit_timeout
-        if (raft_address in self.raft.raft_addresses()) != add:
-            error = self.raft.change_membership(add, raft_address, timeout, node_id=node_id)
-            if error != 0:
-                raise RemoteError("Raft refused the membership change (a previous change is "
-                                  "not committed yet); retry", code="CHANGE_PENDING")
+        if ((raft_address in self.raft.raft_addresses()) != add
+                and not self.raft.change_membership(add, raft_address, timeout,
+                                                    node_id=node_id)):
+            raise RemoteError("Raft refused the membership change (a previous change is "
+                              "not committed yet); retry", code="CHANGE_PENDING")
         self._replicate(request_id, "membership record", lambda ring: encode_command(
             "member", request_id, node_id=node_id, raft_address=raft_address,
             service_address=service_address, removed=not add))
@@ -573,8 +573,7 @@ class Node:
                                   "catch up in time", code="LAGGING")
             time.sleep(0.02)
         old_term = self.raft.term
-        error = self.raft.transfer_leadership(target, timeout)
-        if error != 0:
+        if not self.raft.transfer_leadership(target, timeout):
             raise RemoteError(f"the transfer to {target} was refused (it is lagging or no "
                               "longer connected); try again", code="LAGGING")
         log.info("leadership transfer from %s to %s requested", self.cfg.node_id, target)
@@ -631,3 +630,14 @@ def _result(outcome: Outcome) -> dict[str, Any]:
     if outcome.code == "CONFLICT":
         raise Conflict(outcome.message)
     raise RemoteError(outcome.message, code=outcome.code or "FAILED")
+
+
+def raft_config(cfg: NodeConfig) -> RaftConfig:
+    """The Raft member's settings out of a node's configuration (the one place they meet)."""
+    return RaftConfig(
+        node_id=cfg.node_id, raft_address=cfg.raft_address, members=cfg.members,
+        data_dir=cfg.data_dir, cluster_secret=cfg.cluster_secret(), timings=cfg.raft,
+        peer_tls=cfg.peer_tls, ca_cert=cfg.ca_cert, cert=cfg.cert, key=cfg.key,
+        peer_max_connections=cfg.limits.peer_max_connections,
+        peer_max_handshakes=cfg.limits.peer_max_handshakes,
+        peer_max_per_source=cfg.limits.peer_max_per_source, source=str(cfg.path))

@@ -55,6 +55,7 @@ from raftsso.limits import (
     wait_readable,
 )
 from raftsso.node import Node
+from raftsso.tlserrors import handshake_failure_reason
 from raftsso.wire import decode_body, encode_frame, error, frame_length, ok, parse_request
 
 log = logging.getLogger(__name__)
@@ -315,28 +316,6 @@ def _request_id(args: dict[str, Any]) -> bytes:
 def _rid(message: Any) -> int:
     rid = message.get("id") if isinstance(message, dict) else None
     return rid if isinstance(rid, int) and not isinstance(rid, bool) and rid >= 0 else 0
-
-
-def handshake_failure_reason(exc: BaseException) -> str:
-    """A small fixed set of labels for why a TLS handshake failed (a metrics label)."""
-    if isinstance(exc, TimeoutError) or (isinstance(exc, ConnectionAbortedError)
-                                         and "taking longer" in str(exc)):
-        return "timeout"  # asyncio reports its handshake timeout as ConnectionAbortedError
-    if isinstance(exc, ssl.SSLError):
-        text = f"{exc.reason or ''} {exc}".upper()
-        if "PEER_DID_NOT_RETURN_A_CERTIFICATE" in text or "NO_CERTIFICATE" in text:
-            return "no_client_certificate"
-        if "CERTIFICATE" in text or "UNKNOWN_CA" in text or "BAD_SIGNATURE" in text:
-            return "bad_certificate"
-        if ("WRONG_VERSION" in text or "UNSUPPORTED_PROTOCOL" in text or "HTTP" in text
-                or "PROTOCOL" in text or "NO_SHARED_CIPHER" in text):
-            return "protocol"
-        if "EOF" in text:
-            return "closed"
-        return "tls_error"
-    if isinstance(exc, ConnectionError | EOFError | asyncio.IncompleteReadError):
-        return "closed"
-    return "other"
 
 
 def _plain(details: dict[str, Any]) -> dict[str, Any]:

@@ -50,7 +50,9 @@ from typing import Any
 from raftsso.errors import DecodeError
 from raftsso.fsm import COMMAND_FORMAT, KeyringStateMachine
 from raftsso.keyring import KeyState
-from raftsso.raft import _HEADER, DurableJournal, read_snapshot_file, restricted_loads
+from raftsso.raft.hardening import restricted_loads
+from raftsso.raft.journal import _HEADER, DurableJournal
+from raftsso.raft.snapshot import read_snapshot_file
 from raftsso.wire import unversioned
 
 _REGULAR = 0  # pysyncobj _COMMAND_TYPE.REGULAR

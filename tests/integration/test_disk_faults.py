@@ -8,7 +8,7 @@ changed for these tests. Without ``fiu-run`` they are skipped with the reason.
 
 What must hold (DESIGN.md "Durability", docs/architecture.md):
 
-* a node whose fsync fails exits (code 75, :func:`raftsso.raft._die`) before anything it
+* a node whose fsync fails exits (code 75, :func:`raftsso.raft.storage._die`) before anything it
   could not persist is acknowledged: a leader never acknowledges the write, and a follower
   never counts toward the quorum that would acknowledge it;
 * the rest of the cluster goes on;
@@ -32,7 +32,7 @@ import pytest
 
 from raftsso.errors import RaftssoError
 from raftsso.fsm import COMMAND_FORMAT
-from raftsso.raft import _HEADER, DurableJournal
+from raftsso.raft.journal import _HEADER, DurableJournal
 from raftsso.wire import unversioned
 from tests.chaos.checker import fsm_command, read_node_log, replay
 from tests.harness import Cluster, wait_for

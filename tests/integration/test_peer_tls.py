@@ -1,4 +1,4 @@
-"""Mutual TLS between Raft peers on real processes (raftsso.peer_tls; issue 7, item 4).
+"""Mutual TLS between Raft peers on real processes (raftsso.raft.peer_links; issue 7, item 4).
 
 The attacker of these tests holds the cluster secret (pysyncobj's Fernet password) and
 speaks pysyncobj's own protocol with it, but has no node certificate of the cluster CA.

@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 
 from raftsso.config import RaftTimings
-from raftsso.raft import DurableJournal, read_snapshot_file
+from raftsso.raft.journal import DurableJournal
+from raftsso.raft.snapshot import read_snapshot_file
 from tests.harness import Cluster, NodeOptions, wait_for
 
 pytestmark = pytest.mark.integration

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from typing import Any
 
 import pytest
 
@@ -110,6 +111,37 @@ def test_wrong_associated_data_is_rejected(client: SSOClient) -> None:
     with pytest.raises(InvalidToken):
         client.decrypt(token)
 
+
+
+@pytest.mark.parametrize("kind", [bytes, bytearray, memoryview,
+                                  lambda b: memoryview(bytearray(b))])
+def test_decrypt_takes_any_bytes_like_token(client: SSOClient, kind: Any) -> None:
+    for size in (0, 100, 70_000):  # small and large (a memoryview inside) tokens
+        data = os.urandom(size)
+        token = client.encrypt(data, b"ad")
+        assert client.decrypt(kind(token), b"ad") == data
+        damaged = bytearray(token)
+        damaged[-1] ^= 1
+        with pytest.raises(InvalidToken):
+            client.decrypt(kind(bytes(damaged)), b"ad")
+
+
+def test_threads_encrypting_through_one_client_never_share_a_nonce(
+        client: SSOClient) -> None:
+    tokens: list[list[bytes]] = []
+    go = threading.Barrier(4)
+
+    def work() -> None:
+        go.wait(timeout=30)
+        tokens.append([client.encrypt(b"x") for _ in range(10_000)])
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    nonces = [t[5:5 + envelope.NONCE_SIZE] for batch in tokens for t in batch]
+    assert len(nonces) == 40_000 and len(set(nonces)) == 40_000
 
 # -- staleness (injected clock) ------------------------------------------------------------
 

@@ -62,13 +62,16 @@ def _harness(target: str) -> None:  # pragma: no cover - runs in the atheris sub
     with atheris.instrument_imports():
         import msgpack
 
-        from raftsso import backup, envelope, raft, wire
+        from raftsso import backup, envelope, wire
         from raftsso.client import parse_keyring
         from raftsso.config import load_node_config, load_remote_config
         from raftsso.errors import ConfigError, DecodeError, InvalidToken, StorageError
         from raftsso.fsm import KeyringStateMachine
+        from raftsso.raft import journal as raft_journal
+        from raftsso.raft import snapshot as raft_snapshot
+        from raftsso.raft import storage as raft_storage
 
-    raft.on_storage_failure = lambda message: None  # report, do not exit, in the harness
+    raft_storage.on_storage_failure = lambda message: None  # report, do not exit, in the harness
     workdir = Path(tempfile.mkdtemp(prefix="atheris-"))
     key = os.urandom(32)
     env = envelope.Envelope(7, key)
@@ -111,13 +114,14 @@ def _harness(target: str) -> None:  # pragma: no cover - runs in the atheris sub
             path = workdir / "raft.snapshot"
             path.write_bytes(data)
             with contextlib.suppress(DecodeError):
-                raft.read_snapshot_file(path)
+                raft_snapshot.read_snapshot_file(path)
         elif target == "journal":
             path = workdir / "raft.journal"
-            (workdir / "raft.journal.meta").unlink(missing_ok=True)
-            path.write_bytes(raft._HEADER + data)
+            for meta in ("raft.journal.meta", "raft.journal.meta.0", "raft.journal.meta.1"):
+                (workdir / meta).unlink(missing_ok=True)
+            path.write_bytes(raft_journal._HEADER + data)
             with contextlib.suppress(StorageError):
-                raft.DurableJournal(str(path))._destroy()
+                raft_journal.DurableJournal(str(path))._destroy()
         elif target == "backup":
             with contextlib.suppress(backup.BackupError):
                 backup.read_info(data)

@@ -30,7 +30,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from raftsso import envelope, raft, wire
+from raftsso import envelope, wire
 from raftsso.client import SSOClient, parse_keyring
 from raftsso.config import Endpoint, format_secret_file, read_secret_file
 from raftsso.errors import (
@@ -42,6 +42,11 @@ from raftsso.errors import (
 )
 from raftsso.fsm import COMMAND_FORMAT, SNAPSHOT_FORMAT, KeyringStateMachine, Outcome
 from raftsso.keyring import KeyState
+from raftsso.node import raft_config
+from raftsso.raft import RaftNode, storage
+from raftsso.raft.hardening import restricted_loads
+from raftsso.raft.journal import _HEADER, DurableJournal
+from raftsso.raft.snapshot import SNAPSHOT_FILE_FORMAT, read_snapshot_file
 
 SCALE = float(os.environ.get("RAFTSSO_FUZZ_SCALE", "1"))
 
@@ -424,24 +429,24 @@ def test_a_snapshot_file_with_a_malformed_directory_stops_the_node(
     from raftsso.deployment import init_deployment
 
     failures: list[str] = []
-    monkeypatch.setattr(raft, "on_storage_failure", failures.append)
+    monkeypatch.setattr(storage, "on_storage_failure", failures.append)
     init_deployment(tmp_path / "d", nodes=1, base_port=41000)
     cfg = load_node_config(tmp_path / "d" / "node1" / "node.toml")
     fsm_blob = wire.versioned(SNAPSHOT_FORMAT, {"versions": [], "requests": [],
                                                 "index": 3, "directory": []})
     snapshot = cfg.data_dir / "raft.snapshot"
     cfg.data_dir.mkdir(parents=True, exist_ok=True)
-    node = raft.RaftNode(cfg, KeyringStateMachine())  # built before the snapshot exists
-    snapshot.write_bytes(wire.versioned(raft.SNAPSHOT_FILE_FORMAT, {
+    node = RaftNode(raft_config(cfg), KeyringStateMachine())  # built before the snapshot exists
+    snapshot.write_bytes(wire.versioned(SNAPSHOT_FILE_FORMAT, {
         "fsm": fsm_blob, "last": [b"\x01", 3, 1], "prev": [b"\x01", 2, 1],
         "cluster": ["127.0.0.1:41000"]}))
     # Received from a leader at run time: the node stops.
     with pytest.raises(DecodeError):
-        node._deserialize(str(snapshot))
+        node._snapshots.deserialize(str(snapshot))
     assert failures and "loading snapshot" in failures[0]
     # Found at start: the node refuses to start, with a message.
     with pytest.raises(StorageError, match="cannot start"):
-        raft.RaftNode(cfg, KeyringStateMachine())
+        RaftNode(raft_config(cfg), KeyringStateMachine())
     assert failures, "the node did not stop on an unreadable snapshot"
 
 
@@ -455,13 +460,13 @@ def test_a_snapshot_file_with_a_malformed_directory_stops_the_node(
     "prev": st.one_of(st.lists(st.one_of(st.binary(max_size=4), ints), max_size=4), scalars),
     "cluster": st.one_of(st.lists(st.one_of(st.text(max_size=4), scalars), max_size=3),
                          scalars)})),
-    version=st.sampled_from([raft.SNAPSHOT_FILE_FORMAT, 0, 2]))
+    version=st.sampled_from([SNAPSHOT_FILE_FORMAT, 0, 2]))
 def test_read_snapshot_file_of_arbitrary_content(tmp_path_factory: pytest.TempPathFactory,
                                                  raw: Any, version: int) -> None:
     path = tmp_path_factory.mktemp("snap") / "raft.snapshot"
     path.write_bytes(bytes([version]) + packb(raw))
     try:
-        fsm_blob, last, prev, cluster = raft.read_snapshot_file(path)
+        fsm_blob, last, prev, cluster = read_snapshot_file(path)
     except DecodeError:
         return
     assert isinstance(fsm_blob, bytes)
@@ -478,7 +483,7 @@ def _record(cmd: bytes, idx: int, term: int) -> bytes:
 @pytest.fixture
 def no_exit(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     failures: list[str] = []
-    monkeypatch.setattr(raft, "on_storage_failure", failures.append)
+    monkeypatch.setattr(storage, "on_storage_failure", failures.append)
     return failures
 
 
@@ -490,7 +495,7 @@ def test_journal_recovery_of_damaged_files(tmp_path_factory: pytest.TempPathFact
     """Whatever the damage, the journal opens with a *prefix* of what was written, or
     refuses to start with StorageError; it never invents or reorders entries."""
     written = [(data.draw(st.binary(max_size=24)), i + 1, 1 + i // 2) for i in range(n)]
-    good = raft._HEADER + b"".join(_record(c, i, t) for c, i, t in written)
+    good = _HEADER + b"".join(_record(c, i, t) for c, i, t in written)
     damage = data.draw(st.sampled_from(["truncate", "flip", "append", "overwrite", "none"]))
     blob = bytearray(good)
     if damage == "truncate":
@@ -507,7 +512,7 @@ def test_journal_recovery_of_damaged_files(tmp_path_factory: pytest.TempPathFact
     path = tmp_path_factory.mktemp("jnl") / "raft.journal"
     path.write_bytes(bytes(blob))
     try:
-        journal = raft.DurableJournal(str(path))
+        journal = DurableJournal(str(path))
     except StorageError:
         return
     try:
@@ -516,7 +521,7 @@ def test_journal_recovery_of_damaged_files(tmp_path_factory: pytest.TempPathFact
         if damage == "none":
             assert len(got) == n
         # Whatever was cut is gone from the file too: reopening gives the same entries.
-        reopened = raft.DurableJournal(str(path))
+        reopened = DurableJournal(str(path))
         assert [tuple(reopened[i]) for i in range(len(reopened))] == got
         reopened._destroy()
     finally:
@@ -531,7 +536,7 @@ def test_journal_meta_of_arbitrary_content(tmp_path_factory: pytest.TempPathFact
     directory = tmp_path_factory.mktemp("meta")
     (directory / "raft.journal.meta").write_bytes(raw)
     try:
-        journal = raft.DurableJournal(str(directory / "raft.journal"))
+        journal = DurableJournal(str(directory / "raft.journal"))
     except StorageError:
         return
     try:
@@ -583,7 +588,7 @@ def test_restricted_loads_of_arbitrary_pickles(obj: Any, protocol: int) -> None:
     """Only plain data comes out; any global but the allowed ones is refused."""
     blob = pickle.dumps(obj, protocol=protocol)
     try:
-        loaded = raft.restricted_loads(blob)
+        loaded = restricted_loads(blob)
     except pickle.UnpicklingError:
         return
     for item in _walk(loaded):
@@ -599,7 +604,7 @@ def test_restricted_loads_of_arbitrary_bytes(blob: bytes) -> None:
     """Garbage fails with an exception (pysyncobj drops the connection on any), never by
     running code; what loads is plain data."""
     try:
-        loaded = raft.restricted_loads(blob)
+        loaded = restricted_loads(blob)
     except Exception:  # pysyncobj drops the link on any exception (bare except)
         return
     for item in _walk(loaded):

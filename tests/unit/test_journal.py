@@ -1,8 +1,9 @@
-"""raftsso.raft.DurableJournal: the fsynced, CRC-checked Raft journal (and snapshot files)."""
+"""raftsso.raft.journal: the fsynced, CRC-checked Raft journal (and snapshot files)."""
 
 from __future__ import annotations
 
 import errno
+import itertools
 import logging
 import os
 import stat
@@ -13,12 +14,18 @@ from pathlib import Path
 import pytest
 from pysyncobj.journal import FileJournal
 
-from raftsso import raft
 from raftsso.errors import DecodeError, StorageError
-from raftsso.raft import DurableJournal, read_snapshot_file
+from raftsso.fsm import KeyringStateMachine
+from raftsso.raft import journal as raft_journal
+from raftsso.raft import meta as raft_meta
+from raftsso.raft import snapshot as raft_snapshot
+from raftsso.raft import storage
+from raftsso.raft.journal import DurableJournal
+from raftsso.raft.snapshot import read_snapshot_file
 from raftsso.wire import versioned
+from tests.descriptors import no_free_descriptors
 
-HEADER = raft.JOURNAL_MAGIC + bytes([raft.JOURNAL_FORMAT])
+HEADER = raft_journal.JOURNAL_MAGIC + bytes([raft_journal.JOURNAL_FORMAT])
 RECORD_OVERHEAD = 8 + 16  # length + crc, index + term
 
 
@@ -52,7 +59,7 @@ def open_journal(opened: list[DurableJournal]) -> OpenJournal:
 def failures(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Record storage failures instead of ending the test process."""
     calls: list[str] = []
-    monkeypatch.setattr(raft, "on_storage_failure", calls.append)
+    monkeypatch.setattr(storage, "on_storage_failure", calls.append)
     return calls
 
 
@@ -68,6 +75,10 @@ def _fill(j: DurableJournal, entries: list[tuple[bytes, int, int]]) -> None:
 
 def _record_size(entry: tuple[bytes, int, int]) -> int:
     return RECORD_OVERHEAD + len(entry[0])
+
+
+def _slots(path: str) -> list[Path]:
+    return [Path(f"{path}.meta.0"), Path(f"{path}.meta.1")]
 
 
 # -- basics -----------------------------------------------------------------------------
@@ -190,9 +201,10 @@ def test_term_and_vote_are_durable_at_once(path: str, open_journal: OpenJournal)
     third = open_journal(path)
     assert third.getCurrentTerm() == 8
     assert third.getVotedForNodeId() is None
-    meta = Path(path + ".meta")
-    assert stat.S_IMODE(meta.stat().st_mode) == 0o600
-    assert meta.read_bytes()[0] == raft.META_FORMAT
+    for slot in _slots(path):
+        assert stat.S_IMODE(slot.stat().st_mode) == 0o600
+        assert slot.read_bytes().startswith(raft_meta.SLOT_MAGIC)
+    assert not Path(path + ".meta").exists()
 
 
 def test_commit_index_is_saved_on_flush(path: str, open_journal: OpenJournal) -> None:
@@ -220,12 +232,86 @@ def test_destroy_flushes_meta(path: str) -> None:
         again._destroy()
 
 
+def test_term_and_vote_alternate_between_two_slots(path: str,
+                                                  open_journal: OpenJournal) -> None:
+    j = open_journal(path)
+    sizes = []
+    for term in range(1, 5):
+        j.setCurrentTerm(term, None)
+        sizes.append(tuple(slot.read_bytes() for slot in _slots(path)))
+    # every write changes one slot only, the other one keeps the previous record
+    for before, after in itertools.pairwise(sizes):
+        assert sum(a != b for a, b in zip(before, after, strict=True)) == 1
+
+
+def test_a_torn_meta_write_falls_back_to_the_previous_record(
+        path: str, open_journal: OpenJournal) -> None:
+    j = open_journal(path)
+    j.setCurrentTerm(3, "a:1")
+    before = [slot.read_bytes() for slot in _slots(path)]
+    j.setCurrentTerm(4, "b:2")
+    after = [slot.read_bytes() for slot in _slots(path)]
+    (written,) = [i for i in range(2) if before[i] != after[i]]
+    torn = bytearray(after[written])
+    torn[-1] ^= 0xFF  # a crash in the middle of the in-place write
+    _slots(path)[written].write_bytes(bytes(torn))
+    again = open_journal(path)
+    assert (again.getCurrentTerm(), again.getVotedForNodeId()) == (3, "a:1")
+    # the next write goes to the torn slot again, and wins
+    again.setCurrentTerm(5, None)
+    third = open_journal(path)
+    assert (third.getCurrentTerm(), third.getVotedForNodeId()) == (5, None)
+
+
+def test_a_torn_first_meta_write_is_no_meta(path: str, open_journal: OpenJournal) -> None:
+    j = open_journal(path)
+    j.setCurrentTerm(2, "a:1")
+    (written,) = [slot for slot in _slots(path) if slot.stat().st_size]
+    written.write_bytes(written.read_bytes()[:-3])
+    assert open_journal(path).getCurrentTerm() == 0
+
+
+def test_both_meta_slots_damaged_refuses_to_start(path: str,
+                                                  open_journal: OpenJournal) -> None:
+    j = open_journal(path)
+    j.setCurrentTerm(2, None)
+    j.setCurrentTerm(3, None)
+    for slot in _slots(path):
+        slot.write_bytes(b"\x00" * slot.stat().st_size)
+    with pytest.raises(StorageError, match="both damaged"):
+        DurableJournal(path)
+
+
+def test_a_meta_file_of_the_old_format_is_read_and_moved_into_the_slots(
+        path: str, open_journal: OpenJournal) -> None:
+    old = Path(path + ".meta")
+    old.write_bytes(versioned(raft_meta.META_FORMAT,
+                              {"term": 6, "voted_for": "a:1", "commit_index": 17}))
+    j = open_journal(path)
+    assert (j.getCurrentTerm(), j.getVotedForNodeId(), j.getRaftCommitIndex()) == \
+        (6, "a:1", 17)
+    assert not old.exists()
+    again = open_journal(path)
+    assert (again.getCurrentTerm(), again.getVotedForNodeId(),
+            again.getRaftCommitIndex()) == (6, "a:1", 17)
+
+
+def test_an_old_meta_file_left_by_a_crash_during_the_upgrade_is_ignored(
+        path: str, open_journal: OpenJournal) -> None:
+    j = open_journal(path)
+    j.setCurrentTerm(9, None)
+    old = Path(path + ".meta")
+    old.write_bytes(versioned(raft_meta.META_FORMAT, {"term": 6}))
+    assert open_journal(path).getCurrentTerm() == 9
+    assert not old.exists()
+
+
 # -- torn and corrupt files -------------------------------------------------------------
 
 
 def _torn_warnings(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
     return [r for r in caplog.records
-            if r.name == "raftsso.raft" and r.levelno == logging.WARNING
+            if r.name == "raftsso.raft.journal" and r.levelno == logging.WARNING
             and "torn or corrupt tail" in r.getMessage()]
 
 
@@ -241,7 +327,7 @@ def test_garbage_tail_is_cut_with_a_warning(path: str, open_journal: OpenJournal
     good_size = Path(path).stat().st_size
     with Path(path).open("ab") as fh:
         fh.write(garbage)
-    caplog.set_level(logging.WARNING, logger="raftsso.raft")
+    caplog.set_level(logging.WARNING, logger="raftsso.raft.journal")
     j = open_journal(path)
     assert [j[i] for i in range(len(j))] == entries
     assert len(_torn_warnings(caplog)) == 1
@@ -260,7 +346,7 @@ def test_every_cut_inside_the_last_record_is_detected(path: str, open_journal: O
     _fill(open_journal(path), entries)
     full = Path(path).read_bytes()
     last = _record_size(entries[-1])
-    caplog.set_level(logging.WARNING, logger="raftsso.raft")
+    caplog.set_level(logging.WARNING, logger="raftsso.raft.journal")
     for cut in range(1, last):
         Path(path).write_bytes(full[:-cut])
         caplog.clear()
@@ -276,7 +362,7 @@ def test_a_flipped_byte_in_the_last_record_is_caught_by_the_crc(
     _fill(open_journal(path), entries)
     full = Path(path).read_bytes()
     last = _record_size(entries[-1])
-    caplog.set_level(logging.WARNING, logger="raftsso.raft")
+    caplog.set_level(logging.WARNING, logger="raftsso.raft.journal")
     for pos in range(len(full) - last, len(full)):
         damaged = bytearray(full)
         damaged[pos] ^= 0x40
@@ -308,7 +394,7 @@ def test_every_damaged_byte_before_a_valid_record_refuses_to_start(
     _fill(open_journal(path), entries)
     full = Path(path).read_bytes()
     start = len(HEADER) + sum(_record_size(e) for e in entries[:record])
-    caplog.set_level(logging.WARNING, logger="raftsso.raft")
+    caplog.set_level(logging.WARNING, logger="raftsso.raft.journal")
     for pos in range(start, start + _record_size(entries[record])):
         damaged = bytearray(full)
         damaged[pos] ^= 0x40
@@ -344,7 +430,7 @@ def test_a_torn_record_that_embeds_an_older_record_is_still_a_tail(
     earlier = full[len(HEADER):len(HEADER) + _record_size(entries[0])]
     torn = struct.pack(">II", 500, 0) + struct.pack(">QQ", 5, 2) + earlier
     Path(path).write_bytes(full + torn)
-    caplog.set_level(logging.WARNING, logger="raftsso.raft")
+    caplog.set_level(logging.WARNING, logger="raftsso.raft.journal")
     j = open_journal(path)
     assert [j[i] for i in range(len(j))] == entries
     assert len(_torn_warnings(caplog)) == 1
@@ -397,7 +483,7 @@ def test_a_pysyncobj_journal_is_refused_untouched(path: str) -> None:
 
 
 @pytest.mark.parametrize("meta", [b"", b"\x80\x02}q\x00.", b"\x02\x80", b"\x01\xc1",
-                                  versioned(raft.META_FORMAT, [1, 2])],
+                                  versioned(raft_meta.META_FORMAT, [1, 2])],
                          ids=["empty", "pickle", "format-2", "garbage", "list"])
 def test_a_foreign_meta_file_is_refused(path: str, meta: bytes) -> None:
     Path(path + ".meta").write_bytes(meta)
@@ -428,7 +514,7 @@ def test_failing_fdatasync_does_not_append(path: str, open_journal: OpenJournal,
     assert j[-1] == entries[-1]
     # once the disk is back (in real life: after a restart), the journal stays consistent
     monkeypatch.undo()
-    monkeypatch.setattr(raft, "on_storage_failure", failures.append)
+    monkeypatch.setattr(storage, "on_storage_failure", failures.append)
     j.add(b"\x00ok", 4, 1)
     assert [j[i] for i in range(len(j))] == [*entries, (b"\x00ok", 4, 1)]
     again = open_journal(path)
@@ -457,7 +543,14 @@ def test_failing_fsync_of_term_and_vote_calls_the_failure_hook(
         j.setCurrentTerm(3, "127.0.0.1:7100")
     assert len(failures) == 1
     monkeypatch.undo()
-    assert DurableJournal(path).getCurrentTerm() == 2
+    # The record is written in place: after a failed fsync a restart may read the old
+    # term or the new one from the page cache. Both are safe: nothing that reflects the
+    # new term was sent (the node stopped), and terms only go up.
+    again = DurableJournal(path)
+    try:
+        assert again.getCurrentTerm() in (2, 3)
+    finally:
+        again._destroy()
 
 
 def test_failing_term_write_leaves_the_old_term_visible(
@@ -538,7 +631,7 @@ def test_failing_term_write_keeps_a_pending_commit_index(
         j.setCurrentTerm(3, None)
     assert (j.getCurrentTerm(), j.getVotedForNodeId(), j.getRaftCommitIndex()) == (2, "a:1", 7)
     monkeypatch.undo()
-    monkeypatch.setattr(raft, "on_storage_failure", failures.append)
+    monkeypatch.setattr(storage, "on_storage_failure", failures.append)
     j.setCurrentTerm(3, None)  # writes the pending commit index along with the new term
     again = open_journal(path)
     assert (again.getCurrentTerm(), again.getVotedForNodeId(),
@@ -563,14 +656,14 @@ def test_failing_compaction_keeps_the_old_file(path: str, open_journal: OpenJour
 
 
 def test_the_default_failure_hook_ends_the_process() -> None:
-    assert raft.on_storage_failure is raft._die
+    assert storage.on_storage_failure is storage._die
 
 
 # -- snapshot files (read before pysyncobj sees them) -----------------------------------
 
 
 def test_snapshot_file_round_trip(tmp_path: Path) -> None:
-    blob = versioned(raft.SNAPSHOT_FILE_FORMAT, {
+    blob = versioned(raft_snapshot.SNAPSHOT_FILE_FORMAT, {
         "fsm": b"\x01fsm", "last": [b"\x00c", 10, 2], "prev": [b"\x00b", 9, 2],
         "cluster": ["127.0.0.1:7100", "127.0.0.1:7103"]})
     path = tmp_path / "raft.snapshot"
@@ -588,9 +681,110 @@ def test_snapshot_file_round_trip(tmp_path: Path) -> None:
 ], ids=repr)
 def test_malformed_snapshot_files(tmp_path: Path, raw: object) -> None:
     path = tmp_path / "raft.snapshot"
-    path.write_bytes(versioned(raft.SNAPSHOT_FILE_FORMAT, raw))
+    path.write_bytes(versioned(raft_snapshot.SNAPSHOT_FILE_FORMAT, raw))
     with pytest.raises(DecodeError):
         read_snapshot_file(path)
     path.write_bytes(b"\x1f\x8b gzip+pickle from pysyncobj")
     with pytest.raises(DecodeError):
         read_snapshot_file(path)
+
+
+# -- running out of file descriptors is not a storage failure (issue 11) -----------------
+
+
+def test_appends_term_vote_and_truncation_need_no_new_descriptor(
+        path: str, open_journal: OpenJournal, failures: list[str],
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="raftsso.raft.storage")
+    entries = _entries(6)
+    j = open_journal(path)
+    _fill(j, entries)
+    j.setCurrentTerm(1, None)
+    replacement = (b"\x00other", 5, 3)
+    with no_free_descriptors():
+        with pytest.raises(OSError):
+            os.open("/dev/null", os.O_RDONLY)
+        j.add(b"\x00seven", 7, 2)
+        j.setCurrentTerm(3, "127.0.0.1:7100")
+        j.setRaftCommitIndex(4)
+        j.onOneSecondTimer()
+        j.deleteEntriesFrom(4)  # a conflicting append from a new leader...
+        j.add(*replacement)  # ...makes the cut real (ftruncate)
+        j.deleteEntriesTo(2)  # log compaction needs a new file: postponed
+        assert len(j) == 5
+    assert not failures, "running out of descriptors was taken for a storage failure"
+    assert any("Raft log compaction postponed" in r.getMessage() for r in caplog.records)
+    again = open_journal(path)
+    assert [again[i] for i in range(len(again))] == [*entries[:4], replacement]
+    assert (again.getCurrentTerm(), again.getVotedForNodeId(),
+            again.getRaftCommitIndex()) == (3, "127.0.0.1:7100", 4)
+    j.deleteEntriesTo(2)  # descriptors are back: the compaction runs
+    third = open_journal(path)
+    assert [third[i] for i in range(len(third))] == [*entries[2:4], replacement]
+
+
+def test_a_journal_longer_than_its_snapshot_is_trimmed_at_start(
+        path: str, open_journal: OpenJournal) -> None:
+    entries = _entries(10)
+    j = open_journal(path)
+    _fill(j, entries)
+    # A snapshot covering up to entry 6 was written, the compaction did not run.
+    assert j.trim_to_snapshot(entries[4], entries[5]) is True
+    assert [j[i] for i in range(len(j))] == entries[4:]
+    assert [open_journal(path)[i] for i in range(6)] == entries[4:]
+    assert j.trim_to_snapshot(entries[4], entries[5]) is False  # already at the head
+    assert j.trim_to_snapshot((b"\x00x", 40, 9), (b"\x00y", 41, 9)) is False
+    assert len(j) == 6
+
+
+def _snapshot_blob(last: tuple[bytes, int, int], prev: tuple[bytes, int, int]) -> bytes:
+    return versioned(raft_snapshot.SNAPSHOT_FILE_FORMAT, {
+        "fsm": KeyringStateMachine().snapshot(), "last": list(last), "prev": list(prev),
+        "cluster": ["127.0.0.1:7100"]})
+
+
+def test_a_snapshot_that_finds_no_descriptor_is_postponed(tmp_path: Path,
+                                                          failures: list[str]) -> None:
+    codec = raft_snapshot.SnapshotCodec(KeyringStateMachine(), tmp_path)
+    codec.open()
+    target = str(tmp_path / "raft.snapshot.tmp")
+    data = ((b"\x00c", 10, 2), (b"\x00b", 9, 2), [])
+    try:
+        with no_free_descriptors(), pytest.raises(storage.TransientStorageError):
+            codec(target, data)
+        assert codec.retry_at > 0
+        assert not failures
+        codec(target, data)
+        assert read_snapshot_file(Path(target))[1:3] == ((b"\x00c", 10, 2), (b"\x00b", 9, 2))
+        assert stat.S_IMODE(Path(target).stat().st_mode) == 0o600
+    finally:
+        codec.close()
+
+
+def test_a_received_snapshot_is_durable_and_loads_without_a_new_descriptor(
+        tmp_path: Path, failures: list[str]) -> None:
+    machine = KeyringStateMachine()
+    codec = raft_snapshot.SnapshotCodec(machine, tmp_path)
+    codec.open()
+    final = tmp_path / "raft.snapshot"
+    serializer = raft_snapshot.DurableSerializer(str(final), 64, False, codec,
+                                                 codec.deserialize, None)
+    blob = _snapshot_blob((b"\x00c", 10, 2), (b"\x00b", 9, 2))
+    try:
+        # a transfer that cannot start is dropped (the leader starts it again)
+        with no_free_descriptors():
+            assert serializer.setTransmissionData((blob[:5], True, False)) is False
+        assert serializer.setTransmissionData((blob[5:], False, False)) is False
+        assert not final.exists()
+        assert serializer.setTransmissionData((blob[:5], True, False)) is False
+        assert serializer.setTransmissionData((blob[5:], False, False)) is False
+        assert serializer.setTransmissionData((b"", False, True)) is True
+        assert final.read_bytes() == blob  # in place (and fsynced) before pysyncobj loads it
+        with no_free_descriptors():
+            last, prev, cluster = codec.deserialize(str(final))
+        assert (last, prev, cluster) == ((b"\x00c", 10, 2), (b"\x00b", 9, 2),
+                                         ["127.0.0.1:7100"])
+        assert codec.received_fd is None
+        assert not failures
+    finally:
+        codec.close()

@@ -1,4 +1,4 @@
-"""raftsso.raft peer hardening: restricted unpickling, bounded frames, patched pysyncobj."""
+"""raftsso.raft.hardening: restricted unpickling, bounded frames, patched pysyncobj."""
 
 from __future__ import annotations
 
@@ -21,9 +21,10 @@ import pysyncobj.tcp_connection as pso_tcp
 import pytest
 from pysyncobj.serializer import Serializer
 
-from raftsso import raft
 from raftsso.errors import StorageError
-from raftsso.raft import DurableJournal, restricted_loads
+from raftsso.raft import hardening as raft
+from raftsso.raft.hardening import restricted_loads
+from raftsso.raft.journal import DurableJournal
 
 # -- what pysyncobj really sends ----------------------------------------------------------
 

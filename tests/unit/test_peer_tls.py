@@ -1,4 +1,4 @@
-"""raftsso.peer_tls in one process: two PeerLinks on 127.0.0.1 with certificates of a test CA.
+"""raftsso.raft.peer_links in one process: two PeerLinks on 127.0.0.1, certificates of a test CA.
 
 pysyncobj is not involved: each side's "pysyncobj end" is the plain socket that ``dial``
 returns or that ``on_incoming`` receives. Every wait has a deadline and polls a condition
@@ -18,8 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from raftsso import peer_tls, pki
-from raftsso.peer_tls import PeerLinks, failure_reason
+from raftsso import pki
+from raftsso.raft import peer_links as peer_tls
+from raftsso.raft.peer_links import PeerLinks, failure_reason
+from raftsso.tlserrors import LABELS, handshake_failure_reason
+from tests.descriptors import no_free_descriptors
 from tests.harness import wait_for
 
 TIMEOUT = 10.0
@@ -320,16 +323,80 @@ def test_a_silent_connection_is_dropped_after_the_handshake_timeout(
     _logged(caplog, "refused a Raft peer connection", "handshake timeout")
 
 
-def test_handshakes_beyond_the_limit_are_refused_at_once(
+def _connect_from(source: str, address: str) -> socket.socket:
+    host, port = address.split(":")
+    return socket.create_connection((host, int(port)), timeout=TIMEOUT,
+                                    source_address=(source, 0))
+
+
+def test_handshakes_beyond_the_limit_drop_the_oldest_of_the_busiest_source(
         sides: Callable[..., Side], caplog: pytest.LogCaptureFixture) -> None:
     _, b = _pair(sides, max_handshakes=1)
+    with _connect_from("127.0.0.2", b.address) as first:
+        wait_for(lambda: b.links.counts()["handshakes"] == 1, TIMEOUT,
+                 what="the first handshake")
+        with _connect_from("127.0.0.3", b.address):
+            assert _closed(first)  # made room for the newer one
+            _logged(caplog, "dropped a Raft peer connection from 127.0.0.2", "make room")
+            assert b.links.counts()["handshakes"] == 1
+
+
+def test_connections_beyond_the_limit_per_source_are_refused_at_once(
+        sides: Callable[..., Side], caplog: pytest.LogCaptureFixture) -> None:
+    _, b = _pair(sides, max_per_source=2)
+    held = [_connect_from("127.0.0.2", b.address) for _ in range(2)]
+    try:
+        wait_for(lambda: b.links.counts()["handshakes"] == 2, TIMEOUT,
+                 what="two handshakes from one source")
+        with _connect_from("127.0.0.2", b.address) as third:
+            assert _closed(third)
+        _logged(caplog, "raft port: 127.0.0.2 has 2 connections open")
+        with _connect_from("127.0.0.3", b.address):  # another source still gets in
+            wait_for(lambda: b.links.counts()["handshakes"] == 3, TIMEOUT,
+                     what="a handshake from another source")
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def test_strangers_cannot_crowd_a_member_out(sides: Callable[..., Side],
+                                             caplog: pytest.LogCaptureFixture) -> None:
+    a, b = _pair(sides, max_handshakes=1, max_connections=1)
+    with _connect_from("127.0.0.2", b.address) as stranger:
+        wait_for(lambda: b.links.counts()["handshakes"] == 1, TIMEOUT,
+                 what="the stranger's handshake")
+        # every slot is taken by a stranger who never finishes, yet node1 gets in
+        ours = _dial(a, b.address)
+        ours.sendall(b"member")
+        theirs, address = b.accept()
+        assert address == a.address
+        assert _recv_exactly(theirs, 6) == b"member"
+        assert _closed(stranger)
+        # the member's link is settled: now the port is full, and a newcomer is refused
+        with _connect_from("127.0.0.3", b.address) as late:
+            assert _closed(late)
+        _logged(caplog, "raft port: 1 connections are open")
+        assert b.links.counts() == {"open": 1, "handshakes": 0}
+        ours.close()
+        theirs.close()
+    wait_for(lambda: b.links.counts()["open"] == 0, TIMEOUT,
+             what="the closed link to leave the gate")
+
+
+def test_an_accept_without_a_free_descriptor_backs_off_and_recovers(
+        sides: Callable[..., Side], caplog: pytest.LogCaptureFixture) -> None:
+    _, b = _pair(sides)
+    waiting = socket.socket()
+    waiting.settimeout(TIMEOUT)
+    waiting.bind(("127.0.0.2", 0))
     host, port = b.address.split(":")
-    with socket.create_connection((host, int(port)), timeout=TIMEOUT) as first:
-        wait_for(lambda: b.links._handshakes == 1, TIMEOUT, what="the first handshake")
-        with socket.create_connection((host, int(port)), timeout=TIMEOUT) as second:
-            assert _closed(second)
-        _logged(caplog, "handshakes are already under way")
-        first.close()
+    with no_free_descriptors():
+        waiting.connect((host, int(port)))  # in the backlog: accept() finds no descriptor
+        _logged(caplog, "raft port: out of descriptors or memory while accepting")
+    # descriptors are back: after the pause the waiting connection is accepted
+    wait_for(lambda: b.links.counts()["handshakes"] == 1, TIMEOUT,
+             what="the waiting connection to be accepted")
+    waiting.close()
 
 
 # -- membership and idleness ------------------------------------------------------------
@@ -388,11 +455,18 @@ def test_a_busy_port_is_a_config_error(certs: Pki, monkeypatch: pytest.MonkeyPat
             links.start()
 
 
-def test_failure_reasons() -> None:
+def test_failure_reasons_are_the_service_ports_labels_in_words() -> None:
+    # One classification for both listeners (raftsso.tlserrors): the Raft port logs the
+    # words of the label the service port counts in its metrics.
     assert failure_reason(TimeoutError()) == "handshake timeout"
+    aborted = ConnectionAbortedError("SSL handshake is taking longer than 5.0 seconds: "
+                                     "aborting the connection")
+    assert handshake_failure_reason(aborted) == "timeout"
     assert failure_reason(ssl.SSLCertVerificationError()) == "certificate not accepted"
+    assert handshake_failure_reason(ssl.SSLCertVerificationError()) == "bad_certificate"
     assert failure_reason(ConnectionResetError()) == "closed during the handshake"
-    assert failure_reason(ValueError()) == "ValueError"
+    assert handshake_failure_reason(ValueError()) == "other"
+    assert {failure_reason(e) for e in (TimeoutError(), ValueError())} <= set(LABELS.values())
 
 
 def test_peer_contexts_speak_only_tls13(certs: Pki) -> None:

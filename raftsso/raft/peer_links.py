@@ -1,7 +1,7 @@
 """Mutual TLS between Raft peers: pysyncobj's bytes travel only over authenticated links.
 
 pysyncobj 0.3.17 pickles its messages and guards them with one shared Fernet password
-(:mod:`raftsso.raft` keeps that password, restricts the unpickler and caps frames). A leaked
+(:mod:`raftsso.raft.hardening` restricts the unpickler and caps frames). A leaked
 password alone would still let anyone who reaches the Raft port join as a member, send
 commands and read every sealed secret. With peer TLS (``peer_tls = true``, the default)
 pysyncobj binds no port and opens no connection of its own; this module carries its bytes::
@@ -23,19 +23,26 @@ pysyncobj binds no port and opens no connection of its own; this module carries 
   name), carry the role ``node`` and have as common name the member id that this node's
   directory gives for that address. Until then pysyncobj's bytes wait in the socketpair; on
   any failure both ends close and pysyncobj retries after ``connection_retry``.
-* **Bounded.** At most :data:`MAX_HANDSHAKES` incoming handshakes at a time, each within
-  ``handshake_timeout``; a link idle for ``idle_timeout`` is closed (pysyncobj's own
-  ``connection_timeout`` is shorter and normally closes idle links first); a link whose peer
-  stops being a member is closed within a second. Reading from one side pauses while the
-  other side's write buffer is full. The two sides of a link close together. Refusals are
-  logged, at most one line per second for each reason and remote host.
+* **Bounded.** Anyone who reaches the port can connect, so incoming connections go through
+  the same kind of gate as the service port's (:class:`raftsso.limits.Gate`, ``[limits]``
+  ``peer_max_connections``, ``peer_max_handshakes``, ``peer_max_per_source``): past the
+  total or per-source cap a connection is closed at once; when the handshake slots are
+  full, the oldest handshake of the busiest source is dropped, so a flood of connections
+  that never finish their handshake cannot shut out a member (whose handshake takes
+  milliseconds). Each handshake must finish within ``handshake_timeout``; an ``accept``
+  that finds no descriptor left backs off instead of spinning and emits
+  ``resources_exhausted``. A link idle for ``idle_timeout`` is closed (pysyncobj's own
+  ``connection_timeout`` is shorter and normally closes idle links first); a link whose
+  peer stops being a member is closed within a second. Reading from one side pauses while
+  the other side's write buffer is full. The two sides of a link close together. Refusals
+  are logged, at most one line per second for each reason and remote host.
 
 Why socketpairs and not a loopback port for pysyncobj: a port on 127.0.0.1 can be reached by
 every local user of the host, who with the password could join through it; a socketpair has
 no address. The links run in their own thread with its own event loop, so Raft heartbeats
 never queue behind SSO client requests on the service's loop.
 
-This module knows nothing of pysyncobj; :mod:`raftsso.raft` wires it in.
+This module knows nothing of pysyncobj; :mod:`raftsso.raft.transport` wires it in.
 """
 
 from __future__ import annotations
@@ -55,12 +62,27 @@ from typing import Any
 from raftsso import pki
 from raftsso.config import split_address
 from raftsso.errors import ConfigError
+from raftsso.limits import (
+    DEFAULT_PEER_MAX_CONNECTIONS,
+    DEFAULT_PEER_MAX_HANDSHAKES,
+    DEFAULT_PEER_MAX_PER_SOURCE,
+    Gate,
+    PortLimits,
+    Ticket,
+    accept_loop,
+    is_exhaustion,
+    listen,
+    peer_label,
+    source_of,
+    swallow_eviction,
+)
+from raftsso.logs import RateLimiter
+from raftsso.tlserrors import describe, handshake_failure_reason
 
 log = logging.getLogger(__name__)
 
 HANDSHAKE_TIMEOUT = 5.0
 IDLE_TIMEOUT = 120.0
-MAX_HANDSHAKES = 64
 # Bytes accepted from one side of a link before the other side is connected; beyond it
 # reading pauses (pysyncobj's frames are capped at 4 MiB, a heartbeat is ~100 bytes).
 PENDING_LIMIT = 1 << 20
@@ -84,58 +106,8 @@ def peer_context(ca: Path, cert: Path, key: Path, *, server: bool) -> ssl.SSLCon
 
 
 def failure_reason(exc: BaseException) -> str:
-    """A short label for a failed TLS handshake (the key of the refusal log's rate limit)."""
-    if isinstance(exc, TimeoutError):
-        return "handshake timeout"
-    if isinstance(exc, ConnectionAbortedError) and "handshake" in str(exc):
-        return "handshake timeout"
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return "certificate not accepted"
-    if isinstance(exc, ssl.SSLError):
-        text = f"{exc.reason or ''} {exc}".upper()
-        if "PEER_DID_NOT_RETURN_A_CERTIFICATE" in text or "NO_CERTIFICATE" in text:
-            return "no client certificate"
-        if "CERTIFICATE" in text or "UNKNOWN_CA" in text or "BAD_SIGNATURE" in text:
-            return "certificate not accepted"
-        if "EOF" in text:
-            return "closed during the handshake"
-        return "not TLS 1.3 or not TLS at all"
-    if isinstance(exc, ConnectionError | EOFError):
-        return "closed during the handshake"
-    return type(exc).__name__
-
-
-class _Refusals:
-    """Warnings about refused peers, at most one line per second per (reason, host)."""
-
-    def __init__(self) -> None:
-        self._last: dict[tuple[str, str], float] = {}
-        self._suppressed: dict[tuple[str, str], int] = {}
-
-    def warn(self, reason: str, host: str, message: str, level: int = logging.WARNING) -> None:
-        key = (reason, host)
-        now = time.monotonic()
-        if now - self._last.get(key, -1e9) < 1.0:
-            self._suppressed[key] = self._suppressed.get(key, 0) + 1
-            return
-        if len(self._last) > 1024:  # many hosts: forget the old ones
-            self._last.clear()
-            self._suppressed.clear()
-        self._last[key] = now
-        more = self._suppressed.pop(key, 0)
-        log.log(level, "%s%s", message, f" ({more} more like it suppressed)" if more else "")
-
-
-def _host_of(peername: Any) -> str:
-    if isinstance(peername, tuple) and peername:
-        return str(peername[0])
-    return "?"
-
-
-def _peer_label(peername: Any) -> str:
-    if isinstance(peername, tuple) and len(peername) >= 2:
-        return f"{peername[0]}:{peername[1]}"
-    return "?"
+    """A short description of a failed TLS handshake (see :mod:`raftsso.tlserrors`)."""
+    return describe(handshake_failure_reason(exc))
 
 
 def _set_keepalive(transport: asyncio.BaseTransport) -> None:
@@ -202,6 +174,9 @@ class _Link:
         self.remote = _Half(self)
         self.last_active = time.monotonic()
         self.closed = False
+        # Set when the link closes: the handler of an incoming link waits for it, so the
+        # port's gate counts the link as an open connection for as long as it lasts.
+        self.done: asyncio.Future[None] | None = None
 
     def join(self) -> None:
         """Start forwarding both ways, first what either side sent meanwhile."""
@@ -225,6 +200,8 @@ class _Link:
             return
         self.closed = True
         self.owner._links.discard(self)
+        if self.done is not None and not self.done.done():
+            self.done.set_result(None)
         for half in (self.local, self.remote):
             if half.transport is not None:
                 # Both at once: whatever one side still had to say is moot without the other.
@@ -238,7 +215,9 @@ class PeerLinks:
                  members: Members, on_incoming: Incoming,
                  handshake_timeout: float = HANDSHAKE_TIMEOUT,
                  idle_timeout: float = IDLE_TIMEOUT,
-                 max_handshakes: int = MAX_HANDSHAKES) -> None:
+                 max_connections: int = DEFAULT_PEER_MAX_CONNECTIONS,
+                 max_handshakes: int = DEFAULT_PEER_MAX_HANDSHAKES,
+                 max_per_source: int = DEFAULT_PEER_MAX_PER_SOURCE) -> None:
         self.node_id = node_id
         self.listen = listen
         self._members = members
@@ -247,16 +226,24 @@ class PeerLinks:
         self._client_ctx = peer_context(ca, cert, key, server=False)
         self.handshake_timeout = handshake_timeout
         self.idle_timeout = idle_timeout
-        self.max_handshakes = max_handshakes
+        # The port's caps ([limits] peer_max_*), the service port's kind of gate: the
+        # handshakes in progress are its "pending" connections, member links settled ones.
+        self.gate = Gate("raft", PortLimits(max_connections, max_handshakes, max_per_source))
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
-        self._server: asyncio.Server | None = None
+        self._listeners: list[socket.socket] = []
         self._sweeper: asyncio.Task[None] | None = None
         self._links: set[_Link] = set()
-        self._handshakes = 0
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._refusals = _Refusals()
+        self._accepting: set[asyncio.Task[None]] = set()  # accept loops
+        self._handlers: set[asyncio.Task[None]] = set()  # incoming connections
+        # Refusals: at most one line a second per (reason, host).
+        self._refusals = RateLimiter(1.0)
         self._closing = False
+
+    def _refuse(self, key: tuple[str, str], message: str,
+                level: int = logging.WARNING) -> None:
+        self._refusals.log(key, log, level, message)
 
     # lifecycle ------------------------------------------------------------------------
 
@@ -279,13 +266,12 @@ class PeerLinks:
         loop.run_forever()
 
     async def _start(self) -> None:
-        host, port = split_address(self.listen)
         loop = asyncio.get_running_loop()
         deadline = time.monotonic() + BIND_PATIENCE
+        host, port = split_address(self.listen)
         while True:
             try:
-                self._server = await loop.create_server(
-                    lambda: _Front(self), host, port, reuse_address=True, backlog=128)
+                self._listeners = listen(host, port)
                 break
             except OSError as exc:
                 # A previous process may still hold the port for a moment.
@@ -293,6 +279,9 @@ class PeerLinks:
                     raise ConfigError(f"cannot listen for Raft peers on {self.listen}: "
                                       f"{exc.strerror or exc}") from None
                 await asyncio.sleep(0.2)
+        for sock in self._listeners:
+            self._accepting.add(loop.create_task(
+                accept_loop(sock, self.gate, self._admit, self._handlers)))
         self._sweeper = loop.create_task(self._sweep())
         log.info("Raft peer links: mutual TLS on %s (role %r, current members only)",
                  self.listen, ROLE)
@@ -312,24 +301,32 @@ class PeerLinks:
 
     async def _shutdown(self) -> None:
         self._closing = True
-        if self._server is not None:
-            self._server.close()
+        for task in self._accepting:
+            task.cancel()
+        for sock in self._listeners:
+            sock.close()
+        self._listeners = []
         if self._sweeper is not None:
             self._sweeper.cancel()
-        for task in list(self._tasks):
+        for task in (*self._tasks, *self._handlers):
             task.cancel()
         for link in list(self._links):
             link.close()
-        pending = [t for t in (self._sweeper, *self._tasks) if t is not None]
+        pending = [t for t in (self._sweeper, *self._accepting, *self._tasks, *self._handlers)
+                   if t is not None]
         await asyncio.gather(*pending, return_exceptions=True)
 
     @property
     def address(self) -> tuple[str, int] | None:
         """Where the front listens (host, port), once started."""
-        if self._server is None or not self._server.sockets:
+        if not self._listeners:
             return None
-        name = self._server.sockets[0].getsockname()
+        name = self._listeners[0].getsockname()
         return str(name[0]), int(name[1])
+
+    def counts(self) -> dict[str, int]:
+        """Incoming connections now: all of them, and those still in their handshake."""
+        return {"open": self.gate.open, "handshakes": self.gate.pending}
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -366,11 +363,16 @@ class PeerLinks:
         if expected is None:
             # Normal for a moment while a member is added: Raft knows its address before
             # this node has applied the directory record that names it.
-            self._refusals.warn("unknown member", raft_address,
+            self._refuse(("unknown member", raft_address),
                                 f"not connecting to Raft address {raft_address}: no current "
                                 "member is known there (yet)", level=logging.INFO)
             return None
-        ours, theirs = socket.socketpair()
+        try:
+            ours, theirs = socket.socketpair()
+        except OSError as exc:  # out of descriptors: pysyncobj tries again later
+            self._refuse(("socketpair", raft_address),
+                                f"cannot link to Raft member {expected} now: {exc}")
+            return None
         ours.setblocking(False)
         theirs.setblocking(False)
         try:
@@ -411,7 +413,7 @@ class PeerLinks:
                 ssl_handshake_timeout=self.handshake_timeout), 2 * self.handshake_timeout)
         except OSError as exc:  # ssl.SSLError and TimeoutError included
             if isinstance(exc, ssl.SSLError | TimeoutError):
-                self._refusals.warn(failure_reason(exc), raft_address,
+                self._refuse((failure_reason(exc), raft_address),
                                     f"Raft link to {expected} at {raft_address} failed: "
                                     f"{failure_reason(exc)} ({exc})")
             else:  # the peer is down: pysyncobj retries
@@ -420,7 +422,7 @@ class PeerLinks:
         _set_keepalive(transport)
         role, name = pki.peer_identity(transport.get_extra_info("peercert"))
         if role != ROLE or name != expected:
-            self._refusals.warn("wrong server", raft_address,
+            self._refuse(("wrong server", raft_address),
                                 f"Raft link to {raft_address} refused: it presented a "
                                 f"certificate for {name!r} (role {role!r}); expected member "
                                 f"{expected!r} (role {ROLE!r})")
@@ -434,45 +436,44 @@ class PeerLinks:
 
     # incoming -------------------------------------------------------------------------
 
-    def _accepted(self, transport: asyncio.Transport) -> None:
-        peer = transport.get_extra_info("peername")
-        if self._closing:
-            transport.abort()
-            return
-        if self._handshakes >= self.max_handshakes:
-            self._refusals.warn("busy", _host_of(peer),
-                                f"refused a Raft peer connection from {_peer_label(peer)}: "
-                                f"{self._handshakes} TLS handshakes are already under way")
-            transport.abort()
-            return
-        transport.pause_reading()  # start_tls resumes it for the handshake
-        self._handshakes += 1
-        self._spawn(self._admit(transport, peer))
-
-    async def _admit(self, transport: asyncio.Transport, peer: Any) -> None:
+    async def _admit(self, sock: socket.socket, address: Any, ticket: Ticket) -> None:
+        """An incoming connection the gate let in: TLS, the member's certificate, the link."""
+        ticket.started = True
         loop = asyncio.get_running_loop()
+        host, label = source_of(address), peer_label(address)
         link = _Link(self, "in", "")
         try:
-            try:
-                tls = await loop.start_tls(transport, link.remote, self._server_ctx,
-                                           server_side=True,
-                                           ssl_handshake_timeout=self.handshake_timeout)
-            except (OSError, EOFError) as exc:  # ssl.SSLError and TimeoutError included
-                reason = failure_reason(exc)
-                self._refusals.warn(reason, _host_of(peer),
-                                    f"refused a Raft peer connection from {_peer_label(peer)}: "
-                                    f"TLS handshake failed ({reason}: {exc})")
-                transport.abort()
+            tls, _ = await asyncio.wait_for(loop.connect_accepted_socket(
+                lambda: link.remote, sock, ssl=self._server_ctx,
+                ssl_handshake_timeout=self.handshake_timeout), 2 * self.handshake_timeout)
+        except asyncio.CancelledError:
+            sock.close()
+            if swallow_eviction(ticket):  # the gate made room for a newer connection
+                self._refuse(("evicted", host), f"dropped a Raft peer connection from "
+                             f"{label} still in its TLS handshake, to make room")
                 return
-            except asyncio.CancelledError:
-                transport.abort()
-                raise
-        finally:
-            self._handshakes -= 1
-        if tls is None:
-            transport.abort()
+            raise
+        except (OSError, EOFError) as exc:  # ssl.SSLError and TimeoutError included
+            sock.close()
+            if is_exhaustion(exc):
+                self.gate.report.exhausted("starting TLS", exc)
+            reason = failure_reason(exc)
+            self._refuse((reason, host), f"refused a Raft peer connection from {label}: "
+                         f"TLS handshake failed ({reason}: {exc})")
             return
-        link.remote.transport = tls  # start_tls does not call connection_made
+        self.gate.settled(ticket)  # no longer evictable: it finished its handshake
+        link.done = loop.create_future()
+        self._links.add(link)
+        try:
+            if await self._join_incoming(link, tls, host, label):
+                await link.done  # the gate counts the link until it closes
+        finally:
+            link.close()
+
+    async def _join_incoming(self, link: _Link, tls: asyncio.BaseTransport, host: str,
+                             label: str) -> bool:
+        """Check the member's certificate and hand pysyncobj its end of the link."""
+        loop = asyncio.get_running_loop()
         role, name = pki.peer_identity(tls.get_extra_info("peercert"))
         members = self._current()
         problem = None
@@ -484,35 +485,34 @@ class PeerLinks:
         elif name not in members:
             problem = f"node {name!r} is not a current member"
         if problem is not None:
-            self._refusals.warn(f"identity {name}", _host_of(peer),
-                                f"refused a Raft peer connection from {_peer_label(peer)}: "
-                                f"{problem}")
-            tls.abort()
-            return
+            self._refuse((f"identity {name}", host),
+                         f"refused a Raft peer connection from {label}: {problem}")
+            return False
         link.peer_address = members[name]
-        _set_keepalive(transport)
-        self._links.add(link)
-        ours, theirs = socket.socketpair()
-        handed = False
+        _set_keepalive(tls)
         try:
-            ours.setblocking(False)
-            theirs.setblocking(False)
+            ours, theirs = socket.socketpair()
+        except OSError as exc:  # out of descriptors: the peer reconnects later
+            self._refuse(("socketpair", host),
+                         f"cannot hand the Raft link from {name} to pysyncobj: {exc}")
+            return False
+        ours.setblocking(False)
+        theirs.setblocking(False)
+        try:
             await loop.connect_accepted_socket(lambda: link.local, ours)
-            if link.closed:  # the peer went away meanwhile
-                return
-            link.peer_id = name
-            link.join()
-            log.debug("Raft peer %s connected from %s", name, _peer_label(peer))
-            self._on_incoming(theirs, link.peer_address)
-            handed = True
-        except OSError as exc:
-            log.warning("cannot hand the Raft link from %s to pysyncobj: %s", name, exc)
-        finally:
-            if not handed:
-                theirs.close()
-                link.close()
-                if link.local.transport is None:
-                    ours.close()
+        except BaseException:
+            theirs.close()
+            if link.local.transport is None:
+                ours.close()
+            raise
+        if link.closed:  # the peer went away meanwhile
+            theirs.close()
+            return False
+        link.peer_id = name
+        link.join()
+        log.debug("Raft peer %s connected from %s", name, label)
+        self._on_incoming(theirs, link.peer_address)
+        return True
 
     # housekeeping ---------------------------------------------------------------------
 
@@ -541,17 +541,3 @@ class PeerLinks:
     def links(self) -> list[tuple[str, str | None, str]]:
         """``(direction, peer id, peer Raft address)`` of the open links (for tests)."""
         return [(link.direction, link.peer_id, link.peer_address) for link in self._links]
-
-
-class _Front(asyncio.Protocol):
-    """A fresh TCP connection on the Raft port, before its TLS handshake."""
-
-    def __init__(self, owner: PeerLinks) -> None:
-        self.owner = owner
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.owner._accepted(transport)
-
-    def data_received(self, data: bytes) -> None:  # never: reading is paused until TLS
-        pass

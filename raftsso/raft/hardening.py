@@ -1,0 +1,160 @@
+"""Patches that close pysyncobj's holes: restricted unpickling, bounded frames, our journal.
+
+* Peer bytes are unpickled by a restricted unpickler that knows no global but
+  ``_codecs.encode``, pysyncobj's ``TCPNode`` (in membership commands) and an
+  argument-checking stand-in for ``bytes`` (``b""`` needs it).
+* A peer frame longer than :data:`MAX_PEER_FRAME` drops the connection before it is
+  buffered (pysyncobj buffers without bound before it checks the HMAC).
+* pysyncobj's journal factory builds :class:`~raftsso.raft.journal.DurableJournal`, and its
+  snapshot files go through :class:`~raftsso.raft.snapshot.DurableSerializer`.
+
+The patches touch pysyncobj internals, so :func:`harden_pysyncobj` checks the version.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import pickle
+import socket
+import struct
+import types
+from typing import Any
+
+import pysyncobj
+import pysyncobj.pickle as _pso_pickle
+import pysyncobj.syncobj as _pso_syncobj
+import pysyncobj.tcp_connection as _pso_tcp
+
+from raftsso.errors import StorageError
+from raftsso.raft.journal import create_journal
+from raftsso.raft.snapshot import DurableSerializer
+
+log = logging.getLogger(__name__)
+
+PYSYNCOBJ_VERSION = "0.3.17"
+MAX_PEER_FRAME = 4 << 20
+
+
+# -- restricted unpickling of peer bytes --------------------------------------------------
+
+# _codecs.encode rebuilds bytes (protocol 2); pysyncobj.node.TCPNode is the node object
+# inside a membership change command (class only: NEWOBJ + BUILD, no constructor call).
+_ALLOWED_GLOBALS = frozenset({("_codecs", "encode"), ("pysyncobj.node", "TCPNode")})
+_BYTES_GLOBALS = frozenset({("__builtin__", "bytes"), ("builtins", "bytes")})
+
+
+class _SafeBytes:
+    """Stands in for ``bytes`` in peer pickles: ``bytes()`` or a copy of bytes, nothing else.
+
+    Protocol 2 pickles ``b""`` as a call of the global ``__builtin__.bytes`` with no
+    arguments (pysyncobj ends every snapshot transfer with an empty chunk). The real
+    ``bytes`` would also accept ``bytes(10**12)`` or an iterable from a peer; this one
+    accepts zero arguments or a single bytes/bytearray. It has no ``__dict__`` (empty
+    ``__slots__``), so a pickle's BUILD opcode cannot set attributes on it either.
+    """
+
+    __slots__ = ()
+
+    def __call__(self, *args: Any) -> bytes:
+        if not args:
+            return b""
+        if len(args) == 1 and isinstance(args[0], bytes | bytearray):
+            return bytes(args[0])
+        raise pickle.UnpicklingError(
+            "bytes() in a peer message takes no argument or one bytes value")
+
+
+_SAFE_BYTES = _SafeBytes()
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    # pysyncobj's messages are dicts, lists, tuples, str, int, bool and bytes; with pickle
+    # protocol 2, bytes need _codecs.encode and (for b"") bytes() and nothing else. Any other
+    # global (os.system, builtins.eval, a class with __reduce__) is refused before it can be
+    # called; bytes itself is replaced by the argument-checking _SafeBytes.
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _ALLOWED_GLOBALS:
+            return super().find_class(module, name)
+        if (module, name) in _BYTES_GLOBALS:
+            return _SAFE_BYTES
+        raise pickle.UnpicklingError(f"global {module}.{name} is forbidden in a peer message")
+
+
+def restricted_loads(data: bytes | str) -> Any:
+    raw = data if isinstance(data, bytes) else data.encode("utf-8")
+    return _RestrictedUnpickler(io.BytesIO(raw)).load()
+
+
+_PICKLE_SHIM = types.SimpleNamespace(
+    dumps=_pso_pickle.dumps, loads=restricted_loads, to_bytes=_pso_pickle.to_bytes)
+
+
+# -- bounded peer frames ----------------------------------------------------------------
+
+
+def _bounded_process_read(conn: Any) -> bool:
+    """pysyncobj's TcpConnection.__processRead with a cap on the frame length.
+
+    The original appends to an unbounded buffer before a frame's HMAC is checked; an
+    80 MiB partial frame costs half a minute of CPU. Here the announced length is checked
+    as soon as 4 bytes are in, and reading pauses (level-triggered poll) while a whole
+    frame is already buffered.
+    """
+    buffered = conn._TcpConnection__readBuffer
+    if len(buffered) >= MAX_PEER_FRAME + 4 + conn._TcpConnection__recvBufferSize:
+        return False
+    sock = conn._TcpConnection__socket
+    try:
+        incoming = sock.recv(conn._TcpConnection__recvBufferSize)
+    except OSError as e:
+        if e.errno not in (socket.errno.EAGAIN, socket.errno.EWOULDBLOCK):  # type: ignore[attr-defined]
+            conn.disconnect()
+        return False
+    if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR):
+        conn.disconnect()
+        return False
+    if not incoming:
+        conn.disconnect()
+        return False
+    buffered += incoming
+    if len(buffered) >= 4:
+        (length,) = struct.unpack("i", buffered[:4])
+        if length < 0 or length > MAX_PEER_FRAME:
+            log.warning("dropping a peer connection that announced a %d-byte frame "
+                        "(limit %d)", length, MAX_PEER_FRAME)
+            conn.disconnect()
+            return False
+    conn._TcpConnection__readBuffer = buffered
+    return True
+
+
+# -- installing the patches -------------------------------------------------------------
+
+_PATCHED = False
+
+
+def harden_pysyncobj() -> None:
+    """Install the patches described in the module docstring (idempotent)."""
+    global _PATCHED
+    if _PATCHED:
+        return
+    version = getattr(pysyncobj, "__version__", None) or _installed_version()
+    if version != PYSYNCOBJ_VERSION:
+        raise StorageError(f"raftsso needs pysyncobj {PYSYNCOBJ_VERSION} (found {version}); "
+                           "its internals are patched for durability and safety")
+    _pso_syncobj.createJournal = create_journal
+    _pso_syncobj.Serializer = DurableSerializer
+    _pso_syncobj.pickle = _PICKLE_SHIM
+    _pso_tcp.pickle = _PICKLE_SHIM
+    _pso_tcp.TcpConnection._TcpConnection__processRead = _bounded_process_read
+    _PATCHED = True
+
+
+def _installed_version() -> str | None:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+    try:
+        return dist_version("pysyncobj")
+    except PackageNotFoundError:
+        return None
