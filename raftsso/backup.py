@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 
 from raftsso import envelope
 from raftsso.errors import DecodeError, InvalidToken, RaftssoError
+from raftsso.protocol.ids import version_id
 from raftsso.wire import pack, unpack
 
 MAGIC = b"RSSOBAK"
@@ -137,9 +138,7 @@ def _kdf(header: dict[str, Any]) -> dict[str, Any]:
 
 
 def _int_id(value: Any) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or not 0 < value < 2**32:
-        raise ValueError("version ids are positive 32-bit integers")
-    return value
+    return version_id(value)  # ValueError unless 1 .. 2**32 - 1
 
 
 def read_info(blob: bytes) -> BackupInfo:

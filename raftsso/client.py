@@ -33,7 +33,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol
@@ -48,7 +48,10 @@ from raftsso.errors import (
     RaftssoError,
     StaleSecret,
 )
+from raftsso.protocol.ids import ClientId
+from raftsso.protocol.messages import KeyringRequest, KeyringResult, Op
 from raftsso.remote import ClusterClient
+from raftsso.wire import WireValue
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +73,7 @@ class KeyringSource(Protocol):
         """The nodes, in the order of first preference."""
         ...
 
-    def fetch(self, endpoint: Endpoint) -> Any:
+    def fetch(self, endpoint: Endpoint) -> WireValue:
         """The raw answer of ``endpoint`` to the ``keyring`` operation.
 
         Raises ``OSError`` or a :class:`RaftssoError` when the node cannot answer.
@@ -89,7 +92,7 @@ class ClusterSource:
         self._cluster = cluster
         self._timeout = timeout
         # Lets nodes tell which clients have synced a staged version (early promotion).
-        self.client_id = client_id or secrets.token_hex(8)
+        self.client_id = ClientId(client_id or secrets.token_hex(8))
         # ``spread``: start at a random node (a deployment's config lists the same order
         # for every client); without it, the caller's order is the order of preference.
         self._offset = random.randrange(len(cluster.nodes)) if spread and cluster.nodes else 0
@@ -100,9 +103,12 @@ class ClusterSource:
         nodes = self._cluster.nodes
         return nodes[self._offset:] + nodes[:self._offset]
 
-    def fetch(self, endpoint: Endpoint) -> Any:
-        return self._cluster.call_node(endpoint.address, "keyring",
-                                       {"client_id": self.client_id}, timeout=self._timeout)
+    def fetch(self, endpoint: Endpoint, known: int | None = None) -> WireValue:
+        """``known``: the ``commit_index`` of the keyring held, so that a node whose keyring
+        is the same may answer ``unchanged`` (no versions) instead of the whole keyring."""
+        return self._cluster.call_node(endpoint.address, Op.KEYRING,
+                                       KeyringRequest(self.client_id, known=known).to_wire(),
+                                       timeout=self._timeout)
 
     def close(self) -> None:
         self._cluster.close()
@@ -143,60 +149,33 @@ class _Cache:
     keyset: envelope.Keyset  # every version's envelope, by token header
 
 
-def _int(raw: Mapping[str, Any], key: str) -> int:
-    value = raw.get(key)
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise DecodeError(f"keyring field {key!r} must be a non-negative integer")
-    return value
+def parse_keyring(raw: WireValue, held: _Keyring | None = None) -> _Keyring:
+    """Check a node's ``keyring`` answer and build the envelopes (:class:`DecodeError`).
 
-
-def _str(raw: Mapping[str, Any], key: str) -> str:
-    value = raw.get(key)
-    if not isinstance(value, str):
-        raise DecodeError(f"keyring field {key!r} must be a string")
-    return value
-
-
-def parse_keyring(raw: Any) -> _Keyring:
-    """Check a node's ``keyring`` answer and build the envelopes (:class:`DecodeError`)."""
-    if not isinstance(raw, Mapping):
-        raise DecodeError("the keyring answer is not a map")
-    primary = raw.get("primary")
-    if primary is not None and (not isinstance(primary, int) or isinstance(primary, bool)):
-        raise DecodeError("keyring field 'primary' must be an integer or null")
-    items = raw.get("versions")
-    if not isinstance(items, list):
-        raise DecodeError("keyring field 'versions' must be a list")
+    An ``unchanged`` answer (to a request that sent ``held.commit_index`` as ``known``)
+    is ``held`` as of the answer's term and index; it must name the same cluster and
+    primary, or it is refused like any malformed answer.
+    """
+    answer = KeyringResult.from_wire(raw)  # the shape: ids, states, one primary
+    if answer.unchanged:
+        if held is None:
+            raise DecodeError("an unchanged keyring answer to a client that holds none")
+        if answer.cluster_id != held.cluster_id or answer.primary != held.primary:
+            raise DecodeError("an unchanged keyring answer that does not match the keyring "
+                              "held (cluster or primary differs)")
+        return _Keyring(cluster_id=answer.cluster_id, node_id=answer.node_id,
+                        term=answer.term, commit_index=answer.commit_index,
+                        primary=held.primary, versions=held.versions)
     versions: dict[int, _Version] = {}
-    for item in items:
-        if not isinstance(item, Mapping):
-            raise DecodeError("a keyring version is not a map")
-        vid = _int(item, "id")
-        state = _str(item, "state")
-        fp = _str(item, "fingerprint")
-        key = item.get("key")
-        if state not in KEY_STATES:
-            raise DecodeError(f"version {vid} has an unknown state {state!r}")
-        if not isinstance(key, bytes) or len(key) != envelope.KEY_SIZE:
-            raise DecodeError(f"version {vid} comes without a 32-byte key")
-        if envelope.fingerprint(key) != fp:
+    for v in answer.versions:
+        vid = v.info.id
+        if envelope.fingerprint(v.key) != v.info.fingerprint:
             raise DecodeError(f"the key of version {vid} does not match its fingerprint")
-        if vid in versions:
-            raise DecodeError(f"version {vid} appears twice")
-        try:
-            env = envelope.Envelope(vid, key)
-        except ValueError:
-            raise DecodeError(f"version id {vid} is out of range") from None
-        versions[vid] = _Version(vid, state, fp, env)
-    if primary is not None:
-        pv = versions.get(primary)
-        if pv is None or pv.state != "primary":
-            raise DecodeError(f"the primary version {primary} is not among the versions")
-    if [v.id for v in versions.values() if v.state == "primary"] not in ([], [primary]):
-        raise DecodeError("the keyring marks more than one version primary")
-    return _Keyring(cluster_id=_str(raw, "cluster_id"), node_id=_str(raw, "node_id"),
-                    term=_int(raw, "term"), commit_index=_int(raw, "commit_index"),
-                    primary=primary, versions=versions)
+        versions[vid] = _Version(vid, v.info.state.value, v.info.fingerprint,
+                                 envelope.Envelope(vid, v.key))
+    return _Keyring(cluster_id=answer.cluster_id, node_id=answer.node_id, term=answer.term,
+                    commit_index=answer.commit_index, primary=answer.primary,
+                    versions=versions)
 
 
 def _is_older(new: _Keyring, seen: _Keyring) -> bool:
@@ -469,7 +448,9 @@ class SSOClient:
             index = (start + step) % n
             endpoint = self._endpoints[index]
             try:
-                ring = parse_keyring(self._source.fetch(endpoint))
+                ring = self._fetch(endpoint)
+            except ConfigError:
+                raise  # our own files are wrong (ca_cert did not issue cert): no node helps
             except (OSError, RaftssoError) as exc:
                 errors.append(f"{endpoint.id}: {_describe(exc)}")
                 continue
@@ -486,6 +467,16 @@ class SSOClient:
         message = "no node gave a usable keyring (" + "; ".join(errors) + ")"
         self._failed(message)
         raise ClusterUnavailable(message)
+
+    def _fetch(self, endpoint: Endpoint) -> _Keyring:
+        cache = self._cache
+        source = self._source
+        if cache is None or not isinstance(source, ClusterSource):
+            return parse_keyring(source.fetch(endpoint))
+        # Send the index held: the node answers "unchanged" while the keyring is the same,
+        # so a steady-state resync carries no keys and does not grow with the history.
+        held = cache.ring
+        return parse_keyring(source.fetch(endpoint, known=held.commit_index), held)
 
     def _reject(self, ring: _Keyring) -> str | None:
         if self._cluster_id is not None and ring.cluster_id != self._cluster_id:
@@ -571,44 +562,81 @@ class SSOClient:
 
     # introspection -------------------------------------------------------------------
 
-    def state(self) -> dict[str, Any]:
-        """A snapshot for operators and health checks; never contains key material.
-
-        Keys: ``cluster_id``, ``node`` (the node last synced from), ``term``,
-        ``commit_index``, ``primary``, ``versions`` (``id``, ``state``, ``fingerprint``),
-        ``last_sync`` (Unix time of the last successful sync), ``last_sync_age`` (seconds),
-        ``stale``, ``last_attempt``, ``last_error``, ``last_error_at``,
-        ``consecutive_failures``, ``syncs``, ``resync_interval``, ``max_staleness``,
-        ``closed``.
-        """
+    def state(self) -> ClientState:
+        """A snapshot for operators and health checks; never contains key material."""
         cache = self._cache
         with self._lock:
-            bookkeeping = {
-                "last_attempt": self._last_attempt_at,
-                "last_error": self._last_error,
-                "last_error_at": self._last_error_at,
-                "consecutive_failures": self._failures,
-                "syncs": self._syncs,
-                "closed": self._closed,
-            }
+            last_attempt, last_error = self._last_attempt_at, self._last_error
+            last_error_at, failures = self._last_error_at, self._failures
+            syncs, closed = self._syncs, self._closed
         ring = cache.ring if cache else None
         age = self._clock() - cache.synced_at if cache else None
-        return {
-            "cluster_id": self._cluster_id,
-            "node": ring.node_id if ring else None,
-            "term": ring.term if ring else None,
-            "commit_index": ring.commit_index if ring else None,
-            "primary": ring.primary if ring else None,
-            "versions": [{"id": v.id, "state": v.state, "fingerprint": v.fingerprint}
-                         for v in sorted(ring.versions.values(), key=lambda v: v.id)]
-            if ring else [],
-            "last_sync": cache.synced_at_wall if cache else None,
-            "last_sync_age": age,
-            "stale": age is None or age >= self.max_staleness,
-            "resync_interval": self.resync_interval,
-            "max_staleness": self.max_staleness,
-            **bookkeeping,
-        }
+        return ClientState(
+            cluster_id=self._cluster_id,
+            node=ring.node_id if ring else None,
+            term=ring.term if ring else None,
+            commit_index=ring.commit_index if ring else None,
+            primary=ring.primary if ring else None,
+            versions=tuple(ClientVersion(v.id, v.state, v.fingerprint)
+                           for v in sorted(ring.versions.values(), key=lambda v: v.id))
+            if ring else (),
+            last_sync=cache.synced_at_wall if cache else None,
+            last_sync_age=age,
+            stale=age is None or age >= self.max_staleness,
+            resync_interval=self.resync_interval,
+            max_staleness=self.max_staleness,
+            last_attempt=last_attempt, last_error=last_error, last_error_at=last_error_at,
+            consecutive_failures=failures, syncs=syncs, closed=closed)
+
+
+@dataclass(frozen=True)
+class ClientVersion:
+    """A cached version as :meth:`SSOClient.state` shows it (no key)."""
+
+    id: int
+    state: str
+    fingerprint: str
+
+
+@dataclass(frozen=True)
+class ClientState:
+    """What :meth:`SSOClient.state` reports; never holds key material.
+
+    ``node``: the node last synced from; ``last_sync``: Unix time of the last successful
+    sync and ``last_sync_age`` its age in seconds; ``stale``: encryption is refused (older
+    than ``max_staleness``); ``last_attempt``, ``last_error``, ``last_error_at``,
+    ``consecutive_failures`` and ``syncs`` describe the resyncs. :meth:`to_dict` is the JSON
+    view (the keys of earlier versions, which returned a dict).
+    """
+
+    cluster_id: str | None
+    node: str | None
+    term: int | None
+    commit_index: int | None
+    primary: int | None
+    versions: tuple[ClientVersion, ...]
+    last_sync: float | None
+    last_sync_age: float | None
+    stale: bool
+    resync_interval: float
+    max_staleness: float
+    last_attempt: float | None
+    last_error: str | None
+    last_error_at: float | None
+    consecutive_failures: int
+    syncs: int
+    closed: bool
+
+    def to_dict(self) -> dict[str, object]:
+        out: dict[str, object] = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["versions"] = [{"id": v.id, "state": v.state, "fingerprint": v.fingerprint}
+                           for v in self.versions]
+        return out
+
+    def __getitem__(self, key: str) -> Any:
+        """Deprecated: ``state()["primary"]`` still reads as it did when this was a dict;
+        use the attributes (or :meth:`to_dict`)."""
+        return self.to_dict()[key]
 
 
 def _describe(exc: BaseException) -> str:
@@ -623,4 +651,5 @@ def _describe(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-__all__ = ["ClusterSource", "KeyringSource", "SSOClient", "parse_keyring"]
+__all__ = ["ClientState", "ClientVersion", "ClusterSource", "KeyringSource", "SSOClient",
+           "parse_keyring"]

@@ -359,10 +359,10 @@ def load_remote_config(path: str | Path) -> RemoteConfig:
 
 def _store(data: Mapping[str, Any], base: Path, path: Path) -> Path | str | None:
     """``store``: a path (relative to the file) or a postgresql:// URI without password."""
+    if "store" not in data:
+        return None  # before the import: admin.toml has no store, and the CLI starts faster
     from raftsso.store.backend import store_location
 
-    if "store" not in data:
-        return None
     try:
         where = store_location(_get(data, "store", str, path))
     except RaftssoError as exc:

@@ -56,6 +56,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from raftsso.errors import InvalidToken
+from raftsso.protocol.ids import version_id
 
 KEY_SIZE = 32
 NONCE_SIZE = 12
@@ -182,8 +183,7 @@ class Envelope:
     __slots__ = ("_open", "_seal", "header", "version")
 
     def __init__(self, version: int, key: bytes) -> None:
-        if not 0 < version <= MAX_KEY_VERSION:
-            raise ValueError("key version out of range")
+        version_id(version)  # ValueError when out of range
         if len(key) != KEY_SIZE:
             raise ValueError("a master secret is 32 bytes")
         self.version = version

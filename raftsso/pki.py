@@ -12,15 +12,15 @@ import ipaddress
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from typing import TYPE_CHECKING, Any
 
 from raftsso.errors import ConfigError
 from raftsso.fsutil import atomic_write, check_private
+
+# cryptography (x509, ~20 ms to import) only in the functions that make or read
+# certificates: every CLI call and SSO client needs the TLS contexts below, not those.
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import ec
 
 ROLES = ("node", "admin", "client")
 _CA_YEARS = 10
@@ -34,6 +34,8 @@ class Issued:
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                              serialization.NoEncryption())
 
@@ -43,6 +45,11 @@ def _now() -> dt.datetime:
 
 
 def create_ca(cluster_id: str) -> Issued:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([
         x509.NameAttribute(NameOID.ORGANIZATION_NAME, "raftsso"),
@@ -69,6 +76,11 @@ def create_ca(cluster_id: str) -> Issued:
 
 def issue(ca: Issued, common_name: str, role: str, hosts: tuple[str, ...] = ()) -> Issued:
     """Issue a leaf certificate for ``role``; ``hosts`` become its subject alternative names."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
     if role not in ROLES:
         raise ValueError(f"unknown role {role!r}")
     ca_cert = x509.load_pem_x509_certificate(ca.cert_pem)
@@ -138,6 +150,19 @@ def client_context(ca: Path, cert: Path, key: Path) -> ssl.SSLContext:
     ctx = _base_context(ssl.PROTOCOL_TLS_CLIENT, ca, cert, key)
     ctx.check_hostname = True
     return ctx
+
+
+def issued_by(ca: Path, cert: Path) -> bool:
+    """Was ``cert`` signed by the CA in ``ca`` (both PEM)? ``ValueError`` if not PEM."""
+    from cryptography import x509
+    from cryptography.exceptions import InvalidSignature
+
+    ca_cert = x509.load_pem_x509_certificate(ca.read_bytes())
+    try:
+        x509.load_pem_x509_certificate(cert.read_bytes()).verify_directly_issued_by(ca_cert)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
 
 
 def peer_identity(peercert: dict[str, Any] | None) -> tuple[str, str]:

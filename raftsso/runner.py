@@ -17,10 +17,12 @@ from pathlib import Path
 
 from raftsso import events
 from raftsso.audit import AuditLog
-from raftsso.config import load_node_config
+from raftsso.config import NodeConfig, load_node_config
+from raftsso.fsm import KeyringStateMachine
 from raftsso.logs import log_through_queue
 from raftsso.metrics import HealthServer, NodeMetrics
-from raftsso.node import Node
+from raftsso.node import Node, RaftHooks
+from raftsso.raft import RaftConfig, RaftNode
 from raftsso.server import Server
 from raftsso.telemetry import RequestTelemetry
 from raftsso.watch import ClusterWatch
@@ -39,6 +41,27 @@ def setup_logging(level: str = "INFO") -> None:
     logging.getLogger("pysyncobj").setLevel(logging.WARNING)
 
 
+def raft_config(cfg: NodeConfig) -> RaftConfig:
+    """The Raft member's settings out of a node's configuration (the one place they meet)."""
+    return RaftConfig(
+        node_id=cfg.node_id, raft_address=cfg.raft_address, members=cfg.members,
+        data_dir=cfg.data_dir, cluster_secret=cfg.cluster_secret(), timings=cfg.raft,
+        peer_tls=cfg.peer_tls, ca_cert=cfg.ca_cert, cert=cfg.cert, key=cfg.key,
+        peer_max_connections=cfg.limits.peer_max_connections,
+        peer_max_handshakes=cfg.limits.peer_max_handshakes,
+        peer_max_per_source=cfg.limits.peer_max_per_source, source=str(cfg.path))
+
+
+def build_node(cfg: NodeConfig) -> Node:
+    """Wire one replica: its state machine, its Raft member (built here, the one place a
+    RaftNode is made) and the node that is given both."""
+    fsm = KeyringStateMachine()
+    hooks = RaftHooks(cfg)
+    raft = RaftNode(raft_config(cfg), fsm, on_role_change=hooks.role_changed,
+                    directory=hooks.members)
+    return Node(cfg, fsm, raft, hooks)
+
+
 def run_node(config_path: str | Path) -> int:
     """Run a node until SIGTERM or SIGINT; returns the process exit code."""
     os.umask(0o077)  # every file this process creates is private, pysyncobj's included
@@ -47,8 +70,8 @@ def run_node(config_path: str | Path) -> int:
     asyncio.sslproto.SSLProtocol.max_size = 32 * 1024
     cfg = load_node_config(config_path)
     events.configure(cfg.node_id)
-    node = Node(cfg)
-    metrics = NodeMetrics(node)
+    node = build_node(cfg)
+    metrics = NodeMetrics(node, clients=node.clients)
     events.add_listener(metrics.count_event)
     health = (HealthServer(cfg.metrics_address, metrics, node)
               if cfg.metrics_address is not None else None)
