@@ -35,6 +35,7 @@ from raftsso.agent.errors import ApiError, bad_request, not_found
 from raftsso.agent.http import Request, Response, error_response, json_response
 from raftsso.agent.peer import Caller, Names
 from raftsso.agent.policy import Action, Policy
+from raftsso.client import ClientState
 from raftsso.errors import (
     AlreadyExists,
     ClusterUnavailable,
@@ -67,7 +68,7 @@ class Cipher(Protocol):
 
     def decrypt(self, token: bytes, associated_data: bytes = b"") -> bytes: ...
 
-    def state(self) -> dict[str, Any]: ...
+    def state(self) -> ClientState: ...
 
 
 class Store(Protocol):
@@ -388,15 +389,15 @@ class AgentApi:
 
     def _health(self, req: Request, seg: list[str], params: dict[str, str]) -> Response:
         st = self.cipher.state()
-        age = st.get("last_sync_age")
+        age = st.last_sync_age
         return json_response(200, {
-            "status": "stale" if st.get("stale") else "ok",
-            "primary_version": st.get("primary"),
-            "sync_age": round(age, 3) if isinstance(age, float) else age,
-            "max_staleness": st.get("max_staleness"),
-            "cluster_id": st.get("cluster_id"),
-            "versions": [v["id"] for v in st.get("versions", [])],
-            "last_error": st.get("last_error") if st.get("consecutive_failures") else None,
+            "status": "stale" if st.stale else "ok",
+            "primary_version": st.primary,
+            "sync_age": round(age, 3) if age is not None else None,
+            "max_staleness": st.max_staleness,
+            "cluster_id": st.cluster_id,
+            "versions": [v.id for v in st.versions],
+            "last_error": st.last_error if st.consecutive_failures else None,
         })
 
     def _whoami(self, req: Request, seg: list[str], params: dict[str, str]) -> Response:
@@ -509,7 +510,7 @@ class AgentApi:
     def _known_max_version(self) -> int:
         now = self._clock()
         if now - self._known_at > 0.5:
-            versions = [v["id"] for v in self.cipher.state().get("versions", [])]
+            versions = [v.id for v in self.cipher.state().versions]
             self._known_max = max(versions, default=0)
             self._known_at = now
         return self._known_max

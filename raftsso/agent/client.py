@@ -5,12 +5,12 @@ needs (applications, credential mappings, configuration values, import and expor
 ``encrypt``, ``decrypt``, ``health`` and ``whoami``, so the CLI's ``sso`` group can use
 either. Errors are translated back into the raftsso tree: ``NOT_FOUND`` ->
 :class:`~raftsso.errors.NotFound`, ``ALREADY_EXISTS`` ->
-:class:`~raftsso.errors.AlreadyExists`, ``FORBIDDEN``/``APP_DISABLED`` ->
-:class:`~raftsso.errors.PermissionDenied`, ``STALE`` ->
-:class:`~raftsso.errors.StaleSecret`, ``UNAVAILABLE`` ->
-:class:`~raftsso.errors.ClusterUnavailable`, ``INVALID_TOKEN`` ->
-:class:`~raftsso.errors.InvalidToken`, anything else :class:`~raftsso.errors.RemoteError`
-with the code. No raftsso process-side secret is involved: the agent holds the keyring.
+:class:`~raftsso.errors.AlreadyExists`, ``STALE`` -> :class:`~raftsso.errors.StaleSecret`,
+``UNAVAILABLE``/``BUSY`` -> :class:`~raftsso.errors.ClusterUnavailable`, ``INVALID_TOKEN``
+-> :class:`~raftsso.errors.InvalidToken`, anything else (``FORBIDDEN``, ``APP_DISABLED``,
+``CONFLICT``, ...) :class:`~raftsso.agent.errors.ApiError` with the agent's code and
+status (the node protocol's :class:`~raftsso.errors.RemoteError` codes are another
+vocabulary). No raftsso process-side secret is involved: the agent holds the keyring.
 """
 
 from __future__ import annotations
@@ -25,15 +25,14 @@ from pathlib import Path
 from types import EllipsisType, TracebackType
 from typing import Any
 
+from raftsso.agent.errors import ApiError
 from raftsso.errors import (
     AlreadyExists,
     ClusterUnavailable,
     ConfigError,
     InvalidToken,
     NotFound,
-    PermissionDenied,
     RaftssoError,
-    RemoteError,
     StaleSecret,
 )
 from raftsso.store import App, AppType, Entry, RowKind
@@ -64,15 +63,13 @@ def _error(status: int, code: str, message: str) -> RaftssoError:
         return NotFound(message)
     if code == "ALREADY_EXISTS":
         return AlreadyExists(message)
-    if code in ("FORBIDDEN", "APP_DISABLED"):
-        return PermissionDenied(message, code=code)
     if code == "STALE":
         return StaleSecret(message)
     if code in ("UNAVAILABLE", "BUSY"):
         return ClusterUnavailable(message)
     if code == "INVALID_TOKEN":
         return InvalidToken()
-    return RemoteError(message, code=code, status=status)
+    return ApiError(code, message, status)
 
 
 def _app(raw: dict[str, Any]) -> App:
@@ -145,11 +142,12 @@ class AgentClient:
         try:
             answer = json.loads(raw) if raw else None
         except ValueError:
-            raise RemoteError(f"the agent answered {resp.status} without JSON",
-                              code="BAD_ANSWER") from None
+            raise ApiError("BAD_ANSWER", f"the agent answered {resp.status} without JSON",
+                           resp.status) from None
         if resp.status >= 300:
             if not isinstance(answer, dict):
-                raise RemoteError(f"the agent answered {resp.status}", code="BAD_ANSWER")
+                raise ApiError("BAD_ANSWER", f"the agent answered {resp.status}",
+                               resp.status)
             raise _error(resp.status, str(answer.get("error")), str(answer.get("message")))
         return answer
 
@@ -288,7 +286,7 @@ class AgentClient:
             for kind in (RowKind.CREDENTIAL, RowKind.CONFIG):
                 try:
                     counts.append(len(self.entries(kind, app.name)))
-                except RemoteError:
+                except ApiError:
                     counts.append(0)
             usage[app.name] = (counts[0], counts[1])
         return usage

@@ -1,8 +1,10 @@
 """The agent's API errors: an HTTP status, a stable code and one line of message.
 
 ``ApiError`` is a :class:`raftsso.errors.RaftssoError`; the HTTP layer turns it into
-``{"error": CODE, "message": "..."}`` with its status. The codes are part of the API
-contract (docs/agent.md): clients branch on ``error``, never on the message.
+``{"error": CODE, "message": "..."}`` with its status, and :mod:`raftsso.agent.client`
+raises it again on the calling side for the codes without a closer raftsso error. The
+codes are part of the API contract (docs/agent.md): clients branch on ``error``, never on
+the message.
 """
 
 from __future__ import annotations
@@ -39,10 +41,11 @@ REASONS = {400: "Bad Request", 403: "Forbidden", 404: "Not Found",
 class ApiError(RaftssoError):
     """An answer other than success; ``code`` is one of :data:`CODES`."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, status: int | None = None) -> None:
         super().__init__(message)
         self.code = code
-        self.status = CODES[code]
+        # A client may meet a code from a newer agent: it keeps the status it was sent.
+        self.status = status if status is not None else CODES.get(code, 500)
         self.message = message
 
 

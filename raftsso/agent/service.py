@@ -214,7 +214,7 @@ async def _serve(agent: Agent) -> int:
     await agent.start()
     state = agent.cipher.state()
     log.info("agent serving on %s (cluster %s, primary version %s)", agent.cfg.socket,
-             state.get("cluster_id"), state.get("primary"))
+             state.cluster_id, state.primary)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

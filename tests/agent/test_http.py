@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from raftsso.agent.api import app_associated_data
-from raftsso.errors import InvalidToken, NotFound, PermissionDenied
+from raftsso.agent.errors import ApiError
+from raftsso.errors import InvalidToken, NotFound
 from tests.agent.conftest import (
     InProcessAgent,
     b64,
@@ -112,7 +113,7 @@ def test_disabled_application_refuses_even_root(agent: InProcessAgent) -> None:
                      lambda: c.get_credential("payroll", "alice"),
                      lambda: c.set_credential("payroll", "alice", b"y"),
                      lambda: c.list_credentials("payroll")):
-            with pytest.raises(PermissionDenied) as info:
+            with pytest.raises(ApiError) as info:
                 call()
             assert info.value.code == "APP_DISABLED"
         assert not c.app("payroll").enabled  # administration goes on

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from raftsso.errors import ClusterUnavailable, PermissionDenied
+from raftsso.agent.errors import ApiError
+from raftsso.errors import ClusterUnavailable
 from tests.agent.conftest import agent_beside
 from tests.harness import Cluster, wait_for
 from tests.pgserver import PostgresServer, find_bin_dir, postgres_server
@@ -57,7 +58,7 @@ def test_two_agents_share_a_postgresql_store(cluster: Cluster, pg: PostgresServe
         def refused_on_host2() -> bool:
             try:
                 b.encrypt("payroll", b"x")
-            except PermissionDenied as exc:
+            except ApiError as exc:
                 return exc.code == "APP_DISABLED"
             return False
 
