@@ -35,6 +35,7 @@ COMMANDS: dict[str, str] = {
     "restore": "raftsso_cli.lifecycle:restore",
     "retire": "raftsso_cli.lifecycle:retire",
     "rewrap": "raftsso_cli.lifecycle:rewrap",
+    "agent": "raftsso_cli.agent:agent",
 }
 
 
