@@ -36,6 +36,7 @@ COMMANDS: dict[str, str] = {
     "retire": "raftsso_cli.lifecycle:retire",
     "rewrap": "raftsso_cli.lifecycle:rewrap",
     "certs": "raftsso_cli.certs:certs",
+    "agent": "raftsso_cli.agent:agent",
 }
 
 
