@@ -22,9 +22,16 @@ from raftsso.cluster_status import ClusterStatus
 from raftsso.config import RemoteConfig, load_remote_config, split_address
 from raftsso.errors import ConfigError, RaftssoError
 from raftsso.fsutil import atomic_write
+from raftsso.pki import CertInfo
 from raftsso.protocol.ids import NodeId, VersionId, node_id, version_id
 from raftsso.protocol.messages import (
     BackedUpRequest,
+    CertRegisterRequest,
+    CertRegisterResult,
+    CertRevokeRequest,
+    CertRevokeResult,
+    CertsRequest,
+    CertsResult,
     KeyringRequest,
     MemberAddRequest,
     MemberChangeResult,
@@ -163,6 +170,26 @@ class AdminClient:
         primary = None if info.primary is None else _version(info.primary)
         return self.cluster.request_leader(RestoreRequest(info.cluster_id, versions, primary,
                                                           force))
+
+    # certificates (issue 15) ---------------------------------------------------------------
+
+    def certs(self) -> CertsResult:
+        """Every certificate registered with the cluster or revoked (the leader's view)."""
+        self.check_cluster()
+        return self.cluster.request_leader(CertsRequest(require_leader=True))
+
+    def cert_register(self, info: CertInfo) -> CertRegisterResult:
+        """Register a certificate made by ``certs issue`` (so ``certs list`` shows it and
+        ``certs revoke NAME`` finds it)."""
+        self.check_cluster()
+        return self.cluster.request_leader(CertRegisterRequest(
+            info.serial, info.name, info.role, info.not_after))
+
+    def cert_revoke(self, target: str, *, name: str = "") -> CertRevokeResult:
+        """Revoke every registered certificate named ``target``, or the serial ``target``
+        (``name``: the name of a serial the cluster never registered, for the record)."""
+        self.check_cluster()
+        return self.cluster.request_leader(CertRevokeRequest(target, name))
 
     # membership and leadership -------------------------------------------------------------
 

@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from raftsso.encryption_counts import EncryptionLedger
 from raftsso.envelope import SEALED_SIZE
 from raftsso.errors import DecodeError
 from raftsso.keyring import Keyring, KeyState, KeyVersion
@@ -29,7 +30,10 @@ from raftsso.protocol.commands import (
     BackedUp,
     Barrier,
     Bootstrap,
+    CertRegister,
+    CertRevoke,
     Command,
+    Encryptions,
     Member,
     Outcome,
     Promote,
@@ -40,6 +44,7 @@ from raftsso.protocol.commands import (
     decode_fields,
 )
 from raftsso.protocol.ids import REQUEST_ID_SIZE, is_version_id, request_id
+from raftsso.revocation import CertRecord, CertRegistry, RegistryError
 from raftsso.wire import WireMap, WireValue, unversioned, versioned
 
 log = logging.getLogger(__name__)
@@ -95,6 +100,10 @@ class KeyringStateMachine:
         # tombstones that stop a removed id from rejoining.
         self._directory: dict[str, MemberRecord] = {}
         self._requests: OrderedDict[bytes, Outcome] = OrderedDict()
+        # Day-two state (issue 15): issued and revoked certificates, and the clients'
+        # encryption counts per version (raftsso.revocation, raftsso.encryption_counts).
+        self._certs = CertRegistry()
+        self._ledger = EncryptionLedger()
         # Written only by the Raft thread; the lock makes a read of (keyring, requests)
         # from a service thread consistent.
         self._lock = threading.Lock()
@@ -111,6 +120,14 @@ class KeyringStateMachine:
         """
         with self._lock:
             return self._keyring, self._index
+
+    def certs(self) -> CertRegistry:
+        """Issued and revoked certificates (immutable; replaced by every change)."""
+        return self._certs
+
+    def encryptions(self) -> EncryptionLedger:
+        """Encryptions per version, as SSO clients reported them (immutable)."""
+        return self._ledger
 
     def view_since(self) -> tuple[Keyring, int, int]:
         """:meth:`view` plus the index at which the keyring last changed: a client holding
@@ -187,6 +204,16 @@ class KeyringStateMachine:
                 return self._restore(command)
             case Member():
                 return self._member(command)
+            case CertRegister():
+                return self._cert_register(command)
+            case CertRevoke():
+                return self._cert_revoke(command)
+            case Encryptions():
+                live = frozenset(v.id for v in self._keyring.versions
+                                 if v.state is not KeyState.RETIRED)
+                self._ledger = self._ledger.add_reports(command.reports, at=command.at,
+                                                        live_versions=live)
+                return Outcome(True, {"clients": len(command.reports)})
         return _fail(ErrorCode.BAD_COMMAND, f"unknown command {command.op!r}")
 
     def _summary(self, version: int) -> WireMap:
@@ -259,6 +286,22 @@ class KeyringStateMachine:
                                                     cmd.removed)
         return Outcome(True, {"node_id": cmd.node_id, "removed": cmd.removed})
 
+    def _cert_register(self, cmd: CertRegister) -> Outcome:
+        try:
+            self._certs = self._certs.register(
+                CertRecord(cmd.serial, cmd.name, cmd.role, cmd.at, cmd.not_after), cmd.at)
+        except RegistryError as exc:
+            return _fail(ErrorCode.CONFLICT, str(exc))
+        return Outcome(True, {"serial": cmd.serial, "name": cmd.name})
+
+    def _cert_revoke(self, cmd: CertRevoke) -> Outcome:
+        try:
+            self._certs, newly = self._certs.revoke(cmd.serials, at=cmd.at, by=cmd.by,
+                                                    names=cmd.names)
+        except RegistryError as exc:
+            return _fail(ErrorCode.CONFLICT, str(exc))
+        return Outcome(True, {"serials": list(cmd.serials), "revoked": newly})
+
     def _restore(self, cmd: Restore) -> Outcome:
         """Merge versions from a backup; never drops or overwrites a different version.
 
@@ -307,12 +350,23 @@ class KeyringStateMachine:
 
     def snapshot(self) -> bytes:
         with self._lock:
-            return versioned(SNAPSHOT_FORMAT, {
+            state: dict[str, WireValue] = {
                 "index": self._index,
                 "directory": {k: v.to_wire() for k, v in self._directory.items()},
                 "versions": [v.to_wire() for v in self._keyring.versions],
                 "requests": [[k, o.to_wire()] for k, o in self._requests.items()],
-            })
+            }
+            return versioned(SNAPSHOT_FORMAT, state | self._daytwo_snapshot())
+
+    def _daytwo_snapshot(self) -> dict[str, WireValue]:
+        # Only when there is something: a snapshot of a keyring that never saw these
+        # commands stays byte for byte what earlier versions wrote.
+        out: dict[str, WireValue] = {}
+        if len(self._certs):
+            out["certs"] = self._certs.to_wire()
+        if self._ledger.totals or self._ledger.clients:
+            out["encryptions"] = self._ledger.to_wire()
+        return out
 
     def restore(self, blob: bytes) -> None:
         """Replace the state with a snapshot; raises :class:`DecodeError` if malformed."""
@@ -327,6 +381,9 @@ class KeyringStateMachine:
             if not isinstance(raw_directory, Mapping):
                 raise TypeError("the member directory must be a map")
             directory = {str(k): _member_record(v) for k, v in raw_directory.items()}
+            # Absent from snapshots written before issue 15: nothing issued or counted yet.
+            certs = CertRegistry.from_wire(raw.get("certs", []))
+            ledger = EncryptionLedger.from_wire(raw.get("encryptions", {}))
         except (KeyError, TypeError, ValueError, AttributeError, OverflowError,
                 DecodeError) as exc:
             raise DecodeError(f"malformed snapshot: {exc}") from None
@@ -343,6 +400,8 @@ class KeyringStateMachine:
             self._index = index
             self._changed = index
             self._directory = directory
+            self._certs = certs
+            self._ledger = ledger
 
 
 def _list(raw: WireValue) -> list[WireValue]:

@@ -28,6 +28,10 @@ op                   roles            what
 ``members``          client, admin    the members as this node sees them
 ``member_add``       admin            add a member
 ``member_remove``    admin            remove a member for good
+``certs``            admin            certificates registered or revoked
+``cert_register``    admin            register a certificate made by ``certs issue``
+``cert_revoke``      admin            revoke certificates by name or serial
+``encryptions``      node             SSO clients' encryption counts this node received
 ===================  ===============  ======================================================
 
 Writes sent to a follower are answered ``NOT_LEADER`` with the leader's service address.
@@ -73,7 +77,11 @@ from raftsso.node import Node
 from raftsso.protocol.codes import ErrorCode
 from raftsso.protocol.messages import (
     BackedUpRequest,
+    CertRegisterRequest,
+    CertRevokeRequest,
+    CertsRequest,
     ClientsRequest,
+    EncryptionsRequest,
     ErrorBody,
     KeyringRequest,
     KeyringResult,
@@ -90,6 +98,7 @@ from raftsso.protocol.messages import (
     StatusRequest,
     TransferLeaderRequest,
 )
+from raftsso.tls_guard import ReloadableTLS, RevocationGuard
 from raftsso.tlserrors import handshake_failure_reason
 from raftsso.wire import (
     WireMap,
@@ -172,6 +181,10 @@ class Service:
             Op.MEMBERS: route(READ_ROLES, MembersRequest, self._members),
             Op.MEMBER_ADD: route(ADMIN_ROLES, MemberAddRequest, self._member_add),
             Op.MEMBER_REMOVE: route(ADMIN_ROLES, MemberRemoveRequest, self._member_remove),
+            Op.CERTS: route(ADMIN_ROLES, CertsRequest, self._certs),
+            Op.CERT_REGISTER: route(ADMIN_ROLES, CertRegisterRequest, self._cert_register),
+            Op.CERT_REVOKE: route(ADMIN_ROLES, CertRevokeRequest, self._cert_revoke),
+            Op.ENCRYPTIONS: route(NODE_ROLES, EncryptionsRequest, self._encryptions),
         }
         # The node hands out the same KeyringResult object until the keyring, its index or
         # the term changes; its wire form and packed bytes are kept here (one slot per
@@ -326,6 +339,28 @@ class Service:
         self._require_leader()
         return await asyncio.to_thread(self.node.member_add, req)
 
+    async def _certs(self, caller: Caller, req: CertsRequest) -> Result:
+        if req.require_leader:
+            self._require_ready_leader()
+        return self.node.certs_view()
+
+    async def _encryptions(self, caller: Caller, req: EncryptionsRequest) -> Result:
+        return self.node.encryption_reports()
+
+    async def _cert_register(self, caller: Caller, req: CertRegisterRequest) -> Result:
+        self._require_leader()
+        result = await asyncio.to_thread(self.node.cert_register, req)
+        log.info("certificate %s (serial %s, %s) registered by %s", req.name, req.serial,
+                 req.role, caller.name)
+        return result
+
+    async def _cert_revoke(self, caller: Caller, req: CertRevokeRequest) -> Result:
+        self._require_leader()
+        result = await asyncio.to_thread(self.node.cert_revoke, req, caller.name[:64])
+        log.warning("certificate(s) %s revoked by %s (%s)", ", ".join(result.serials),
+                    caller.name, req.target)
+        return result
+
     async def _member_remove(self, caller: Caller, req: MemberRemoveRequest) -> Result:
         self._require_leader()
         return await asyncio.to_thread(self.node.member_remove, req)
@@ -366,7 +401,12 @@ class Server:
         self.cfg = node.cfg
         self.limits = self.cfg.limits
         self.service = Service(node)
-        self._ctx = pki.server_context(self.cfg.ca_cert, self.cfg.cert, self.cfg.key)
+        # The certificate is reloaded on SIGHUP (runner); revoked certificates are refused
+        # after the handshake and their open connections closed (raftsso.tls_guard).
+        self.tls = ReloadableTLS(
+            lambda: pki.server_context(self.cfg.ca_cert, self.cfg.cert, self.cfg.key),
+            lambda: pki.describe(self.cfg.cert.read_bytes()))
+        self.guard = RevocationGuard()
         self._listeners: list[socket.socket] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._connections: set[asyncio.Task[None]] = set()
@@ -397,6 +437,7 @@ class Server:
             self._tasks.add(loop.create_task(
                 accept_loop(listener, self.gate, self._accepted, self._connections)))
         self._tasks.add(loop.create_task(self.trimmer.run()))
+        self._tasks.add(loop.create_task(self.guard.run()))
 
     async def close(self) -> None:
         for task in self._tasks:
@@ -438,7 +479,7 @@ class Server:
             protocol = asyncio.StreamReaderProtocol(reader)
             handed = True
             transport, _ = await loop.connect_accepted_socket(
-                lambda: protocol, sock, ssl=self._ctx,
+                lambda: protocol, sock, ssl=self.tls.context,
                 ssl_handshake_timeout=max(0.1, deadline - loop.time()))
             return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
         except asyncio.CancelledError:
@@ -461,8 +502,14 @@ class Server:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                      peer: str) -> None:
         sslobj = writer.get_extra_info("ssl_object")
-        role, name = pki.peer_identity(sslobj.getpeercert() if sslobj else None)
+        peercert = sslobj.getpeercert() if sslobj else None
+        role, name = pki.peer_identity(peercert)
         caller = Caller(role, name, peer)
+        tracked = self.guard.admit(pki.peer_serial(peercert), name, role, peer,
+                                   writer.transport.abort)
+        if tracked is None:  # a revoked certificate: not one request answered
+            writer.transport.abort()
+            return
         try:
             while True:
                 # asyncio.timeout, not wait_for: wait_for wraps every read in a new task
@@ -506,6 +553,7 @@ class Server:
         except Exception:
             log.exception("unexpected error serving %s", peer)
         finally:
+            self.guard.release(tracked)
             writer.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(writer.wait_closed(), 1)

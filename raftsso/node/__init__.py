@@ -33,18 +33,27 @@ from raftsso.config import NodeConfig, Peer
 from raftsso.errors import InvalidToken, RemoteError
 from raftsso.fsm import KeyringStateMachine
 from raftsso.keyring import Keyring, KeyState
+from raftsso.node.certificates import CertificateWrites, RevokedSerials
 from raftsso.node.duties import LeaderDuties
 from raftsso.node.keyring_writes import MAX_LIVE_VERSIONS, KeyringWrites
 from raftsso.node.membership import Membership
 from raftsso.node.raft_member import RaftHooks, RaftMember
+from raftsso.node.schedule import ScheduledDuties
 from raftsso.node.tracking import ClientCensus, ClientTracker
+from raftsso.node.usage import EncryptionReportTracker
 from raftsso.node.write_path import WritePath
 from raftsso.protocol.codes import ErrorCode
 from raftsso.protocol.ids import VersionId
 from raftsso.protocol.messages import (
     BackedUpRequest,
     BackedUpResult,
+    CertRegisterRequest,
+    CertRegisterResult,
+    CertRevokeRequest,
+    CertRevokeResult,
+    CertsResult,
     ClientsView,
+    EncryptionReports,
     KeyringRequest,
     KeyringResult,
     KeyringVersion,
@@ -59,6 +68,7 @@ from raftsso.protocol.messages import (
     RestoreResult,
     RetireRequest,
     RotateRequest,
+    RotationPolicyView,
     TransferLeaderRequest,
     TransferResult,
     VersionInfo,
@@ -93,6 +103,14 @@ class Node:
         self.census = ClientCensus(cfg, self.clients, self.membership.members)
         self.keyring_writes = KeyringWrites(cfg, self.writes, self.census, self._seal_key)
         self.duties = LeaderDuties(cfg, fsm, raft, self.writes, self.census, self._seal_key)
+        # Day-two operations (issue 15): certificates, encryption counts, the leader's
+        # scheduled duties (backups to a public key, rotation policy).
+        self.certificates = CertificateWrites(fsm, self.writes)
+        self._revoked = RevokedSerials(fsm, cfg.data_dir / "revoked.serials")
+        self.reports = EncryptionReportTracker(clock)
+        self.schedule = ScheduledDuties(cfg, fsm, raft, self.writes, self.keyring_writes,
+                                        self.reports, self.membership.members,
+                                        lambda: self.keyring(KeyringRequest(), ""))
         if hooks is not None:
             hooks.bind(self)
 
@@ -104,10 +122,12 @@ class Node:
     def start(self) -> None:
         self.raft.start()
         self.duties.start()
+        self.schedule.start()
         log.info("node %s started: raft %s, service %s, cluster %s", self.cfg.node_id,
                  self.cfg.raft_address, self.cfg.service_address, self.cfg.cluster_id)
 
     def stop(self) -> None:
+        self.schedule.stop()
         self.duties.stop()
         self.census.close()
         self.raft.stop()
@@ -124,6 +144,7 @@ class Node:
             events.emit(events.LEADERSHIP_LOST, f"{self.cfg.node_id} is now {new}",
                         term=term, role=new)
         self.duties.wake()
+        self.schedule.wake()
 
     @property
     def ready_for_writes(self) -> bool:
@@ -157,7 +178,15 @@ class Node:
             primary_version=VersionId(ring.primary) if ring.primary is not None else None,
             versions=tuple(VersionInfo.of(v) for v in ring.versions),
             peers=tuple(PeerStatus(p.id, p.connected, p.last_contact, p.match_index)
-                        for p in raft.peers()))
+                        for p in raft.peers()),
+            policy=self.policy_view(ring),
+            encryptions=dict(self.fsm.encryptions().totals),
+            last_backup=self.schedule.last_backup)
+
+    def policy_view(self, ring: Keyring) -> RotationPolicyView:
+        policy = self.schedule.policy
+        return RotationPolicyView(policy.period, policy.max_encryptions,
+                                  policy.encryption_threshold, policy.next_rotation(ring))
 
     def keyring(self, req: KeyringRequest, certificate: str) -> KeyringResult:
         """What an SSO client caches: every usable version with its key, and the primary.
@@ -170,6 +199,8 @@ class Node:
         term = self.raft.term
         if req.client_id is not None:
             self.clients.record(certificate, req.client_id, ring.last_id)
+            if req.encryptions:
+                self.reports.record(certificate, req.client_id, req.encryptions)
         # The client's index holds this keyring: tell it so, without the versions.
         unchanged = req.known is not None and changed <= req.known <= index
         cached = self._answers.get(unchanged)
@@ -212,6 +243,17 @@ class Node:
     def members_view(self) -> MembersResult:
         return self.membership.view()
 
+    def certs_view(self) -> CertsResult:
+        return self.certificates.view()
+
+    def encryption_reports(self) -> EncryptionReports:
+        """The SSO clients' latest encryption counts as this node received them."""
+        return self.reports.view()
+
+    def revoked(self) -> frozenset[str]:
+        """Revoked certificate serials (the same object until the set changes)."""
+        return self._revoked()
+
     # writes -----------------------------------------------------------------------------------
 
     def rotate(self, req: RotateRequest) -> VersionResult:
@@ -234,3 +276,9 @@ class Node:
 
     def transfer_leadership(self, req: TransferLeaderRequest) -> TransferResult:
         return self.membership.transfer(req)
+
+    def cert_register(self, req: CertRegisterRequest) -> CertRegisterResult:
+        return self.certificates.register(req)
+
+    def cert_revoke(self, req: CertRevokeRequest, by: str) -> CertRevokeResult:
+        return self.certificates.revoke(req, by)
