@@ -33,7 +33,7 @@ from raftsso.agent.openapi import document_bytes
 from raftsso.agent.peer import Names, identify
 from raftsso.agent.policy import Policy
 from raftsso.client import SSOClient
-from raftsso.errors import ClusterUnavailable, ConfigError
+from raftsso.errors import ClusterUnavailable, ConfigError, RaftssoError
 from raftsso.store import open_store
 
 log = logging.getLogger("raftsso.agent")
@@ -210,6 +210,19 @@ def run_agent(config_path: str | Path) -> int:
         log.info("agent stopped")
 
 
+def _reload_certificate(agent: Agent) -> None:
+    """SIGHUP: new connections to the nodes present the certificate and key on disk now;
+    files that do not load leave the last good pair in use."""
+    cipher = agent.cipher
+    if not isinstance(cipher, SSOClient):  # a test's in-memory cipher has no certificate
+        return
+    try:
+        if cipher.reload_certificate():
+            log.info("client certificate reloaded")
+    except RaftssoError as exc:
+        log.error("client certificate not reloaded (the previous one stays): %s", exc)
+
+
 async def _serve(agent: Agent) -> int:
     await agent.start()
     state = agent.cipher.state()
@@ -219,6 +232,7 @@ async def _serve(agent: Agent) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, _reload_certificate, agent)
     await stop.wait()
     log.info("agent stopping")
     await agent.stop()

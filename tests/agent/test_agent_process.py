@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import stat
 import subprocess
 import threading
@@ -333,3 +334,16 @@ def test_sso_command_line_through_the_agent(cluster: Cluster, short_dir: Path) -
         # And the same data is in the store the direct CLI reads (client.toml).
         direct = cli("-c", str(cluster.client_toml), "sso", "cred", "get", "payroll", "alice")
         assert direct.returncode == 0 and direct.stdout == b"Pa55-cli"
+
+
+def test_sighup_reloads_the_client_certificate_and_the_agent_serves_on(
+        cluster: Cluster, short_dir: Path) -> None:
+    with agent_beside(cluster, short_dir) as agent, agent.client() as c:
+        c.add_app("hup", users_group="root")
+        token = c.encrypt("hup", b"kept")
+        agent.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "client certificate reloaded" in agent.log(),
+                 what="the agent to log the reload")
+        assert agent.alive()
+        assert c.decrypt("hup", token) == b"kept"
+        assert c.decrypt("hup", c.encrypt("hup", b"after")) == b"after"
