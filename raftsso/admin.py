@@ -15,17 +15,24 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
-from raftsso import backup as backups
 from raftsso import cluster_status
 from raftsso.cluster_status import ClusterStatus
 from raftsso.config import RemoteConfig, load_remote_config, split_address
 from raftsso.errors import ConfigError, RaftssoError
 from raftsso.fsutil import atomic_write
 from raftsso.known_stores import KnownStore, store_id_problem
+from raftsso.pki import CertInfo
 from raftsso.protocol.ids import NodeId, VersionId, node_id, version_id
 from raftsso.protocol.messages import (
     BackedUpRequest,
+    CertRegisterRequest,
+    CertRegisterResult,
+    CertRevokeRequest,
+    CertRevokeResult,
+    CertsRequest,
+    CertsResult,
     KeyringRequest,
     MemberAddRequest,
     MemberChangeResult,
@@ -48,7 +55,10 @@ from raftsso.protocol.messages import (
     VersionResult,
 )
 from raftsso.remote import ClusterClient
-from raftsso.store.model import StoreReport
+
+if TYPE_CHECKING:  # Argon2id (cryptography) is loaded by the backup calls only
+    from raftsso import backup as backups
+    from raftsso.store.model import StoreReport  # the store: only its callers load it
 
 DEFAULT_WRITE_DEADLINE = 15.0
 MEMBER_DEADLINE = 30.0
@@ -141,6 +151,8 @@ class AdminClient:
         The keyring comes from the leader past its barrier, so the file holds every
         committed version.
         """
+        from raftsso import backup as backups
+
         backups.check_password(password)
         if out.exists() and not overwrite:
             raise ConfigError(f"{out} exists; choose another name or pass --overwrite")
@@ -165,6 +177,26 @@ class AdminClient:
         primary = None if info.primary is None else _version(info.primary)
         return self.cluster.request_leader(RestoreRequest(info.cluster_id, versions, primary,
                                                           force))
+
+    # certificates (issue 15) ---------------------------------------------------------------
+
+    def certs(self) -> CertsResult:
+        """Every certificate registered with the cluster or revoked (the leader's view)."""
+        self.check_cluster()
+        return self.cluster.request_leader(CertsRequest(require_leader=True))
+
+    def cert_register(self, info: CertInfo) -> CertRegisterResult:
+        """Register a certificate made by ``certs issue`` (so ``certs list`` shows it and
+        ``certs revoke NAME`` finds it)."""
+        self.check_cluster()
+        return self.cluster.request_leader(CertRegisterRequest(
+            info.serial, info.name, info.role, info.not_after))
+
+    def cert_revoke(self, target: str, *, name: str = "") -> CertRevokeResult:
+        """Revoke every registered certificate named ``target``, or the serial ``target``
+        (``name``: the name of a serial the cluster never registered, for the record)."""
+        self.check_cluster()
+        return self.cluster.request_leader(CertRevokeRequest(target, name))
 
     # membership and leadership -------------------------------------------------------------
 

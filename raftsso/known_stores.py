@@ -21,7 +21,7 @@ count made after VERSION stopped being primary (a client still on the old keyrin
 have written under it after an earlier count).
 
 Pure: no I/O, clock or randomness (times come in the commands); imports nothing of
-raftsso but the keyring.
+raftsso but the keyring and the protocol's field reader.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from raftsso.keyring import Keyring
+from raftsso.protocol.fields import Fields
 
 #: Stores the cluster keeps at once (a deployment has a handful: one per SQLite host, one
 #: per shared PostgreSQL database). A report of a new store past it is refused; forget
@@ -157,3 +158,19 @@ def retire_blocker(stores: Mapping[str, KnownStore], ring: Keyring,
                     "-c admin.toml rewrap --store ...), or forget it if it is gone "
                     "(raftsso stores forget ID)")
     return None
+
+
+def decode_counts(f: Fields, name: str) -> dict[int, int]:
+    """``{"<version id>": rows}`` (msgpack map keys are strings), bounded."""
+    out: dict[int, int] = {}
+    raw = f.mapping(name)
+    if len(raw) > MAX_REPORTED_VERSIONS:
+        raise f.fail(f"{name!r} holds more than {MAX_REPORTED_VERSIONS} versions")
+    for key, value in raw.items():
+        if not (isinstance(key, str) and key.isascii() and key.isdigit() and len(key) <= 10):
+            raise f.fail(f"{name!r} must map version ids to row counts")
+        out[int(key)] = value  # type: ignore[assignment]  # checked just below
+    problem = counts_problem(out)
+    if problem:
+        raise f.fail(f"{name!r}: {problem}")
+    return out

@@ -34,19 +34,28 @@ from raftsso.config import NodeConfig, Peer
 from raftsso.errors import InvalidToken, RemoteError
 from raftsso.fsm import KeyringStateMachine
 from raftsso.keyring import Keyring, KeyState
+from raftsso.node.certificates import CertificateWrites, RevokedSerials
 from raftsso.node.duties import LeaderDuties
 from raftsso.node.keyring_writes import MAX_LIVE_VERSIONS, KeyringWrites
 from raftsso.node.membership import Membership
 from raftsso.node.raft_member import RaftHooks, RaftMember
+from raftsso.node.schedule import ScheduledDuties
 from raftsso.node.store_reports import StoreReports
 from raftsso.node.tracking import ClientCensus, ClientTracker
+from raftsso.node.usage import EncryptionReportTracker
 from raftsso.node.write_path import WritePath
 from raftsso.protocol.codes import ErrorCode
 from raftsso.protocol.ids import VersionId
 from raftsso.protocol.messages import (
     BackedUpRequest,
     BackedUpResult,
+    CertRegisterRequest,
+    CertRegisterResult,
+    CertRevokeRequest,
+    CertRevokeResult,
+    CertsResult,
     ClientsView,
+    EncryptionReports,
     KeyringRequest,
     KeyringResult,
     KeyringVersion,
@@ -61,6 +70,7 @@ from raftsso.protocol.messages import (
     RestoreResult,
     RetireRequest,
     RotateRequest,
+    RotationPolicyView,
     StoreForgetRequest,
     StoreForgetResult,
     StoreReportRequest,
@@ -89,6 +99,10 @@ class Node:
         self._seal_key = cfg.seal_key()
         self._unsealed: dict[tuple[int, bytes], bytes] = {}
         self._unseal_lock = threading.Lock()
+        # The last keyring answer of each kind (whole, unchanged), with what it was built
+        # from (the keyring object, its index, the term): clients syncing between two
+        # changes get the same object. Each slot is replaced whole: no lock needed.
+        self._answers: dict[bool, tuple[Keyring, int, int, KeyringResult]] = {}
         self.writes = WritePath(cfg, fsm, raft, self.leader_service_address,
                                 lambda: self.duties.wake())
         self.membership = Membership(cfg, fsm, raft, self.writes)
@@ -98,6 +112,14 @@ class Node:
                                             fsm.stores)
         self.store_reports = StoreReports(fsm, self.writes)
         self.duties = LeaderDuties(cfg, fsm, raft, self.writes, self.census, self._seal_key)
+        # Day-two operations (issue 15): certificates, encryption counts, the leader's
+        # scheduled duties (backups to a public key, rotation policy).
+        self.certificates = CertificateWrites(fsm, self.writes)
+        self._revoked = RevokedSerials(fsm, cfg.data_dir / "revoked.serials")
+        self.reports = EncryptionReportTracker(clock)
+        self.schedule = ScheduledDuties(cfg, fsm, raft, self.writes, self.keyring_writes,
+                                        self.reports, self.membership.members,
+                                        lambda: self.keyring(KeyringRequest(), ""))
         if hooks is not None:
             hooks.bind(self)
 
@@ -109,10 +131,12 @@ class Node:
     def start(self) -> None:
         self.raft.start()
         self.duties.start()
+        self.schedule.start()
         log.info("node %s started: raft %s, service %s, cluster %s", self.cfg.node_id,
                  self.cfg.raft_address, self.cfg.service_address, self.cfg.cluster_id)
 
     def stop(self) -> None:
+        self.schedule.stop()
         self.duties.stop()
         self.census.close()
         self.raft.stop()
@@ -129,6 +153,7 @@ class Node:
             events.emit(events.LEADERSHIP_LOST, f"{self.cfg.node_id} is now {new}",
                         term=term, role=new)
         self.duties.wake()
+        self.schedule.wake()
 
     @property
     def ready_for_writes(self) -> bool:
@@ -162,7 +187,15 @@ class Node:
             primary_version=VersionId(ring.primary) if ring.primary is not None else None,
             versions=tuple(VersionInfo.of(v) for v in ring.versions),
             peers=tuple(PeerStatus(p.id, p.connected, p.last_contact, p.match_index)
-                        for p in raft.peers()))
+                        for p in raft.peers()),
+            policy=self.policy_view(ring),
+            encryptions=dict(self.fsm.encryptions().totals),
+            last_backup=self.schedule.last_backup)
+
+    def policy_view(self, ring: Keyring) -> RotationPolicyView:
+        policy = self.schedule.policy
+        return RotationPolicyView(policy.period, policy.max_encryptions,
+                                  policy.encryption_threshold, policy.next_rotation(ring))
 
     def keyring(self, req: KeyringRequest, certificate: str) -> KeyringResult:
         """What an SSO client caches: every usable version with its key, and the primary.
@@ -171,16 +204,28 @@ class Node:
         so answers of different nodes can be ordered. With a ``client_id``, the client is
         remembered under ``certificate`` (the verified certificate's name) for the census.
         """
-        ring, index = self.fsm.view()
+        ring, index, changed = self.fsm.view_since()
         term = self.raft.term
         if req.client_id is not None:
             self.clients.record(certificate, req.client_id, ring.last_id)
-        return KeyringResult(
+            if req.encryptions:
+                self.reports.record(certificate, req.client_id, req.encryptions)
+        # The client's index holds this keyring: tell it so, without the versions.
+        unchanged = req.known is not None and changed <= req.known <= index
+        cached = self._answers.get(unchanged)
+        if cached is not None and cached[0] is ring and cached[1] == index \
+                and cached[2] == term:
+            return cached[3]  # the same (immutable) answer: the service reuses its bytes
+        result = KeyringResult(
             cluster_id=self.cfg.cluster_id, node_id=self.cfg.node_id, term=term,
             commit_index=index,
             primary=VersionId(ring.primary) if ring.primary is not None else None,
-            versions=tuple(KeyringVersion(VersionInfo.of(v), self._unseal(ring, v.id))
-                           for v in ring.versions if v.state is not KeyState.RETIRED))
+            versions=() if unchanged else tuple(
+                KeyringVersion(VersionInfo.of(v), self._unseal(ring, v.id))
+                for v in ring.versions if v.state is not KeyState.RETIRED),
+            unchanged=unchanged)
+        self._answers[unchanged] = (ring, index, term, result)
+        return result
 
     def _unseal(self, ring: Keyring, version: int) -> bytes:
         kv = ring.get(version)
@@ -206,6 +251,17 @@ class Node:
 
     def members_view(self) -> MembersResult:
         return self.membership.view()
+
+    def certs_view(self) -> CertsResult:
+        return self.certificates.view()
+
+    def encryption_reports(self) -> EncryptionReports:
+        """The SSO clients' latest encryption counts as this node received them."""
+        return self.reports.view()
+
+    def revoked(self) -> frozenset[str]:
+        """Revoked certificate serials (the same object until the set changes)."""
+        return self._revoked()
 
     # writes -----------------------------------------------------------------------------------
 
@@ -240,3 +296,8 @@ class Node:
 
     def stores_view(self) -> StoresResult:
         return self.store_reports.view()
+    def cert_register(self, req: CertRegisterRequest) -> CertRegisterResult:
+        return self.certificates.register(req)
+
+    def cert_revoke(self, req: CertRevokeRequest, by: str) -> CertRevokeResult:
+        return self.certificates.revoke(req, by)

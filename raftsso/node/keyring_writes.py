@@ -72,7 +72,18 @@ class KeyringWrites:
         sees now (rotations to one leader are serialised, so none is lost).
         """
 
-        def build(ring: Keyring) -> Command:
+        result = self.rotate_if(req, lambda ring: True)
+        assert result is not None
+        return result
+
+    def rotate_if(self, req: RotateRequest,
+                  still_wanted: Callable[[Keyring], bool]) -> VersionResult | None:
+        """:meth:`rotate`, unless ``still_wanted`` says no on the keyring past the barrier
+        (the leader's rotation policy, :mod:`raftsso.node.schedule`): then None."""
+
+        def build(ring: Keyring) -> Command | None:
+            if not still_wanted(ring):
+                return None
             live = live_versions(ring)
             if live >= MAX_LIVE_VERSIONS:
                 raise _too_many(live)
@@ -85,8 +96,7 @@ class KeyringWrites:
                           envelope.fingerprint(key), time.time(), expect, req.now)
 
         outcome = self._writes.run(req.request_id, "rotation", build)
-        assert outcome is not None
-        return VersionResult.from_wire(result_of(outcome))
+        return None if outcome is None else VersionResult.from_wire(result_of(outcome))
 
     def retire(self, req: RetireRequest) -> VersionResult:
         """Destroy a non-primary version's key material in the replicated state.
