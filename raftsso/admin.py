@@ -17,16 +17,24 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
-from raftsso import backup as backups
 from raftsso import cluster_status
 from raftsso.cluster_status import ClusterStatus
 from raftsso.config import Endpoint, RemoteConfig, load_remote_config, split_address
 from raftsso.errors import ConfigError, RaftssoError
 from raftsso.fsutil import atomic_write
+from raftsso.known_stores import KnownStore, store_id_problem
+from raftsso.pki import CertInfo
 from raftsso.protocol.ids import NodeId, VersionId, node_id, version_id
 from raftsso.protocol.messages import (
     BackedUpRequest,
+    CertRegisterRequest,
+    CertRegisterResult,
+    CertRevokeRequest,
+    CertRevokeResult,
+    CertsRequest,
+    CertsResult,
     KeyringRequest,
     MemberAddRequest,
     MemberChangeResult,
@@ -44,14 +52,21 @@ from raftsso.protocol.messages import (
     SealInstallRequest,
     SealView,
     StatusRequest,
+    StoreForgetRequest,
+    StoreForgetResult,
+    StoreReportRequest,
+    StoreResult,
+    StoresRequest,
     TransferLeaderRequest,
     TransferResult,
     UnsealRequest,
     VersionResult,
 )
 from raftsso.remote import ClusterClient
-from raftsso.seal import rekey
-from raftsso.seal.shares import ensure_share_dir, make_shares, read_share_file, write_share_file
+
+if TYPE_CHECKING:  # Argon2id (cryptography) is loaded by the backup calls only
+    from raftsso import backup as backups
+    from raftsso.store.model import StoreReport  # the store: only its callers load it
 
 DEFAULT_WRITE_DEADLINE = 15.0
 MEMBER_DEADLINE = 30.0
@@ -148,6 +163,8 @@ class AdminClient:
         The keyring comes from the leader past its barrier, so the file holds every
         committed version.
         """
+        from raftsso import backup as backups
+
         backups.check_password(password)
         if out.exists() and not overwrite:
             raise ConfigError(f"{out} exists; choose another name or pass --overwrite")
@@ -173,6 +190,26 @@ class AdminClient:
         return self.cluster.request_leader(RestoreRequest(info.cluster_id, versions, primary,
                                                           force))
 
+    # certificates (issue 15) ---------------------------------------------------------------
+
+    def certs(self) -> CertsResult:
+        """Every certificate registered with the cluster or revoked (the leader's view)."""
+        self.check_cluster()
+        return self.cluster.request_leader(CertsRequest(require_leader=True))
+
+    def cert_register(self, info: CertInfo) -> CertRegisterResult:
+        """Register a certificate made by ``certs issue`` (so ``certs list`` shows it and
+        ``certs revoke NAME`` finds it)."""
+        self.check_cluster()
+        return self.cluster.request_leader(CertRegisterRequest(
+            info.serial, info.name, info.role, info.not_after))
+
+    def cert_revoke(self, target: str, *, name: str = "") -> CertRevokeResult:
+        """Revoke every registered certificate named ``target``, or the serial ``target``
+        (``name``: the name of a serial the cluster never registered, for the record)."""
+        self.check_cluster()
+        return self.cluster.request_leader(CertRevokeRequest(target, name))
+
     # membership and leadership -------------------------------------------------------------
 
     def member_add(self, node: str, raft_address: str,
@@ -197,6 +234,29 @@ class AdminClient:
         return self.cluster.request_leader(TransferLeaderRequest(_node(node)),
                                            deadline=TRANSFER_DEADLINE)
 
+    # the stores known to the cluster ---------------------------------------------------------
+
+    def stores(self) -> list[KnownStore]:
+        """The SSO stores known to the cluster (the leader's view), by id."""
+        self.check_cluster()
+        return list(self.cluster.request_leader(StoresRequest()).stores)
+
+    def store_report(self, report: StoreReport, *, full: bool = True) -> StoreResult:
+        """Tell the cluster which versions a store uses (``rewrap``, ``retire --store``);
+        a full count needs an admin certificate."""
+        self.check_cluster()
+        return self.cluster.request_leader(StoreReportRequest(
+            report.store_id, report.kind, report.counted_at, dict(report.versions_in_use),
+            full))
+
+    def store_forget(self, store_id: str) -> StoreForgetResult:
+        """Drop a store the cluster knows (it is gone, or was reported by mistake)."""
+        problem = store_id_problem(store_id)
+        if problem:
+            raise RaftssoError(f"{store_id!r} is not a store id: {problem}")
+        self.check_cluster()
+        return self.cluster.request_leader(StoreForgetRequest(store_id))
+
 
     # the seal --------------------------------------------------------------------------------
 
@@ -217,6 +277,8 @@ class AdminClient:
     def unseal(self, node: str, share_file: Path) -> SealView:
         """Give ``node`` one unseal share (read from a 0600 share file, checked here first);
         the share goes over admin mTLS only and is never logged."""
+        from raftsso.seal.shares import read_share_file  # (AES-GCM: only when needed)
+
         share = read_share_file(share_file)
         self.check_cluster()
         return self.cluster.request_node(self._endpoint(node).address,
@@ -234,6 +296,8 @@ class AdminClient:
         old key and compacts. Run again after an interruption: a rekey whose reseal
         committed is finished (old keys destroyed), one that did not starts over.
         """
+        from raftsso.seal import rekey
+
         self.check_cluster()
         views = self._seal_views()
         current = max(v.seal_generation for v in views.values())
@@ -284,6 +348,8 @@ class AdminClient:
     def _write_shares(self, key: bytes, generation: int, shares_dir: Path | None,
                       shares: int | None, threshold: int | None,
                       ) -> list[Path]:
+        from raftsso.seal.shares import ensure_share_dir, make_shares, write_share_file
+
         if shares is None or threshold is None:
             raise ConfigError("a shamir rekey needs --shares and --threshold (the new split)")
         if not 1 <= threshold <= shares or (threshold == 1 and shares > 1):

@@ -21,14 +21,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from raftsso.encryption_counts import EncryptionLedger
 from raftsso.errors import DecodeError, InvalidToken
 from raftsso.keyring import Keyring, KeyState, KeyVersion
+from raftsso.known_stores import MAX_STORES, KnownStore, reported
 from raftsso.protocol.codes import ErrorCode
 from raftsso.protocol.commands import (
     BackedUp,
     Barrier,
     Bootstrap,
+    CertRegister,
+    CertRevoke,
     Command,
+    Encryptions,
     Member,
     Outcome,
     Promote,
@@ -36,10 +41,13 @@ from raftsso.protocol.commands import (
     Restore,
     Retire,
     Rotate,
+    StoreForget,
+    StoreReport,
     decode_envelope,
     decode_fields,
 )
 from raftsso.protocol.ids import REQUEST_ID_SIZE, is_version_id, request_id
+from raftsso.revocation import CertRecord, CertRegistry, RegistryError
 from raftsso.seal import blob as sealed_blob
 from raftsso.wire import WireMap, WireValue, unversioned, versioned
 
@@ -87,6 +95,10 @@ class KeyringStateMachine:
     def __init__(self) -> None:
         self._keyring = Keyring()
         self._index = 0  # the Raft index of the last command applied to the keyring
+        # The index at which the keyring last changed (a snapshot's index after a restore):
+        # the keyring at any index from here to ``_index`` is the same, which lets a node
+        # answer a client that holds one of them "unchanged" (see :meth:`view_since`).
+        self._changed = 0
         # Nodes added or removed after init. The Raft configuration itself lives in
         # pysyncobj; this is the directory of ids and service addresses, and the
         # tombstones that stop a removed id from rejoining.
@@ -96,6 +108,12 @@ class KeyringStateMachine:
         # reseal, a restore replacing the first secret): the node compacts past it so no
         # copy stays in its files (raftsso.node.destroy). Not snapshotted: 0 after a start.
         self._last_drop = 0
+        # The SSO stores known to the cluster, by id (raftsso.known_stores).
+        self._stores: dict[str, KnownStore] = {}
+        # Day-two state (issue 15): issued and revoked certificates, and the clients'
+        # encryption counts per version (raftsso.revocation, raftsso.encryption_counts).
+        self._certs = CertRegistry()
+        self._ledger = EncryptionLedger()
         # Written only by the Raft thread; the lock makes a read of (keyring, requests)
         # from a service thread consistent.
         self._lock = threading.Lock()
@@ -119,10 +137,29 @@ class KeyringStateMachine:
         this process started)."""
         return self._last_drop
 
+    def certs(self) -> CertRegistry:
+        """Issued and revoked certificates (immutable; replaced by every change)."""
+        return self._certs
+
+    def encryptions(self) -> EncryptionLedger:
+        """Encryptions per version, as SSO clients reported them (immutable)."""
+        return self._ledger
+
+    def view_since(self) -> tuple[Keyring, int, int]:
+        """:meth:`view` plus the index at which the keyring last changed: a client holding
+        the keyring of any index in ``[changed, index]`` holds this very keyring."""
+        with self._lock:
+            return self._keyring, self._index, self._changed
+
     def directory(self) -> dict[str, MemberRecord]:
         """Members added or removed after ``init`` (see :meth:`_member`)."""
         with self._lock:
             return dict(self._directory)
+
+    def stores(self) -> dict[str, KnownStore]:
+        """The SSO stores known to the cluster, by id."""
+        with self._lock:
+            return dict(self._stores)
 
     def request_outcome(self, req: bytes) -> Outcome | None:
         """The remembered outcome of a request id, if it was applied."""
@@ -150,6 +187,7 @@ class KeyringStateMachine:
                 return seen
             # Fields are decoded only now, as ever: a malformed command is remembered as
             # BAD_COMMAND under its request id.
+            before = self._keyring
             try:
                 outcome = self._dispatch(decode_fields(op, req, raw))
             except DecodeError as exc:
@@ -157,6 +195,10 @@ class KeyringStateMachine:
             except Exception as exc:
                 log.exception("unexpected error applying %s", op)
                 outcome = _fail(ErrorCode.INTERNAL, f"{type(exc).__name__}")
+            if self._keyring is not before:
+                # Without an index (tests), no index may claim this keyring: one past the
+                # last makes every "unchanged" check fail until a real index arrives.
+                self._changed = self._index if index is not None else self._index + 1
             self._requests[req] = outcome
             while len(self._requests) > MAX_REMEMBERED:
                 self._requests.popitem(last=False)
@@ -183,6 +225,20 @@ class KeyringStateMachine:
                 return self._restore(command)
             case Member():
                 return self._member(command)
+            case StoreReport():
+                return self._store_report(command)
+            case StoreForget():
+                return self._store_forget(command)
+            case CertRegister():
+                return self._cert_register(command)
+            case CertRevoke():
+                return self._cert_revoke(command)
+            case Encryptions():
+                live = frozenset(v.id for v in self._keyring.versions
+                                 if v.state is not KeyState.RETIRED)
+                self._ledger = self._ledger.add_reports(command.reports, at=command.at,
+                                                        live_versions=live)
+                return Outcome(True, {"clients": len(command.reports)})
             case Reseal():
                 return self._reseal(command)
         return _fail(ErrorCode.BAD_COMMAND, f"unknown command {command.op!r}")
@@ -310,6 +366,37 @@ class KeyringStateMachine:
         return {"generation": self._keyring.seal_generation,
                 "versions": [v.id for v in self._keyring.live()]}
 
+    def _store_report(self, cmd: StoreReport) -> Outcome:
+        current = self._stores.get(cmd.store_id)
+        if current is None and len(self._stores) >= MAX_STORES:
+            return _fail(ErrorCode.TOO_MANY_STORES,
+                         f"the cluster already knows {MAX_STORES} stores, the most it keeps; "
+                         "forget stores that are gone (raftsso stores forget ID)")
+        store = reported(current, cmd.store_id, cmd.kind, cmd.counted_at,
+                         cmd.versions_in_use, cmd.full)
+        self._stores[cmd.store_id] = store
+        return Outcome(True, store.to_wire())
+
+    def _store_forget(self, cmd: StoreForget) -> Outcome:
+        if self._stores.pop(cmd.store_id, None) is None:
+            return _fail(ErrorCode.NOT_FOUND, f"no known store has id {cmd.store_id}")
+        return Outcome(True, {"store_id": cmd.store_id, "forgotten": True})
+    def _cert_register(self, cmd: CertRegister) -> Outcome:
+        try:
+            self._certs = self._certs.register(
+                CertRecord(cmd.serial, cmd.name, cmd.role, cmd.at, cmd.not_after), cmd.at)
+        except RegistryError as exc:
+            return _fail(ErrorCode.CONFLICT, str(exc))
+        return Outcome(True, {"serial": cmd.serial, "name": cmd.name})
+
+    def _cert_revoke(self, cmd: CertRevoke) -> Outcome:
+        try:
+            self._certs, newly = self._certs.revoke(cmd.serials, at=cmd.at, by=cmd.by,
+                                                    names=cmd.names)
+        except RegistryError as exc:
+            return _fail(ErrorCode.CONFLICT, str(exc))
+        return Outcome(True, {"serials": list(cmd.serials), "revoked": newly})
+
     def _restore(self, cmd: Restore) -> Outcome:
         """Merge versions from a backup; never drops or overwrites a different version.
 
@@ -371,7 +458,19 @@ class KeyringStateMachine:
                 # Only once a seal rekey happened: until then a snapshot is byte for byte
                 # what earlier versions wrote (and read).
                 state["seal_generation"] = self._keyring.seal_generation
-            return versioned(SNAPSHOT_FORMAT, state)
+            if self._stores:  # absent without stores: the bytes of earlier versions
+                state["stores"] = [s.to_wire() for s in self._stores.values()]
+            return versioned(SNAPSHOT_FORMAT, state | self._daytwo_snapshot())
+
+    def _daytwo_snapshot(self) -> dict[str, WireValue]:
+        # Only when there is something: a snapshot of a keyring that never saw these
+        # commands stays byte for byte what earlier versions wrote.
+        out: dict[str, WireValue] = {}
+        if len(self._certs):
+            out["certs"] = self._certs.to_wire()
+        if self._ledger.totals or self._ledger.clients:
+            out["encryptions"] = self._ledger.to_wire()
+        return out
 
     def restore(self, blob: bytes) -> None:
         """Replace the state with a snapshot; raises :class:`DecodeError` if malformed."""
@@ -388,6 +487,11 @@ class KeyringStateMachine:
             if not isinstance(raw_directory, Mapping):
                 raise TypeError("the member directory must be a map")
             directory = {str(k): _member_record(v) for k, v in raw_directory.items()}
+            # Snapshots of versions without known stores have no "stores".
+            stores = {s.id: s for s in map(KnownStore.from_wire, _list(raw.get("stores", [])))}
+            # Absent from snapshots written before issue 15: nothing issued or counted yet.
+            certs = CertRegistry.from_wire(raw.get("certs", []))
+            ledger = EncryptionLedger.from_wire(raw.get("encryptions", {}))
         except (KeyError, TypeError, ValueError, AttributeError, OverflowError,
                 DecodeError) as exc:
             raise DecodeError(f"malformed snapshot: {exc}") from None
@@ -402,7 +506,11 @@ class KeyringStateMachine:
             self._keyring = Keyring(versions, seal_generation=generation)
             self._requests = requests
             self._index = index
+            self._changed = index
             self._directory = directory
+            self._stores = stores
+            self._certs = certs
+            self._ledger = ledger
 
 
 def _list(raw: WireValue) -> list[WireValue]:

@@ -32,6 +32,14 @@ op                   roles            what
 ``seal_install``     admin            hold a new seal generation's key (seal rekey, step 1)
 ``reseal``           admin            re-seal every live version under it (step 2, leader)
 ``seal_forget``      admin            destroy an old generation's key (step 3), compact
+``store_report``     client, admin    which key versions a store uses (a client: only the
+                                      rows it wrote; an admin: a full count too)
+``stores``           admin            the SSO stores known to the cluster
+``store_forget``     admin            drop a known store
+``certs``            admin            certificates registered or revoked
+``cert_register``    admin            register a certificate made by ``certs issue``
+``cert_revoke``      admin            revoke certificates by name or serial
+``encryptions``      node             SSO clients' encryption counts this node received
 ===================  ===============  ======================================================
 
 Writes sent to a follower are answered ``NOT_LEADER`` with the leader's service address.
@@ -77,9 +85,14 @@ from raftsso.node import Node
 from raftsso.protocol.codes import ErrorCode
 from raftsso.protocol.messages import (
     BackedUpRequest,
+    CertRegisterRequest,
+    CertRevokeRequest,
+    CertsRequest,
     ClientsRequest,
+    EncryptionsRequest,
     ErrorBody,
     KeyringRequest,
+    KeyringResult,
     MemberAddRequest,
     MemberRemoveRequest,
     MembersRequest,
@@ -94,18 +107,24 @@ from raftsso.protocol.messages import (
     SealForgetRequest,
     SealInstallRequest,
     StatusRequest,
+    StoreForgetRequest,
+    StoreReportRequest,
+    StoresRequest,
     TransferLeaderRequest,
     UnsealRequest,
 )
+from raftsso.tls_guard import ReloadableTLS, RevocationGuard
 from raftsso.tlserrors import handshake_failure_reason
 from raftsso.wire import (
     WireMap,
     WireValue,
     decode_body,
     encode_frame,
+    encode_ok_frame,
     error,
     frame_length,
     ok,
+    pack,
     parse_request,
 )
 
@@ -182,7 +201,20 @@ class Service:
             Op.SEAL_INSTALL: route(ADMIN_ROLES, SealInstallRequest, self._seal_install),
             Op.RESEAL: route(ADMIN_ROLES, ResealRequest, self._reseal),
             Op.SEAL_FORGET: route(ADMIN_ROLES, SealForgetRequest, self._seal_forget),
+            Op.CERTS: route(ADMIN_ROLES, CertsRequest, self._certs),
+            Op.CERT_REGISTER: route(ADMIN_ROLES, CertRegisterRequest, self._cert_register),
+            Op.CERT_REVOKE: route(ADMIN_ROLES, CertRevokeRequest, self._cert_revoke),
+            Op.ENCRYPTIONS: route(NODE_ROLES, EncryptionsRequest, self._encryptions),
         }
+        self.routes.update({
+            Op.STORE_REPORT: route(READ_ROLES, StoreReportRequest, self._store_report),
+            Op.STORES: route(ADMIN_ROLES, StoresRequest, self._stores),
+            Op.STORE_FORGET: route(ADMIN_ROLES, StoreForgetRequest, self._store_forget),
+        })
+        # The node hands out the same KeyringResult object until the keyring, its index or
+        # the term changes; its wire form and packed bytes are kept here (one slot per
+        # kind: whole, unchanged), so a fetch between two changes packs only the frame head.
+        self._packed: dict[bool, tuple[KeyringResult, WireValue, bytes]] = {}
 
     async def handle(self, caller: Caller, message: WireMap) -> WireMap:
         start = time.perf_counter()
@@ -230,12 +262,38 @@ class Service:
                             caller.peer)
                 raise PermissionDenied(
                     f"a {caller.role or 'certificate without a'} role may not call {op}")
-            return ok(rid, (await entry.call(caller, args)).to_wire())
+            return ok(rid, self._result_wire(await entry.call(caller, args)))
         except Exception as exc:
             body = self.error_body(exc, op, caller)
             return error(rid, body.code.value, body.message,
                          **{k: v for k, v in body.to_wire().items()
                             if k not in ("code", "message")})
+
+    def _result_wire(self, result: Result) -> WireValue:
+        if not isinstance(result, KeyringResult):
+            return result.to_wire()
+        slot = self._packed.get(result.unchanged)
+        if slot is None or slot[0] is not result:
+            wire = result.to_wire()
+            slot = (result, wire, pack(wire))
+            self._packed[result.unchanged] = slot
+        return slot[1]
+
+    def forget_answers(self) -> None:
+        """Drop the packed keyring answers (in the loop's thread): a retired version's key
+        must not stay in them (raftsso.node.destroy)."""
+        self._packed.clear()
+
+    def encode(self, answer: WireMap, max_frame: int) -> bytes:
+        """The frame of ``answer``; a cached keyring result is not packed again."""
+        result = answer.get("result")
+        if result is not None and answer.get("ok") is True:
+            for _result, wire, packed in self._packed.values():
+                if result is wire:
+                    rid = answer.get("id")
+                    assert type(rid) is int  # built by _handle
+                    return encode_ok_frame(rid, packed, max_frame)
+        return encode_frame(answer, max_frame)
 
     def error_body(self, exc: Exception, op: str, caller: Caller) -> ErrorBody:
         """The one place where an exception becomes an error answer."""
@@ -311,6 +369,28 @@ class Service:
         self._require_leader()
         return await asyncio.to_thread(self.node.member_add, req)
 
+    async def _certs(self, caller: Caller, req: CertsRequest) -> Result:
+        if req.require_leader:
+            self._require_ready_leader()
+        return self.node.certs_view()
+
+    async def _encryptions(self, caller: Caller, req: EncryptionsRequest) -> Result:
+        return self.node.encryption_reports()
+
+    async def _cert_register(self, caller: Caller, req: CertRegisterRequest) -> Result:
+        self._require_leader()
+        result = await asyncio.to_thread(self.node.cert_register, req)
+        log.info("certificate %s (serial %s, %s) registered by %s", req.name, req.serial,
+                 req.role, caller.name)
+        return result
+
+    async def _cert_revoke(self, caller: Caller, req: CertRevokeRequest) -> Result:
+        self._require_leader()
+        result = await asyncio.to_thread(self.node.cert_revoke, req, caller.name[:64])
+        log.warning("certificate(s) %s revoked by %s (%s)", ", ".join(result.serials),
+                    caller.name, req.target)
+        return result
+
     async def _member_remove(self, caller: Caller, req: MemberRemoveRequest) -> Result:
         self._require_leader()
         return await asyncio.to_thread(self.node.member_remove, req)
@@ -340,6 +420,22 @@ class Service:
     async def _seal_forget(self, caller: Caller, req: SealForgetRequest) -> Result:
         result = await asyncio.to_thread(self.node.seal_forget, req)
         log.info("seal generation %d destroyed by %s", req.generation, caller.name)
+        return result
+
+    # the stores known to the cluster ------------------------------------------------------
+
+    async def _store_report(self, caller: Caller, req: StoreReportRequest) -> Result:
+        self._require_leader()
+        return await asyncio.to_thread(self.node.store_report, req, caller.role)
+
+    async def _stores(self, caller: Caller, req: StoresRequest) -> Result:
+        self._require_ready_leader()
+        return self.node.stores_view()
+
+    async def _store_forget(self, caller: Caller, req: StoreForgetRequest) -> Result:
+        self._require_leader()
+        result = await asyncio.to_thread(self.node.store_forget, req)
+        log.info("store %s forgotten by %s", req.store_id, caller.name)
         return result
 
     def _require_ready_leader(self) -> None:
@@ -378,7 +474,12 @@ class Server:
         self.cfg = node.cfg
         self.limits = self.cfg.limits
         self.service = Service(node)
-        self._ctx = pki.server_context(self.cfg.ca_cert, self.cfg.cert, self.cfg.key)
+        # The certificate is reloaded on SIGHUP (runner); revoked certificates are refused
+        # after the handshake and their open connections closed (raftsso.tls_guard).
+        self.tls = ReloadableTLS(
+            lambda: pki.server_context(self.cfg.ca_cert, self.cfg.cert, self.cfg.key),
+            lambda: pki.describe(self.cfg.cert.read_bytes()))
+        self.guard = RevocationGuard()
         self._listeners: list[socket.socket] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._connections: set[asyncio.Task[None]] = set()
@@ -409,6 +510,7 @@ class Server:
             self._tasks.add(loop.create_task(
                 accept_loop(listener, self.gate, self._accepted, self._connections)))
         self._tasks.add(loop.create_task(self.trimmer.run()))
+        self._tasks.add(loop.create_task(self.guard.run()))
 
     async def close(self) -> None:
         for task in self._tasks:
@@ -450,7 +552,7 @@ class Server:
             protocol = asyncio.StreamReaderProtocol(reader)
             handed = True
             transport, _ = await loop.connect_accepted_socket(
-                lambda: protocol, sock, ssl=self._ctx,
+                lambda: protocol, sock, ssl=self.tls.context,
                 ssl_handshake_timeout=max(0.1, deadline - loop.time()))
             return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
         except asyncio.CancelledError:
@@ -473,13 +575,21 @@ class Server:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                      peer: str) -> None:
         sslobj = writer.get_extra_info("ssl_object")
-        role, name = pki.peer_identity(sslobj.getpeercert() if sslobj else None)
+        peercert = sslobj.getpeercert() if sslobj else None
+        role, name = pki.peer_identity(peercert)
         caller = Caller(role, name, peer)
+        tracked = self.guard.admit(pki.peer_serial(peercert), name, role, peer,
+                                   writer.transport.abort)
+        if tracked is None:  # a revoked certificate: not one request answered
+            writer.transport.abort()
+            return
         try:
             while True:
+                # asyncio.timeout, not wait_for: wait_for wraps every read in a new task
+                # (Python 3.11), which was a tenth of the cost of a keyring fetch.
                 try:
-                    header = await asyncio.wait_for(reader.readexactly(4),
-                                                    self.cfg.idle_timeout)
+                    async with asyncio.timeout(self.cfg.idle_timeout):
+                        header = await reader.readexactly(4)
                 except (asyncio.IncompleteReadError, TimeoutError):
                     return
                 try:
@@ -491,8 +601,8 @@ class Server:
                     await self._send(writer, error(0, "BAD_FRAME", str(exc)))
                     return
                 try:
-                    body = await asyncio.wait_for(reader.readexactly(length),
-                                                  self.cfg.read_timeout)
+                    async with asyncio.timeout(self.cfg.read_timeout):
+                        body = await reader.readexactly(length)
                 except (asyncio.IncompleteReadError, TimeoutError):
                     return
                 try:
@@ -521,14 +631,16 @@ class Server:
         except Exception:
             log.exception("unexpected error serving %s", peer)
         finally:
+            self.guard.release(tracked)
             writer.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(writer.wait_closed(), 1)
 
     async def _send(self, writer: asyncio.StreamWriter, message: WireMap) -> None:
-        writer.write(encode_frame(message, max_frame=max(self.cfg.max_frame, 1 << 20)))
+        writer.write(self.service.encode(message, max(self.cfg.max_frame, 1 << 20)))
         try:
-            await asyncio.wait_for(writer.drain(), self.limits.send_timeout)
+            async with asyncio.timeout(self.limits.send_timeout):
+                await writer.drain()
         except TimeoutError:
             # A client that does not read its answers would otherwise hold the connection
             # (and the unsent answer) for ever: no read timeout runs while we wait here.

@@ -9,10 +9,8 @@ import click
 
 from raftsso.admin import AdminClient
 from raftsso.cluster_status import ClusterStatus
-from raftsso.deployment import init_deployment, join_node
 from raftsso.protocol.ids import MAX_VERSION_ID
 from raftsso.seal.base import KINDS
-from raftsso.seal.setup import SealPlan
 from raftsso_cli.common import admin_client, print_json, remote_config, table
 from raftsso_cli.lifecycle import warn_not_backed_up
 
@@ -50,6 +48,9 @@ def init(directory: Path, nodes: int | None, host: str, base_port: int | None,
     With --join NODE_ID, prepare one more node for the existing deployment in DIRECTORY;
     start it, then run `raftsso -c DIRECTORY/admin.toml members add NODE_ID ADDRESS`.
     """
+    # Certificates (cryptography) only for the command that makes them.
+    from raftsso.deployment import init_deployment, join_node
+
     if join is not None:
         plan = join_node(directory, join, host=None if host == "127.0.0.1" else host,
                          base_port=base_port)
@@ -64,6 +65,8 @@ def init(directory: Path, nodes: int | None, host: str, base_port: int | None,
         raise click.BadParameter(f"--nodes {nodes} disagrees with {len(host_list)} --hosts",
                                  param_hint="--nodes")
     nodes = len(host_list) if host_list else (nodes or 3)
+    from raftsso.seal.setup import SealPlan
+
     notes: list[str] = []
     seal_plan = SealPlan(seal_kind, shares, threshold, pkcs11_module, pkcs11_token_label,
                          pkcs11_pin_file)
@@ -99,13 +102,16 @@ def _fmt(value: object, suffix: str = "") -> str:
 def print_status(status: ClusterStatus) -> None:
     rows = [[n.id, n.address, _fmt(n.reachable), _fmt(n.role), _fmt(n.term),
              _fmt(n.commit_index), _fmt(n.primary_version), _fmt(n.last_contact, "s"),
+             _fmt(n.lag), _fmt(n.healthy),
              _fmt(n.sealed)]
             for n in status.nodes]
     click.echo(f"cluster {status.cluster_id or '?'}  leader {status.leader or 'NONE'}  "
                f"quorum {_fmt(status.has_quorum)}  "
-               f"primary version {_fmt(status.primary_version)}")
+               f"primary version {_fmt(status.primary_version)}  "
+               f"failure tolerance {status.failure_tolerance}")
     click.echo(table(["node", "address", "reachable", "role", "term", "commit index",
-                      "primary version", "last contact", "sealed"], rows))
+                      "primary version", "last contact", "lag", "healthy",
+                      "sealed"], rows))
 
 
 @click.command()
@@ -118,7 +124,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
     if as_json:
         view = result.to_dict()
         print_json({k: view[k] for k in ("cluster_id", "leader", "has_quorum",
-                                         "primary_version", "nodes")})
+                                         "primary_version", "failure_tolerance", "nodes")})
     else:
         print_status(result)
         warn_not_backed_up(result.versions)

@@ -15,6 +15,7 @@ module                              concern
 :mod:`~raftsso.node.duties`         the leader's thread: barrier, first secret, promotion
 :mod:`~raftsso.node.tracking`       SSO clients seen (per certificate) and the leader's census
 :mod:`~raftsso.node.membership`     members, adding/removing one, leadership transfer
+:mod:`~raftsso.node.store_reports`  the SSO stores known to the cluster (reports, forget)
 ==================================  ===========================================================
 
 The Raft member is built by the wiring code (:func:`raftsso.runner.build_node`) and passed
@@ -33,14 +34,18 @@ from raftsso.config import NodeConfig, Peer
 from raftsso.errors import RaftssoError, RemoteError
 from raftsso.fsm import KeyringStateMachine
 from raftsso.keyring import Keyring, KeyState
+from raftsso.node.certificates import CertificateWrites, RevokedSerials
 from raftsso.node.destroy import Destroyer
 from raftsso.node.duties import LeaderDuties
 from raftsso.node.keyring_writes import MAX_LIVE_VERSIONS, KeyringWrites
 from raftsso.node.membership import Membership
 from raftsso.node.raft_member import RaftHooks, RaftMember
+from raftsso.node.schedule import ScheduledDuties
 from raftsso.node.seal_ops import SealOps
 from raftsso.node.sealing import NodeSeal
+from raftsso.node.store_reports import StoreReports
 from raftsso.node.tracking import ClientCensus, ClientTracker
+from raftsso.node.usage import EncryptionReportTracker
 from raftsso.node.write_path import WritePath
 from raftsso.protocol.codes import ErrorCode
 from raftsso.protocol.commands import Barrier
@@ -48,7 +53,13 @@ from raftsso.protocol.ids import VersionId, new_request_id
 from raftsso.protocol.messages import (
     BackedUpRequest,
     BackedUpResult,
+    CertRegisterRequest,
+    CertRegisterResult,
+    CertRevokeRequest,
+    CertRevokeResult,
+    CertsResult,
     ClientsView,
+    EncryptionReports,
     KeyringRequest,
     KeyringResult,
     KeyringVersion,
@@ -65,9 +76,15 @@ from raftsso.protocol.messages import (
     RestoreResult,
     RetireRequest,
     RotateRequest,
+    RotationPolicyView,
     SealForgetRequest,
     SealInstallRequest,
     SealView,
+    StoreForgetRequest,
+    StoreForgetResult,
+    StoreReportRequest,
+    StoreResult,
+    StoresResult,
     TransferLeaderRequest,
     TransferResult,
     UnsealRequest,
@@ -96,14 +113,31 @@ class Node:
         # passed one; a wrong PIN or a missing key file stops the node before Raft starts.
         self.seal = NodeSeal(seal if seal is not None else open_seal(cfg.seal, cfg.cluster_id),
                              cfg.cluster_id)
+        # The last keyring answer of each kind (whole, unchanged), with what it was built
+        # from (the keyring object, its index, the term): clients syncing between two
+        # changes get the same object. Each slot is replaced whole: no lock needed.
+        self._answers: dict[bool, tuple[Keyring, int, int, KeyringResult]] = {}
         self.writes = WritePath(cfg, fsm, raft, self.leader_service_address,
                                 lambda: self.duties.wake())
         self.membership = Membership(cfg, fsm, raft, self.writes)
         self.clients = ClientTracker(cfg.client_window, clock)
         self.census = ClientCensus(cfg, self.clients, self.membership.members)
-        self.keyring_writes = KeyringWrites(cfg, self.writes, self.census, self.seal)
+        self.keyring_writes = KeyringWrites(cfg, self.writes, self.census, self.seal,
+                                            fsm.stores)
+        self.store_reports = StoreReports(fsm, self.writes)
         self.duties = LeaderDuties(cfg, fsm, raft, self.writes, self.census, self.seal)
-        self.destroyer = Destroyer(fsm, raft, self.seal)
+        # Day-two operations (issue 15): certificates, encryption counts, the leader's
+        # scheduled duties (backups to a public key, rotation policy).
+        self.certificates = CertificateWrites(fsm, self.writes)
+        self._revoked = RevokedSerials(fsm, cfg.data_dir / "revoked.serials")
+        self.reports = EncryptionReportTracker(clock)
+        self.schedule = ScheduledDuties(cfg, fsm, raft, self.writes, self.keyring_writes,
+                                        self.reports, self.membership.members,
+                                        lambda: self.keyring(KeyringRequest(), ""))
+        # Called (from the destroy thread) once the keyring dropped a sealed secret: cached
+        # answers that may hold its key are forgotten (the service adds its packed frames).
+        self.drop_listeners: list[Callable[[], None]] = []
+        self.destroyer = Destroyer(fsm, raft, self.seal, self._forget_answers)
         self.seal_ops = SealOps(cfg, fsm, self.writes, self.seal, self.duties.wake,
                                 self._compact_now, self._destroy_after_write)
         if hooks is not None:
@@ -117,6 +151,7 @@ class Node:
     def start(self) -> None:
         self.raft.start()
         self.duties.start()
+        self.schedule.start()
         self.destroyer.start()
         if self.seal.sealed:
             log.warning("node %s is sealed: it serves no keyring until %s unseal shares are "
@@ -128,6 +163,7 @@ class Node:
                  self.cfg.raft_address, self.cfg.service_address, self.cfg.cluster_id)
 
     def stop(self) -> None:
+        self.schedule.stop()
         self.destroyer.stop()
         self.duties.stop()
         self.census.close()
@@ -146,6 +182,7 @@ class Node:
             events.emit(events.LEADERSHIP_LOST, f"{self.cfg.node_id} is now {new}",
                         term=term, role=new)
         self.duties.wake()
+        self.schedule.wake()
 
     @property
     def ready_for_writes(self) -> bool:
@@ -180,7 +217,15 @@ class Node:
             versions=tuple(VersionInfo.of(v) for v in ring.versions),
             peers=tuple(PeerStatus(p.id, p.connected, p.last_contact, p.match_index)
                         for p in raft.peers()),
+            policy=self.policy_view(ring),
+            encryptions=dict(self.fsm.encryptions().totals),
+            last_backup=self.schedule.last_backup,
             seal=self.seal_ops.view())
+
+    def policy_view(self, ring: Keyring) -> RotationPolicyView:
+        policy = self.schedule.policy
+        return RotationPolicyView(policy.period, policy.max_encryptions,
+                                  policy.encryption_threshold, policy.next_rotation(ring))
 
     def keyring(self, req: KeyringRequest, certificate: str) -> KeyringResult:
         """What an SSO client caches: every usable version with its key, and the primary.
@@ -193,16 +238,33 @@ class Node:
             raise RemoteError(f"node {self.cfg.node_id} is sealed: it serves no keyring until "
                               "enough unseal shares are supplied; ask another node",
                               code=ErrorCode.SEALED)
-        ring, index = self.fsm.view()
+        ring, index, changed = self.fsm.view_since()
         term = self.raft.term
         if req.client_id is not None:
             self.clients.record(certificate, req.client_id, ring.last_id)
-        return KeyringResult(
+            if req.encryptions:
+                self.reports.record(certificate, req.client_id, req.encryptions)
+        # The client's index holds this keyring: tell it so, without the versions.
+        unchanged = req.known is not None and changed <= req.known <= index
+        cached = self._answers.get(unchanged)
+        if cached is not None and cached[0] is ring and cached[1] == index \
+                and cached[2] == term:
+            return cached[3]  # the same (immutable) answer: the service reuses its bytes
+        result = KeyringResult(
             cluster_id=self.cfg.cluster_id, node_id=self.cfg.node_id, term=term,
             commit_index=index,
             primary=VersionId(ring.primary) if ring.primary is not None else None,
-            versions=tuple(KeyringVersion(VersionInfo.of(v), self._unseal(ring, v.id))
-                           for v in ring.versions if v.state is not KeyState.RETIRED))
+            versions=() if unchanged else tuple(
+                KeyringVersion(VersionInfo.of(v), self._unseal(ring, v.id))
+                for v in ring.versions if v.state is not KeyState.RETIRED),
+            unchanged=unchanged)
+        self._answers[unchanged] = (ring, index, term, result)
+        return result
+
+    def _forget_answers(self) -> None:
+        self._answers = {}
+        for listener in self.drop_listeners:
+            listener()
 
     def _unseal(self, ring: Keyring, version: int) -> bytes:
         kv = ring.get(version)
@@ -215,6 +277,17 @@ class Node:
 
     def members_view(self) -> MembersResult:
         return self.membership.view()
+
+    def certs_view(self) -> CertsResult:
+        return self.certificates.view()
+
+    def encryption_reports(self) -> EncryptionReports:
+        """The SSO clients' latest encryption counts as this node received them."""
+        return self.reports.view()
+
+    def revoked(self) -> frozenset[str]:
+        """Revoked certificate serials (the same object until the set changes)."""
+        return self._revoked()
 
     # writes -----------------------------------------------------------------------------------
 
@@ -277,3 +350,19 @@ class Node:
 
     def transfer_leadership(self, req: TransferLeaderRequest) -> TransferResult:
         return self.membership.transfer(req)
+
+    # the stores known to the cluster ------------------------------------------------------
+
+    def store_report(self, req: StoreReportRequest, role: str) -> StoreResult:
+        return self.store_reports.report(req, role)
+
+    def store_forget(self, req: StoreForgetRequest) -> StoreForgetResult:
+        return self.store_reports.forget(req)
+
+    def stores_view(self) -> StoresResult:
+        return self.store_reports.view()
+    def cert_register(self, req: CertRegisterRequest) -> CertRegisterResult:
+        return self.certificates.register(req)
+
+    def cert_revoke(self, req: CertRevokeRequest, by: str) -> CertRevokeResult:
+        return self.certificates.revoke(req, by)

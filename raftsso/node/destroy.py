@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 from raftsso import events
 from raftsso.fsm import KeyringStateMachine
@@ -33,7 +34,9 @@ COMPACT_TIMEOUT = 10.0
 
 
 class Destroyer:
-    def __init__(self, fsm: KeyringStateMachine, raft: RaftMember, seal: NodeSeal) -> None:
+    def __init__(self, fsm: KeyringStateMachine, raft: RaftMember, seal: NodeSeal,
+                 on_drop: Callable[[], None] = lambda: None) -> None:
+        self._on_drop = on_drop  # forget cached answers that may hold a dropped key
         self._fsm = fsm
         self._raft = raft
         self._seal = seal
@@ -99,6 +102,7 @@ class Destroyer:
                 self._cond.notify_all()
             return
         dropped = self._seal.prune(ring)
+        self._on_drop()
         if dropped:
             log.info("opened secrets of version(s) %s left the unseal cache", dropped)
         if self._raft.last_applied < target + past:
