@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import os
 import sys
+import tomllib
 from collections.abc import Mapping
+from pathlib import Path
 
 MARK = "RAFTSSO_SCRUB_FREED"
 PERTURB = "165"  # 0xa5: freed memory reads as a run of 0xa5 bytes
@@ -44,6 +46,17 @@ def scrubbing_environment(environ: Mapping[str, str]) -> dict[str, str] | None:
     env["GLIBC_TUNABLES"] = ":".join([*tunables, TCACHE_OFF])
     env[MARK] = "1"
     return env
+
+
+def wanted(node_toml: Path) -> bool:
+    """``scrub_freed_memory`` of a node.toml, read before anything heavy is imported (true
+    when absent; an unreadable file is left for the full load to report)."""
+    try:
+        with node_toml.open("rb") as fh:
+            value = tomllib.load(fh).get("scrub_freed_memory", True)
+    except (OSError, ValueError, RecursionError):
+        return True
+    return value is not False
 
 
 def reexec_scrubbed() -> None:

@@ -23,7 +23,7 @@ from raftsso.errors import RaftssoError
 from raftsso.fsm import KeyringStateMachine
 from raftsso.keyring import Keyring, KeyState
 from raftsso.node.raft_member import RaftMember
-from raftsso.node.sealing import NodeSeal
+from raftsso.node.sealing import NodeSeal, scrub
 from raftsso.node.tracking import ClientCensus
 from raftsso.node.write_path import WritePath
 from raftsso.protocol.commands import Barrier, Bootstrap, Command, Promote
@@ -144,7 +144,10 @@ class LeaderDuties:
             sealed = self._seal.wrap(key, 1, ring.seal_generation)
             return Bootstrap(req, sealed, fingerprint, time.time())
 
-        outcome = self._writes.run(req, "first secret", build, require_secret=False)
+        try:
+            outcome = self._writes.run(req, "first secret", build, require_secret=False)
+        finally:
+            scrub(key)  # sealed (or not needed): overwritten, not just freed
         if outcome is not None and outcome.ok:
             log.info("created the cluster's first master secret (version 1, fingerprint %s); "
                      "back it up now", fingerprint)

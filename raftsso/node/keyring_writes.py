@@ -16,7 +16,7 @@ from raftsso.config import NodeConfig
 from raftsso.errors import Conflict, RemoteError
 from raftsso.keyring import Keyring, KeyState
 from raftsso.known_stores import KnownStore, retire_blocker
-from raftsso.node.sealing import NodeSeal
+from raftsso.node.sealing import NodeSeal, scrub
 from raftsso.node.tracking import ClientCensus
 from raftsso.node.write_path import WritePath, result_of
 from raftsso.protocol.codes import ErrorCode
@@ -92,8 +92,10 @@ class KeyringWrites:
             # Sealed under the keyring's seal generation, read here in the write path: a
             # seal rekey committed meanwhile is seen (and the state machine checks again).
             sealed = self._seal.wrap(key, version, ring.seal_generation)
-            return Rotate(req.request_id, version, sealed,
-                          envelope.fingerprint(key), time.time(), expect, req.now)
+            fingerprint = envelope.fingerprint(key)
+            scrub(key)  # the plaintext is needed no more: overwritten, not just freed
+            return Rotate(req.request_id, version, sealed, fingerprint, time.time(), expect,
+                          req.now)
 
         outcome = self._writes.run(req.request_id, "rotation", build)
         return None if outcome is None else VersionResult.from_wire(result_of(outcome))
