@@ -13,7 +13,8 @@ path               answer
 ``/healthz``       ``200 ok``: the process is up and serving HTTP
 ``/readyz``        ``200 ready`` when this node sees a leader, has a quorum and has applied
                    what the leader has committed (as far as it knows), and the cluster has
-                   its first secret; else ``503 not ready: <reason>``
+                   its first secret, and is not sealed; else ``503 not ready: <reason>``
+                   (``sealed (...)`` for a shamir node waiting for unseal shares)
 =================  =====================================================================
 
 What each metric means is in ``docs/operations.md`` (section *Metrics*). Two need care:
@@ -83,6 +84,8 @@ FETCH_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5
 def readiness(node: Node) -> tuple[bool, str]:
     """``(ready, reason)``: the rule behind ``/readyz`` (see the module docstring)."""
     raft = node.raft
+    if node.seal.sealed:
+        return False, "sealed (supply unseal shares: raftsso unseal NODE --share-file FILE)"
     try:
         leader = raft.leader_id
         if leader is None:

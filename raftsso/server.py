@@ -28,6 +28,10 @@ op                   roles            what
 ``members``          client, admin    the members as this node sees them
 ``member_add``       admin            add a member
 ``member_remove``    admin            remove a member for good
+``unseal``           admin            one unseal share for a shamir node (never logged)
+``seal_install``     admin            hold a new seal generation's key (seal rekey, step 1)
+``reseal``           admin            re-seal every live version under it (step 2, leader)
+``seal_forget``      admin            destroy an old generation's key (step 3), compact
 ``store_report``     client, admin    which key versions a store uses (a client: only the
                                       rows it wrote; an admin: a full count too)
 ``stores``           admin            the SSO stores known to the cluster
@@ -95,15 +99,19 @@ from raftsso.protocol.messages import (
     Op,
     PingRequest,
     Request,
+    ResealRequest,
     RestoreRequest,
     Result,
     RetireRequest,
     RotateRequest,
+    SealForgetRequest,
+    SealInstallRequest,
     StatusRequest,
     StoreForgetRequest,
     StoreReportRequest,
     StoresRequest,
     TransferLeaderRequest,
+    UnsealRequest,
 )
 from raftsso.tls_guard import ReloadableTLS, RevocationGuard
 from raftsso.tlserrors import handshake_failure_reason
@@ -188,6 +196,11 @@ class Service:
             Op.MEMBERS: route(READ_ROLES, MembersRequest, self._members),
             Op.MEMBER_ADD: route(ADMIN_ROLES, MemberAddRequest, self._member_add),
             Op.MEMBER_REMOVE: route(ADMIN_ROLES, MemberRemoveRequest, self._member_remove),
+            # the seal
+            Op.UNSEAL: route(ADMIN_ROLES, UnsealRequest, self._unseal),
+            Op.SEAL_INSTALL: route(ADMIN_ROLES, SealInstallRequest, self._seal_install),
+            Op.RESEAL: route(ADMIN_ROLES, ResealRequest, self._reseal),
+            Op.SEAL_FORGET: route(ADMIN_ROLES, SealForgetRequest, self._seal_forget),
             Op.CERTS: route(ADMIN_ROLES, CertsRequest, self._certs),
             Op.CERT_REGISTER: route(ADMIN_ROLES, CertRegisterRequest, self._cert_register),
             Op.CERT_REVOKE: route(ADMIN_ROLES, CertRevokeRequest, self._cert_revoke),
@@ -265,6 +278,11 @@ class Service:
             slot = (result, wire, pack(wire))
             self._packed[result.unchanged] = slot
         return slot[1]
+
+    def forget_answers(self) -> None:
+        """Drop the packed keyring answers (in the loop's thread): a retired version's key
+        must not stay in them (raftsso.node.destroy)."""
+        self._packed.clear()
 
     def encode(self, answer: WireMap, max_frame: int) -> bytes:
         """The frame of ``answer``; a cached keyring result is not packed again."""
@@ -376,6 +394,33 @@ class Service:
     async def _member_remove(self, caller: Caller, req: MemberRemoveRequest) -> Result:
         self._require_leader()
         return await asyncio.to_thread(self.node.member_remove, req)
+
+    # the seal ---------------------------------------------------------------------------------
+
+    async def _unseal(self, caller: Caller, req: UnsealRequest) -> Result:
+        result = await asyncio.to_thread(self.node.unseal, req)
+        log.info("unseal share from %s: %s", caller.name,
+                 "sealed" if result.sealed else "unsealed")
+        return result
+
+    async def _seal_install(self, caller: Caller, req: SealInstallRequest) -> Result:
+        result = await asyncio.to_thread(self.node.seal_install, req)
+        log.info("seal generation %d installed by %s", req.generation, caller.name)
+        return result
+
+    async def _reseal(self, caller: Caller, req: ResealRequest) -> Result:
+        self._require_leader()
+        result = await asyncio.to_thread(self.node.reseal, req)
+        log.info("seal rekey by %s: versions %s sealed under generation %d", caller.name,
+                 list(result.versions), result.generation)
+        events.emit(events.SEAL_REKEYED, f"seal generation {result.generation}",
+                    generation=result.generation, versions=list(result.versions))
+        return result
+
+    async def _seal_forget(self, caller: Caller, req: SealForgetRequest) -> Result:
+        result = await asyncio.to_thread(self.node.seal_forget, req)
+        log.info("seal generation %d destroyed by %s", req.generation, caller.name)
+        return result
 
     # the stores known to the cluster ------------------------------------------------------
 
@@ -567,7 +612,12 @@ class Server:
                     return
                 answer = await self.service.handle(caller, message)
                 await self._send(writer, answer)
-                if self.service.ends_connection(answer):
+                ends = self.service.ends_connection(answer)
+                # A keyring answer holds master secrets: drop it now, not when the next
+                # request comes on this connection (idle for minutes, perhaps), so a
+                # retired version's key does not outlive the unseal cache's copy.
+                del answer, message
+                if ends:
                     return
         except (ConnectionError, ssl.SSLError, OSError, MemoryError) as exc:
             if is_exhaustion(exc):

@@ -352,6 +352,41 @@ class RaftNode(Generic[Result]):
             ))
         return views
 
+    # forced compaction (issue 14: retire and seal rekey destroy) -----------------------
+
+    def compact(self, timeout: float) -> int | None:
+        """Snapshot the state machine now and cut the journal, then wait until both are on
+        disk: the journal then starts at most one entry before the last applied entry
+        (pysyncobj keeps the last two applied entries beside the snapshot). Returns that
+        applied index, or None if it did not finish within ``timeout`` (out of descriptors,
+        a snapshot transfer under way).
+
+        The journal is rewritten into a new file that replaces the old one
+        (:meth:`DurableJournal.deleteEntriesTo`), and the snapshot is written to a new file
+        renamed over the old, so no earlier entry stays in either file.
+        """
+        deadline = time.monotonic() + timeout
+
+        def force() -> int:
+            self.sync.forceLogCompaction()
+            return int(self.sync.raftLastApplied)
+
+        def head() -> tuple[int, bool]:
+            log = self.sync._SyncObj__raftLog
+            first = int(log[0][1]) if len(log) else 0
+            # Not checkSerializing(): it consumes the "done" state pysyncobj acts on. A
+            # serializer pid of 0 means no snapshot is pending its journal cut.
+            pending = getattr(self.sync._SyncObj__serializer, "_Serializer__pid", 0)
+            return first, pending == 0
+
+        target = self.in_raft_thread(force, timeout)
+        while time.monotonic() < deadline:
+            first, idle = self.in_raft_thread(head, max(0.1, deadline - time.monotonic()))
+            if idle and first >= target - 1:
+                return int(target)
+            time.sleep(0.02)
+        return None
+
     # writes --------------------------------------------------------------------------
 
     def propose(self, command: bytes, timeout: float) -> Result:
