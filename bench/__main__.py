@@ -1,6 +1,6 @@
 """``python -m bench [--quick] [--trials N] [--out DIR] [SCENARIO ...]``: run benchmarks.
 
-Scenarios: encryption, rewrap, rotation, load, failover, etcd (side by side; skipped with a
+Scenarios: encryption, rewrap, rotation, commits, load, failover, etcd (side by side; skipped with a
 note where no ``etcd`` binary is on PATH). Each prints a table; the run writes one JSON
 report to ``--out`` (default bench/results/, git-ignored) with the machine, Python, commit
 and every scenario's configuration and numbers, plus a PNG (failover timeline, latency
@@ -28,13 +28,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import encryption, etcd, failover, load, plots, rewrap, rotation, summary
+from bench import commits, encryption, etcd, failover, load, plots, rewrap, rotation, summary
 
 # etcd last: its ratios are to raftsso's numbers of the same run.
 SCENARIOS: dict[str, Callable[..., dict[str, Any]]] = {
     "encryption": encryption.run,
     "rewrap": rewrap.run,
     "rotation": rotation.run,
+    "commits": commits.run,
     "load": load.run,
     "failover": failover.run,
     "etcd": etcd.run,

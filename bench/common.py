@@ -6,8 +6,10 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -128,6 +130,35 @@ def ops_per_second(fn: Callable[[], object], seconds: float, repeats: int = 3) -
                 break
         best = max(best, n / (now - t0))
     return best
+
+
+def concurrent_calls(threads: int, seconds: float, call: Callable[[Any], object],
+                     open_conn: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext,
+                     ) -> tuple[int, list[str], float]:
+    """``threads`` threads each open a connection and ``call`` it back to back for ``seconds``.
+
+    Returns the calls that succeeded, the failures (``Type: message``) and the seconds taken.
+    """
+    done = [0] * threads
+    errors: list[str] = []
+    stop = time.perf_counter() + seconds
+
+    def worker(i: int) -> None:
+        with open_conn() as conn:
+            while time.perf_counter() < stop:
+                try:
+                    call(conn)
+                    done[i] += 1
+                except Exception as exc:
+                    errors.append(f"{type(exc).__name__}: {exc}"[:120])
+
+    t0 = time.perf_counter()
+    workers = [threading.Thread(target=worker, args=(i,)) for i in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    return sum(done), errors, time.perf_counter() - t0
 
 
 def ms(x: float | None) -> str:

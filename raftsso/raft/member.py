@@ -24,7 +24,7 @@ from raftsso.errors import NotLeader, OutcomeUnknown
 from raftsso.raft.config import RaftConfig
 from raftsso.raft.elections import Elections
 from raftsso.raft.hardening import harden_pysyncobj
-from raftsso.raft.journal import trim_journal
+from raftsso.raft.journal import DurableJournal, trim_journal
 from raftsso.raft.machine import StateMachine
 from raftsso.raft.peer_links import IDLE_TIMEOUT, PeerLinks
 from raftsso.raft.snapshot import SnapshotCodec, check_snapshot_file, read_snapshot_file
@@ -46,7 +46,25 @@ class PeerView:
     match_index: int | None
 
 
+# Messages that vouch for nothing in the sender's journal: the leader's own replication
+# (sent before its flush, so that its fsync runs while the followers write theirs) and the
+# log position of a forwarded command. Anything else (an acknowledgement of entries, a
+# vote) leaves only once every entry written so far is durable.
+_UNVOUCHED = frozenset({"append_entries", "apply_command_response"})
+
+
 class _RaftSyncObj(SyncObj):  # type: ignore[misc]
+    """pysyncobj's member with pre-vote, stickiness and the parallel, grouped write path.
+
+    Write path (etcd's): the leader appends the commands queued for this tick to its
+    journal without flushing, sends them to the followers in one append, and then flushes
+    them with one ``fdatasync`` (a *write group*, :meth:`DurableJournal.group`) while the
+    followers write and flush theirs. It counts itself toward a commit only in a later
+    tick, after that flush has returned; a follower flushes before its acknowledgement
+    leaves (:meth:`before_send`). So an entry commits only once a majority has it on
+    disk, as before, but the two flushes overlap, and every command of a tick shares them.
+    """
+
     def __init__(self, machine: StateMachine[Any], snapshots: SnapshotCodec,
                  self_addr: str, others: list[str], conf: SyncObjConf,
                  links: PeerLinks | None = None,
@@ -57,15 +75,59 @@ class _RaftSyncObj(SyncObj):  # type: ignore[misc]
         # Read by PeerTLSTransport while SyncObj.__init__ builds it.
         self._peer_links = links
         self._peer_incoming = incoming
+        # While the leader drains its command queue, its appends are sent once, after it.
+        self._draining = False
+        self._append_due = False
         transport = HardenedTransport if links is None else PeerTLSTransport
         super().__init__(self_addr, others, conf, transportClass=transport)
 
+    @property
+    def journal(self) -> DurableJournal:
+        return cast(DurableJournal, self._SyncObj__raftLog)
+
+    def before_send(self, message: Any) -> None:
+        """Called by the transport before ``message`` leaves: flush what it vouches for."""
+        if isinstance(message, dict) and message.get("type") in _UNVOUCHED:
+            return
+        journal = getattr(self, "_SyncObj__raftLog", None)
+        if isinstance(journal, DurableJournal):
+            journal.sync()
+
     def _onTick(self, timeToWait: float = 0.0) -> None:
+        # Every write group ends with a flush; this one is a guard: the leader's commit
+        # count (at the start of pysyncobj's tick) counts its own journal as durable.
+        self.journal.sync()
         self.elections.before_tick()  # a pre-vote instead of an election, where needed
         try:
             super()._onTick(timeToWait)
         finally:
             self.elections.after_tick()
+
+    def _checkCommandsToApply(self) -> None:
+        # Group commit: the commands queued for this tick are appended (written, not yet
+        # flushed) and sent to the followers in one append; then one fdatasync, while
+        # the followers write theirs. pysyncobj would send an append per command.
+        with self.journal.group():
+            self._draining = True
+            try:
+                super()._checkCommandsToApply()
+            finally:
+                self._draining = False
+            if self._append_due:
+                self._append_due = False
+                SyncObj._SyncObj__sendAppendEntries(self)
+
+    def _SyncObj__sendAppendEntries(self) -> None:
+        if self._draining:
+            self._append_due = True
+            return
+        SyncObj._SyncObj__sendAppendEntries(self)
+
+    def _SyncObj__onMessageReceived(self, node: Any, message: Any) -> None:
+        # A follower appends the entries of an append in one write group; its
+        # acknowledgement flushes them first (before_send), one fdatasync for them all.
+        with self.journal.group():
+            SyncObj._SyncObj__onMessageReceived(self, node, message)
 
     def _SyncObj__tryLogCompaction(self) -> None:
         # After a snapshot could not be written for lack of descriptors, pysyncobj would

@@ -150,6 +150,9 @@ class HardenedTransport(TCPTransport):  # type: ignore[misc]
             elections.on_connected(node)
 
     def send(self, node: Any, message: Any) -> bool:
+        before_send = getattr(self._syncObj, "before_send", None)
+        if before_send is not None:
+            before_send(message)  # an acknowledgement leaves only once its entries are durable
         elections = getattr(self._syncObj, "elections", None)
         if elections is not None:
             message = elections.outgoing(message)

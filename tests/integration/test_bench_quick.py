@@ -19,7 +19,7 @@ import pytest
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-SCENARIOS = ["encryption", "rewrap", "rotation", "load", "failover", "etcd"]
+SCENARIOS = ["encryption", "rewrap", "rotation", "commits", "load", "failover", "etcd"]
 
 
 def _number(x: Any) -> bool:
@@ -66,6 +66,9 @@ def test_bench_quick_writes_a_report_with_every_scenario(tmp_path: Path) -> None
         assert all(_number(e[k]) and e[k] > 0 for k in
                    ("raw_encrypt", "client_encrypt", "raw_decrypt", "client_decrypt",
                     "encrypt_ratio"))
+    com = results["commits"]
+    assert _number(com["sequential"]["p50_s"]) and com["concurrent"]["commits"] > 0
+    assert _number(com["concurrent"]["leader_entries_per_fsync"])
     rw = results["rewrap"]
     assert rw["config"]["rows"] > 0 and _number(rw["rows_per_s"])
     etcd = results["etcd"]
