@@ -1,6 +1,7 @@
 """``python -m bench [--quick] [--trials N] [--out DIR] [SCENARIO ...]``: run benchmarks.
 
-Scenarios: encryption, rewrap, rotation, commits, load, failover, etcd (side by side; skipped with a
+Scenarios: encryption, rewrap, rotation, commits, load, failover, idle (spurious elections
+in an idle cluster, 10 minutes), etcd (side by side; skipped with a
 note where no ``etcd`` binary is on PATH). Each prints a table; the run writes one JSON
 report to ``--out`` (default bench/results/, git-ignored) with the machine, Python, commit
 and every scenario's configuration and numbers, plus a PNG (failover timeline, latency
@@ -38,6 +39,7 @@ SCENARIOS: dict[str, Callable[..., dict[str, Any]]] = {
     "commits": commits.run,
     "load": load.run,
     "failover": failover.run,
+    "idle": failover.run_idle,
     "etcd": etcd.run,
 }
 HERE = Path(__file__).parent

@@ -19,7 +19,8 @@ import pytest
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-SCENARIOS = ["encryption", "rewrap", "rotation", "commits", "load", "failover", "etcd"]
+SCENARIOS = ["encryption", "rewrap", "rotation", "commits", "load", "failover", "idle",
+             "etcd"]
 
 
 def _number(x: Any) -> bool:
@@ -51,6 +52,10 @@ def test_bench_quick_writes_a_report_with_every_scenario(tmp_path: Path) -> None
             assert all(_number(f[kind][metric][k]) for k in ("median", "p90", "p99", "max"))
         assert isinstance(f[kind]["failed_client_ops"], int)
         assert f[kind]["client_ops"] > 0
+        assert isinstance(f[kind]["elections"], int)
+    assert isinstance(f["load_without_failures"]["elections"], int)
+    assert isinstance(results["idle"]["elections"], int)
+    assert isinstance(results["load"]["elections"]["elections"], int)
     ld = results["load"]
     assert ld["clients"]["completed"] > 0 and _number(ld["clients"]["p99_s"])
     assert _number(ld["clients"]["node_cpu"]) and _number(ld["clients"]["node_rss_mib_after"])
