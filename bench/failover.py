@@ -12,7 +12,8 @@ and caught up (same commit index and primary). A trial:
    availability rather than a client's choice of node (a request to a hung node costs
    its timeout).
 4. the killed node is restarted (the stopped one gets SIGCONT) and the trial ends when the
-   cluster is fully caught up again. The highest term before and after says how many
+   cluster is fully caught up again (and, before the next trial, every Raft link is up
+   again). The highest term before and after says how many
    elections the failover took (one, unless a vote was split or a round failed).
 
 Before the trials, ``LOAD_S`` seconds of load with no failure (the clients below, and a
@@ -51,7 +52,7 @@ from raftsso.config import load_remote_config
 from raftsso.errors import RaftssoError
 from raftsso.pki import client_context
 from raftsso.remote import Connection
-from tests.harness import Cluster
+from tests.harness import Cluster, wait_for
 
 RESYNC_INTERVAL = 0.25
 MAX_STALENESS = 10.0
@@ -212,8 +213,23 @@ def _top_term(status: dict[str, Any]) -> int:
     return max(n["term"] for n in status["nodes"] if isinstance(n.get("term"), int))
 
 
+def _linked(cluster: Cluster) -> None:
+    """Wait until every node has a live link to every other (a restarted node's links to
+    the other followers come up after it has caught up through the leader's)."""
+
+    def check() -> bool:
+        for node_id in cluster.ids:
+            peers = cluster.node_status(node_id)["peers"]
+            if len(peers) != len(cluster.ids) - 1 or not all(p["connected"] for p in peers):
+                return False
+        return True
+
+    wait_for(check, what="every Raft link up", interval=0.02)
+
+
 def _trial(cluster: Cluster, prober: RotateProber, fleet: ClientFleet,
            sig: int) -> dict[str, Any]:
+    _linked(cluster)
     term0 = _top_term(caught_up(cluster))
     old = cluster.leader()
     start = time.perf_counter()

@@ -149,6 +149,12 @@ class HardenedTransport(TCPTransport):  # type: ignore[misc]
         if elections is not None:
             elections.on_connected(node)
 
+    def _onNodeDisconnected(self, node: Any) -> None:
+        super()._onNodeDisconnected(node)
+        elections = getattr(self._syncObj, "elections", None)
+        if elections is not None:
+            elections.on_disconnected(node)
+
     def send(self, node: Any, message: Any) -> bool:
         before_send = getattr(self._syncObj, "before_send", None)
         if before_send is not None:
