@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import queue
-import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -26,7 +25,7 @@ from raftsso.raft.elections import Elections
 from raftsso.raft.hardening import harden_pysyncobj
 from raftsso.raft.journal import DurableJournal, trim_journal
 from raftsso.raft.machine import StateMachine
-from raftsso.raft.peer_links import IDLE_TIMEOUT, PeerLinks
+from raftsso.raft.peer_links import PeerLinks, PeerSocket
 from raftsso.raft.snapshot import SnapshotCodec, check_snapshot_file, read_snapshot_file
 from raftsso.raft.transport import HardenedTransport, PeerTLSTransport
 
@@ -68,7 +67,7 @@ class _RaftSyncObj(SyncObj):  # type: ignore[misc]
     def __init__(self, machine: StateMachine[Any], snapshots: SnapshotCodec,
                  self_addr: str, others: list[str], conf: SyncObjConf,
                  links: PeerLinks | None = None,
-                 incoming: queue.SimpleQueue[tuple[socket.socket, str]] | None = None) -> None:
+                 incoming: queue.SimpleQueue[tuple[PeerSocket, str]] | None = None) -> None:
         self._machine = machine
         self._snapshots = snapshots
         self.elections = Elections(self)  # read by the transport, too
@@ -165,7 +164,7 @@ class RaftNode(Generic[Result]):
         # waiting for the Raft thread, and members this leader is adding (raft address ->
         # node id) whose directory record has not landed yet.
         self._links: PeerLinks | None = None
-        self._incoming: queue.SimpleQueue[tuple[socket.socket, str]] = queue.SimpleQueue()
+        self._incoming: queue.SimpleQueue[tuple[PeerSocket, str]] = queue.SimpleQueue()
         self._joining: dict[str, str] = {}
         self._password = config.cluster_secret.hex()
         config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -216,7 +215,6 @@ class RaftNode(Generic[Result]):
                 node_id=cfg.node_id, listen=cfg.raft_address, ca=cfg.ca_cert, cert=cfg.cert,
                 key=cfg.key, members=self.peer_members,
                 on_incoming=lambda sock, address: self._incoming.put((sock, address)),
-                idle_timeout=max(IDLE_TIMEOUT, 2 * cfg.timings.connection_timeout),
                 max_connections=cfg.peer_max_connections,
                 max_handshakes=cfg.peer_max_handshakes,
                 max_per_source=cfg.peer_max_per_source)
