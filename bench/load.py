@@ -66,6 +66,9 @@ RAMP = [250, 500, 1000, 1500, 2000, 2500, 3000, 4000, 5000, 6000, 8000, 10000]
 STEP_S = 4.0
 SUSTAINED_P99 = 0.05
 SATURATE_CONNECTIONS = 8  # per generator process, for the closed-loop measurement
+# Send the index held, as SSOClient does since the "unchanged" answer (RAFTSSO_BENCH_KNOWN=0:
+# every fetch asks for the whole keyring, as older clients did).
+KNOWN = os.environ.get("RAFTSSO_BENCH_KNOWN", "1") != "0"
 _LEN = struct.Struct(">I")
 
 
@@ -73,11 +76,12 @@ _LEN = struct.Struct(">I")
 
 
 class _Conn:
-    __slots__ = ("cid", "n", "reader", "writer")
+    __slots__ = ("cid", "known", "n", "reader", "writer")
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                  cid: str) -> None:
         self.reader, self.writer, self.cid, self.n = reader, writer, cid, 0
+        self.known: int | None = None  # the commit_index held, sent as SSOClient does
 
 
 class _Worker:
@@ -136,15 +140,20 @@ class _Worker:
         from raftsso.wire import decode_body, encode_frame
 
         conn.n += 1
-        conn.writer.write(encode_frame({"id": conn.n, "op": "keyring",
-                                        "args": {"client_id": conn.cid}}))
+        args: dict[str, Any] = {"client_id": conn.cid}
+        if conn.known is not None and KNOWN:
+            args["known"] = conn.known
+        conn.writer.write(encode_frame({"id": conn.n, "op": "keyring", "args": args}))
         header = await conn.reader.readexactly(4)
         (length,) = _LEN.unpack(header)
         answer = decode_body(await conn.reader.readexactly(length))
         if answer.get("id") != conn.n or answer.get("ok") is not True:
             raise RuntimeError(f"bad answer: {answer.get('error')}")
-        if not answer["result"].get("versions"):
+        result = answer["result"]
+        if not result.get("versions") and not (result.get("unchanged")
+                                               and conn.known is not None):
             raise RuntimeError("keyring without versions")
+        conn.known = result["commit_index"]
 
     async def clients(self, start_at: float, duration: float, interval: float,
                       seed: int) -> dict[str, Any]:
@@ -347,6 +356,7 @@ def run(quick: bool = False, trials: int | None = None) -> dict[str, Any]:
     ramp = [200, 400] if quick else RAMP
     step_s = 0.5 if quick else STEP_S
     out: dict[str, Any] = {"config": {
+        "known": KNOWN,
         "target": "node1 (every SSOClient prefers its first configured node)",
         "generator": f"{WORKERS} spawned processes, asyncio, mTLS, real keyring frames",
         "clients": clients, "client_interval_s": interval, "client_jitter": "U(0.9, 1.1)",

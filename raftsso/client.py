@@ -26,19 +26,20 @@ for tests: anything with ``endpoints``, ``fetch(endpoint)`` and ``close()`` will
 
 from __future__ import annotations
 
+import itertools
 import logging
 import random
 import secrets
 import ssl
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol
 
-from raftsso import envelope
+from raftsso import envelope, pki
 from raftsso.config import Endpoint, RemoteConfig, load_remote_config
 from raftsso.errors import (
     ClusterUnavailable,
@@ -48,7 +49,10 @@ from raftsso.errors import (
     RaftssoError,
     StaleSecret,
 )
+from raftsso.protocol.ids import ClientId
+from raftsso.protocol.messages import KeyringRequest, KeyringResult, Op
 from raftsso.remote import ClusterClient
+from raftsso.wire import WireValue
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +74,7 @@ class KeyringSource(Protocol):
         """The nodes, in the order of first preference."""
         ...
 
-    def fetch(self, endpoint: Endpoint) -> Any:
+    def fetch(self, endpoint: Endpoint) -> WireValue:
         """The raw answer of ``endpoint`` to the ``keyring`` operation.
 
         Raises ``OSError`` or a :class:`RaftssoError` when the node cannot answer.
@@ -89,7 +93,10 @@ class ClusterSource:
         self._cluster = cluster
         self._timeout = timeout
         # Lets nodes tell which clients have synced a staged version (early promotion).
-        self.client_id = client_id or secrets.token_hex(8)
+        self.client_id = ClientId(client_id or secrets.token_hex(8))
+        # The client's cumulative encryptions per version, sent with every keyring request
+        # (the leader's max_encryptions policy; set by SSOClient).
+        self.encryptions: Callable[[], Mapping[int, int]] | None = None
         # ``spread``: start at a random node (a deployment's config lists the same order
         # for every client); without it, the caller's order is the order of preference.
         self._offset = random.randrange(len(cluster.nodes)) if spread and cluster.nodes else 0
@@ -100,12 +107,20 @@ class ClusterSource:
         nodes = self._cluster.nodes
         return nodes[self._offset:] + nodes[:self._offset]
 
-    def fetch(self, endpoint: Endpoint) -> Any:
-        return self._cluster.call_node(endpoint.address, "keyring",
-                                       {"client_id": self.client_id}, timeout=self._timeout)
+    def fetch(self, endpoint: Endpoint, known: int | None = None) -> WireValue:
+        """``known``: the ``commit_index`` of the keyring held, so that a node whose keyring
+        is the same may answer ``unchanged`` (no versions) instead of the whole keyring."""
+        counts = self.encryptions() if self.encryptions is not None else None
+        return self._cluster.call_node(endpoint.address, Op.KEYRING,
+                                       KeyringRequest(self.client_id, known=known,
+                                                      encryptions=counts).to_wire(),
+                                       timeout=self._timeout)
 
     def close(self) -> None:
         self._cluster.close()
+
+    def use_context(self, ctx: ssl.SSLContext) -> None:
+        self._cluster.set_context(ctx)
 
 
 # -- the cached keyring --------------------------------------------------------------
@@ -137,62 +152,41 @@ class _Cache:
     synced_at: float  # the injected (monotonic) clock
     synced_at_wall: float
     max_version: int
+    # Precomputed for encrypt/decrypt, whose every Python operation shows in their cost:
+    fresh_until: float  # synced_at + max_staleness
+    primary: envelope.Envelope | None
+    keyset: envelope.Keyset  # every version's envelope, by token header
+    # Counts the primary's encryptions (one C call per encrypt; see encryption_counts).
+    uses: Iterator[int] = field(default_factory=itertools.count)
 
 
-def _int(raw: Mapping[str, Any], key: str) -> int:
-    value = raw.get(key)
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise DecodeError(f"keyring field {key!r} must be a non-negative integer")
-    return value
+def parse_keyring(raw: WireValue, held: _Keyring | None = None) -> _Keyring:
+    """Check a node's ``keyring`` answer and build the envelopes (:class:`DecodeError`).
 
-
-def _str(raw: Mapping[str, Any], key: str) -> str:
-    value = raw.get(key)
-    if not isinstance(value, str):
-        raise DecodeError(f"keyring field {key!r} must be a string")
-    return value
-
-
-def parse_keyring(raw: Any) -> _Keyring:
-    """Check a node's ``keyring`` answer and build the envelopes (:class:`DecodeError`)."""
-    if not isinstance(raw, Mapping):
-        raise DecodeError("the keyring answer is not a map")
-    primary = raw.get("primary")
-    if primary is not None and (not isinstance(primary, int) or isinstance(primary, bool)):
-        raise DecodeError("keyring field 'primary' must be an integer or null")
-    items = raw.get("versions")
-    if not isinstance(items, list):
-        raise DecodeError("keyring field 'versions' must be a list")
+    An ``unchanged`` answer (to a request that sent ``held.commit_index`` as ``known``)
+    is ``held`` as of the answer's term and index; it must name the same cluster and
+    primary, or it is refused like any malformed answer.
+    """
+    answer = KeyringResult.from_wire(raw)  # the shape: ids, states, one primary
+    if answer.unchanged:
+        if held is None:
+            raise DecodeError("an unchanged keyring answer to a client that holds none")
+        if answer.cluster_id != held.cluster_id or answer.primary != held.primary:
+            raise DecodeError("an unchanged keyring answer that does not match the keyring "
+                              "held (cluster or primary differs)")
+        return _Keyring(cluster_id=answer.cluster_id, node_id=answer.node_id,
+                        term=answer.term, commit_index=answer.commit_index,
+                        primary=held.primary, versions=held.versions)
     versions: dict[int, _Version] = {}
-    for item in items:
-        if not isinstance(item, Mapping):
-            raise DecodeError("a keyring version is not a map")
-        vid = _int(item, "id")
-        state = _str(item, "state")
-        fp = _str(item, "fingerprint")
-        key = item.get("key")
-        if state not in KEY_STATES:
-            raise DecodeError(f"version {vid} has an unknown state {state!r}")
-        if not isinstance(key, bytes) or len(key) != envelope.KEY_SIZE:
-            raise DecodeError(f"version {vid} comes without a 32-byte key")
-        if envelope.fingerprint(key) != fp:
+    for v in answer.versions:
+        vid = v.info.id
+        if envelope.fingerprint(v.key) != v.info.fingerprint:
             raise DecodeError(f"the key of version {vid} does not match its fingerprint")
-        if vid in versions:
-            raise DecodeError(f"version {vid} appears twice")
-        try:
-            env = envelope.Envelope(vid, key)
-        except ValueError:
-            raise DecodeError(f"version id {vid} is out of range") from None
-        versions[vid] = _Version(vid, state, fp, env)
-    if primary is not None:
-        pv = versions.get(primary)
-        if pv is None or pv.state != "primary":
-            raise DecodeError(f"the primary version {primary} is not among the versions")
-    if [v.id for v in versions.values() if v.state == "primary"] not in ([], [primary]):
-        raise DecodeError("the keyring marks more than one version primary")
-    return _Keyring(cluster_id=_str(raw, "cluster_id"), node_id=_str(raw, "node_id"),
-                    term=_int(raw, "term"), commit_index=_int(raw, "commit_index"),
-                    primary=primary, versions=versions)
+        versions[vid] = _Version(vid, v.info.state.value, v.info.fingerprint,
+                                 envelope.Envelope(vid, v.key))
+    return _Keyring(cluster_id=answer.cluster_id, node_id=answer.node_id, term=answer.term,
+                    commit_index=answer.commit_index, primary=answer.primary,
+                    versions=versions)
 
 
 def _is_older(new: _Keyring, seen: _Keyring) -> bool:
@@ -241,8 +235,10 @@ class SSOClient:
             if max_staleness is None:
                 max_staleness = cfg.max_staleness
             self._source: KeyringSource = ClusterSource(ClusterClient.from_config(cfg))
+            self._config: RemoteConfig | None = cfg
         else:
             self._source = source
+            self._config = None
         interval = DEFAULT_RESYNC_INTERVAL if resync_interval is None else resync_interval
         staleness = 2.0 * interval if max_staleness is None else max_staleness
         try:
@@ -283,6 +279,10 @@ class SSOClient:
         self._last_on_demand_version = 0
         self._closed = False
         self._stop = threading.Event()
+        self._counters: dict[int, Iterator[int]] = {}
+        self._counter_reads: dict[int, int] = {}
+        if isinstance(self._source, ClusterSource):
+            self._source.encryptions = self.encryption_counts
         self._thread: threading.Thread | None = None
 
         try:
@@ -363,6 +363,16 @@ class SSOClient:
         The token is ``0x01 | version (u32 BE) | nonce (12) | AES-256-GCM ciphertext``, with
         the header and ``associated_data`` authenticated (see :mod:`raftsso.envelope`).
         """
+        cache = self._cache
+        if cache is not None and self._clock() < cache.fresh_until:
+            primary = cache.primary
+            if primary is not None:
+                next(cache.uses)
+                return primary.encrypt(data, associated_data)
+        return self._encrypt_checked(data, associated_data)
+
+    def _encrypt_checked(self, data: bytes, associated_data: bytes) -> bytes:
+        """The fast path's refusals, spelled out (and the one authority on staleness)."""
         cache = self._current()
         age = self._clock() - cache.synced_at
         if age >= self.max_staleness:
@@ -372,11 +382,12 @@ class SSOClient:
                 "answered since, so encryption is refused (decryption still works). "
                 "Check that the raftsso nodes are running and reachable "
                 "(raftsso -c admin.toml status); the client keeps retrying")
-        primary = cache.ring.primary
-        if primary is None:
+        if cache.primary is None:
             raise ClusterUnavailable("the cluster has no primary master secret yet; wait for "
                                      "its leader to create one (raftsso status)")
-        return cache.ring.versions[primary].envelope.encrypt(data, associated_data)
+        # Fresh after all (synced_at + max_staleness rounded the other way).
+        next(cache.uses)
+        return cache.primary.encrypt(data, associated_data)
 
     def decrypt(self, token: bytes, associated_data: bytes = b"") -> bytes:
         """Decrypt with whichever cached version made ``token``; works with no node up.
@@ -384,6 +395,12 @@ class SSOClient:
         A version newer than every cached one triggers one immediate (rate-limited) resync.
         Every failure raises the one opaque :class:`InvalidToken`.
         """
+        cache = self._cache
+        if cache is not None:
+            plaintext = cache.keyset.decrypt(token, associated_data)
+            if plaintext is not None:
+                return plaintext
+        # Closed, not a token, a version not cached (resync), or not bytes: spelled out.
         cache = self._current()
         version_id = envelope.token_key_version(token)
         version = cache.ring.versions.get(version_id)
@@ -450,7 +467,9 @@ class SSOClient:
             index = (start + step) % n
             endpoint = self._endpoints[index]
             try:
-                ring = parse_keyring(self._source.fetch(endpoint))
+                ring = self._fetch(endpoint)
+            except ConfigError:
+                raise  # our own files are wrong (ca_cert did not issue cert): no node helps
             except (OSError, RaftssoError) as exc:
                 errors.append(f"{endpoint.id}: {_describe(exc)}")
                 continue
@@ -468,6 +487,16 @@ class SSOClient:
         self._failed(message)
         raise ClusterUnavailable(message)
 
+    def _fetch(self, endpoint: Endpoint) -> _Keyring:
+        cache = self._cache
+        source = self._source
+        if cache is None or not isinstance(source, ClusterSource):
+            return parse_keyring(source.fetch(endpoint))
+        # Send the index held: the node answers "unchanged" while the keyring is the same,
+        # so a steady-state resync carries no keys and does not grow with the history.
+        held = cache.ring
+        return parse_keyring(source.fetch(endpoint, known=held.commit_index), held)
+
     def _reject(self, ring: _Keyring) -> str | None:
         if self._cluster_id is not None and ring.cluster_id != self._cluster_id:
             return (f"belongs to cluster {ring.cluster_id!r}, not {self._cluster_id!r}; "
@@ -482,8 +511,15 @@ class SSOClient:
 
     def _install(self, ring: _Keyring, index: int) -> None:
         previous = self._cache
-        self._cache = _Cache(ring=ring, synced_at=self._clock(), synced_at_wall=self._wall(),
-                             max_version=max(ring.versions, default=0))
+        now = self._clock()
+        self._cache = _Cache(ring=ring, synced_at=now, synced_at_wall=self._wall(),
+                             max_version=max(ring.versions, default=0),
+                             fresh_until=now + self.max_staleness,
+                             primary=None if ring.primary is None
+                             else ring.versions[ring.primary].envelope,
+                             keyset=envelope.Keyset(v.envelope for v in ring.versions.values()),
+                             uses=(itertools.count() if ring.primary is None
+                                   else self._uses(ring.primary)))
         self._preferred = index
         if self._cluster_id is None:
             self._cluster_id = ring.cluster_id
@@ -500,6 +536,38 @@ class SSOClient:
             log.info("keyring from %s: primary version %s, versions %s (term %d, index %d)",
                      ring.node_id, ring.primary, sorted(ring.versions), ring.term,
                      ring.commit_index)
+
+    def reload_certificate(self) -> bool:
+        """Load the client certificate and key of the configuration again (on SIGHUP, say):
+        new connections present them, open ones keep theirs. False for a client not made
+        from a configuration; :class:`ConfigError` (nothing changed) if they do not load."""
+        cfg = self._config
+        if cfg is None or not isinstance(self._source, ClusterSource):
+            return False
+        self._source.use_context(pki.client_context(cfg.ca_cert, cfg.cert, cfg.key))
+        return True
+
+    def _uses(self, version: int) -> Iterator[int]:
+        with self._lock:
+            counter = self._counters.get(version)
+            if counter is None:
+                counter = self._counters[version] = itertools.count()
+            return counter
+
+    def encryption_counts(self) -> dict[int, int]:
+        """Messages encrypted under each version by this client since it started (sent to
+        the nodes at each resync: ``max_encryptions``).
+
+        Each counter hands out one number per encryption (``itertools.count``: one C call,
+        atomic under the GIL); reading takes one number too, so the reads are subtracted.
+        """
+        with self._lock:
+            out = {}
+            for version, counter in self._counters.items():
+                reads = self._counter_reads.get(version, 0)
+                out[version] = next(counter) - reads
+                self._counter_reads[version] = reads + 1
+            return {v: n for v, n in out.items() if n}
 
     def _failed(self, message: str) -> None:
         with self._lock:
@@ -547,44 +615,81 @@ class SSOClient:
 
     # introspection -------------------------------------------------------------------
 
-    def state(self) -> dict[str, Any]:
-        """A snapshot for operators and health checks; never contains key material.
-
-        Keys: ``cluster_id``, ``node`` (the node last synced from), ``term``,
-        ``commit_index``, ``primary``, ``versions`` (``id``, ``state``, ``fingerprint``),
-        ``last_sync`` (Unix time of the last successful sync), ``last_sync_age`` (seconds),
-        ``stale``, ``last_attempt``, ``last_error``, ``last_error_at``,
-        ``consecutive_failures``, ``syncs``, ``resync_interval``, ``max_staleness``,
-        ``closed``.
-        """
+    def state(self) -> ClientState:
+        """A snapshot for operators and health checks; never contains key material."""
         cache = self._cache
         with self._lock:
-            bookkeeping = {
-                "last_attempt": self._last_attempt_at,
-                "last_error": self._last_error,
-                "last_error_at": self._last_error_at,
-                "consecutive_failures": self._failures,
-                "syncs": self._syncs,
-                "closed": self._closed,
-            }
+            last_attempt, last_error = self._last_attempt_at, self._last_error
+            last_error_at, failures = self._last_error_at, self._failures
+            syncs, closed = self._syncs, self._closed
         ring = cache.ring if cache else None
         age = self._clock() - cache.synced_at if cache else None
-        return {
-            "cluster_id": self._cluster_id,
-            "node": ring.node_id if ring else None,
-            "term": ring.term if ring else None,
-            "commit_index": ring.commit_index if ring else None,
-            "primary": ring.primary if ring else None,
-            "versions": [{"id": v.id, "state": v.state, "fingerprint": v.fingerprint}
-                         for v in sorted(ring.versions.values(), key=lambda v: v.id)]
-            if ring else [],
-            "last_sync": cache.synced_at_wall if cache else None,
-            "last_sync_age": age,
-            "stale": age is None or age >= self.max_staleness,
-            "resync_interval": self.resync_interval,
-            "max_staleness": self.max_staleness,
-            **bookkeeping,
-        }
+        return ClientState(
+            cluster_id=self._cluster_id,
+            node=ring.node_id if ring else None,
+            term=ring.term if ring else None,
+            commit_index=ring.commit_index if ring else None,
+            primary=ring.primary if ring else None,
+            versions=tuple(ClientVersion(v.id, v.state, v.fingerprint)
+                           for v in sorted(ring.versions.values(), key=lambda v: v.id))
+            if ring else (),
+            last_sync=cache.synced_at_wall if cache else None,
+            last_sync_age=age,
+            stale=age is None or age >= self.max_staleness,
+            resync_interval=self.resync_interval,
+            max_staleness=self.max_staleness,
+            last_attempt=last_attempt, last_error=last_error, last_error_at=last_error_at,
+            consecutive_failures=failures, syncs=syncs, closed=closed)
+
+
+@dataclass(frozen=True)
+class ClientVersion:
+    """A cached version as :meth:`SSOClient.state` shows it (no key)."""
+
+    id: int
+    state: str
+    fingerprint: str
+
+
+@dataclass(frozen=True)
+class ClientState:
+    """What :meth:`SSOClient.state` reports; never holds key material.
+
+    ``node``: the node last synced from; ``last_sync``: Unix time of the last successful
+    sync and ``last_sync_age`` its age in seconds; ``stale``: encryption is refused (older
+    than ``max_staleness``); ``last_attempt``, ``last_error``, ``last_error_at``,
+    ``consecutive_failures`` and ``syncs`` describe the resyncs. :meth:`to_dict` is the JSON
+    view (the keys of earlier versions, which returned a dict).
+    """
+
+    cluster_id: str | None
+    node: str | None
+    term: int | None
+    commit_index: int | None
+    primary: int | None
+    versions: tuple[ClientVersion, ...]
+    last_sync: float | None
+    last_sync_age: float | None
+    stale: bool
+    resync_interval: float
+    max_staleness: float
+    last_attempt: float | None
+    last_error: str | None
+    last_error_at: float | None
+    consecutive_failures: int
+    syncs: int
+    closed: bool
+
+    def to_dict(self) -> dict[str, object]:
+        out: dict[str, object] = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["versions"] = [{"id": v.id, "state": v.state, "fingerprint": v.fingerprint}
+                           for v in self.versions]
+        return out
+
+    def __getitem__(self, key: str) -> Any:
+        """Deprecated: ``state()["primary"]`` still reads as it did when this was a dict;
+        use the attributes (or :meth:`to_dict`)."""
+        return self.to_dict()[key]
 
 
 def _describe(exc: BaseException) -> str:
@@ -599,4 +704,5 @@ def _describe(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-__all__ = ["ClusterSource", "KeyringSource", "SSOClient", "parse_keyring"]
+__all__ = ["ClientState", "ClientVersion", "ClusterSource", "KeyringSource", "SSOClient",
+           "parse_keyring"]

@@ -8,23 +8,30 @@
     │   └── FrameTooLarge      a frame announced more bytes than the limit
     ├── InvalidToken           a sealed value or ciphertext failed authentication (one opaque error)
     ├── StorageError           a durable write (fsync, rename) failed
-    ├── RemoteError            a node answered with an error code (``code``, ``message``)
+    ├── RemoteError            an error code (``code``, an ErrorCode) answered by a node
     │   ├── NotLeader          the node is not the leader (``leader`` carries the leader's address)
     │   ├── PermissionDenied   the certificate's role may not do this
     │   ├── Conflict           a compare-and-set lost (e.g. a concurrent rotation won)
-    │   └── OutcomeUnknown     the write may or may not have been applied
+    │   ├── OutcomeUnknown     the write may or may not have been applied
+    │   ├── BadRequest         the request (or its frame) is malformed
+    │   └── Unavailable        no leader ready with a quorum right now (retry)
     ├── ClusterUnavailable     no node, or no leader with a quorum, could be reached
     ├── StaleSecret            the client's cached keyring is older than ``max_staleness``
     └── StoreError             the SSO store cannot be used (schema, permissions, state)
         ├── NotFound           no such application, user or configuration value
         └── AlreadyExists      the application (or row) exists already
 
+A :class:`RemoteError` is raised on both sides: inside a node it is the error to answer
+with (``raftsso.server.Service`` maps it to the wire in one place); in a client,
+:mod:`raftsso.remote` turns an error answer back into the class of its code (one table).
+Codes are :class:`raftsso.protocol.codes.ErrorCode` members.
+
 Exit codes of the CLI follow :func:`exit_code_for`: 3 for an unavailable cluster, 1 otherwise.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from raftsso.protocol.codes import CLUSTER_UNAVAILABLE, ErrorCode
 
 
 class RaftssoError(Exception):
@@ -59,36 +66,48 @@ class StorageError(RaftssoError):
 
 
 class RemoteError(RaftssoError):
-    """A node answered a request with an error code."""
+    """An error with a protocol code: answered by a node, or to be answered by one.
 
-    code = "ERROR"
+    ``leader`` (NOT_LEADER: the leader's service address, if known), ``request_id``
+    (OUTCOME_UNKNOWN: retry with it) and ``node`` (client side: which node answered) are
+    the only details an answer carries.
+    """
 
-    def __init__(self, message: str, *, code: str | None = None, **details: Any) -> None:
+    code: ErrorCode = ErrorCode.ERROR
+
+    def __init__(self, message: str, *, code: ErrorCode | None = None,
+                 leader: str | None = None, request_id: bytes | None = None,
+                 node: str | None = None) -> None:
         super().__init__(message)
         if code is not None:
             self.code = code
-        self.details = details
+        self.leader = leader
+        self.request_id = request_id
+        self.node = node
 
 
 class NotLeader(RemoteError):
-    code = "NOT_LEADER"
-
-    @property
-    def leader(self) -> str | None:
-        value = self.details.get("leader")
-        return value if isinstance(value, str) else None
+    code = ErrorCode.NOT_LEADER
 
 
 class PermissionDenied(RemoteError):
-    code = "FORBIDDEN"
+    code = ErrorCode.FORBIDDEN
 
 
 class Conflict(RemoteError):
-    code = "CONFLICT"
+    code = ErrorCode.CONFLICT
 
 
 class OutcomeUnknown(RemoteError):
-    code = "OUTCOME_UNKNOWN"
+    code = ErrorCode.OUTCOME_UNKNOWN
+
+
+class BadRequest(RemoteError):
+    code = ErrorCode.BAD_REQUEST
+
+
+class Unavailable(RemoteError):
+    code = ErrorCode.UNAVAILABLE
 
 
 class ClusterUnavailable(RaftssoError):
@@ -111,21 +130,10 @@ class AlreadyExists(StoreError):
     """The application (or row) exists already in the SSO store."""
 
 
-_REMOTE_BY_CODE: dict[str, type[RemoteError]] = {
-    cls.code: cls for cls in (NotLeader, PermissionDenied, Conflict, OutcomeUnknown)
-}
-
-
-def remote_error(code: str, message: str, **details: Any) -> RemoteError:
-    """Build the exception that matches an error code received from a node."""
-    cls = _REMOTE_BY_CODE.get(code, RemoteError)
-    return cls(message, code=code, **details)
-
-
 def exit_code_for(error: BaseException) -> int:
     """The CLI exit code for an error (see DESIGN.md section 5)."""
     if isinstance(error, ClusterUnavailable):
         return 3
-    if isinstance(error, RemoteError) and error.code in ("UNAVAILABLE", "NO_QUORUM"):
+    if isinstance(error, RemoteError) and error.code in CLUSTER_UNAVAILABLE:
         return 3
     return 1

@@ -1,4 +1,4 @@
-"""The replicated state machine: versioned msgpack commands applied to the keyring.
+"""The replicated state machine: typed commands applied to the keyring.
 
 Pure: no sockets, no clock, no randomness and no pysyncobj. Everything that varies
 (key material already sealed, timestamps, request ids) is chosen by the proposer and
@@ -7,107 +7,103 @@ carried in the command, so every replica computes the same state.
 ``apply`` never raises: pysyncobj wedges every node for good when a replicated method
 raises, so a bad command becomes an error result and leaves the state untouched.
 
-A command is ``0x01 | msgpack {"op": str, "req": bytes(16), ...}``. The ``req`` id makes a
-retried command idempotent: the result of the last :data:`MAX_REMEMBERED` requests is kept
-(in snapshots too) and returned again instead of applying twice.
+Commands are :mod:`raftsso.protocol.commands` (``0x01 | msgpack {"op", "req", ...}``). The
+``req`` id makes a retried command idempotent: the result of the last :data:`MAX_REMEMBERED`
+requests is kept (in snapshots too) and returned again instead of applying twice.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
+from raftsso.encryption_counts import EncryptionLedger
 from raftsso.envelope import SEALED_SIZE
 from raftsso.errors import DecodeError
 from raftsso.keyring import Keyring, KeyState, KeyVersion
-from raftsso.wire import unversioned, versioned
+from raftsso.protocol.codes import ErrorCode
+from raftsso.protocol.commands import (
+    BackedUp,
+    Barrier,
+    Bootstrap,
+    CertRegister,
+    CertRevoke,
+    Command,
+    Encryptions,
+    Member,
+    Outcome,
+    Promote,
+    Restore,
+    Retire,
+    Rotate,
+    decode_envelope,
+    decode_fields,
+)
+from raftsso.protocol.ids import REQUEST_ID_SIZE, is_version_id, request_id
+from raftsso.revocation import CertRecord, CertRegistry, RegistryError
+from raftsso.wire import WireMap, WireValue, unversioned, versioned
 
 log = logging.getLogger(__name__)
 
 COMMAND_FORMAT = 1
 SNAPSHOT_FORMAT = 1
 MAX_REMEMBERED = 4096
-REQUEST_ID_SIZE = 16
+
+__all__ = ["MAX_REMEMBERED", "REQUEST_ID_SIZE", "SNAPSHOT_FORMAT", "KeyringStateMachine",
+           "MemberRecord", "Outcome", "encode_command"]
 
 
-@dataclass(frozen=True)
-class Outcome:
-    """What applying one command produced. ``code`` is empty on success."""
-
-    ok: bool
-    data: dict[str, Any] = field(default_factory=dict)
-    code: str = ""
-    message: str = ""
-
-    def to_wire(self) -> dict[str, Any]:
-        return {"ok": self.ok, "data": self.data, "code": self.code, "message": self.message}
-
-    @classmethod
-    def from_wire(cls, raw: dict[str, Any]) -> Outcome:
-        return cls(bool(raw["ok"]), dict(raw["data"]), str(raw["code"]), str(raw["message"]))
-
-
-def _fail(code: str, message: str) -> Outcome:
-    return Outcome(False, code=code, message=message)
+def _fail(code: ErrorCode, message: str) -> Outcome:
+    return Outcome.fail(code, message)
 
 
 def encode_command(op: str, req: bytes, **fields: Any) -> bytes:
-    if len(req) != REQUEST_ID_SIZE:
-        raise ValueError("request ids are 16 bytes")
+    """A command map with *unchecked* fields, for tests that need malformed or foreign
+    commands; the node builds typed commands (:mod:`raftsso.protocol.commands`)."""
+    request_id(req)  # ValueError unless 16 bytes
     return versioned(COMMAND_FORMAT, {"op": op, "req": req, **fields})
 
 
-def _field(cmd: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
-    value = cmd.get(name)
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    # bool is an int subclass: accept it only where a bool is what the field is.
-    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
-        raise DecodeError(f"command field {name!r} is missing or has the wrong type")
-    return value
+@dataclass(frozen=True)
+class MemberRecord:
+    """A node added (or removed: a tombstone) after ``init``."""
 
+    raft_address: str
+    service_address: str
+    removed: bool
 
-def _version_field(cmd: dict[str, Any], name: str) -> int:
-    value = _field(cmd, name, int)
-    if not 0 < value < 2**32:
-        raise DecodeError(f"command field {name!r} is out of range")
-    return int(value)
-
-
-def _time_field(cmd: dict[str, Any], name: str) -> float:
-    value = float(_field(cmd, name, (int, float)))
-    if not math.isfinite(value) or value < 0:
-        raise DecodeError(f"command field {name!r} is not a valid time")
-    return value
-
-
-def _sealed_field(cmd: dict[str, Any]) -> bytes:
-    sealed = _field(cmd, "sealed", bytes)
-    if len(sealed) != SEALED_SIZE:
-        raise DecodeError("sealed secret has the wrong size")
-    return bytes(sealed)
-
-
-def _optional_version(cmd: dict[str, Any], name: str) -> int | None:
-    if cmd.get(name) is None:
-        return None
-    return _version_field(cmd, name)
+    def to_wire(self) -> WireMap:
+        return {"raft_address": self.raft_address, "service_address": self.service_address,
+                "removed": self.removed}
 
 
 class KeyringStateMachine:
-    """Applies commands to a :class:`Keyring`; readers get immutable snapshots."""
+    """Applies commands to a :class:`Keyring`; readers get immutable snapshots.
+
+    Implements the Raft member's state machine contract: ``apply`` is deterministic,
+    never raises and runs on the Raft thread; ``snapshot``/``restore`` round-trip the state.
+    """
 
     def __init__(self) -> None:
         self._keyring = Keyring()
         self._index = 0  # the Raft index of the last command applied to the keyring
-        # Nodes added or removed after init: id -> {raft_address, service_address, removed}.
-        # The Raft configuration itself lives in pysyncobj; this is the directory of ids
-        # and service addresses, and the tombstones that stop a removed id from rejoining.
-        self._directory: dict[str, dict[str, Any]] = {}
+        # The index at which the keyring last changed (a snapshot's index after a restore):
+        # the keyring at any index from here to ``_index`` is the same, which lets a node
+        # answer a client that holds one of them "unchanged" (see :meth:`view_since`).
+        self._changed = 0
+        # Nodes added or removed after init. The Raft configuration itself lives in
+        # pysyncobj; this is the directory of ids and service addresses, and the
+        # tombstones that stop a removed id from rejoining.
+        self._directory: dict[str, MemberRecord] = {}
         self._requests: OrderedDict[bytes, Outcome] = OrderedDict()
+        # Day-two state (issue 15): issued and revoked certificates, and the clients'
+        # encryption counts per version (raftsso.revocation, raftsso.encryption_counts).
+        self._certs = CertRegistry()
+        self._ledger = EncryptionLedger()
         # Written only by the Raft thread; the lock makes a read of (keyring, requests)
         # from a service thread consistent.
         self._lock = threading.Lock()
@@ -125,10 +121,24 @@ class KeyringStateMachine:
         with self._lock:
             return self._keyring, self._index
 
-    def directory(self) -> dict[str, dict[str, Any]]:
+    def certs(self) -> CertRegistry:
+        """Issued and revoked certificates (immutable; replaced by every change)."""
+        return self._certs
+
+    def encryptions(self) -> EncryptionLedger:
+        """Encryptions per version, as SSO clients reported them (immutable)."""
+        return self._ledger
+
+    def view_since(self) -> tuple[Keyring, int, int]:
+        """:meth:`view` plus the index at which the keyring last changed: a client holding
+        the keyring of any index in ``[changed, index]`` holds this very keyring."""
+        with self._lock:
+            return self._keyring, self._index, self._changed
+
+    def directory(self) -> dict[str, MemberRecord]:
         """Members added or removed after ``init`` (see :meth:`_member`)."""
         with self._lock:
-            return {k: dict(v) for k, v in self._directory.items()}
+            return dict(self._directory)
 
     def request_outcome(self, req: bytes) -> Outcome | None:
         """The remembered outcome of a request id, if it was applied."""
@@ -140,19 +150,13 @@ class KeyringStateMachine:
     def apply(self, command: bytes, index: int | None = None) -> Outcome:
         """Apply one command (``index``: its Raft log index, recorded with the result)."""
         try:
-            cmd = unversioned(command, COMMAND_FORMAT, "command")
-            if not isinstance(cmd, dict):
-                raise DecodeError("a command must be a map")
-            req = _field(cmd, "req", bytes)
-            if len(req) != REQUEST_ID_SIZE:
-                raise DecodeError("request id has the wrong size")
-            op = _field(cmd, "op", str)
+            op, req, raw = decode_envelope(command)
         except DecodeError as exc:
             log.error("rejected a malformed replicated command: %s", exc)
-            return _fail("BAD_COMMAND", str(exc))
+            return _fail(ErrorCode.BAD_COMMAND, str(exc))
         except Exception as exc:
             log.exception("unexpected error decoding a replicated command")
-            return _fail("INTERNAL", f"{type(exc).__name__}")
+            return _fail(ErrorCode.INTERNAL, f"{type(exc).__name__}")
 
         with self._lock:
             if index is not None and index > self._index:
@@ -160,155 +164,155 @@ class KeyringStateMachine:
             seen = self._requests.get(req)
             if seen is not None:
                 return seen
+            # Fields are decoded only now, as ever: a malformed command is remembered as
+            # BAD_COMMAND under its request id.
+            before = self._keyring
             try:
-                outcome = self._dispatch(op, cmd)
+                outcome = self._dispatch(decode_fields(op, req, raw))
             except DecodeError as exc:
-                outcome = _fail("BAD_COMMAND", str(exc))
+                outcome = _fail(ErrorCode.BAD_COMMAND, str(exc))
             except Exception as exc:
                 log.exception("unexpected error applying %s", op)
-                outcome = _fail("INTERNAL", f"{type(exc).__name__}")
+                outcome = _fail(ErrorCode.INTERNAL, f"{type(exc).__name__}")
+            if self._keyring is not before:
+                # Without an index (tests), no index may claim this keyring: one past the
+                # last makes every "unchanged" check fail until a real index arrives.
+                self._changed = self._index if index is not None else self._index + 1
             self._requests[req] = outcome
             while len(self._requests) > MAX_REMEMBERED:
                 self._requests.popitem(last=False)
             return outcome
 
-    def _dispatch(self, op: str, cmd: dict[str, Any]) -> Outcome:
-        handler = {
-            "bootstrap": self._bootstrap,
-            "rotate": self._rotate,
-            "promote": self._promote,
-            "barrier": self._barrier,
-            "retire": self._retire,
-            "backed_up": self._backed_up,
-            "restore": self._restore,
-            "member": self._member,
-        }.get(op)
-        if handler is None:
-            return _fail("BAD_COMMAND", f"unknown command {op!r}")
-        return handler(cmd)
+    def _dispatch(self, command: Command) -> Outcome:
+        match command:
+            case Bootstrap():
+                return self._bootstrap(command)
+            case Rotate():
+                return self._rotate(command)
+            case Promote():
+                return self._promote(command)
+            case Barrier():
+                # Proposed by a new leader: once applied, its state reflects every earlier
+                # commit.
+                return Outcome(True, {"last_id": self._keyring.last_id})
+            case Retire():
+                return self._retire(command)
+            case BackedUp():
+                self._keyring, marked = self._keyring.mark_backed_up(dict(command.fingerprints))
+                return Outcome(True, {"marked": marked})
+            case Restore():
+                return self._restore(command)
+            case Member():
+                return self._member(command)
+            case CertRegister():
+                return self._cert_register(command)
+            case CertRevoke():
+                return self._cert_revoke(command)
+            case Encryptions():
+                live = frozenset(v.id for v in self._keyring.versions
+                                 if v.state is not KeyState.RETIRED)
+                self._ledger = self._ledger.add_reports(command.reports, at=command.at,
+                                                        live_versions=live)
+                return Outcome(True, {"clients": len(command.reports)})
+        return _fail(ErrorCode.BAD_COMMAND, f"unknown command {command.op!r}")
 
-    def _summary(self, version: int) -> dict[str, Any]:
+    def _summary(self, version: int) -> WireMap:
         kv = self._keyring.get(version)
         return {"version": version, "state": kv.state.value if kv else None,
                 "primary_version": self._keyring.primary}
 
-    def _barrier(self, cmd: dict[str, Any]) -> Outcome:
-        # Proposed by a new leader: once applied, its state reflects every earlier commit.
-        return Outcome(True, {"last_id": self._keyring.last_id})
-
-    def _bootstrap(self, cmd: dict[str, Any]) -> Outcome:
-        sealed = _sealed_field(cmd)
-        fp = _field(cmd, "fingerprint", str)
-        created = _time_field(cmd, "created")
+    def _bootstrap(self, cmd: Bootstrap) -> Outcome:
         if self._keyring.bootstrapped:
-            return _fail("CONFLICT", "the cluster already has its first secret")
+            return _fail(ErrorCode.CONFLICT, "the cluster already has its first secret")
         self._keyring = self._keyring.with_version(
-            KeyVersion(1, KeyState.PRIMARY, sealed, fp, created, promoted=created))
+            KeyVersion(1, KeyState.PRIMARY, cmd.sealed, cmd.fingerprint, cmd.created,
+                       promoted=cmd.created))
         return Outcome(True, self._summary(1))
 
-    def _rotate(self, cmd: dict[str, Any]) -> Outcome:
-        version = _version_field(cmd, "version")
-        sealed = _sealed_field(cmd)
-        fp = _field(cmd, "fingerprint", str)
-        created = _time_field(cmd, "created")
-        expect = _optional_version(cmd, "expect_primary")
-        now = bool(_field(cmd, "now", bool))
+    def _rotate(self, cmd: Rotate) -> Outcome:
         ring = self._keyring
         if not ring.bootstrapped:
-            return _fail("NOT_READY", "the cluster has no first secret yet")
-        if expect != ring.primary:
-            return _fail("CONFLICT", f"the primary changed to version {ring.primary} "
-                                     "(another rotation won)")
-        if version != ring.last_id + 1:
-            return _fail("CONFLICT", f"version {version} is not next (last is {ring.last_id}; "
-                                     "another rotation won)")
-        ring = ring.with_version(KeyVersion(version, KeyState.STAGED, sealed, fp, created))
-        if now:
-            ring = ring.promote(version, created)
+            return _fail(ErrorCode.NOT_READY, "the cluster has no first secret yet")
+        if cmd.expect_primary != ring.primary:
+            return _fail(ErrorCode.CONFLICT, f"the primary changed to version {ring.primary} "
+                                             "(another rotation won)")
+        if cmd.version != ring.last_id + 1:
+            return _fail(ErrorCode.CONFLICT, f"version {cmd.version} is not next (last is "
+                                             f"{ring.last_id}; another rotation won)")
+        ring = ring.with_version(KeyVersion(cmd.version, KeyState.STAGED, cmd.sealed,
+                                            cmd.fingerprint, cmd.created))
+        if cmd.now:
+            ring = ring.promote(cmd.version, cmd.created)
         self._keyring = ring
-        return Outcome(True, self._summary(version))
+        return Outcome(True, self._summary(cmd.version))
 
-    def _promote(self, cmd: dict[str, Any]) -> Outcome:
-        version = _version_field(cmd, "version")
-        at = _time_field(cmd, "at")
+    def _promote(self, cmd: Promote) -> Outcome:
+        version = cmd.version
         kv = self._keyring.get(version)
         if kv is None:
-            return _fail("NOT_FOUND", f"version {version} does not exist")
+            return _fail(ErrorCode.NOT_FOUND, f"version {version} does not exist")
         if kv.state is KeyState.PRIMARY:
             return Outcome(True, self._summary(version))
         if kv.state is not KeyState.STAGED:
-            return _fail("CONFLICT", f"version {version} is {kv.state.value}, not staged")
+            return _fail(ErrorCode.CONFLICT, f"version {version} is {kv.state.value}, not staged")
         primary = self._keyring.primary
         if primary is not None and version < primary:
-            return _fail("CONFLICT", f"version {version} is older than primary {primary}")
-        self._keyring = self._keyring.promote(version, at)
+            return _fail(ErrorCode.CONFLICT, f"version {version} is older than primary {primary}")
+        self._keyring = self._keyring.promote(version, cmd.at)
         return Outcome(True, self._summary(version))
 
-    def _retire(self, cmd: dict[str, Any]) -> Outcome:
-        version = _version_field(cmd, "version")
+    def _retire(self, cmd: Retire) -> Outcome:
+        version = cmd.version
         kv = self._keyring.get(version)
         if kv is None:
-            return _fail("NOT_FOUND", f"version {version} does not exist")
+            return _fail(ErrorCode.NOT_FOUND, f"version {version} does not exist")
         if kv.state is KeyState.PRIMARY:
-            return _fail("CONFLICT", f"version {version} is the primary; rotate first")
+            return _fail(ErrorCode.CONFLICT, f"version {version} is the primary; rotate first")
         if kv.state is not KeyState.RETIRED:
             self._keyring = self._keyring.retire(version)
         return Outcome(True, self._summary(version))
 
-    def _backed_up(self, cmd: dict[str, Any]) -> Outcome:
-        raw = _field(cmd, "fingerprints", dict)
-        fingerprints: dict[int, str] = {}
-        for key, value in raw.items():
-            if not (isinstance(key, str) and key.isascii() and key.isdigit()) or \
-                    not isinstance(value, str):
-                raise DecodeError("fingerprints must map version ids to strings")
-            fingerprints[int(key)] = value
-        self._keyring, marked = self._keyring.mark_backed_up(fingerprints)
-        return Outcome(True, {"marked": marked})
-
-    def _member(self, cmd: dict[str, Any]) -> Outcome:
+    def _member(self, cmd: Member) -> Outcome:
         """Record a node added to or removed from the Raft configuration.
 
         A removed id is a tombstone: it never becomes a member again, so a node that
         comes back with the stale data of a removed member cannot slip back in.
         """
-        node_id = _field(cmd, "node_id", str)
-        raft_address = _field(cmd, "raft_address", str)
-        service_address = _field(cmd, "service_address", str)
-        removed = bool(_field(cmd, "removed", bool))
-        if not 0 < len(node_id) <= 64:
-            raise DecodeError("node ids are 1 to 64 characters")
-        current = self._directory.get(node_id)
-        if current is not None and current["removed"] and not removed:
-            return _fail("CONFLICT", f"{node_id} was removed from this cluster; a removed "
-                                     "node never rejoins (use a new node id)")
-        self._directory[node_id] = {"raft_address": raft_address,
-                                    "service_address": service_address, "removed": removed}
-        return Outcome(True, {"node_id": node_id, "removed": removed})
+        current = self._directory.get(cmd.node_id)
+        if current is not None and current.removed and not cmd.removed:
+            return _fail(ErrorCode.CONFLICT, f"{cmd.node_id} was removed from this cluster; a "
+                                             "removed node never rejoins (use a new node id)")
+        self._directory[cmd.node_id] = MemberRecord(cmd.raft_address, cmd.service_address,
+                                                    cmd.removed)
+        return Outcome(True, {"node_id": cmd.node_id, "removed": cmd.removed})
 
-    def _restore(self, cmd: dict[str, Any]) -> Outcome:
+    def _cert_register(self, cmd: CertRegister) -> Outcome:
+        try:
+            self._certs = self._certs.register(
+                CertRecord(cmd.serial, cmd.name, cmd.role, cmd.at, cmd.not_after), cmd.at)
+        except RegistryError as exc:
+            return _fail(ErrorCode.CONFLICT, str(exc))
+        return Outcome(True, {"serial": cmd.serial, "name": cmd.name})
+
+    def _cert_revoke(self, cmd: CertRevoke) -> Outcome:
+        try:
+            self._certs, newly = self._certs.revoke(cmd.serials, at=cmd.at, by=cmd.by,
+                                                    names=cmd.names)
+        except RegistryError as exc:
+            return _fail(ErrorCode.CONFLICT, str(exc))
+        return Outcome(True, {"serials": list(cmd.serials), "revoked": newly})
+
+    def _restore(self, cmd: Restore) -> Outcome:
         """Merge versions from a backup; never drops or overwrites a different version.
 
         A *new* cluster (only its bootstrap version, never backed up) may have that version
         replaced when ``replace_new`` is set: disaster recovery into a fresh deployment.
         """
-        at = _time_field(cmd, "at")
-        replace_new = bool(_field(cmd, "replace_new", bool))
-        backup_primary = _optional_version(cmd, "primary")
-        incoming = []
-        for raw in _field(cmd, "versions", list):
-            if not isinstance(raw, dict):
-                raise DecodeError("restored versions must be maps")
-            incoming.append(KeyVersion(
-                id=_version_field(raw, "id"), state=KeyState.ACTIVE, sealed=_sealed_field(raw),
-                fingerprint=_field(raw, "fingerprint", str),
-                created=_time_field(raw, "created"), backed_up=True))
+        incoming = [KeyVersion(id=v.id, state=KeyState.ACTIVE, sealed=v.sealed,
+                               fingerprint=v.fingerprint, created=v.created, backed_up=True)
+                    for v in cmd.versions]
         if not incoming:
-            return _fail("BAD_COMMAND", "the backup holds no versions")
-        if len({v.id for v in incoming}) != len(incoming):
-            raise DecodeError("the restored versions have duplicate ids")
-        if backup_primary is not None and backup_primary not in {v.id for v in incoming}:
-            raise DecodeError("the backup's primary is not among its versions")
+            return _fail(ErrorCode.BAD_COMMAND, "the backup holds no versions")
         ring = self._keyring
         conflicts = [v.id for v in incoming
                      if (cur := ring.get(v.id)) is not None and cur.fingerprint != v.fingerprint]
@@ -316,8 +320,8 @@ class KeyringStateMachine:
         if conflicts:
             new = (len(ring.versions) == 1 and ring.versions[0].id == 1
                    and not ring.versions[0].backed_up)
-            if not (replace_new and new):
-                return _fail("CONFLICT", (
+            if not (cmd.replace_new and new):
+                return _fail(ErrorCode.CONFLICT, (
                     f"version(s) {', '.join(map(str, conflicts))} of this cluster differ from "
                     "the backup's; restore only merges into the cluster the backup came "
                     "from, or replaces the first secret of a brand-new cluster"))
@@ -334,10 +338,10 @@ class KeyringStateMachine:
                 revived.append(v.id)
         ring, _ = ring.mark_backed_up({v.id: v.fingerprint for v in incoming})
         primary = ring.primary
-        if backup_primary is not None and (primary is None or backup_primary > primary):
-            ring = ring.promote(backup_primary, at)
+        if cmd.primary is not None and (primary is None or cmd.primary > primary):
+            ring = ring.promote(cmd.primary, cmd.at)
         elif ring.primary is None:  # a backup without a primary: never leave none
-            ring = ring.promote(ring.last_id, at)
+            ring = ring.promote(ring.last_id, cmd.at)
         self._keyring = ring
         return Outcome(True, {"added": added, "revived": revived, "replaced": replaced,
                               "primary_version": ring.primary})
@@ -346,30 +350,42 @@ class KeyringStateMachine:
 
     def snapshot(self) -> bytes:
         with self._lock:
-            return versioned(SNAPSHOT_FORMAT, {
+            state: dict[str, WireValue] = {
                 "index": self._index,
-                "directory": self._directory,
+                "directory": {k: v.to_wire() for k, v in self._directory.items()},
                 "versions": [v.to_wire() for v in self._keyring.versions],
                 "requests": [[k, o.to_wire()] for k, o in self._requests.items()],
-            })
+            }
+            return versioned(SNAPSHOT_FORMAT, state | self._daytwo_snapshot())
+
+    def _daytwo_snapshot(self) -> dict[str, WireValue]:
+        # Only when there is something: a snapshot of a keyring that never saw these
+        # commands stays byte for byte what earlier versions wrote.
+        out: dict[str, WireValue] = {}
+        if len(self._certs):
+            out["certs"] = self._certs.to_wire()
+        if self._ledger.totals or self._ledger.clients:
+            out["encryptions"] = self._ledger.to_wire()
+        return out
 
     def restore(self, blob: bytes) -> None:
         """Replace the state with a snapshot; raises :class:`DecodeError` if malformed."""
         raw = unversioned(blob, SNAPSHOT_FORMAT, "snapshot")
-        if not isinstance(raw, dict):
+        if not isinstance(raw, Mapping):
             raise DecodeError("a snapshot must be a map")
         try:
-            versions = tuple(_snapshot_version(v) for v in raw["versions"])
-            requests = OrderedDict(_snapshot_request(r) for r in raw["requests"])
+            versions = tuple(_snapshot_version(v) for v in _list(raw["versions"]))
+            requests = OrderedDict(_snapshot_request(r) for r in _list(raw["requests"]))
             index = raw.get("index", 0)
             raw_directory = raw.get("directory", {})
-            if not isinstance(raw_directory, dict):
+            if not isinstance(raw_directory, Mapping):
                 raise TypeError("the member directory must be a map")
-            directory = {str(k): {"raft_address": str(v["raft_address"]),
-                                  "service_address": str(v["service_address"]),
-                                  "removed": bool(v["removed"])}
-                         for k, v in raw_directory.items()}
-        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
+            directory = {str(k): _member_record(v) for k, v in raw_directory.items()}
+            # Absent from snapshots written before issue 15: nothing issued or counted yet.
+            certs = CertRegistry.from_wire(raw.get("certs", []))
+            ledger = EncryptionLedger.from_wire(raw.get("encryptions", {}))
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError,
+                DecodeError) as exc:
             raise DecodeError(f"malformed snapshot: {exc}") from None
         ids = [v.id for v in versions]
         if ids != sorted(set(ids)):
@@ -382,14 +398,30 @@ class KeyringStateMachine:
             self._keyring = Keyring(versions)
             self._requests = requests
             self._index = index
+            self._changed = index
             self._directory = directory
+            self._certs = certs
+            self._ledger = ledger
 
 
-def _snapshot_version(raw: Any) -> KeyVersion:
-    if not isinstance(raw, dict):
+def _list(raw: WireValue) -> list[WireValue]:
+    if isinstance(raw, str | bytes) or not isinstance(raw, list | tuple):
+        raise TypeError("expected a list")
+    return list(raw)
+
+
+def _member_record(raw: WireValue) -> MemberRecord:
+    if not isinstance(raw, Mapping):
+        raise TypeError("a member record must be a map")
+    return MemberRecord(str(raw["raft_address"]), str(raw["service_address"]),
+                        bool(raw["removed"]))
+
+
+def _snapshot_version(raw: WireValue) -> KeyVersion:
+    if not isinstance(raw, Mapping):
         raise TypeError("a version must be a map")
-    version = KeyVersion.from_wire(raw)
-    if not 0 < version.id < 2**32 or isinstance(raw["id"], bool):
+    version = KeyVersion.from_wire(dict(raw))
+    if not is_version_id(raw["id"]):
         raise ValueError("version id out of range")
     if version.sealed is None:
         if version.state is not KeyState.RETIRED:
@@ -399,8 +431,7 @@ def _snapshot_version(raw: Any) -> KeyVersion:
     return version
 
 
-def _snapshot_request(raw: Any) -> tuple[bytes, Outcome]:
-    if not isinstance(raw, list) or len(raw) != 2 or not isinstance(raw[0], bytes) or \
-            len(raw[0]) != REQUEST_ID_SIZE or not isinstance(raw[1], dict):
+def _snapshot_request(raw: WireValue) -> tuple[bytes, Outcome]:
+    if not isinstance(raw, list) or len(raw) != 2 or not isinstance(raw[1], Mapping):
         raise ValueError("a remembered request must be [16 bytes, outcome]")
-    return raw[0], Outcome.from_wire(raw[1])
+    return request_id(raw[0]), Outcome.from_wire(raw[1])

@@ -34,7 +34,6 @@ connection holds just a socket); and :class:`MemoryTrimmer`, which calls glibc's
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import ctypes
 import errno
@@ -48,9 +47,14 @@ import threading
 import time
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from raftsso import events
+
+# asyncio (~15 ms to import) in the functions that serve ports: the configuration
+# (Limits, resolve_limits) is read by every CLI call, which needs no event loop.
+if TYPE_CHECKING:
+    import asyncio
 
 log = logging.getLogger(__name__)
 
@@ -413,6 +417,8 @@ async def accept_loop(listener: socket.socket, gate: Gate,
     Running out of descriptors or memory pauses accepting briefly (the kernel keeps the
     waiting connections in the listen backlog) and is reported; it never ends the loop.
     """
+    import asyncio
+
     loop = asyncio.get_running_loop()
     backoff = 0.05
     while True:
@@ -477,6 +483,8 @@ def _finished(sock: socket.socket, ticket: Ticket, gate: Gate,
 
 async def wait_readable(sock: socket.socket, timeout: float) -> bool:
     """Wait until ``sock`` has data (or EOF) to read, without reading it; False on timeout."""
+    import asyncio
+
     loop = asyncio.get_running_loop()
     ready: asyncio.Future[None] = loop.create_future()
     fd = sock.fileno()
@@ -503,6 +511,8 @@ def swallow_eviction(ticket: Ticket) -> bool:
     """
     if not ticket.evicted:
         return False
+    import asyncio
+
     task = asyncio.current_task()
     if task is not None:
         task.uncancel()
@@ -560,6 +570,8 @@ class MemoryTrimmer:
         return True
 
     async def run(self) -> None:
+        import asyncio
+
         armed = False
         while True:
             await asyncio.sleep(self.interval)

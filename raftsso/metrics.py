@@ -60,45 +60,24 @@ from raftsso.limits import (
     peer_label,
     swallow_eviction,
 )
+from raftsso.node.tracking import (
+    CERTIFICATE_FORGET_AFTER,
+    MAX_CERTIFICATES_SHOWN,
+    ClientTracker,
+)
 
 if TYPE_CHECKING:
     from raftsso.node import Node
 
 log = logging.getLogger(__name__)
 
-MAX_TRACKED_CLIENTS = 1000
-CLIENT_FORGET_AFTER = 24 * 3600.0
+# The per-certificate sync ages live in the node's client tracker (one table for the
+# metric and for the leader's decisions); these names stay for readers of this module.
+ClientSyncTracker = ClientTracker
+MAX_TRACKED_CLIENTS = MAX_CERTIFICATES_SHOWN
+CLIENT_FORGET_AFTER = CERTIFICATE_FORGET_AFTER
 ROLES = ("leader", "candidate", "follower")
 FETCH_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
-
-
-class ClientSyncTracker:
-    """When each client certificate last fetched the keyring successfully from this node."""
-
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self._clock = clock
-        self._last: dict[str, float] = {}
-        self._lock = threading.Lock()
-
-    def synced(self, client: str) -> None:
-        now = self._clock()
-        with self._lock:
-            if client not in self._last and len(self._last) >= MAX_TRACKED_CLIENTS:
-                self._forget(now)
-                if len(self._last) >= MAX_TRACKED_CLIENTS:
-                    oldest = min(self._last, key=self._last.__getitem__)
-                    del self._last[oldest]
-            self._last[client] = now
-
-    def _forget(self, now: float) -> None:
-        for name in [n for n, t in self._last.items() if now - t > CLIENT_FORGET_AFTER]:
-            del self._last[name]
-
-    def ages(self) -> dict[str, float]:
-        now = self._clock()
-        with self._lock:
-            self._forget(now)
-            return {name: max(0.0, now - t) for name, t in self._last.items()}
 
 
 def readiness(node: Node) -> tuple[bool, str]:
@@ -220,9 +199,11 @@ class NodeMetrics:
     """The node's metrics: a private registry, counters fed by the service and the watch."""
 
     def __init__(self, node: Node | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 clients: ClientTracker | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.clients = ClientSyncTracker(clock)
+        # The node's own tracker when wired by the runner (one table, see raftsso.node.tracking).
+        self.clients = clients if clients is not None else ClientTracker(clock=clock)
         r = self.registry
         self.requests = Counter("raftsso_requests", "Service requests by operation.",
                                 ["op"], registry=r)

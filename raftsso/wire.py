@@ -13,12 +13,18 @@ from __future__ import annotations
 
 import socket
 import struct
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, TypeAlias
 
 import msgpack
 
 from raftsso.errors import DecodeError, FrameTooLarge
+
+#: What msgpack carries on our wire: the typed form of a decoded frame, a command or a
+#: snapshot. Decoders (:mod:`raftsso.protocol`) narrow it to typed messages.
+WireValue: TypeAlias = (
+    "bool | int | float | str | bytes | Sequence[WireValue] | Mapping[str, WireValue] | None")
+WireMap: TypeAlias = Mapping[str, WireValue]
 
 WIRE_FORMAT = 1
 MAX_FRAME = 1 << 20
@@ -51,13 +57,16 @@ def _check_array(items: list[Any]) -> list[Any]:
     return items
 
 
-def pack(obj: Any) -> bytes:
+def pack(obj: WireValue) -> bytes:
     """msgpack with binary and text kept apart (``use_bin_type``)."""
     return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
 
 
 def unpack(data: bytes) -> Any:
-    """Strict msgpack decoding: UTF-8 text, string map keys, no extension types."""
+    """Strict msgpack decoding: UTF-8 text, string map keys, no extension types.
+
+    The value is a :data:`WireValue`; typed as ``Any`` so that format readers narrow it
+    their own way (:class:`raftsso.protocol.fields.Fields` does for the protocol)."""
     try:
         obj = msgpack.unpackb(data, raw=False, strict_map_key=True, ext_hook=_no_ext,
                               timestamp=0, object_pairs_hook=_check_map,
@@ -72,7 +81,7 @@ def unpack(data: bytes) -> Any:
     return obj
 
 
-def versioned(fmt: int, obj: Any) -> bytes:
+def versioned(fmt: int, obj: WireValue) -> bytes:
     """A blob that starts with its format version byte."""
     return bytes([fmt]) + pack(obj)
 
@@ -86,8 +95,22 @@ def unversioned(blob: bytes, fmt: int, what: str) -> Any:
     return unpack(blob[1:])
 
 
-def encode_frame(message: Mapping[str, Any], max_frame: int = MAX_FRAME) -> bytes:
+def encode_frame(message: WireMap, max_frame: int = MAX_FRAME) -> bytes:
     body = versioned(WIRE_FORMAT, dict(message))
+    if len(body) > max_frame:
+        raise FrameTooLarge(f"frame of {len(body)} bytes exceeds the limit of {max_frame}")
+    return _LEN.pack(len(body)) + body
+
+
+# {"id": <rid>, "ok": true, "result": <packed>}: a map of three, around the request id.
+_OK_START = bytes([WIRE_FORMAT, 0x83]) + msgpack.packb("id")
+_OK_MIDDLE = msgpack.packb("ok") + msgpack.packb(True) + msgpack.packb("result")
+
+
+def encode_ok_frame(rid: int, packed_result: bytes, max_frame: int = MAX_FRAME) -> bytes:
+    """The frame of ``ok(rid, result)`` around a result already packed (:func:`pack`):
+    byte for byte what :func:`encode_frame` makes, without packing the result again."""
+    body = b"".join((_OK_START, pack(rid), _OK_MIDDLE, packed_result))
     if len(body) > max_frame:
         raise FrameTooLarge(f"frame of {len(body)} bytes exceeds the limit of {max_frame}")
     return _LEN.pack(len(body)) + body
@@ -105,14 +128,14 @@ def frame_length(header: bytes, max_frame: int = MAX_FRAME) -> int:
     return int(length)
 
 
-def decode_body(body: bytes) -> dict[str, Any]:
+def decode_body(body: bytes) -> WireMap:
     message = unversioned(body, WIRE_FORMAT, "frame")
-    if not isinstance(message, dict):
+    if not isinstance(message, Mapping):
         raise DecodeError("a frame must hold a map")
     return message
 
 
-def parse_request(message: Mapping[str, Any]) -> tuple[int, str, dict[str, Any]]:
+def parse_request(message: WireMap) -> tuple[int, str, WireMap]:
     """Check the shape of a request; return ``(id, op, args)``."""
     rid = message.get("id")
     op = message.get("op")
@@ -121,16 +144,17 @@ def parse_request(message: Mapping[str, Any]) -> tuple[int, str, dict[str, Any]]
         raise DecodeError("request 'id' must be a non-negative integer")
     if not isinstance(op, str) or not 0 < len(op) <= 64:
         raise DecodeError("request 'op' must be a short string")
-    if not isinstance(args, dict):
+    if not isinstance(args, Mapping):
         raise DecodeError("request 'args' must be a map")
     return rid, op, args
 
 
-def ok(rid: int, result: Any) -> dict[str, Any]:
+def ok(rid: int, result: WireValue) -> WireMap:
     return {"id": rid, "ok": True, "result": result}
 
 
-def error(rid: int, code: str, message: str, **details: Any) -> dict[str, Any]:
+def error(rid: int, code: str, message: str, **details: WireValue) -> WireMap:
+    """An error answer (its body: :class:`raftsso.protocol.messages.ErrorBody`)."""
     return {"id": rid, "ok": False, "error": {"code": code, "message": message, **details}}
 
 
@@ -146,7 +170,7 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
     return b"".join(chunks)
 
 
-def read_frame(sock: socket.socket, max_frame: int = MAX_FRAME) -> dict[str, Any]:
+def read_frame(sock: socket.socket, max_frame: int = MAX_FRAME) -> WireMap:
     """Blocking read of one frame (the socket's own timeout applies)."""
     length = frame_length(_recv_exact(sock, _LEN.size), max_frame)
     return decode_body(_recv_exact(sock, length))

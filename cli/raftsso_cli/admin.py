@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import secrets
 import sys
 from pathlib import Path
-from typing import Any
 
 import click
 
-from raftsso import cluster_status
-from raftsso.deployment import init_deployment, join_node
-from raftsso.remote import ClusterClient
-from raftsso_cli.common import print_json, remote_config, table
+from raftsso.admin import AdminClient
+from raftsso.cluster_status import ClusterStatus
+from raftsso.protocol.ids import MAX_VERSION_ID
+from raftsso_cli.common import admin_client, print_json, remote_config, table
 from raftsso_cli.lifecycle import warn_not_backed_up
 
 
@@ -35,6 +33,9 @@ def init(directory: Path, nodes: int | None, host: str, base_port: int | None,
     With --join NODE_ID, prepare one more node for the existing deployment in DIRECTORY;
     start it, then run `raftsso -c DIRECTORY/admin.toml members add NODE_ID ADDRESS`.
     """
+    # Certificates (cryptography) only for the command that makes them.
+    from raftsso.deployment import init_deployment, join_node
+
     if join is not None:
         plan = join_node(directory, join, host=None if host == "127.0.0.1" else host,
                          base_port=base_port)
@@ -63,7 +64,7 @@ def init(directory: Path, nodes: int | None, host: str, base_port: int | None,
                f"{directory / 'admin.toml'} backup --out FILE --password-file PF")
 
 
-def _fmt(value: Any, suffix: str = "") -> str:
+def _fmt(value: object, suffix: str = "") -> str:
     if value is None:
         return "-"
     if isinstance(value, bool):
@@ -73,15 +74,17 @@ def _fmt(value: Any, suffix: str = "") -> str:
     return f"{value}{suffix}"
 
 
-def print_status(status: dict[str, Any]) -> None:
-    rows = [[n["id"], n["address"], _fmt(n["reachable"]), _fmt(n["role"]), _fmt(n["term"]),
-             _fmt(n["commit_index"]), _fmt(n["primary_version"]),
-             _fmt(n.get("last_contact"), "s")] for n in status["nodes"]]
-    click.echo(f"cluster {status['cluster_id'] or '?'}  leader {status['leader'] or 'NONE'}  "
-               f"quorum {_fmt(status['has_quorum'])}  "
-               f"primary version {_fmt(status['primary_version'])}")
+def print_status(status: ClusterStatus) -> None:
+    rows = [[n.id, n.address, _fmt(n.reachable), _fmt(n.role), _fmt(n.term),
+             _fmt(n.commit_index), _fmt(n.primary_version), _fmt(n.last_contact, "s"),
+             _fmt(n.lag), _fmt(n.healthy)]
+            for n in status.nodes]
+    click.echo(f"cluster {status.cluster_id or '?'}  leader {status.leader or 'NONE'}  "
+               f"quorum {_fmt(status.has_quorum)}  "
+               f"primary version {_fmt(status.primary_version)}  "
+               f"failure tolerance {status.failure_tolerance}")
     click.echo(table(["node", "address", "reachable", "role", "term", "commit index",
-                      "primary version", "last contact"], rows))
+                      "primary version", "last contact", "lag", "healthy"], rows))
 
 
 @click.command()
@@ -89,19 +92,19 @@ def print_status(status: dict[str, Any]) -> None:
 @click.pass_context
 def status(ctx: click.Context, as_json: bool) -> None:
     """Show every node's view; exit 0 with a leader and a quorum, 3 without."""
-    cfg = remote_config(ctx)
-    with ClusterClient.from_config(cfg) as client:
-        result = cluster_status.gather(client, timeout=min(cfg.timeout, 2.0))
+    with admin_client(ctx) as client:
+        result = client.status()
     if as_json:
-        print_json({k: result[k] for k in ("cluster_id", "leader", "has_quorum",
-                                           "primary_version", "nodes")})
+        view = result.to_dict()
+        print_json({k: view[k] for k in ("cluster_id", "leader", "has_quorum",
+                                         "primary_version", "failure_tolerance", "nodes")})
     else:
         print_status(result)
-        warn_not_backed_up(result["versions"])
-        if not cluster_status.healthy(result):
+        warn_not_backed_up(result.versions)
+        if not result.healthy:
             click.echo("no leader with a quorum: writes (rotation) are unavailable; "
                        "SSO clients keep decrypting with their cached secrets", err=True)
-    sys.exit(0 if cluster_status.healthy(result) else 3)
+    sys.exit(0 if result.healthy else 3)
 
 
 @click.command()
@@ -110,26 +113,20 @@ def status(ctx: click.Context, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--timeout", default=15.0, show_default=True,
               help="Seconds to keep looking for a leader with a quorum.")
-@click.option("--expect-primary", type=click.IntRange(1, 2**32 - 1), default=None,
+@click.option("--expect-primary", type=click.IntRange(1, MAX_VERSION_ID), default=None,
               help="Only rotate if the primary is still this version (compare-and-set).")
 @click.pass_context
 def rotate(ctx: click.Context, now: bool, as_json: bool, timeout: float,
            expect_primary: int | None) -> None:
     """Generate a new master secret version (staged unless --now)."""
-    cfg = remote_config(ctx, role="admin")
-    request_id = secrets.token_bytes(16)  # the same id on every retry: applied once
-    with ClusterClient.from_config(cfg) as client:
-        args: dict[str, Any] = {"request_id": request_id, "now": now}
-        if expect_primary is not None:
-            args["expect_primary"] = expect_primary
-        result = client.call_leader("rotate", args, deadline=timeout)
-    out = {"version": result["version"], "state": result["state"],
-           "primary_version": result["primary_version"]}
+    with admin_client(ctx, role="admin") as client:
+        # One request id for every retry: the rotation is applied once.
+        result = client.rotate(now=now, expect_primary=expect_primary, deadline=timeout)
     if as_json:
-        print_json(out)
+        print_json(result.to_wire())
     else:
-        click.echo(f"version {out['version']} is {out['state']}; primary version is "
-                   f"{out['primary_version']}")
+        click.echo(f"version {result.version} is {result.state}; primary version is "
+                   f"{result.primary_version}")
         click.echo("back up the new secret now: raftsso -c admin.toml backup --out FILE "
                    "--password-file PF", err=True)
 
@@ -148,11 +145,11 @@ def transfer_leader(ctx: click.Context, node_id: str, as_json: bool) -> None:
         raise click.BadParameter(f"{node_id} is not in {cfg.path} "
                                  f"({', '.join(n.id for n in cfg.nodes)})",
                                  param_hint="NODE_ID")
-    with ClusterClient.from_config(cfg) as client:
-        result = client.call_leader("transfer_leader", {"node_id": node_id}, deadline=20.0)
+    with AdminClient(cfg) as client:
+        result = client.transfer_leader(node_id)
     if as_json:
-        print_json(result)
-    elif result.get("changed"):
-        click.echo(f"{node_id} is now the leader (term {result['term']})")
+        print_json(result.to_wire())
+    elif result.changed:
+        click.echo(f"{node_id} is now the leader (term {result.term})")
     else:
-        click.echo(f"{node_id} is already the leader (term {result['term']})")
+        click.echo(f"{node_id} is already the leader (term {result.term})")

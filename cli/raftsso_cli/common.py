@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import click
 
+from raftsso.admin import AdminClient
 from raftsso.config import RemoteConfig, load_remote_config
 from raftsso.errors import ConfigError
 
@@ -23,7 +23,12 @@ def remote_config(ctx: click.Context, role: str | None = None) -> RemoteConfig:
     return cfg
 
 
-def print_json(obj: Any) -> None:
+def admin_client(ctx: click.Context, role: str | None = None) -> AdminClient:
+    """The typed client of the deployment in ``-c FILE`` (``role``: the file must be one)."""
+    return AdminClient(remote_config(ctx, role))
+
+
+def print_json(obj: object) -> None:
     click.echo(json.dumps(obj, indent=None, sort_keys=False, default=str))
 
 

@@ -4,18 +4,17 @@
 from __future__ import annotations
 
 import datetime as dt
-import secrets
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import click
 
-from raftsso import backup as backups
-from raftsso import cluster_status
-from raftsso.errors import ConfigError, RaftssoError
-from raftsso.fsutil import atomic_write, read_private
-from raftsso.remote import ClusterClient
-from raftsso_cli.common import print_json, remote_config, table
+from raftsso.admin import AdminClient
+from raftsso.errors import RaftssoError
+from raftsso.fsutil import read_private
+from raftsso.keyring import KeyState
+from raftsso.protocol.messages import NodeStatus, VersionInfo
+from raftsso_cli.common import admin_client, print_json, remote_config, table
 
 
 def _when(ts: float | None) -> str:
@@ -25,6 +24,8 @@ def _when(ts: float | None) -> str:
 
 
 def _password(path: Path) -> bytes:
+    from raftsso import backup as backups  # Argon2id: loaded by the commands that use it
+
     raw = read_private(path, limit=4096)
     password = raw[:-1] if raw.endswith(b"\n") else raw
     password = password[:-1] if password.endswith(b"\r") else password
@@ -37,25 +38,52 @@ def _password(path: Path) -> bytes:
 @click.pass_context
 def keys(ctx: click.Context, as_json: bool) -> None:
     """List every master secret version: state, creation, fingerprint, backed up."""
-    cfg = remote_config(ctx)
-    with ClusterClient.from_config(cfg) as client:
-        status = cluster_status.gather(client, timeout=min(cfg.timeout, 2.0))
-    if status["leader"] is None:
+    with admin_client(ctx) as client:
+        status = client.status()
+    if status.leader is None:
         raise RaftssoError("no leader answered; the version list may be stale, so none "
                            "is shown (see `raftsso status`)")
-    versions = status["versions"]
+    versions = status.versions
+    leader = status.leader_status
+    counts = dict(leader.encryptions) if leader is not None else {}
     if as_json:
-        print_json({"primary_version": status["primary_version"], "versions": versions})
+        print_json({"primary_version": status.primary_version,
+                    "versions": [{**v.to_wire(), "encryptions": counts.get(v.id, 0)}
+                                 for v in versions],
+                    **policy_json(leader)})
         return
-    rows = [[str(v["id"]), v["state"], _when(v["created"]), v["fingerprint"],
-             "yes" if v["backed_up"] else "NO"] for v in versions]
-    click.echo(table(["version", "state", "created", "fingerprint", "backed up"], rows))
+    rows = [[str(v.id), v.state.value, _when(v.created), v.fingerprint,
+             "yes" if v.backed_up else "NO", str(counts.get(v.id, 0))] for v in versions]
+    click.echo(table(["version", "state", "created", "fingerprint", "backed up",
+                      "encryptions"], rows))
+    print_policy(leader)
     warn_not_backed_up(versions)
 
 
-def warn_not_backed_up(versions: list[dict[str, Any]]) -> None:
-    missing = [str(v["id"]) for v in versions
-               if not v["backed_up"] and v["state"] != "retired"]
+def policy_json(leader: NodeStatus | None) -> dict[str, object]:
+    """``keys --json``'s rotation policy and scheduled backup fields (the leader's)."""
+    if leader is None:
+        return {"policy": None, "last_backup": None}
+    return {"policy": leader.policy.to_wire(), "last_backup": leader.last_backup}
+
+
+def print_policy(leader: NodeStatus | None) -> None:
+    """The rotation policy under ``keys``' table."""
+    if leader is None:
+        return
+    p = leader.policy
+    period = f"every {p.rotation_period:g} s" if p.rotation_period else "off"
+    limit = (f"{p.max_encryptions} per version (rotates at {p.rotate_at})"
+             if p.max_encryptions else "off")
+    click.echo(f"rotation policy: period {period}; max encryptions {limit}")
+    if p.next_rotation is not None:
+        when = dt.datetime.fromtimestamp(p.next_rotation, dt.UTC)
+        click.echo(f"next rotation by period: {when:%Y-%m-%d %H:%M:%SZ}")
+
+
+def warn_not_backed_up(versions: Sequence[VersionInfo]) -> None:
+    missing = [str(v.id) for v in versions
+               if not v.backed_up and v.state is not KeyState.RETIRED]
     if missing:
         click.echo(f"warning: version(s) {', '.join(missing)} were never backed up; run "
                    "`raftsso -c admin.toml backup --out FILE --password-file PF`", err=True)
@@ -75,22 +103,10 @@ def backup(ctx: click.Context, out: Path, password_file: Path, reminder: str,
     """Write every non-retired version to a password-protected backup file."""
     cfg = remote_config(ctx, role="admin")
     password = _password(password_file)
-    if out.exists() and not overwrite:
-        raise ConfigError(f"{out} exists; choose another name or pass --overwrite")
-    with ClusterClient.from_config(cfg) as client:
-        ring = client.call_leader("keyring", {"require_leader": True})
-        versions = [backups.BackupVersion(v["id"], v["state"], v["fingerprint"],
-                                          v["created"], v["key"])
-                    for v in ring["versions"] if v.get("key")]
-        blob = backups.write_backup(password, cluster_id=ring["cluster_id"],
-                                    primary=ring["primary"], versions=versions,
-                                    reminder=reminder)
-        atomic_write(out, blob, mode=0o600)
-        client.call_leader("backed_up", {
-            "request_id": secrets.token_bytes(16),
-            "fingerprints": {str(v.id): v.fingerprint for v in versions}})
-    click.echo(f"backed up version(s) {', '.join(str(v.id) for v in versions)} of cluster "
-               f"{ring['cluster_id']} to {out}")
+    with AdminClient(cfg) as client:
+        written = client.backup(out, password, reminder=reminder, overwrite=overwrite)
+    click.echo(f"backed up version(s) {', '.join(str(v) for v in written.versions)} of "
+               f"cluster {written.cluster_id} to {out}")
     if reminder:
         click.echo("note: the reminder is stored readable; it must not reveal the password",
                    err=True)
@@ -101,7 +117,9 @@ def backup(ctx: click.Context, out: Path, password_file: Path, reminder: str,
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def backup_info(file: Path, as_json: bool) -> None:
     """Show a backup's cluster, versions and password reminder (no password needed)."""
-    info = backups.read_info(file.read_bytes())
+    from raftsso.backup_recipient import read_any_info
+
+    info = read_any_info(file.read_bytes())  # a password or a public-key backup
     if as_json:
         print_json({"cluster_id": info.cluster_id, "created": info.created,
                     "reminder": info.reminder, "primary_version": info.primary,
@@ -112,8 +130,12 @@ def backup_info(file: Path, as_json: bool) -> None:
     click.echo(f"cluster   {info.cluster_id}")
     click.echo(f"written   {_when(info.created)}")
     click.echo(f"reminder  {info.reminder or '(none)'}")
-    click.echo(f"kdf       {info.kdf['name']} {info.kdf['memory_kib']} KiB, "
-               f"{info.kdf['iterations']} passes, {info.kdf['lanes']} lanes")
+    if "key_id" in info.kdf:
+        click.echo(f"recipient {info.kdf['name']} key {info.kdf['key_id']} (restore it with "
+                   "--identity KEY)")
+    else:
+        click.echo(f"kdf       {info.kdf['name']} {info.kdf['memory_kib']} KiB, "
+                   f"{info.kdf['iterations']} passes, {info.kdf['lanes']} lanes")
     click.echo(table(["version", "state", "created", "fingerprint"],
                      [[str(v.id), v.state, _when(v.created), v.fingerprint]
                       for v in info.versions]))
@@ -122,35 +144,37 @@ def backup_info(file: Path, as_json: bool) -> None:
 
 @click.command()
 @click.argument("file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
-@click.option("--password-file", required=True,
-              type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option("--password-file", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="The password file of a password backup.")
+@click.option("--identity", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="The identity (from `backup keygen`) of a backup made to its public key.")
 @click.option("--force", is_flag=True,
               help="Restore a backup of another cluster (disaster recovery into a new one): "
                    "replaces the target's first secret if the target is brand new.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation with --force.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.pass_context
-def restore(ctx: click.Context, file: Path, password_file: Path, force: bool, yes: bool,
-            as_json: bool) -> None:
+def restore(ctx: click.Context, file: Path, password_file: Path | None,
+            identity: Path | None, force: bool, yes: bool, as_json: bool) -> None:
     """Load a backup into the cluster: merges, never drops or overwrites a newer version."""
     cfg = remote_config(ctx, role="admin")
-    info = backups.open_backup(file.read_bytes(), _password(password_file))
+    from raftsso_cli.backups import open_backup_file
+
+    info = open_backup_file(file, _password(password_file) if password_file else None,
+                            identity)
     if force and not yes:
         click.confirm(f"Restore cluster {info.cluster_id}'s backup with --force? If the target "
                       "has only its first secret, never backed up, that secret is replaced, "
                       "and data encrypted under it becomes unreadable", abort=True)
-    with ClusterClient.from_config(cfg) as client:
-        result = client.call_leader("restore", {
-            "request_id": secrets.token_bytes(16), "cluster_id": info.cluster_id,
-            "primary": info.primary, "force": force,
-            "versions": [{"id": v.id, "key": v.key, "fingerprint": v.fingerprint,
-                          "created": v.created} for v in info.versions]})
+    with AdminClient(cfg) as client:
+        result = client.restore(info, force=force)
     if as_json:
-        print_json(result)
+        print_json(result.to_wire())
         return
-    click.echo(f"restored from {file}: added {result['added'] or 'none'}, "
-               f"revived {result['revived'] or 'none'}, replaced {result['replaced'] or 'none'}"
-               f"; primary version is {result['primary_version']}")
+    click.echo(f"restored from {file}: added {list(result.added) or 'none'}, "
+               f"revived {list(result.revived) or 'none'}, "
+               f"replaced {list(result.replaced) or 'none'}"
+               f"; primary version is {result.primary_version}")
 
 
 @click.command()
@@ -178,10 +202,9 @@ def retire(ctx: click.Context, version: int, store: str | None, force: bool,
     if force and not yes:
         click.confirm(f"Destroy version {version} for good? Data still under it becomes "
                       "unreadable", abort=True)
-    with ClusterClient.from_config(cfg) as client:
-        result = client.call_leader("retire", {"request_id": secrets.token_bytes(16),
-                                               "version": version, "force": force})
-    click.echo(f"version {result['version']} is {result['state']}")
+    with AdminClient(cfg) as client:
+        result = client.retire(version, force=force)
+    click.echo(f"version {result.version} is {result.state}")
 
 
 @click.command()

@@ -7,20 +7,66 @@ unavailable. Expected failures print one line on stderr, never a traceback.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import sys
 from pathlib import Path
 
 import click
 
+from raftsso import __version__
 from raftsso.errors import RaftssoError, exit_code_for
-from raftsso_cli import admin, lifecycle, local, members, sso
+
+#: Every command: its name and where it lives ("module:attribute"). A command's module is
+#: imported only when that command runs (or ``--help`` lists them all), so ``--version``
+#: and ``status`` do not pay for certificates, Argon2id or the SSO store.
+COMMANDS: dict[str, str] = {
+    "init": "raftsso_cli.admin:init",
+    "local": "raftsso_cli.local:local",
+    "node": "raftsso_cli.local:node",
+    "status": "raftsso_cli.admin:status",
+    "rotate": "raftsso_cli.admin:rotate",
+    "transfer-leader": "raftsso_cli.admin:transfer_leader",
+    "members": "raftsso_cli.members:members",
+    "sso": "raftsso_cli.sso:sso",
+    "keys": "raftsso_cli.lifecycle:keys",
+    "backup": "raftsso_cli.backups:backup",  # the password backup, and backup keygen
+    "backup-info": "raftsso_cli.lifecycle:backup_info",
+    "restore": "raftsso_cli.lifecycle:restore",
+    "retire": "raftsso_cli.lifecycle:retire",
+    "rewrap": "raftsso_cli.lifecycle:rewrap",
+    "certs": "raftsso_cli.certs:certs",
+    "agent": "raftsso_cli.agent:agent",
+}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class LazyGroup(click.Group):
+    """A group whose commands are imported on first use (click's documented pattern)."""
+
+    def __init__(self, *args: object, lazy: dict[str, str], **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.lazy = dict(lazy)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.lazy and cmd_name not in self.commands:
+            module, _, attribute = self.lazy[cmd_name].partition(":")
+            command = getattr(importlib.import_module(module), attribute)
+            if not isinstance(command, click.Command):
+                raise TypeError(f"{self.lazy[cmd_name]} is not a click command")
+            self.add_command(command, cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=LazyGroup, lazy=COMMANDS,
+             context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-c", "--config", "config", type=click.Path(dir_okay=False, path_type=Path),
               help="admin.toml (operators) or client.toml (SSO clients) of a deployment.")
-@click.version_option(package_name="raftsso")
+# The version from raftsso itself: package metadata (importlib.metadata) costs a scan of
+# every installed distribution at each start.
+@click.version_option(__version__, package_name="raftsso")
 @click.pass_context
 def cli(ctx: click.Context, config: Path | None) -> None:
     """raftsso: a Raft-replicated master secret store.
@@ -36,19 +82,6 @@ def cli(ctx: click.Context, config: Path | None) -> None:
       raftsso -c ./cluster/admin.toml status
     """
     ctx.obj = {"config": config}
-
-
-cli.add_command(admin.init)
-cli.add_command(local.local)
-cli.add_command(local.node)
-cli.add_command(admin.status)
-cli.add_command(admin.rotate)
-cli.add_command(admin.transfer_leader)
-cli.add_command(members.members)
-cli.add_command(sso.sso)
-for _command in (lifecycle.keys, lifecycle.backup, lifecycle.backup_info, lifecycle.restore,
-                 lifecycle.retire, lifecycle.rewrap):
-    cli.add_command(_command)
 
 
 def main() -> None:

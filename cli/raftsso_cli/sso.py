@@ -20,6 +20,7 @@ from typing import Any
 
 import click
 
+from raftsso.agent.client import AgentClient, agent_socket_for
 from raftsso.client import SSOClient
 from raftsso.config import RemoteConfig, load_remote_config, update_toml
 from raftsso.errors import InvalidToken, RaftssoError
@@ -79,6 +80,13 @@ def open_setting(setting: StoreSetting, client: SSOClient | None = None) -> SSOS
 @contextlib.contextmanager
 def _open(ctx: click.Context, secrets: bool) -> Iterator[SSOStore]:
     """The store, with an SSO client (so a reachable cluster) only when secrets are used."""
+    obj = ctx.obj or {}
+    sock = agent_socket_for(obj["config"]) if obj.get("config") and not obj.get("store") \
+        else None
+    if sock is not None:  # agent.toml, or client.toml with agent_socket: through the agent
+        with AgentClient(sock) as agent:
+            yield agent  # type: ignore[misc]  # the same methods as SSOStore
+        return
     setting = store_setting(ctx)
     if not secrets:
         with open_setting(setting) as store:

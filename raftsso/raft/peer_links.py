@@ -36,8 +36,9 @@ which from then on reads and writes it itself::
   milliseconds). Each handshake must finish within ``handshake_timeout``; an ``accept``
   that finds no descriptor left backs off instead of spinning and emits
   ``resources_exhausted``. A member's link counts against the caps until the Raft thread
-  closes it (pysyncobj's ``connection_timeout`` closes idle ones; the transport closes a
-  link whose peer stopped being a member, see :meth:`PeerLinks.still_member`). Refusals
+  closes it (pysyncobj's ``connection_timeout`` closes idle ones; the transport closes,
+  within a second, a link whose peer stopped being a member or whose certificate was
+  revoked, see :meth:`PeerLinks.close_reason`). Refusals
   are logged, at most one line per second for each reason and remote host.
 
 Why the Raft thread owns the TLS sockets: each message then costs one TLS record and no
@@ -96,13 +97,15 @@ class PeerSocket(ssl.SSLSocket):
     """The TLS socket of one Raft link, handed to the Raft thread once its peer is verified.
 
     ``direction`` is "in" or "out"; ``peer_id`` and ``peer_address`` name the member (from
-    its certificate and the directory). Closing it, from whichever thread, tells the
-    :class:`PeerLinks` that made it (its gate stops counting the link).
+    its certificate and the directory), ``serial`` is its certificate's. Closing it, from
+    whichever thread, tells the :class:`PeerLinks` that made it (its gate stops counting
+    the link).
     """
 
     direction = ""
     peer_id = ""
     peer_address = ""
+    serial = ""  # the peer certificate's serial (revocation, raftsso.revocation)
     on_close: Callable[[], None] | None = None
 
     def close(self) -> None:
@@ -190,6 +193,7 @@ class _Link:
         self.direction = sock.direction
         self.peer_id = sock.peer_id
         self.peer_address = sock.peer_address
+        self.serial = sock.serial
         # Set when the link closes: the handler of an incoming link waits for it, so the
         # port's gate counts the link as an open connection for as long as it lasts.
         self.done: asyncio.Future[None] | None = None
@@ -203,13 +207,19 @@ class PeerLinks:
                  handshake_timeout: float = HANDSHAKE_TIMEOUT,
                  max_connections: int = DEFAULT_PEER_MAX_CONNECTIONS,
                  max_handshakes: int = DEFAULT_PEER_MAX_HANDSHAKES,
-                 max_per_source: int = DEFAULT_PEER_MAX_PER_SOURCE) -> None:
+                 max_per_source: int = DEFAULT_PEER_MAX_PER_SOURCE,
+                 revoked: Callable[[], frozenset[str]] | None = None) -> None:
         self.node_id = node_id
         self.listen = listen
         self._members = members
         self._on_incoming = on_incoming
+        self._tls_files = (ca, cert, key)
         self._server_ctx = peer_context(ca, cert, key, server=True)
         self._client_ctx = peer_context(ca, cert, key, server=False)
+        # Revoked certificate serials (the replicated registry): a revoked node certificate
+        # neither links in nor is linked to, and the Raft thread closes its open links
+        # within a second (close_reason).
+        self.revoked: Callable[[], frozenset[str]] = revoked or (lambda: frozenset())
         self.handshake_timeout = handshake_timeout
         # The port's caps ([limits] peer_max_*), the service port's kind of gate: the
         # handshakes in progress are its "pending" connections, member links settled ones.
@@ -228,6 +238,20 @@ class PeerLinks:
     def _refuse(self, key: tuple[str, str], message: str,
                 level: int = logging.WARNING) -> None:
         self._refusals.log(key, log, level, message)
+
+    def reload_certificate(self) -> None:
+        """Build the TLS contexts again from the same files (SIGHUP): new links use the new
+        certificate, open ones keep theirs. :class:`~raftsso.errors.ConfigError` (the old
+        contexts stay) if the files do not load."""
+        ca, cert, key = self._tls_files
+        server, client = (peer_context(ca, cert, key, server=True),
+                          peer_context(ca, cert, key, server=False))
+        self._server_ctx, self._client_ctx = server, client
+
+    def _revoked_serial(self, peercert: Any) -> str | None:
+        """The peer certificate's serial if it is revoked, else None."""
+        serial = pki.peer_serial(peercert)
+        return serial if serial is not None and serial in self.revoked() else None
 
     # lifecycle ------------------------------------------------------------------------
 
@@ -327,23 +351,29 @@ class PeerLinks:
         return next((nid for nid, addr in self._current().items()
                      if addr == raft_address and nid != self.node_id), None)
 
-    def still_member(self, sock: PeerSocket) -> bool:
-        """Is the peer of this link still a member, at the address the link was made for?
+    def close_reason(self, sock: PeerSocket) -> str | None:
+        """Why the Raft thread must close this link now, or None to keep it.
 
-        The Raft thread closes a link for which this turns False. A lookup that fails
-        says nothing about membership: the link is kept.
+        Its peer's certificate was revoked, or the peer is no longer a member at the
+        address the link was made for. A member lookup that fails says nothing about
+        membership: the link is kept.
         """
+        if sock.serial and sock.serial in self.revoked():
+            return f"its certificate (serial {sock.serial}) was revoked"
         try:
             members = self._members()
         except Exception:
             log.exception("cannot read the current members; keeping the Raft links")
-            return True
-        return members.get(sock.peer_id) == sock.peer_address
+            return None
+        if members.get(sock.peer_id) != sock.peer_address:
+            return "it is no longer a member"
+        return None
 
     def _track(self, sock: PeerSocket, direction: str, peer_id: str,
                peer_address: str) -> _Link:
         """Register a verified link before it is handed over; forget it when it closes."""
         sock.direction, sock.peer_id, sock.peer_address = direction, peer_id, peer_address
+        sock.serial = pki.peer_serial(sock.getpeercert()) or ""
         link = _Link(sock)
         self._links.add(link)
         loop = asyncio.get_running_loop()
@@ -433,7 +463,14 @@ class PeerLinks:
                 if sock is not None:
                     sock.close()
             raise
-        role, name = pki.peer_identity(tls.getpeercert())
+        peercert = tls.getpeercert()
+        role, name = pki.peer_identity(peercert)
+        if (revoked := self._revoked_serial(peercert)) is not None:
+            self._refuse(("revoked", raft_address),
+                         f"Raft link to {expected} at {raft_address} refused: its certificate "
+                         f"(serial {revoked}) is revoked")
+            tls.close()
+            return None
         if role != ROLE or name != expected:
             self._refuse(("wrong server", raft_address),
                          f"Raft link to {raft_address} refused: it presented a "
@@ -489,10 +526,13 @@ class PeerLinks:
 
     def _join_incoming(self, tls: PeerSocket, host: str, label: str) -> _Link | None:
         """Check the member's certificate and hand the link to the Raft thread."""
-        role, name = pki.peer_identity(tls.getpeercert())
+        peercert = tls.getpeercert()
+        role, name = pki.peer_identity(peercert)
         members = self._current()
         problem = None
-        if role != ROLE:
+        if (revoked := self._revoked_serial(peercert)) is not None:
+            problem = f"its certificate for {name!r} (serial {revoked}) is revoked"
+        elif role != ROLE:
             problem = (f"its certificate has the role {role!r} (CN {name!r}); only {ROLE!r} "
                        "certificates may speak Raft")
         elif name == self.node_id:

@@ -181,7 +181,8 @@ class PeerTLSTransport(HardenedTransport):
     Only one side of a pair dials (pysyncobj's ``_shouldConnect``: the greater address).
     From then on pysyncobj reads and writes the TLS socket itself (see
     :func:`raftsso.raft.hardening.harden_pysyncobj` for what a TLS socket needs). Once a
-    second, a link whose peer stopped being a member is closed.
+    second, a link whose peer stopped being a member, or whose certificate was revoked,
+    is closed.
     """
 
     def __init__(self, syncObj: Any, selfNode: Any, otherNodes: Any) -> None:
@@ -265,13 +266,16 @@ class PeerTLSTransport(HardenedTransport):
                         conn._TcpConnection__processConnection(sock.fileno(),
                                                                POLL_EVENT_TYPE.READ)
 
-    def _close_former_members(self) -> None:
+    def _close_former_members(self) -> None:  # and revoked certificates
         for conn in self._links():
             sock = conn._TcpConnection__socket
-            if isinstance(sock, PeerSocket) and conn.state != CONNECTION_STATE.DISCONNECTED \
-                    and not self._peer_links.still_member(sock):
-                log.info("closing the Raft link %s %s: it is no longer a member",
-                         "from" if sock.direction == "in" else "to", sock.peer_id)
+            if not isinstance(sock, PeerSocket) or conn.state == CONNECTION_STATE.DISCONNECTED:
+                continue
+            reason = self._peer_links.close_reason(sock)
+            if reason is not None:
+                log.log(logging.WARNING if "revoked" in reason else logging.INFO,
+                        "closing the Raft link %s %s: %s",
+                        "from" if sock.direction == "in" else "to", sock.peer_id, reason)
                 conn.disconnect()
                 self._unknownConnections.discard(conn)
 

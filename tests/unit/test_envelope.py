@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import runpy
+import subprocess
+import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -331,3 +335,143 @@ def test_seal_round_trip_property(secret: bytes, cluster_id: str, version: int) 
 def test_unseal_of_arbitrary_bytes_only_raises_invalid_token(blob: bytes) -> None:
     _assert_invalid(unseal, KEY, blob, cluster_id=CLUSTER, version=3)
     _assert_invalid(ENV.decrypt, blob)
+
+
+# -- nonces: unique across threads, forks and processes -----------------------------------
+
+
+def _nonce_of(token: bytes) -> bytes:
+    return token[5:5 + NONCE_SIZE]
+
+
+def test_nonces_are_unique_across_threads() -> None:
+    env = Envelope(7, KEY)
+    per_thread = 20_000
+    results: list[list[bytes]] = []
+    go = threading.Barrier(8)
+
+    def work() -> None:
+        go.wait(timeout=30)
+        results.append([_nonce_of(env.encrypt(b"x")) for _ in range(per_thread)])
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert len(results) == 8
+    everything = [n for batch in results for n in batch]
+    assert len(set(everything)) == len(everything) == 8 * per_thread
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    while chunk := os.read(fd, 65536):
+        chunks.append(chunk)
+    os.close(fd)
+    return b"".join(chunks)
+
+
+def test_a_forked_child_and_its_parent_never_share_a_nonce() -> None:
+    # The envelope (and the nonce counter) exist before the fork, as in a pre-forking
+    # server that builds its SSO client first: without the at-fork hook the child would
+    # repeat the parent's sequence exactly.
+    env = Envelope(7, KEY)
+    before = {_nonce_of(env.encrypt(b"x")) for _ in range(100)}
+    count = 5_000
+    children = []
+    for _ in range(3):
+        go_r, go_w = os.pipe()
+        out_r, out_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: wait for the start, encrypt, send the nonces, exit
+            try:
+                os.close(go_w)
+                os.close(out_r)
+                os.read(go_r, 1)
+                nonces = b"".join(_nonce_of(env.encrypt(b"x")) for _ in range(count))
+                with os.fdopen(out_w, "wb") as out:
+                    out.write(nonces)
+            finally:
+                os._exit(0)
+        os.close(go_r)
+        os.close(out_w)
+        children.append((pid, go_w, out_r))
+    for _, go_w, _ in children:  # all start together, the parent with them
+        os.write(go_w, b"!")
+        os.close(go_w)
+    parent = [_nonce_of(env.encrypt(b"x")) for _ in range(count)]
+    seen = set(before) | set(parent)
+    assert len(seen) == len(before) + count
+    for pid, _, out_r in children:
+        blob = _read_all(out_r)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert len(blob) == count * NONCE_SIZE
+        child = {blob[i:i + NONCE_SIZE] for i in range(0, len(blob), NONCE_SIZE)}
+        assert len(child) == count
+        assert not child & seen, "a forked child repeated a nonce"
+        seen |= child
+
+
+def test_every_process_starts_its_nonces_at_a_random_point() -> None:
+    code = "from raftsso.envelope import next_nonce; print(next_nonce().hex())"
+    firsts = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             check=True, timeout=60).stdout.strip() for _ in range(3)}
+    assert len(firsts) == 3
+    assert all(len(bytes.fromhex(f)) == NONCE_SIZE for f in firsts)
+
+
+def test_next_nonce_counts_up_within_a_process() -> None:
+    a, b = envelope.next_nonce(), envelope.next_nonce()
+    assert len(a) == len(b) == NONCE_SIZE
+    assert int.from_bytes(b, "big") > int.from_bytes(a, "big")
+
+
+# -- other buffers and large tokens --------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [0, 1, 4096 - TOKEN_OVERHEAD - 1, 4096 - TOKEN_OVERHEAD,
+                                  65536])
+def test_tokens_of_every_size_round_trip_and_reject_tampering(size: int) -> None:
+    data = os.urandom(size)
+    token = ENV.encrypt(data, b"ad")
+    assert ENV.decrypt(token, b"ad") == data
+    assert ENV.decrypt(bytearray(token), b"ad") == data
+    assert ENV.decrypt(memoryview(token), b"ad") == data
+    tampered = bytearray(token)
+    tampered[-1] ^= 1
+    _assert_invalid(ENV.decrypt, bytes(tampered), b"ad")
+    _assert_invalid(ENV.decrypt, token, b"other")
+
+
+# -- Keyset: the client's lookup by token header -------------------------------------------
+
+
+def test_keyset_opens_tokens_of_its_versions_and_declines_others() -> None:
+    one, two = Envelope(1, KEY), Envelope(2, OTHER_KEY)
+    keyset = envelope.Keyset([one, two])
+    assert keyset.decrypt(one.encrypt(b"a", b"ad"), b"ad") == b"a"
+    assert keyset.decrypt(two.encrypt(b"", b"ad"), b"ad") == b""  # empty, not None
+    assert keyset.decrypt(two.encrypt(b"b" * 70_000)) == b"b" * 70_000
+    # Another version, another format, not a token: not ours, the caller decides.
+    assert keyset.decrypt(Envelope(3, KEY).encrypt(b"c")) is None
+    assert keyset.decrypt(b"\x02" + one.encrypt(b"d")[1:]) is None
+    for junk in (b"", b"\x01", b"\x01\x00\x00\x00"):
+        assert keyset.decrypt(junk) is None
+    assert keyset.decrypt(bytearray(one.encrypt(b"e"))) is None  # unhashable: caller decides
+    assert keyset.decrypt(memoryview(one.encrypt(b"f"))) == b"f"
+
+
+def test_keyset_rejects_a_token_of_its_version_that_does_not_open() -> None:
+    one = Envelope(1, KEY)
+    keyset = envelope.Keyset([one])
+    token = one.encrypt(b"secret", b"ad")
+    _assert_invalid(keyset.decrypt, token[:TOKEN_OVERHEAD - 1], b"ad")
+    _assert_invalid(keyset.decrypt, token, b"other")
+    for pos in range(5, len(token)):
+        tampered = bytearray(token)
+        tampered[pos] ^= 1
+        _assert_invalid(keyset.decrypt, bytes(tampered), b"ad")
+    # Same header, other key material (a version id reused in another cluster).
+    _assert_invalid(envelope.Keyset([Envelope(1, OTHER_KEY)]).decrypt, token, b"ad")

@@ -41,11 +41,11 @@ from raftsso.errors import (
 )
 from raftsso.fsm import COMMAND_FORMAT, SNAPSHOT_FORMAT, KeyringStateMachine, Outcome
 from raftsso.keyring import KeyState
-from raftsso.node import raft_config
 from raftsso.raft import RaftNode, storage
 from raftsso.raft.hardening import restricted_loads
 from raftsso.raft.journal import _HEADER, DurableJournal, encode_record
 from raftsso.raft.snapshot import SNAPSHOT_FILE_FORMAT, read_snapshot_file
+from raftsso.runner import raft_config
 
 SCALE = float(os.environ.get("RAFTSSO_FUZZ_SCALE", "1"))
 

@@ -406,16 +406,16 @@ def test_an_accept_without_a_free_descriptor_backs_off_and_recovers(
 
 def test_a_link_whose_peer_is_no_longer_a_member_is_marked_for_closing(
         sides: Callable[..., Side]) -> None:
-    # The Raft thread owns the link: it asks still_member once a second and closes it.
+    # The Raft thread owns the link: it asks close_reason once a second and closes it.
     a, b = _pair(sides)
     ours = _dial(a, b.address)
     ours.sendall(b"?")
     theirs, _ = b.accept()
-    assert b.links.still_member(theirs) and a.links.still_member(ours)
+    assert b.links.close_reason(theirs) is None and a.links.close_reason(ours) is None
     b.members.clear()  # node1 was removed, as b sees it
-    assert not b.links.still_member(theirs)
+    assert b.links.close_reason(theirs) == "it is no longer a member"
     a.members["node2"] = "127.0.0.1:1"  # node2 moved, as a sees it
-    assert not a.links.still_member(ours)
+    assert a.links.close_reason(ours) == "it is no longer a member"
     ours.close()
     theirs.close()
 

@@ -1,0 +1,230 @@
+"""The operator's library: :class:`AdminClient`, one typed method per admin operation.
+
+The CLI (``raftsso -c admin.toml ...``) is a thin layer over this; so can any other tool
+be. Every method sends a typed request (:mod:`raftsso.protocol.messages`) through a
+:class:`~raftsso.remote.ClusterClient` (writes go to the leader, with one request id for
+all retries, so a write is applied once) and returns a typed result.
+
+Before its first call the client checks that the cluster it reaches is the one its
+configuration names (``cluster_id``): a file of another deployment is refused as a
+configuration error instead of acting on the wrong cluster.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+from raftsso import cluster_status
+from raftsso.cluster_status import ClusterStatus
+from raftsso.config import RemoteConfig, load_remote_config, split_address
+from raftsso.errors import ConfigError, RaftssoError
+from raftsso.fsutil import atomic_write
+from raftsso.pki import CertInfo
+from raftsso.protocol.ids import NodeId, VersionId, node_id, version_id
+from raftsso.protocol.messages import (
+    BackedUpRequest,
+    CertRegisterRequest,
+    CertRegisterResult,
+    CertRevokeRequest,
+    CertRevokeResult,
+    CertsRequest,
+    CertsResult,
+    KeyringRequest,
+    MemberAddRequest,
+    MemberChangeResult,
+    MemberRemoveRequest,
+    MembersRequest,
+    MembersResult,
+    PingRequest,
+    RestoreRequest,
+    RestoreResult,
+    RestoreVersion,
+    RetireRequest,
+    RotateRequest,
+    TransferLeaderRequest,
+    TransferResult,
+    VersionResult,
+)
+from raftsso.remote import ClusterClient
+
+if TYPE_CHECKING:  # Argon2id (cryptography) is loaded by the backup calls only
+    from raftsso import backup as backups
+
+DEFAULT_WRITE_DEADLINE = 15.0
+MEMBER_DEADLINE = 30.0
+TRANSFER_DEADLINE = 20.0
+
+
+@dataclass(frozen=True)
+class BackupWritten:
+    """A backup file written and recorded in the cluster (``versions``: their ids)."""
+
+    path: Path
+    cluster_id: str
+    versions: tuple[VersionId, ...]
+    marked: tuple[VersionId, ...]
+
+
+def _wrong_cluster(cfg: RemoteConfig, theirs: str) -> ConfigError:
+    return ConfigError(f"{cfg.path} is for cluster {cfg.cluster_id}, but its nodes serve "
+                       f"cluster {theirs}; use the admin.toml of that deployment")
+
+
+class AdminClient:
+    """Typed admin operations on one deployment; a context manager (closes connections)."""
+
+    def __init__(self, cfg: RemoteConfig) -> None:
+        self.cfg = cfg
+        self.cluster = ClusterClient.from_config(cfg)
+        self._checked = False
+
+    @classmethod
+    def from_config(cls, path: str | Path) -> AdminClient:
+        return cls(load_remote_config(path))
+
+    def close(self) -> None:
+        self.cluster.close()
+
+    def __enter__(self) -> AdminClient:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def check_cluster(self) -> None:
+        """Refuse (:class:`ConfigError`) nodes of another cluster than ``cluster_id``."""
+        if self._checked:
+            return
+        _, ping = self.cluster.request_any(PingRequest(), deadline=self.cfg.timeout)
+        if ping.cluster_id is not None and ping.cluster_id != self.cfg.cluster_id:
+            raise _wrong_cluster(self.cfg, ping.cluster_id)
+        self._checked = True
+
+    # reads ------------------------------------------------------------------------------------
+
+    def status(self, timeout: float | None = None) -> ClusterStatus:
+        """Every node's view, combined (``status``); nodes that do not answer in ``timeout``
+        are shown unreachable."""
+        status = cluster_status.survey(self.cluster, timeout or min(self.cfg.timeout, 2.0))
+        if status.cluster_id is not None and status.cluster_id != self.cfg.cluster_id:
+            raise _wrong_cluster(self.cfg, status.cluster_id)
+        self._checked = True
+        return status
+
+    def members(self) -> MembersResult:
+        """The members as the leader sees them (match indexes, lags, contact times)."""
+        self.check_cluster()
+        return self.cluster.request_leader(MembersRequest(require_leader=True))
+
+    # keyring writes ---------------------------------------------------------------------------
+
+    def rotate(self, *, now: bool = False, expect_primary: int | None = None,
+               deadline: float = DEFAULT_WRITE_DEADLINE) -> VersionResult:
+        """A new master secret version, staged (or primary with ``now``); with
+        ``expect_primary``, only if the primary is still that version."""
+        self.check_cluster()
+        expect = None if expect_primary is None else _version(expect_primary)
+        return self.cluster.request_leader(RotateRequest(now=now, expect_primary=expect),
+                                           deadline=deadline)
+
+    def retire(self, version: int, *, force: bool = False) -> VersionResult:
+        """Destroy ``version``'s key material (check the stores first: see the CLI)."""
+        self.check_cluster()
+        return self.cluster.request_leader(RetireRequest(_version(version), force))
+
+    def backup(self, out: Path, password: bytes, *, reminder: str = "",
+               overwrite: bool = False) -> BackupWritten:
+        """Write every non-retired version to a password-protected file (0600, atomic) and
+        record in the cluster that it is backed up.
+
+        The keyring comes from the leader past its barrier, so the file holds every
+        committed version.
+        """
+        from raftsso import backup as backups
+
+        backups.check_password(password)
+        if out.exists() and not overwrite:
+            raise ConfigError(f"{out} exists; choose another name or pass --overwrite")
+        self.check_cluster()
+        ring = self.cluster.request_leader(KeyringRequest(require_leader=True))
+        versions = [backups.BackupVersion(v.info.id, v.info.state.value, v.info.fingerprint,
+                                          v.info.created, v.key) for v in ring.versions]
+        blob = backups.write_backup(password, cluster_id=ring.cluster_id,
+                                    primary=ring.primary, versions=versions, reminder=reminder)
+        atomic_write(out, blob, mode=0o600)
+        marked = self.cluster.request_leader(BackedUpRequest(
+            {VersionId(v.id): v.fingerprint for v in versions}))
+        return BackupWritten(out, ring.cluster_id, tuple(VersionId(v.id) for v in versions),
+                             marked.marked)
+
+    def restore(self, info: backups.BackupInfo, *, force: bool = False) -> RestoreResult:
+        """Merge an opened backup's versions into the cluster (never drops or overwrites a
+        newer version); ``force`` admits another cluster's backup."""
+        self.check_cluster()
+        versions = tuple(RestoreVersion(_version(v.id), v.key, v.fingerprint, v.created)
+                         for v in info.versions if v.key is not None)
+        primary = None if info.primary is None else _version(info.primary)
+        return self.cluster.request_leader(RestoreRequest(info.cluster_id, versions, primary,
+                                                          force))
+
+    # certificates (issue 15) ---------------------------------------------------------------
+
+    def certs(self) -> CertsResult:
+        """Every certificate registered with the cluster or revoked (the leader's view)."""
+        self.check_cluster()
+        return self.cluster.request_leader(CertsRequest(require_leader=True))
+
+    def cert_register(self, info: CertInfo) -> CertRegisterResult:
+        """Register a certificate made by ``certs issue`` (so ``certs list`` shows it and
+        ``certs revoke NAME`` finds it)."""
+        self.check_cluster()
+        return self.cluster.request_leader(CertRegisterRequest(
+            info.serial, info.name, info.role, info.not_after))
+
+    def cert_revoke(self, target: str, *, name: str = "") -> CertRevokeResult:
+        """Revoke every registered certificate named ``target``, or the serial ``target``
+        (``name``: the name of a serial the cluster never registered, for the record)."""
+        self.check_cluster()
+        return self.cluster.request_leader(CertRevokeRequest(target, name))
+
+    # membership and leadership -------------------------------------------------------------
+
+    def member_add(self, node: str, raft_address: str,
+                   service_address: str | None = None) -> MemberChangeResult:
+        """Add ``node`` (start it first); its service address defaults to the Raft port + 1,
+        as ``init`` lays nodes out."""
+        host, port = split_address(raft_address)
+        request = MemberAddRequest(_node(node), raft_address,
+                                   service_address or f"{host}:{port + 1}")
+        self.check_cluster()
+        return self.cluster.request_leader(request, deadline=MEMBER_DEADLINE)
+
+    def member_remove(self, node: str) -> MemberChangeResult:
+        """Remove ``node`` for good (its id can never rejoin)."""
+        self.check_cluster()
+        return self.cluster.request_leader(MemberRemoveRequest(_node(node)),
+                                           deadline=MEMBER_DEADLINE)
+
+    def transfer_leader(self, node: str) -> TransferResult:
+        """Make ``node`` the leader and wait until it is."""
+        self.check_cluster()
+        return self.cluster.request_leader(TransferLeaderRequest(_node(node)),
+                                           deadline=TRANSFER_DEADLINE)
+
+
+def _node(value: str) -> NodeId:
+    try:
+        return node_id(value)
+    except ValueError as exc:
+        raise RaftssoError(f"{value!r} is not a node id: {exc}") from None
+
+
+def _version(value: int) -> VersionId:
+    try:
+        return version_id(value)
+    except ValueError as exc:
+        raise RaftssoError(f"{value} is not a version id: {exc}") from None

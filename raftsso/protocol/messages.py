@@ -1,0 +1,1064 @@
+"""One request and one result type per operation of the node service.
+
+A request frame is ``{"id": int, "op": str, "args": map}`` (see :mod:`raftsso.wire`); ``args``
+is what a request's ``to_wire`` makes and its ``from_wire`` checks, once, at the service
+boundary (a malformed one is :class:`~raftsso.errors.BadRequest`, answered ``BAD_REQUEST``).
+An answer carries a result's ``to_wire``; the caller gets it back with
+:meth:`Request.decode_result` (a malformed answer is :class:`~raftsso.errors.DecodeError`).
+An error answer carries an :class:`ErrorBody`.
+
+The field names are the wire contract of ``docs/architecture.md`` (*The service protocol*);
+new fields are optional on decoding so that older nodes and clients keep working.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import ClassVar, Generic, Self, TypeVar
+
+from raftsso.config import split_address
+from raftsso.encryption_counts import parse_counts
+from raftsso.errors import BadRequest, DecodeError, RaftssoError
+from raftsso.keyring import KeyState, KeyVersion
+from raftsso.protocol.codes import ErrorCode
+from raftsso.protocol.fields import ErrorFactory, Fields
+from raftsso.protocol.ids import (
+    ClientId,
+    NodeId,
+    RequestId,
+    VersionId,
+    client_id,
+    is_version_id,
+    new_request_id,
+)
+from raftsso.revocation import MAX_NAME as MAX_CERT_NAME
+from raftsso.revocation import CertRecord, canonical_serial
+from raftsso.wire import WireMap, WireValue
+
+KEY_SIZE = 32  # a master secret (raftsso.envelope.KEY_SIZE; this module stays crypto-free)
+
+
+class Op(StrEnum):
+    """Every operation of the node service (``docs/architecture.md`` lists each)."""
+
+    PING = "ping"
+    STATUS = "status"
+    KEYRING = "keyring"
+    ROTATE = "rotate"
+    RETIRE = "retire"
+    BACKED_UP = "backed_up"
+    RESTORE = "restore"
+    CLIENTS = "clients"
+    TRANSFER_LEADER = "transfer_leader"
+    MEMBERS = "members"
+    MEMBER_ADD = "member_add"
+    MEMBER_REMOVE = "member_remove"
+    CERTS = "certs"
+    CERT_REGISTER = "cert_register"
+    CERT_REVOKE = "cert_revoke"
+    ENCRYPTIONS = "encryptions"
+
+
+# -- bases ----------------------------------------------------------------------------------
+
+
+class Result(ABC):
+    """What an operation answers."""
+
+    @abstractmethod
+    def to_wire(self) -> WireMap: ...
+
+    @classmethod
+    def from_wire(cls, raw: WireValue) -> Self:
+        return cls.decode(Fields(raw, f"the {cls.__name__} answer", DecodeError))
+
+    @classmethod
+    @abstractmethod
+    def decode(cls, f: Fields) -> Self: ...
+
+
+R = TypeVar("R", bound=Result, covariant=True)
+
+
+class Request(ABC, Generic[R]):
+    """An operation's arguments; ``decode_result`` reads its answer."""
+
+    op: ClassVar[Op]
+
+    @abstractmethod
+    def to_wire(self) -> WireMap: ...
+
+    @classmethod
+    def from_wire(cls, args: WireValue) -> Self:
+        return cls.decode(Fields(args, str(cls.op), BadRequest))
+
+    @classmethod
+    @abstractmethod
+    def decode(cls, f: Fields) -> Self: ...
+
+    @abstractmethod
+    def decode_result(self, raw: WireValue) -> R: ...
+
+
+@dataclass(frozen=True)
+class ErrorBody:
+    """An error answer: ``{"code", "message"}``, plus ``leader`` for NOT_LEADER (the
+    leader's service address or null) and ``request_id`` for OUTCOME_UNKNOWN."""
+
+    code: ErrorCode
+    message: str
+    leader: str | None = None
+    request_id: bytes | None = None
+
+    def to_wire(self) -> WireMap:
+        out: dict[str, WireValue] = {"code": self.code.value, "message": self.message}
+        if self.code is ErrorCode.NOT_LEADER:
+            out["leader"] = self.leader
+        if self.request_id is not None:
+            out["request_id"] = self.request_id
+        return out
+
+    @classmethod
+    def from_wire(cls, raw: WireValue) -> ErrorBody:
+        f = Fields(raw, "an error answer")
+        leader, rid = f.raw("leader"), f.raw("request_id")
+        return cls(ErrorCode.from_wire(f.raw("code")), str(f.raw("message") or ""),
+                   leader if isinstance(leader, str) else None,
+                   rid if isinstance(rid, bytes) else None)
+
+
+def _addresses(f: Fields, *names: str) -> None:
+    for name in names:
+        try:
+            split_address(f.text(name))
+        except RaftssoError as exc:
+            raise f.fail(f"{name!r}: {exc}") from None
+
+
+# -- shared parts ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    """A version as ``status`` shows it (no key material)."""
+
+    id: VersionId
+    state: KeyState
+    fingerprint: str
+    created: float
+    promoted: float | None = None
+    backed_up: bool = False
+
+    @classmethod
+    def of(cls, v: KeyVersion) -> VersionInfo:
+        return cls(VersionId(v.id), v.state, v.fingerprint, v.created, v.promoted,
+                   v.backed_up)
+
+    def to_wire(self) -> dict[str, WireValue]:
+        return {"id": self.id, "state": self.state.value, "fingerprint": self.fingerprint,
+                "created": self.created, "promoted": self.promoted,
+                "backed_up": self.backed_up}
+
+    @classmethod
+    def decode(cls, f: Fields) -> VersionInfo:
+        # Only id, state and fingerprint are needed by an SSO client; the rest is shown.
+        return cls(f.version("id"), _state(f), f.text("fingerprint"),
+                   f.optional_number("created") or 0.0, f.optional_number("promoted"),
+                   f.flag("backed_up", False))
+
+
+def _state(f: Fields) -> KeyState:
+    try:
+        return KeyState(f.text("state"))
+    except ValueError:
+        raise f.fail(f"unknown version state {f.raw('state')!r}") from None
+
+
+@dataclass(frozen=True)
+class VersionResult(Result):
+    """``rotate`` and ``retire``: the version acted on, its state, the primary."""
+
+    version: VersionId
+    state: KeyState
+    primary_version: VersionId | None
+
+    def to_wire(self) -> WireMap:
+        return {"version": self.version, "state": self.state.value,
+                "primary_version": self.primary_version}
+
+    @classmethod
+    def decode(cls, f: Fields) -> Self:
+        return cls(f.version("version"), _state(f), f.optional_version("primary_version"))
+
+
+# -- ping, status ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PingResult(Result):
+    node_id: str
+    cluster_id: str | None = None  # since the typed protocol; older nodes leave it out
+
+    def to_wire(self) -> WireMap:
+        return {"node_id": self.node_id, "cluster_id": self.cluster_id}
+
+    @classmethod
+    def decode(cls, f: Fields) -> Self:
+        return cls(f.text("node_id"), f.optional_text("cluster_id"))
+
+
+@dataclass(frozen=True)
+class PingRequest(Request[PingResult]):
+    op: ClassVar[Op] = Op.PING
+
+    def to_wire(self) -> WireMap:
+        return {}
+
+    @classmethod
+    def decode(cls, f: Fields) -> Self:
+        return cls()
+
+    def decode_result(self, raw: WireValue) -> PingResult:
+        return PingResult.from_wire(raw)
+
+
+@dataclass(frozen=True)
+class PeerStatus:
+    id: str
+    connected: bool
+    last_contact: float | None
+    match_index: int | None
+
+    def to_wire(self) -> dict[str, WireValue]:
+        return {"id": self.id, "connected": self.connected, "last_contact": self.last_contact,
+                "match_index": self.match_index}
+
+    @classmethod
+    def decode(cls, f: Fields) -> PeerStatus:
+        return cls(f.text("id"), f.flag("connected", False), f.optional_number("last_contact"),
+                   f.integer("match_index") if f.has("match_index") else None)
+
+
+@dataclass(frozen=True)
+class NodeStatus(Result):
+    """One node's own view: Raft, the keyring without keys, its peers."""
+
+    node_id: str
+    cluster_id: str
+    address: str
+    raft_address: str
+    role: str
+    term: int
+    commit_index: int
+    last_applied: int
+    leader: str | None
+    leader_address: str | None
+    has_quorum: bool
+    ready: bool
+    primary_version: VersionId | None
+    versions: tuple[VersionInfo, ...]
+    peers: tuple[PeerStatus, ...]
+    # Day-two operations (issue 15); absent from older nodes' answers.
+    policy: RotationPolicyView = field(default_factory=lambda: RotationPolicyView())
+    encryptions: Mapping[int, int] = field(default_factory=dict)
+    last_backup: float | None = None  # this node's last scheduled backup (wall clock)
+
+    def to_wire(self) -> WireMap:
+        return {
+            "node_id": self.node_id, "cluster_id": self.cluster_id, "address": self.address,
+            "raft_address": self.raft_address, "role": self.role, "term": self.term,
+            "commit_index": self.commit_index, "last_applied": self.last_applied,
+            "leader": self.leader, "leader_address": self.leader_address,
+            "has_quorum": self.has_quorum, "ready": self.ready,
+            "primary_version": self.primary_version,
+            "versions": [v.to_wire() for v in self.versions],
+            "peers": [p.to_wire() for p in self.peers],
+            "policy": self.policy.to_wire(),
+            "encryptions": {str(v): n for v, n in self.encryptions.items()},
+            "last_backup": self.last_backup,
+        }
+
+    @classmethod
+    def decode(cls, f: Fields) -> Self:
+        return cls(
+            node_id=f.text("node_id"), cluster_id=f.text("cluster_id"),
+            address=f.text("address", default=""), raft_address=f.text("raft_address",
+                                                                       default=""),
+            role=f.text("role"), term=f.integer("term"), commit_index=f.integer("commit_index"),
+            last_applied=f.integer("last_applied"), leader=f.optional_text("leader"),
+            leader_address=f.optional_text("leader_address"),
+            has_quorum=f.flag("has_quorum", False), ready=f.flag("ready", False),
+            primary_version=f.optional_version("primary_version"),
+            versions=f.each("versions", VersionInfo.decode),
+            peers=f.each("peers", PeerStatus.decode) if f.has("peers") else (),
+            policy=(RotationPolicyView.decode(Fields(f.raw("policy"), "policy", DecodeError))
+                    if f.has("policy") else RotationPolicyView()),
+            encryptions=_counts(f, "encryptions"),
+            last_backup=f.optional_number("last_backup"))
+
+
+def _counts(f: Fields, name: str) -> Mapping[int, int]:
+    if not f.has(name):
+        return {}
+    try:
+        return parse_counts(f.raw(name))
+    except ValueError as exc:
+        raise f.fail(f"{name!r}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class RotationPolicyView:
+    """The leader's rotation policy (``rotation_period``, ``max_encryptions``; 0: off)."""
+
+    rotation_period: float = 0.0
+    max_encryptions: int = 0
+    rotate_at: int | None = None  # the primary's count that starts a rotation
+    next_rotation: float | None = None  # when the period rotates next (wall clock)
+
+    def to_wire(self) -> dict[str, WireValue]:
+        return {"rotation_period": self.rotation_period,
+                "max_encryptions": self.max_encryptions, "rotate_at": self.rotate_at,
+                "next_rotation": self.next_rotation}
+
+    @classmethod
+    def decode(cls, f: Fields) -> RotationPolicyView:
+        return cls(f.optional_number("rotation_period") or 0.0,
+                   f.integer("max_encryptions") if f.has("max_encryptions") else 0,
+                   f.integer("rotate_at") if f.has("rotate_at") else None,
+                   f.optional_number("next_rotation"))
+
+
+@dataclass(frozen=True)
+class StatusRequest(Request[NodeStatus]):
+    op: ClassVar[Op] = Op.STATUS
+
+    def to_wire(self) -> WireMap:
+        return {}
+
+    @classmethod
+    def decode(cls, f: Fields) -> Self:
+        return cls()
+
+    def decode_result(self, raw: WireValue) -> NodeStatus:
+        return NodeStatus.from_wire(raw)
+
+
+# -- keyring ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KeyringVersion:
+    """A usable version with its key (plaintext master secret: never in a repr)."""
+
+    info: VersionInfo
+    key: bytes = field(repr=False)
+
+    def to_wire(self) -> dict[str, WireValue]:
+        return {**self.info.to_wire(), "key": self.key}
+
+    @classmethod
+    def decode(cls, f: Fields) -> KeyringVersion:
+        info = VersionInfo.decode(f)
+        if info.state is KeyState.RETIRED:
+            raise f.fail(f"version {info.id} is retired; a keyring holds usable versions only")
+        return cls(info, f.blob("key", KEY_SIZE))
+
+
+@dataclass(frozen=True)
+class KeyringResult(Result):
+    """What an SSO client caches. ``commit_index`` is the Raft index the keyring reflects,
+    so answers of different nodes can be ordered.
+
+    ``unchanged``: the answer to a request whose ``known`` index holds the same keyring as
+    this node at ``commit_index``; it carries no versions (the client keeps its own and
+    moves its index forward), so a steady-state sync costs the same at any history length.
+    """
+
+    cluster_id: str
+    node_id: str
+    term: int
+    commit_index: int
+    primary: VersionId | None
+    versions: tuple[KeyringVersion, ...] = field(repr=False)
+    unchanged: bool = False
+
+    def to_wire(self) -> WireMap:
+        out: dict[str, WireValue] = {
+            "cluster_id": self.cluster_id, "node_id": self.node_id, "term": self.term,
+            "commit_index": self.commit_index, "primary": self.primary}
+        if self.unchanged:
+            out["unchanged"] = True
+        else:
+            out["versions"] = [v.to_wire() for v in self.versions]
+        return out
+
+    @classmethod
+    def decode(cls, f: Fields) -> Self:
+        if f.raw("unchanged") is True:
+            if f.has("versions"):
+                raise f.fail("an unchanged keyring answer carries no versions")
+            return cls(f.text("cluster_id"), f.text("node_id"), f.integer("term"),
+                       f.integer("commit_index"), f.optional_version("primary"), (),
+                       unchanged=True)
+        versions = f.each("versions", KeyringVersion.decode)
+        ids = [v.info.id for v in versions]
+        if len(set(ids)) != len(ids):
+            raise f.fail("a version appears twice")
+        primary = f.optional_version("primary")
+        marked = [v.info.id for v in versions if v.info.state is KeyState.PRIMARY]
+        if primary is not None and primary not in marked:
+            raise f.fail(f"the primary version {primary} is not among the versions")
+        if marked not in ([], [primary]):
+            raise f.fail("the keyring marks more than one version primary")
+        return cls(f.text("cluster_id"), f.text("node_id"), f.integer("term"),
+                   f.integer("commit_index"), primary, versions)
+
+
+@dataclass(frozen=True)
+class KeyringRequest(Request[KeyringResult]):
+    """``client_id`` lets the nodes tell which SSO clients have synced a staged version;
+    ``require_leader``: the leader's keyring past its barrier (a backup); ``known``: the
+    ``commit_index`` of the keyring the client holds, so the node may answer ``unchanged``
+    (a request without it, as every client before it sent, gets the whole keyring)."""
+
+    op: ClassVar[Op] = Op.KEYRING
+    client_id: ClientId | None = None
+    require_leader: bool = False
+    known: int | None = None
+    # The client's cumulative encryptions per version (max_encryptions, issue 15).
+    encryptions: Mapping[int, int] | None = None
+
+    def to_wire(self) -> WireMap:
+        out: dict[str, WireValue] = {}
+        if self.client_id is not None:
+            out["client_id"] = self.client_id
+        if self.require_leader:
+            out["require_leader"] = True
+        if self.known is not None:
+            out["known"] = self.known
+        if self.encryptions:
+            out["encryptions"] = {str(v): n for v, n in self.encryptions.items()}
+        return out
+
+    @classmethod
+    def decode(cls, f: Fields) -> Self:
+        # Lenient by design (as ever): a malformed client id or known index is ignored, not
+        # refused, so an SSO client always gets its keyring (the whole one, at worst).
+        try:
+            cid = client_id(f.raw("client_id"))
+        except ValueError:
+            cid = None
+        known = f.raw("known")
+        if type(known) is not int or not 0 <= known < 2**63:
+            known = None
+        try:
+            counts: Mapping[int, int] | None = (parse_counts(f.raw("encryptions"))
+                                               if f.has("encryptions") else None)
+        except ValueError:
+            counts = None
+        return cls(cid, f.raw("require_leader") is True, known, counts)
+
+    def decode_result(self, raw: WireValue) -> KeyringResult:
+        return KeyringResult.from_wire(raw)
+
+
+# -- writes to the keyring ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RotateRequest(Request[VersionResult]):
+    """A new version, staged (or primary with ``now``): a compare-and-set on the primary
+    (``expect_primary``; without it, the primary the leader sees)."""
+
+    op: ClassVar[Op] = Op.ROTATE
+    request_id: RequestId = field(default_factory=new_request_id)
+    now: bool = False
+    expect_primary: VersionId | None = None
+
+    def to_wire(self) -> WireMap:
+        out: dict[str, WireValue] = {"request_id": self.request_id, "now": self.now}
+        if self.expect_primary is not None:
+            out["expect_primary"] = self.expect_primary
+        return out
+
+    @classmethod
+    def decode(cls, f: Fields) -> Self:
+        return cls(f.request_id(), f.flag("now", False), f.optional_version("expect_primary"))
+
+    def decode_result(self, raw: WireValue) -> VersionResult:
+        return VersionResult.from_wire(raw)
+
+
+@dataclass(frozen=True)
+class RetireRequest(Request[VersionResult]):
+    """Destroy a non-primary version's key; ``force`` skips the client-window check."""
+
+    op: ClassVar[Op] = Op.RETIRE
+    version: VersionId
+    force: bool = False
+    request_id: RequestId = field(default_factory=new_request_id)
+
+    def to_wire(self) -> WireMap:
+        return {"request_id": self.request_id, "version": self.version, "force": self.force}
+
+    @classmethod
+    def decode(cls, f: Fields) -> Self:
+        return cls(f.version("version"), f.flag("force", False), f.request_id())
+
+    def decode_result(self, raw: WireValue) -> VersionResult:
+        return VersionResult.from_wire(raw)
+
+
+def _fingerprints(f: Fields, name: str) -> dict[VersionId, str]:
+    """``{"<version id>": fingerprint}`` (msgpack map keys are strings here)."""
+    out: dict[VersionId, str] = {}
+    for key, value in f.mapping(name).items():
+        vid = int(key) if key.isascii() and key.isdigit() and len(key) <= 10 else 0
+        if not is_version_id(vid) or not isinstance(value, str):
+            raise f.fail(f"{name!r} must map version ids to fingerprints")
+        out[vid] = value
+    return out
+
+
+@dataclass(frozen=True)
+class BackedUpResult(Result):
+    marked: tuple[VersionId, ...]
+
+    def to_wire(self) -> WireMap:
+        return {"marked": list(self.marked)}
+
+    @classmethod
+    def decode(cls, f: Fields) -> Self:
+        return cls(tuple(_version_list(f, "marked")))
+
+
+def _version_list(f: Fields, name: str) -> list[VersionId]:
+    items = f.items(name, [])
+    if not all(is_version_id(i) for i in items):
+        raise f.fail(f"{name!r} must list version ids")
+    return [VersionId(int(i)) for i in items if type(i) is int]
+
+
+@dataclass(frozen=True)
+class BackedUpRequest(Request[BackedUpResult]):
+    """Record that a backup holds these versions (id -> fingerprint)."""
+
+    op: ClassVar[Op] = Op.BACKED_UP
+    fingerprints: Mapping[VersionId, str]
+    request_id: RequestId = field(default_factory=new_request_id)
+
+    def to_wire(self) -> WireMap:
+        return {"request_id": self.request_id,
+                "fingerprints": {str(k): v for k, v in self.fingerprints.items()}}
+
+    @classmethod
+    def decode(cls, f: Fields) -> Self:
+        return cls(_fingerprints(f, "fingerprints"), f.request_id())
+
+    def decode_result(self, raw: WireValue) -> BackedUpResult:
+        return BackedUpResult.from_wire(raw)
+
+
+@dataclass(frozen=True)
+class RestoreVersion:
+    """A version from a backup, with its plaintext key (sealed by the leader)."""
+
+    id: VersionId
+    key: bytes = field(repr=False)
+    fingerprint: str
+    created: float
+
+    def to_wire(self) -> dict[str, WireValue]:
+        return {"id": self.id, "key": self.key, "fingerprint": self.fingerprint,
+                "created": self.created}
+
+    @classmethod
+    def decode(cls, f: Fields) -> RestoreVersion:
+        return cls(f.version("id"), f.blob("key", KEY_SIZE), f.text("fingerprint"),
+                   f.number("created"))
+
+
+@dataclass(frozen=True)
+class RestoreResult(Result):
+    added: tuple[VersionId, ...]
+    revived: tuple[VersionId, ...]
+    replaced: tuple[VersionId, ...]
+    primary_version: VersionId | None
+
+    def to_wire(self) -> WireMap:
+        return {"added": list(self.added), "revived": list(self.revived),
+                "replaced": list(self.replaced), "primary_version": self.primary_version}
+
+    @classmethod
+    def decode(cls, f: Fields) -> Self:
+        return cls(tuple(_version_list(f, "added")), tuple(_version_list(f, "revived")),
+                   tuple(_version_list(f, "replaced")), f.optional_version("primary_version"))
+
+
+@dataclass(frozen=True)
+class RestoreRequest(Request[RestoreResult]):
+    """Merge a backup's versions; ``force`` admits another cluster's backup (and lets it
+    replace the first secret of a brand-new cluster)."""
+
+    op: ClassVar[Op] = Op.RESTORE
+    cluster_id: str
+    versions: tuple[RestoreVersion, ...] = field(repr=False)
+    primary: VersionId | None = None
+    force: bool = False
+    request_id: RequestId = field(default_factory=new_request_id)
+
+    def to_wire(self) -> WireMap:
+        return {"request_id": self.request_id, "cluster_id": self.cluster_id,
+                "primary": self.primary, "force": self.force,
+                "versions": [v.to_wire() for v in self.versions]}
+
+    @classmethod
+    def decode(cls, f: Fields) -> Self:
+        versions = f.each("versions", RestoreVersion.decode)
+        ids = [v.id for v in versions]
+        primary = f.optional_version("primary")
+        if not versions or len(set(ids)) != len(ids):
+            raise f.fail("'versions' must hold at least one version, with unique ids")
+        if primary is not None and primary not in ids:
+            raise f.fail("the primary must be among the versions")
+        return cls(f.text("cluster_id"), versions, primary, f.flag("force", False),
+                   f.request_id())
+
+    def decode_result(self, raw: WireValue) -> RestoreResult:
+        return RestoreResult.from_wire(raw)
+
+
+# -- clients seen (node to node) --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClientSeen:
+    """An SSO client a node served within ``client_window``: who (certificate name and the
+    client's own id), how long ago, the highest version it has been served."""
+
+    certificate: str
+    client_id: str
+    age: float
+    version: int
+
+
+@dataclass(frozen=True)
+class ClientsView(Result):
+    """The clients a node served within its window. ``overflowed``: its table was full
+    within the window (or the view too long to send), so the view is incomplete and the
+    leader must take the safe choice."""
+
+    tracking_for: float
+    window: float
+    clients: tuple[ClientSeen, ...]
+    overflowed: bool = False
+
+    def to_wire(self) -> WireMap:
+        # Certificate names are listed once and referred to by index: the view stays small.
+        names = sorted({c.certificate for c in self.clients})
+        index = {n: i for i, n in enumerate(names)}
+        return {"tracking_for": self.tracking_for, "window": self.window,
+                "overflowed": self.overflowed, "certificates": names,
+                "clients": [[index[c.certificate], c.client_id, c.age, c.version]
+                            for c in self.clients]}
+
+    @classmethod
+    def decode(cls, f: Fields) -> Self:
+        names = f.items("certificates")
+        if not all(isinstance(n, str) for n in names):
+            raise f.fail("'certificates' must list names")
+        seen = []
+        for row in f.items("clients"):
+            if not (isinstance(row, list | tuple) and len(row) == 4 and type(row[0]) is int
+                    and 0 <= row[0] < len(names) and isinstance(row[1], str)
+                    and type(row[2]) in (int, float) and type(row[3]) is int):
+                raise f.fail("malformed client row")
+            name, cid, age, version = names[row[0]], row[1], row[2], row[3]
+            assert isinstance(name, str) and isinstance(age, int | float)
+            assert isinstance(version, int)
+            seen.append(ClientSeen(name, cid, float(age), version))
+        return cls(f.number("tracking_for"), f.number("window"), tuple(seen),
+                   f.flag("overflowed"))
+
+
+@dataclass(frozen=True)
+class ClientsRequest(Request[ClientsView]):
+    op: ClassVar[Op] = Op.CLIENTS
+
+    def to_wire(self) -> WireMap:
+        return {}
+
+    @classmethod
+    def decode(cls, f: Fields) -> Self:
+        return cls()
+
+    def decode_result(self, raw: WireValue) -> ClientsView:
+        return ClientsView.from_wire(raw)
+
+
+# -- membership and leadership ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TransferResult(Result):
+    leader: str
+    term: int
+    changed: bool
+
+    def to_wire(self) -> WireMap:
+        return {"leader": self.leader, "term": self.term, "changed": self.changed}
+
+    @classmethod
+    def decode(cls, f: Fields) -> Self:
+        return cls(f.text("leader"), f.integer("term"), f.flag("changed"))
+
+
+@dataclass(frozen=True)
+class TransferLeaderRequest(Request[TransferResult]):
+    op: ClassVar[Op] = Op.TRANSFER_LEADER
+    node_id: NodeId
+
+    def to_wire(self) -> WireMap:
+        return {"node_id": self.node_id}
+
+    @classmethod
+    def decode(cls, f: Fields) -> Self:
+        return cls(f.node_id())
+
+    def decode_result(self, raw: WireValue) -> TransferResult:
+        return TransferResult.from_wire(raw)
+
+
+@dataclass(frozen=True)
+class MemberView:
+    """A member as one node sees it (the leader's view has match indexes and lags)."""
+
+    id: str
+    raft_address: str
+    address: str
+    role: str
+    reachable: bool
+    match_index: int | None
+    lag: int | None
+    last_contact: float | None
+
+    def to_wire(self) -> dict[str, WireValue]:
+        return {"id": self.id, "raft_address": self.raft_address, "address": self.address,
+                "role": self.role, "reachable": self.reachable,
+                "match_index": self.match_index, "lag": self.lag,
+                "last_contact": self.last_contact}
+
+    @classmethod
+    def decode(cls, f: Fields) -> MemberView:
+        return cls(f.text("id"), f.text("raft_address"), f.text("address", default=""),
+                   f.text("role"), f.flag("reachable", False),
+                   f.integer("match_index") if f.has("match_index") else None,
+                   f.integer("lag") if f.has("lag") else None,
+                   f.optional_number("last_contact"))
+
+
+@dataclass(frozen=True)
+class MembersResult(Result):
+    leader: str | None
+    node_id: str
+    members: tuple[MemberView, ...]
+
+    def to_wire(self) -> WireMap:
+        return {"leader": self.leader, "node_id": self.node_id,
+                "members": [m.to_wire() for m in self.members]}
+
+    @classmethod
+    def decode(cls, f: Fields) -> Self:
+        return cls(f.optional_text("leader"), f.text("node_id"),
+                   f.each("members", MemberView.decode))
+
+
+@dataclass(frozen=True)
+class MembersRequest(Request[MembersResult]):
+    op: ClassVar[Op] = Op.MEMBERS
+    require_leader: bool = False
+
+    def to_wire(self) -> WireMap:
+        return {"require_leader": True} if self.require_leader else {}
+
+    @classmethod
+    def decode(cls, f: Fields) -> Self:
+        return cls(f.raw("require_leader") is True)
+
+    def decode_result(self, raw: WireValue) -> MembersResult:
+        return MembersResult.from_wire(raw)
+
+
+@dataclass(frozen=True)
+class MemberChangeResult(Result):
+    node_id: str
+    members: tuple[str, ...]
+    changed: bool
+
+    def to_wire(self) -> WireMap:
+        return {"node_id": self.node_id, "members": list(self.members),
+                "changed": self.changed}
+
+    @classmethod
+    def decode(cls, f: Fields) -> Self:
+        members = f.items("members")
+        if not all(isinstance(m, str) for m in members):
+            raise f.fail("'members' must list node ids")
+        return cls(f.text("node_id"), tuple(str(m) for m in members),
+                   f.flag("changed", True))
+
+
+@dataclass(frozen=True)
+class MemberAddRequest(Request[MemberChangeResult]):
+    op: ClassVar[Op] = Op.MEMBER_ADD
+    node_id: NodeId
+    raft_address: str
+    service_address: str
+    request_id: RequestId = field(default_factory=new_request_id)
+
+    def to_wire(self) -> WireMap:
+        return {"request_id": self.request_id, "node_id": self.node_id,
+                "raft_address": self.raft_address, "service_address": self.service_address}
+
+    @classmethod
+    def decode(cls, f: Fields) -> Self:
+        _addresses(f, "raft_address", "service_address")
+        return cls(f.node_id(), f.text("raft_address"), f.text("service_address"),
+                   f.request_id())
+
+    def decode_result(self, raw: WireValue) -> MemberChangeResult:
+        return MemberChangeResult.from_wire(raw)
+
+
+@dataclass(frozen=True)
+class MemberRemoveRequest(Request[MemberChangeResult]):
+    op: ClassVar[Op] = Op.MEMBER_REMOVE
+    node_id: NodeId
+    request_id: RequestId = field(default_factory=new_request_id)
+
+    def to_wire(self) -> WireMap:
+        return {"request_id": self.request_id, "node_id": self.node_id}
+
+    @classmethod
+    def decode(cls, f: Fields) -> Self:
+        return cls(f.node_id(), f.request_id())
+
+    def decode_result(self, raw: WireValue) -> MemberChangeResult:
+        return MemberChangeResult.from_wire(raw)
+
+
+# -- certificates (issue 15) -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CertView:
+    """A certificate the cluster knows of: registered by ``certs issue``, or revoked."""
+
+    serial: str
+    name: str
+    role: str
+    registered: float | None  # None: only revoked, never registered
+    not_after: float | None
+    revoked: float | None
+    revoked_by: str
+
+    def to_wire(self) -> dict[str, WireValue]:
+        return {"serial": self.serial, "name": self.name, "role": self.role,
+                "registered": self.registered, "not_after": self.not_after,
+                "revoked": self.revoked, "revoked_by": self.revoked_by}
+
+    @classmethod
+    def of(cls, r: CertRecord) -> CertView:
+        return cls(r.serial, r.name, r.role, r.registered or None, r.not_after, r.revoked,
+                   r.revoked_by)
+
+    @classmethod
+    def decode(cls, f: Fields) -> CertView:
+        return cls(f.text("serial"), f.text("name"), f.text("role"),
+                   f.optional_number("registered"), f.optional_number("not_after"),
+                   f.optional_number("revoked"), f.text("revoked_by", default=""))
+
+
+@dataclass(frozen=True)
+class CertsResult(Result):
+    certificates: tuple[CertView, ...]
+
+    def to_wire(self) -> WireMap:
+        return {"certificates": [c.to_wire() for c in self.certificates]}
+
+    @classmethod
+    def decode(cls, f: Fields) -> Self:
+        return cls(f.each("certificates", CertView.decode))
+
+
+@dataclass(frozen=True)
+class CertsRequest(Request[CertsResult]):
+    """Every certificate registered or revoked (``require_leader``: the leader's view)."""
+
+    op: ClassVar[Op] = Op.CERTS
+    require_leader: bool = False
+
+    def to_wire(self) -> WireMap:
+        return {"require_leader": True} if self.require_leader else {}
+
+    @classmethod
+    def decode(cls, f: Fields) -> Self:
+        return cls(f.raw("require_leader") is True)
+
+    def decode_result(self, raw: WireValue) -> CertsResult:
+        return CertsResult.from_wire(raw)
+
+
+def _serial_field(f: Fields, name: str) -> str:
+    try:
+        return canonical_serial(f.text(name, 80))
+    except ValueError:
+        raise f.fail(f"{name!r} must be a certificate serial (hexadecimal)") from None
+
+
+@dataclass(frozen=True)
+class CertRegisterResult(Result):
+    serial: str
+    name: str
+
+    def to_wire(self) -> WireMap:
+        return {"serial": self.serial, "name": self.name}
+
+    @classmethod
+    def decode(cls, f: Fields) -> Self:
+        return cls(f.text("serial"), f.text("name"))
+
+
+@dataclass(frozen=True)
+class CertRegisterRequest(Request[CertRegisterResult]):
+    """Register a certificate made by ``certs issue`` (serial, name, role, expiry)."""
+
+    op: ClassVar[Op] = Op.CERT_REGISTER
+    serial: str
+    name: str
+    role: str
+    not_after: float
+    request_id: RequestId = field(default_factory=new_request_id)
+
+    def to_wire(self) -> WireMap:
+        return {"request_id": self.request_id, "serial": self.serial, "name": self.name,
+                "role": self.role, "not_after": self.not_after}
+
+    @classmethod
+    def decode(cls, f: Fields) -> Self:
+        role = f.text("role")
+        if role not in ("client", "admin", "node"):
+            raise f.fail("'role' must be client, admin or node")
+        name = f.text("name", MAX_CERT_NAME)
+        if not name:
+            raise f.fail("'name' must not be empty")
+        return cls(_serial_field(f, "serial"), name, role, f.number("not_after"),
+                   f.request_id())
+
+    def decode_result(self, raw: WireValue) -> CertRegisterResult:
+        return CertRegisterResult.from_wire(raw)
+
+
+@dataclass(frozen=True)
+class CertRevokeResult(Result):
+    serials: tuple[str, ...]  # every serial the target named
+    revoked: tuple[str, ...]  # those revoked now (the others were already)
+
+    def to_wire(self) -> WireMap:
+        return {"serials": list(self.serials), "revoked": list(self.revoked)}
+
+    @classmethod
+    def decode(cls, f: Fields) -> Self:
+        serials, revoked = f.items("serials"), f.items("revoked")
+        if not all(isinstance(s, str) for s in (*serials, *revoked)):
+            raise f.fail("serials must be strings")
+        return cls(tuple(str(s) for s in serials), tuple(str(s) for s in revoked))
+
+
+@dataclass(frozen=True)
+class CertRevokeRequest(Request[CertRevokeResult]):
+    """Revoke every registered certificate named ``target``, or the serial ``target``;
+    ``name`` names a serial the cluster never registered (from ``--cert FILE``)."""
+
+    op: ClassVar[Op] = Op.CERT_REVOKE
+    target: str
+    name: str = ""
+    request_id: RequestId = field(default_factory=new_request_id)
+
+    def to_wire(self) -> WireMap:
+        return {"request_id": self.request_id, "target": self.target, "name": self.name}
+
+    @classmethod
+    def decode(cls, f: Fields) -> Self:
+        target = f.text("target", 128)
+        if not target:
+            raise f.fail("'target' must name a certificate or a serial")
+        return cls(target, f.text("name", MAX_CERT_NAME, default=""), f.request_id())
+
+    def decode_result(self, raw: WireValue) -> CertRevokeResult:
+        return CertRevokeResult.from_wire(raw)
+
+
+# -- encryption counts (node to node, issue 15) ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EncryptionReports(Result):
+    """The latest cumulative encryption counts SSO clients reported to one node, by client
+    (``certificate/client id``). ``overflowed``: some were left out (too many)."""
+
+    reports: Mapping[str, Mapping[int, int]]
+    overflowed: bool = False
+
+    def to_wire(self) -> WireMap:
+        return {"reports": {c: {str(v): n for v, n in counts.items()}
+                            for c, counts in self.reports.items()},
+                "overflowed": self.overflowed}
+
+    @classmethod
+    def decode(cls, f: Fields) -> Self:
+        reports: dict[str, Mapping[int, int]] = {}
+        for client, counts in f.mapping("reports").items():
+            try:
+                reports[client] = parse_counts(counts)
+            except ValueError as exc:
+                raise f.fail(str(exc)) from None
+        return cls(reports, f.flag("overflowed", False))
+
+
+@dataclass(frozen=True)
+class EncryptionsRequest(Request[EncryptionReports]):
+    op: ClassVar[Op] = Op.ENCRYPTIONS
+
+    def to_wire(self) -> WireMap:
+        return {}
+
+    @classmethod
+    def decode(cls, f: Fields) -> Self:
+        return cls()
+
+    def decode_result(self, raw: WireValue) -> EncryptionReports:
+        return EncryptionReports.from_wire(raw)
+
+
+#: Every request type by its op (the service decodes with it; docs list it).
+REQUESTS: dict[Op, type[Request[Result]]] = {cls.op: cls for cls in (
+    PingRequest, StatusRequest, KeyringRequest, RotateRequest, RetireRequest, BackedUpRequest,
+    RestoreRequest, ClientsRequest, TransferLeaderRequest, MembersRequest, MemberAddRequest,
+    MemberRemoveRequest, CertsRequest, CertRegisterRequest, CertRevokeRequest,
+    EncryptionsRequest)}
+
+__all__ = [
+    "REQUESTS", "BackedUpRequest", "BackedUpResult", "CertRegisterRequest", "CertRegisterResult",
+    "CertRevokeRequest", "CertRevokeResult", "CertView", "CertsRequest", "CertsResult",
+    "ClientSeen", "ClientsRequest", "ClientsView", "EncryptionReports", "EncryptionsRequest",
+    "ErrorBody", "ErrorFactory", "KeyringRequest", "KeyringResult", "KeyringVersion",
+    "MemberAddRequest", "MemberChangeResult", "MemberRemoveRequest", "MemberView",
+    "MembersRequest", "MembersResult", "NodeStatus", "Op", "PeerStatus", "PingRequest",
+    "PingResult", "Request", "RestoreRequest", "RestoreResult", "RestoreVersion", "Result",
+    "RetireRequest", "RotateRequest", "RotationPolicyView", "StatusRequest",
+    "TransferLeaderRequest", "TransferResult", "VersionInfo", "VersionResult",
+]

@@ -1,0 +1,52 @@
+"""Lazy imports keep the CLI and the package whole (issue 16, item 6): every command is
+still reachable and listed by ``--help``, every public name of ``raftsso`` still
+imports, and the cheap paths really skip the heavy modules."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import subprocess
+import sys
+
+import click
+from click.testing import CliRunner
+
+import raftsso
+from raftsso_cli.main import COMMANDS, cli
+
+
+def test_every_command_resolves_and_help_lists_them_all() -> None:
+    ctx = click.Context(cli)
+    assert set(cli.list_commands(ctx)) == set(COMMANDS)
+    for name in COMMANDS:
+        command = cli.get_command(ctx, name)
+        assert isinstance(command, click.Command), name
+    out = CliRunner().invoke(cli, ["--help"]).output
+    listed = out.split("Commands:", 1)[1]
+    for name in COMMANDS:
+        assert f"\n  {name} " in listed, name
+
+
+def test_every_public_name_imports_and_the_version_is_the_packages() -> None:
+    for name in raftsso.__all__:
+        assert getattr(raftsso, name) is not None, name
+    namespace: dict[str, object] = {}
+    exec("from raftsso import *", namespace)  # the star import itself
+    assert set(raftsso.__all__) <= set(namespace)
+    assert raftsso.__version__ == importlib.metadata.version("raftsso")
+
+
+def _modules_after(code: str) -> set[str]:
+    probe = f"{code}\nimport sys, json\nprint(json.dumps(sorted(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, check=True)
+    return set(json.loads(done.stdout.decode().splitlines()[-1]))
+
+
+def test_the_cheap_paths_skip_the_heavy_modules() -> None:
+    heavy = {"cryptography", "raftsso.client", "raftsso.store", "raftsso.backup", "asyncio"}
+    loaded = _modules_after("import raftsso.errors, raftsso_cli.main")
+    assert not heavy & loaded, heavy & loaded
+    # status needs the TLS client and the protocol, not certificates or Argon2id.
+    loaded = _modules_after("import raftsso_cli.admin")
+    assert not {"cryptography", "raftsso.backup", "asyncio"} & loaded
