@@ -107,6 +107,8 @@ class Elections:
         self._refused: set[str] = set()
         self._passed = False
         self._passed_term: int | None = None
+        self._passed_at = -math.inf
+        self._questions: list[tuple[Any, dict[str, Any]]] = []
         self._transfer_campaign = False
         self._leader_heard = -math.inf  # when a live leader was last heard from
         self._newer_term_sent: dict[str, float] = {}
@@ -157,15 +159,27 @@ class Elections:
         sync = self._sync
         if sync.selfNode is None:
             return
+        if self._due():
+            # The timer ran out; but a node that did not get the CPU for a while (a busy
+            # machine) may have the leader's heartbeats waiting unread: read them first.
+            poller = getattr(sync, "_poller", None)
+            if poller is not None:
+                poller.poll(0)
+        self.answer_pre_votes()
         if self._get("raftState") == _LEADER:
             self._round_term = None
             return
+        now = monotonic()
         if self._passed:  # a majority said yes: pysyncobj's election runs in this tick
             self._passed = False
+            if now - self._passed_at > self._min_timeout():
+                # ... unless this node lost the CPU since: a yes that old says nothing
+                # about now (a leader may have been elected meanwhile). Ask again later.
+                self._set("raftElectionDeadline", now + self._call("generateRaftTimeout"))
+                log.info("pre-vote for term %s passed %.3f s ago: too long, no election",
+                         self._passed_term, now - self._passed_at)
             return
-        now = monotonic()
-        if self._get("raftElectionDeadline") >= now or not (
-                self._get("connectedNodes") or not self._get("otherNodes")):
+        if not self._due(now):
             return
         if self._get("transferInProgress"):
             # TimeoutNow from our leader: elect at once, and tell the voters it is a transfer.
@@ -174,6 +188,24 @@ class Elections:
         self._start_round(now)
         if self._passed:  # nobody to ask (or only old members): elect in this very tick
             self._passed = False
+
+    def _due(self, now: float | None = None) -> bool:
+        """Has the election timer run out (and is there anyone to ask)?"""
+        if self._get("raftState") == _LEADER:
+            return False
+        return bool(self._get("raftElectionDeadline") < (monotonic() if now is None else now)
+                    and (self._get("connectedNodes") or not self._get("otherNodes")))
+
+    def answer_pre_votes(self) -> None:
+        """Answer the pre-vote requests received since the last tick.
+
+        They are answered after everything that arrived with them has been read: a node
+        that was short of CPU for a while must see the leader's heartbeats waiting in its
+        sockets before it says that it hears no leader.
+        """
+        questions, self._questions = self._questions, []
+        for node, message in questions:
+            self._answer_pre_vote(node, message)
 
     def after_tick(self) -> None:
         self._transfer_campaign = False
@@ -218,6 +250,7 @@ class Elections:
             self._round_term = None
             self._passed = True
             self._passed_term = term
+            self._passed_at = monotonic()
             self._set("raftElectionDeadline", 0)
             log.info("pre-vote for term %d passed (%d of %d members): starting an election",
                      term, yes, len(voters) + 1)
@@ -272,7 +305,7 @@ class Elections:
         if kind == HELLO:
             return True
         if kind == PRE_VOTE:
-            self._answer_pre_vote(node, message)
+            self._questions.append((node, message))  # answered at the end of this read
             return True
         if kind == PRE_VOTE_RESPONSE:
             self._count(node, message)

@@ -258,6 +258,52 @@ def test_losing_the_leaders_link_asks_for_a_pre_vote_in_turn(sync: FakeSync) -> 
     assert sync3._SyncObj__raftElectionDeadline == deadline
 
 
+def test_heartbeats_waiting_unread_are_read_before_a_pre_vote(sync: FakeSync) -> None:
+    # A node that did not get the CPU for a while finds its timer run out, with the
+    # leader's heartbeats in its socket: it reads them first, and asks nobody.
+    e = Elections(sync)
+    _speaks(e, sync)
+    leader = sync.nodes[0]
+
+    class Poller:
+        def poll(self, timeout: float) -> None:
+            assert timeout == 0
+            e.on_message(leader, {"type": "append_entries", "term": 5})
+            sync._SyncObj__raftElectionDeadline = monotonic() + 0.2  # pysyncobj's part
+
+    sync._poller = Poller()  # type: ignore[attr-defined]
+    e.before_tick()
+    assert not sync.sent(el.PRE_VOTE)
+
+
+def test_a_pre_vote_is_answered_after_the_rest_of_the_read(sync: FakeSync) -> None:
+    # The request and the leader's heartbeat arrive together: the answer reflects both.
+    e = Elections(sync)
+    _speaks(e, sync)
+    leader, asker = sync.nodes
+    e.on_message(asker, {"type": el.PRE_VOTE, "term": 6, "round": 1, "last_log_index": 40,
+                         "last_log_term": 5, el.EXTENSIONS_KEY: 1})
+    assert not sync.sent(el.PRE_VOTE_RESPONSE)
+    e.on_message(leader, {"type": "append_entries", "term": 5})
+    sync._SyncObj__raftElectionDeadline = monotonic() + 0.2
+    e.before_tick()
+    (to, reply), = sync.sent(el.PRE_VOTE_RESPONSE)
+    assert to == asker.id and reply["granted"] is False
+
+
+def test_a_pre_vote_that_passed_long_ago_starts_no_election(sync: FakeSync) -> None:
+    # The node lost the CPU between the yes and its next tick: the yes is stale.
+    e = Elections(sync)
+    _speaks(e, sync)
+    e.before_tick()
+    _answer(e, sync, sync.nodes[0], True)
+    assert sync._SyncObj__raftElectionDeadline == 0  # pysyncobj would elect next tick
+    e._passed_at -= 2 * sync.conf.raftMinTimeout
+    e.before_tick()
+    assert sync._SyncObj__raftElectionDeadline > monotonic()  # it will not
+    assert len(sync.sent(el.PRE_VOTE)) == 2  # and nobody was asked again yet
+
+
 def test_a_single_member_elects_itself_at_once() -> None:
     sync = FakeSync(peers=0)
     e = Elections(sync)
@@ -270,6 +316,7 @@ def _pre_vote(e: Elections, node: TCPNode, term: int = 6, index: int = 40,
     e.on_message(node, {"type": el.PRE_VOTE, "term": term, "round": 1,
                         "last_log_index": index, "last_log_term": log_term,
                         el.EXTENSIONS_KEY: 1})
+    e.answer_pre_votes()  # at the end of the read
     transport: FakeTransport = e._get("transport")
     reply = transport.sent[-1][1]
     assert reply["type"] == el.PRE_VOTE_RESPONSE and reply["round"] == 1
