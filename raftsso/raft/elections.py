@@ -154,11 +154,17 @@ class Elections:
 
     # the tick -------------------------------------------------------------------------
 
-    def before_tick(self) -> None:
-        """Run a pre-vote where pysyncobj would start an election in this tick."""
+    def before_tick(self) -> bool:
+        """Run a pre-vote where pysyncobj would start an election in this tick.
+
+        True if pysyncobj may start an election in this tick (a pre-vote passed, a
+        leadership transfer, or nobody to ask). Otherwise the member keeps pysyncobj from
+        starting one (:meth:`~raftsso.raft.member._RaftSyncObj._onTick`): its timer may
+        run out while this tick runs (a node short of CPU), and it must not elect unasked.
+        """
         sync = self._sync
         if sync.selfNode is None:
-            return
+            return False
         if self._due():
             # The timer ran out; but a node that did not get the CPU for a while (a busy
             # machine) may have the leader's heartbeats waiting unread: read them first.
@@ -168,26 +174,29 @@ class Elections:
         self.answer_pre_votes()
         if self._get("raftState") == _LEADER:
             self._round_term = None
-            return
+            return False
         now = monotonic()
         if self._passed:  # a majority said yes: pysyncobj's election runs in this tick
             self._passed = False
-            if now - self._passed_at > self._min_timeout():
-                # ... unless this node lost the CPU since: a yes that old says nothing
-                # about now (a leader may have been elected meanwhile). Ask again later.
-                self._set("raftElectionDeadline", now + self._call("generateRaftTimeout"))
-                log.info("pre-vote for term %s passed %.3f s ago: too long, no election",
-                         self._passed_term, now - self._passed_at)
-            return
+            if now - self._passed_at <= self._min_timeout():
+                return True
+            # ... unless this node lost the CPU since: a yes that old says nothing about
+            # now (a leader may have been elected meanwhile). Ask again later.
+            self._set("raftElectionDeadline", now + self._call("generateRaftTimeout"))
+            log.info("pre-vote for term %s passed %.3f s ago: too long, no election",
+                     self._passed_term, now - self._passed_at)
+            return False
         if not self._due(now):
-            return
+            return False
         if self._get("transferInProgress"):
             # TimeoutNow from our leader: elect at once, and tell the voters it is a transfer.
             self._transfer_campaign = True
-            return
+            return True
         self._start_round(now)
         if self._passed:  # nobody to ask (or only old members): elect in this very tick
             self._passed = False
+            return True
+        return False
 
     def _due(self, now: float | None = None) -> bool:
         """Has the election timer run out (and is there anyone to ask)?"""

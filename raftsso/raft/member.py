@@ -9,6 +9,7 @@ and nothing of pysyncobj (objects, integers) leaves this package.
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import threading
 import time
@@ -50,6 +51,7 @@ class PeerView:
 # log position of a forwarded command. Anything else (an acknowledgement of entries, a
 # vote) leaves only once every entry written so far is durable.
 _UNVOUCHED = frozenset({"append_entries", "apply_command_response"})
+_DEADLINE = "_SyncObj__raftElectionDeadline"  # pysyncobj's election timer
 
 
 class _RaftSyncObj(SyncObj):  # type: ignore[misc]
@@ -96,11 +98,19 @@ class _RaftSyncObj(SyncObj):  # type: ignore[misc]
         # Every write group ends with a flush; this one is a guard: the leader's commit
         # count (at the start of pysyncobj's tick) counts its own journal as durable.
         self.journal.sync()
-        self.elections.before_tick()  # a pre-vote instead of an election, where needed
+        # A pre-vote instead of an election, where needed; and no election that the
+        # pre-vote did not allow, even if the timer runs out while this tick runs.
+        may_elect = self.elections.before_tick()
+        hold = not may_elect and not self._isLeader()
+        deadline = float(getattr(self, _DEADLINE))
+        if hold:
+            setattr(self, _DEADLINE, math.inf)
         try:
             super()._onTick(timeToWait)
         finally:
             self.elections.after_tick()
+            if hold and getattr(self, _DEADLINE) == math.inf:
+                setattr(self, _DEADLINE, deadline)  # nothing reset it meanwhile
 
     def _checkCommandsToApply(self) -> None:
         # Group commit: the commands queued for this tick are appended (written, not yet

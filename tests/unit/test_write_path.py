@@ -178,3 +178,24 @@ def test_before_send_flushes_for_everything_but_the_leaders_appends(
             assert not journal.unsynced
     finally:
         journal._destroy()
+
+
+def test_no_election_that_the_pre_vote_did_not_allow(members: list[RaftNode[int]]) -> None:
+    # A follower's timer may run out while a tick runs (a node short of CPU, after the
+    # pre-vote check): pysyncobj must not elect on its own then. Here the timer is made
+    # to run out right after every check; the term never moves.
+    leader = _leader(members)
+    follower = next(n for n in members if n is not leader)
+    term = leader.term
+    sync = follower.sync
+    real = sync.elections.before_tick
+
+    def late_timer() -> bool:
+        allowed = real()
+        sync._SyncObj__raftElectionDeadline = 0.0
+        return allowed
+
+    sync.elections.before_tick = late_timer  # type: ignore[method-assign]
+    for _ in range(20):
+        leader.propose(b"tick", 5.0)
+    assert follower.term == term and leader.term == term and leader.is_leader
