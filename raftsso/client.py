@@ -40,6 +40,7 @@ from types import TracebackType
 from typing import Any, Protocol
 
 from raftsso import envelope, pki
+from raftsso.client_reports import StoreWriteReports
 from raftsso.config import Endpoint, RemoteConfig, load_remote_config
 from raftsso.errors import (
     ClusterUnavailable,
@@ -50,7 +51,7 @@ from raftsso.errors import (
     StaleSecret,
 )
 from raftsso.protocol.ids import ClientId
-from raftsso.protocol.messages import KeyringRequest, KeyringResult, Op
+from raftsso.protocol.messages import KeyringRequest, KeyringResult, Op, StoreReportRequest
 from raftsso.remote import ClusterClient
 from raftsso.wire import WireValue
 
@@ -119,6 +120,9 @@ class ClusterSource:
     def close(self) -> None:
         self._cluster.close()
 
+    def report_store(self, request: StoreReportRequest) -> None:
+        """Send a store report (rows this client wrote) to the leader."""
+        self._cluster.request_leader(request, deadline=self._timeout)
     def use_context(self, ctx: ssl.SSLContext) -> None:
         self._cluster.set_context(ctx)
 
@@ -284,6 +288,9 @@ class SSOClient:
         if isinstance(self._source, ClusterSource):
             self._source.encryptions = self.encryption_counts
         self._thread: threading.Thread | None = None
+        # Rows written into SSO stores, reported to the cluster (raftsso.client_reports).
+        self._store_writes = StoreWriteReports(getattr(self._source, "report_store", None),
+                                               wall_clock)
 
         try:
             self.sync()
@@ -345,6 +352,7 @@ class SSOClient:
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=30)
+        self._store_writes.flush()  # a one-shot CLI write reports before it exits
         with self._sync_lock:
             self._cache = None
             self._source.close()
@@ -602,8 +610,16 @@ class SSOClient:
             base = min(base, _FIRST_RETRY * 2.0 ** (failures - 1))
         return base * random.uniform(1 - self._jitter, 1 + self._jitter)
 
+    def store_written(self, store_id: str, kind: str, versions: Mapping[int, int]) -> None:
+        """Rows an :class:`raftsso.store.SSOStore` wrote with this client, by version: sent
+        to the cluster before the next resync (see :mod:`raftsso.client_reports`)."""
+        self._store_writes.add(store_id, kind, versions)
+
     def _run(self) -> None:
         while not self._stop.wait(self._next_delay()):
+            # Before the fetch: rows written under the old primary are known to the
+            # cluster before this client can count as served the next keyring.
+            self._store_writes.flush()
             try:
                 self.sync()
             except RaftssoError:

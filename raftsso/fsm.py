@@ -25,6 +25,7 @@ from raftsso.encryption_counts import EncryptionLedger
 from raftsso.envelope import SEALED_SIZE
 from raftsso.errors import DecodeError
 from raftsso.keyring import Keyring, KeyState, KeyVersion
+from raftsso.known_stores import MAX_STORES, KnownStore, reported
 from raftsso.protocol.codes import ErrorCode
 from raftsso.protocol.commands import (
     BackedUp,
@@ -40,6 +41,8 @@ from raftsso.protocol.commands import (
     Restore,
     Retire,
     Rotate,
+    StoreForget,
+    StoreReport,
     decode_envelope,
     decode_fields,
 )
@@ -100,6 +103,8 @@ class KeyringStateMachine:
         # tombstones that stop a removed id from rejoining.
         self._directory: dict[str, MemberRecord] = {}
         self._requests: OrderedDict[bytes, Outcome] = OrderedDict()
+        # The SSO stores known to the cluster, by id (raftsso.known_stores).
+        self._stores: dict[str, KnownStore] = {}
         # Day-two state (issue 15): issued and revoked certificates, and the clients'
         # encryption counts per version (raftsso.revocation, raftsso.encryption_counts).
         self._certs = CertRegistry()
@@ -139,6 +144,11 @@ class KeyringStateMachine:
         """Members added or removed after ``init`` (see :meth:`_member`)."""
         with self._lock:
             return dict(self._directory)
+
+    def stores(self) -> dict[str, KnownStore]:
+        """The SSO stores known to the cluster, by id."""
+        with self._lock:
+            return dict(self._stores)
 
     def request_outcome(self, req: bytes) -> Outcome | None:
         """The remembered outcome of a request id, if it was applied."""
@@ -204,6 +214,10 @@ class KeyringStateMachine:
                 return self._restore(command)
             case Member():
                 return self._member(command)
+            case StoreReport():
+                return self._store_report(command)
+            case StoreForget():
+                return self._store_forget(command)
             case CertRegister():
                 return self._cert_register(command)
             case CertRevoke():
@@ -286,6 +300,21 @@ class KeyringStateMachine:
                                                     cmd.removed)
         return Outcome(True, {"node_id": cmd.node_id, "removed": cmd.removed})
 
+    def _store_report(self, cmd: StoreReport) -> Outcome:
+        current = self._stores.get(cmd.store_id)
+        if current is None and len(self._stores) >= MAX_STORES:
+            return _fail(ErrorCode.TOO_MANY_STORES,
+                         f"the cluster already knows {MAX_STORES} stores, the most it keeps; "
+                         "forget stores that are gone (raftsso stores forget ID)")
+        store = reported(current, cmd.store_id, cmd.kind, cmd.counted_at,
+                         cmd.versions_in_use, cmd.full)
+        self._stores[cmd.store_id] = store
+        return Outcome(True, store.to_wire())
+
+    def _store_forget(self, cmd: StoreForget) -> Outcome:
+        if self._stores.pop(cmd.store_id, None) is None:
+            return _fail(ErrorCode.NOT_FOUND, f"no known store has id {cmd.store_id}")
+        return Outcome(True, {"store_id": cmd.store_id, "forgotten": True})
     def _cert_register(self, cmd: CertRegister) -> Outcome:
         try:
             self._certs = self._certs.register(
@@ -356,6 +385,8 @@ class KeyringStateMachine:
                 "versions": [v.to_wire() for v in self._keyring.versions],
                 "requests": [[k, o.to_wire()] for k, o in self._requests.items()],
             }
+            if self._stores:  # absent without stores: the bytes of earlier versions
+                state["stores"] = [s.to_wire() for s in self._stores.values()]
             return versioned(SNAPSHOT_FORMAT, state | self._daytwo_snapshot())
 
     def _daytwo_snapshot(self) -> dict[str, WireValue]:
@@ -381,6 +412,8 @@ class KeyringStateMachine:
             if not isinstance(raw_directory, Mapping):
                 raise TypeError("the member directory must be a map")
             directory = {str(k): _member_record(v) for k, v in raw_directory.items()}
+            # Snapshots of versions without known stores have no "stores".
+            stores = {s.id: s for s in map(KnownStore.from_wire, _list(raw.get("stores", [])))}
             # Absent from snapshots written before issue 15: nothing issued or counted yet.
             certs = CertRegistry.from_wire(raw.get("certs", []))
             ledger = EncryptionLedger.from_wire(raw.get("encryptions", {}))
@@ -400,6 +433,7 @@ class KeyringStateMachine:
             self._index = index
             self._changed = index
             self._directory = directory
+            self._stores = stores
             self._certs = certs
             self._ledger = ledger
 

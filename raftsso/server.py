@@ -28,6 +28,10 @@ op                   roles            what
 ``members``          client, admin    the members as this node sees them
 ``member_add``       admin            add a member
 ``member_remove``    admin            remove a member for good
+``store_report``     client, admin    which key versions a store uses (a client: only the
+                                      rows it wrote; an admin: a full count too)
+``stores``           admin            the SSO stores known to the cluster
+``store_forget``     admin            drop a known store
 ``certs``            admin            certificates registered or revoked
 ``cert_register``    admin            register a certificate made by ``certs issue``
 ``cert_revoke``      admin            revoke certificates by name or serial
@@ -96,6 +100,9 @@ from raftsso.protocol.messages import (
     RetireRequest,
     RotateRequest,
     StatusRequest,
+    StoreForgetRequest,
+    StoreReportRequest,
+    StoresRequest,
     TransferLeaderRequest,
 )
 from raftsso.tls_guard import ReloadableTLS, RevocationGuard
@@ -186,6 +193,11 @@ class Service:
             Op.CERT_REVOKE: route(ADMIN_ROLES, CertRevokeRequest, self._cert_revoke),
             Op.ENCRYPTIONS: route(NODE_ROLES, EncryptionsRequest, self._encryptions),
         }
+        self.routes.update({
+            Op.STORE_REPORT: route(READ_ROLES, StoreReportRequest, self._store_report),
+            Op.STORES: route(ADMIN_ROLES, StoresRequest, self._stores),
+            Op.STORE_FORGET: route(ADMIN_ROLES, StoreForgetRequest, self._store_forget),
+        })
         # The node hands out the same KeyringResult object until the keyring, its index or
         # the term changes; its wire form and packed bytes are kept here (one slot per
         # kind: whole, unchanged), so a fetch between two changes packs only the frame head.
@@ -364,6 +376,22 @@ class Service:
     async def _member_remove(self, caller: Caller, req: MemberRemoveRequest) -> Result:
         self._require_leader()
         return await asyncio.to_thread(self.node.member_remove, req)
+
+    # the stores known to the cluster ------------------------------------------------------
+
+    async def _store_report(self, caller: Caller, req: StoreReportRequest) -> Result:
+        self._require_leader()
+        return await asyncio.to_thread(self.node.store_report, req, caller.role)
+
+    async def _stores(self, caller: Caller, req: StoresRequest) -> Result:
+        self._require_ready_leader()
+        return self.node.stores_view()
+
+    async def _store_forget(self, caller: Caller, req: StoreForgetRequest) -> Result:
+        self._require_leader()
+        result = await asyncio.to_thread(self.node.store_forget, req)
+        log.info("store %s forgotten by %s", req.store_id, caller.name)
+        return result
 
     def _require_ready_leader(self) -> None:
         """A read that must see every commit (a backup): the leader, past its barrier."""

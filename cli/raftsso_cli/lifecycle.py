@@ -180,25 +180,28 @@ def restore(ctx: click.Context, file: Path, password_file: Path | None,
 @click.command()
 @click.argument("version", type=int)
 @click.option("--store", metavar="PATH|URI",
-              help="The SSO store to check for rows still under VERSION.")
-@click.option("--force", is_flag=True, help="Retire even if rows may still use VERSION.")
+              help="Count this SSO store now and report it to the cluster first.")
+@click.option("--force", is_flag=True,
+              help="Retire even if a store or a recent client may still use VERSION.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation with --force.")
 @click.pass_context
 def retire(ctx: click.Context, version: int, store: str | None, force: bool,
            yes: bool) -> None:
-    """Destroy VERSION's key material (refused while a store row uses it)."""
-    from raftsso_cli.sso import rows_under
+    """Destroy VERSION's key material.
+
+    Refused, with the store named, while any SSO store known to the cluster (see
+    `raftsso stores`) reports rows under VERSION or has not been counted since VERSION
+    stopped being primary: rewrap each store first.
+    """
+    from raftsso_cli.sso import count_store, report_store
 
     cfg = remote_config(ctx, role="admin")
-    found = rows_under(ctx, store, cfg, version)
-    if found is not None:
-        where, in_use = found
-        if in_use and not force:
-            raise RaftssoError(f"version {version} still encrypts {in_use} row(s) of {where}; "
-                               f"run `raftsso -c {cfg.path} rewrap --store {where}` first")
-    elif not force:
-        raise RaftssoError(f"cannot check that no stored data uses version {version}: pass "
-                           "--store PATH (or --force to destroy it anyway)")
+    if store is not None:
+        where, report = count_store(ctx, store, cfg)
+        report_store(cfg, report)
+        click.echo(f"store {report.store_id} ({where}): "
+                   f"{report.versions_in_use.get(version, 0)} row(s) under version {version}, "
+                   "reported to the cluster")
     if force and not yes:
         click.confirm(f"Destroy version {version} for good? Data still under it becomes "
                       "unreadable", abort=True)

@@ -35,6 +35,7 @@ COMMANDS: dict[str, str] = {
     "restore": "raftsso_cli.lifecycle:restore",
     "retire": "raftsso_cli.lifecycle:retire",
     "rewrap": "raftsso_cli.lifecycle:rewrap",
+    "stores": "raftsso_cli.stores:stores",
     "certs": "raftsso_cli.certs:certs",
     "agent": "raftsso_cli.agent:agent",
 }

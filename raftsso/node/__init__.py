@@ -15,6 +15,7 @@ module                              concern
 :mod:`~raftsso.node.duties`         the leader's thread: barrier, first secret, promotion
 :mod:`~raftsso.node.tracking`       SSO clients seen (per certificate) and the leader's census
 :mod:`~raftsso.node.membership`     members, adding/removing one, leadership transfer
+:mod:`~raftsso.node.store_reports`  the SSO stores known to the cluster (reports, forget)
 ==================================  ===========================================================
 
 The Raft member is built by the wiring code (:func:`raftsso.runner.build_node`) and passed
@@ -39,6 +40,7 @@ from raftsso.node.keyring_writes import MAX_LIVE_VERSIONS, KeyringWrites
 from raftsso.node.membership import Membership
 from raftsso.node.raft_member import RaftHooks, RaftMember
 from raftsso.node.schedule import ScheduledDuties
+from raftsso.node.store_reports import StoreReports
 from raftsso.node.tracking import ClientCensus, ClientTracker
 from raftsso.node.usage import EncryptionReportTracker
 from raftsso.node.write_path import WritePath
@@ -69,6 +71,11 @@ from raftsso.protocol.messages import (
     RetireRequest,
     RotateRequest,
     RotationPolicyView,
+    StoreForgetRequest,
+    StoreForgetResult,
+    StoreReportRequest,
+    StoreResult,
+    StoresResult,
     TransferLeaderRequest,
     TransferResult,
     VersionInfo,
@@ -101,7 +108,9 @@ class Node:
         self.membership = Membership(cfg, fsm, raft, self.writes)
         self.clients = ClientTracker(cfg.client_window, clock)
         self.census = ClientCensus(cfg, self.clients, self.membership.members)
-        self.keyring_writes = KeyringWrites(cfg, self.writes, self.census, self._seal_key)
+        self.keyring_writes = KeyringWrites(cfg, self.writes, self.census, self._seal_key,
+                                            fsm.stores)
+        self.store_reports = StoreReports(fsm, self.writes)
         self.duties = LeaderDuties(cfg, fsm, raft, self.writes, self.census, self._seal_key)
         # Day-two operations (issue 15): certificates, encryption counts, the leader's
         # scheduled duties (backups to a public key, rotation policy).
@@ -277,6 +286,16 @@ class Node:
     def transfer_leadership(self, req: TransferLeaderRequest) -> TransferResult:
         return self.membership.transfer(req)
 
+    # the stores known to the cluster ------------------------------------------------------
+
+    def store_report(self, req: StoreReportRequest, role: str) -> StoreResult:
+        return self.store_reports.report(req, role)
+
+    def store_forget(self, req: StoreForgetRequest) -> StoreForgetResult:
+        return self.store_reports.forget(req)
+
+    def stores_view(self) -> StoresResult:
+        return self.store_reports.view()
     def cert_register(self, req: CertRegisterRequest) -> CertRegisterResult:
         return self.certificates.register(req)
 

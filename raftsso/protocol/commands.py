@@ -8,6 +8,24 @@ always did: :func:`decode_envelope` (op and request id; a failure is not remembe
 once the request id is known not to be a retry, :func:`decode_fields` (a failure is
 remembered as a ``BAD_COMMAND`` outcome of that request).
 
+op             fields
+=============  ============================================================================
+``bootstrap``  ``sealed``, ``fingerprint``, ``created``
+``rotate``     ``version``, ``sealed``, ``fingerprint``, ``created``, ``expect_primary``,
+               ``now``
+``promote``    ``version``, ``at``
+``barrier``    (none)
+``retire``     ``version``
+``backed_up``  ``fingerprints`` (``{"<id>": fingerprint}``)
+``restore``    ``versions`` (``[{id, sealed, fingerprint, created}]``), ``primary``,
+               ``replace_new``, ``at``
+``member``     ``node_id``, ``raft_address``, ``service_address``, ``removed``
+=============  ============================================================================
+
+The stores known to the cluster (:mod:`raftsso.known_stores`): ``store_report``
+(``store_id``, ``kind``, ``counted_at``, ``versions_in_use`` as ``{"<id>": rows}``,
+``full``) and ``store_forget`` (``store_id``).
+=======
 =================  ============================================================================
 op                 fields
 =================  ============================================================================
@@ -24,6 +42,9 @@ op                 fields
 ``cert_register``  ``serial``, ``name``, ``role``, ``not_after``, ``at``
 ``cert_revoke``    ``serials``, ``names`` (``{serial: name}``), ``by``, ``at``
 ``encryptions``    ``reports`` (``{client: {"<version>": cumulative count}}``), ``at``
+``store_report``   ``store_id``, ``kind``, ``counted_at``, ``versions_in_use``
+                   (``{"<id>": rows}``), ``full`` (:mod:`raftsso.known_stores`)
+``store_forget``   ``store_id``
 =================  ============================================================================
 """
 
@@ -37,6 +58,7 @@ from typing import ClassVar, Self
 from raftsso.encryption_counts import parse_counts
 from raftsso.envelope import SEALED_SIZE
 from raftsso.errors import DecodeError
+from raftsso.known_stores import MAX_KIND, decode_counts, store_id_problem
 from raftsso.protocol.codes import ErrorCode
 from raftsso.protocol.fields import Fields
 from raftsso.protocol.ids import MAX_NODE_ID, RequestId, VersionId, request_id
@@ -287,6 +309,55 @@ class Member(Command):
         return command
 
 
+# -- the stores known to the cluster (raftsso.known_stores) -----------------------------------
+
+
+def _store_id(f: Fields) -> str:
+    value = f.text("store_id")
+    problem = store_id_problem(value)
+    if problem:
+        raise f.fail(problem)
+    return value
+
+
+@dataclass(frozen=True)
+class StoreReport(Command):
+    """Which key versions a store uses: a full count (replaces) or a client's increment
+    (adds); see :mod:`raftsso.known_stores`."""
+
+    op: ClassVar[str] = "store_report"
+    req: RequestId
+    store_id: str
+    kind: str
+    counted_at: float
+    versions_in_use: Mapping[int, int]
+    full: bool
+
+    def fields(self) -> dict[str, WireValue]:
+        return {"store_id": self.store_id, "kind": self.kind, "counted_at": self.counted_at,
+                "versions_in_use": {str(v): n for v, n in self.versions_in_use.items()},
+                "full": self.full}
+
+    @classmethod
+    def decode(cls, req: RequestId, f: Fields) -> Self:
+        return cls(req, _store_id(f), f.text("kind", MAX_KIND), f.number("counted_at"),
+                   decode_counts(f, "versions_in_use"), f.flag("full"))
+
+
+@dataclass(frozen=True)
+class StoreForget(Command):
+    """Drop a store from the known stores (the operator says it is gone)."""
+
+    op: ClassVar[str] = "store_forget"
+    req: RequestId
+    store_id: str
+
+    def fields(self) -> dict[str, WireValue]:
+        return {"store_id": self.store_id}
+
+    @classmethod
+    def decode(cls, req: RequestId, f: Fields) -> Self:
+        return cls(req, _store_id(f))
 def _serial(f: Fields, value: WireValue) -> str:
     try:
         if not isinstance(value, str) or canonical_serial(value) != value:
@@ -380,6 +451,7 @@ class Encryptions(Command):
 COMMANDS: dict[str, type[Command]] = {cls.op: cls for cls in (
     Bootstrap, Rotate, Promote, Barrier, Retire, BackedUp, Restore, Member, CertRegister,
     CertRevoke, Encryptions)}
+COMMANDS.update({cls.op: cls for cls in (StoreReport, StoreForget)})
 
 
 def decode_envelope(blob: bytes) -> tuple[str, RequestId, WireMap]:

@@ -23,6 +23,7 @@ from raftsso.config import split_address
 from raftsso.encryption_counts import parse_counts
 from raftsso.errors import BadRequest, DecodeError, RaftssoError
 from raftsso.keyring import KeyState, KeyVersion
+from raftsso.known_stores import MAX_KIND, KnownStore, decode_counts, store_id_problem
 from raftsso.protocol.codes import ErrorCode
 from raftsso.protocol.fields import ErrorFactory, Fields
 from raftsso.protocol.ids import (
@@ -56,6 +57,10 @@ class Op(StrEnum):
     MEMBERS = "members"
     MEMBER_ADD = "member_add"
     MEMBER_REMOVE = "member_remove"
+    # the stores known to the cluster
+    STORE_REPORT = "store_report"
+    STORES = "stores"
+    STORE_FORGET = "store_forget"
     CERTS = "certs"
     CERT_REGISTER = "cert_register"
     CERT_REVOKE = "cert_revoke"
@@ -850,6 +855,127 @@ class MemberRemoveRequest(Request[MemberChangeResult]):
         return MemberChangeResult.from_wire(raw)
 
 
+# -- the stores known to the cluster (raftsso.known_stores) -----------------------------------
+
+
+def _store_id(f: Fields, name: str = "store_id") -> str:
+    value = f.text(name)
+    problem = store_id_problem(value)
+    if problem:
+        raise f.fail(f"{name!r}: {problem}")
+    return value
+
+
+def _known_store(f: Fields) -> KnownStore:
+    return KnownStore(_store_id(f, "id"), f.text("kind", MAX_KIND), f.number("reported_at"),
+                      f.optional_number("counted_at"), decode_counts(f, "versions_in_use"))
+
+
+@dataclass(frozen=True)
+class StoreResult(Result):
+    """A store as the cluster knows it (after a report)."""
+
+    store: KnownStore
+
+    def to_wire(self) -> WireMap:
+        return self.store.to_wire()
+
+    @classmethod
+    def decode(cls, f: Fields) -> Self:
+        return cls(_known_store(f))
+
+
+@dataclass(frozen=True)
+class StoreReportRequest(Request[StoreResult]):
+    """Which key versions a store uses, counted at ``counted_at`` from token headers.
+
+    ``full``: every row counted (replaces what the cluster knows; admin only); otherwise
+    the rows the caller wrote since its last report (added). Bounded: see
+    :mod:`raftsso.known_stores`.
+    """
+
+    op: ClassVar[Op] = Op.STORE_REPORT
+    store_id: str
+    kind: str
+    counted_at: float
+    versions_in_use: Mapping[int, int]
+    full: bool = False
+    request_id: RequestId = field(default_factory=new_request_id)
+
+    def to_wire(self) -> WireMap:
+        return {"request_id": self.request_id, "store_id": self.store_id, "kind": self.kind,
+                "counted_at": self.counted_at, "full": self.full,
+                "versions_in_use": {str(v): n for v, n in self.versions_in_use.items()}}
+
+    @classmethod
+    def decode(cls, f: Fields) -> Self:
+        return cls(_store_id(f), f.text("kind", MAX_KIND), f.number("counted_at"),
+                   decode_counts(f, "versions_in_use"), f.flag("full", False),
+                   f.request_id())
+
+    def decode_result(self, raw: WireValue) -> StoreResult:
+        return StoreResult.from_wire(raw)
+
+
+@dataclass(frozen=True)
+class StoresResult(Result):
+    stores: tuple[KnownStore, ...]
+
+    def to_wire(self) -> WireMap:
+        return {"stores": [s.to_wire() for s in self.stores]}
+
+    @classmethod
+    def decode(cls, f: Fields) -> Self:
+        return cls(f.each("stores", _known_store))
+
+
+@dataclass(frozen=True)
+class StoresRequest(Request[StoresResult]):
+    """The stores known to the cluster (the leader's view, past its barrier)."""
+
+    op: ClassVar[Op] = Op.STORES
+
+    def to_wire(self) -> WireMap:
+        return {}
+
+    @classmethod
+    def decode(cls, f: Fields) -> Self:
+        return cls()
+
+    def decode_result(self, raw: WireValue) -> StoresResult:
+        return StoresResult.from_wire(raw)
+
+
+@dataclass(frozen=True)
+class StoreForgetResult(Result):
+    store_id: str
+    forgotten: bool
+
+    def to_wire(self) -> WireMap:
+        return {"store_id": self.store_id, "forgotten": self.forgotten}
+
+    @classmethod
+    def decode(cls, f: Fields) -> Self:
+        return cls(f.text("store_id"), f.flag("forgotten"))
+
+
+@dataclass(frozen=True)
+class StoreForgetRequest(Request[StoreForgetResult]):
+    op: ClassVar[Op] = Op.STORE_FORGET
+    store_id: str
+    request_id: RequestId = field(default_factory=new_request_id)
+
+    def to_wire(self) -> WireMap:
+        return {"request_id": self.request_id, "store_id": self.store_id}
+
+    @classmethod
+    def decode(cls, f: Fields) -> Self:
+        return cls(_store_id(f), f.request_id())
+
+    def decode_result(self, raw: WireValue) -> StoreForgetResult:
+        return StoreForgetResult.from_wire(raw)
+
+
 # -- certificates (issue 15) -------------------------------------------------------------------
 
 
@@ -1050,6 +1176,8 @@ REQUESTS: dict[Op, type[Request[Result]]] = {cls.op: cls for cls in (
     RestoreRequest, ClientsRequest, TransferLeaderRequest, MembersRequest, MemberAddRequest,
     MemberRemoveRequest, CertsRequest, CertRegisterRequest, CertRevokeRequest,
     EncryptionsRequest)}
+REQUESTS.update({cls.op: cls for cls in (StoreReportRequest, StoresRequest,
+                                         StoreForgetRequest)})
 
 __all__ = [
     "REQUESTS", "BackedUpRequest", "BackedUpResult", "CertRegisterRequest", "CertRegisterResult",
@@ -1062,3 +1190,5 @@ __all__ = [
     "RetireRequest", "RotateRequest", "RotationPolicyView", "StatusRequest",
     "TransferLeaderRequest", "TransferResult", "VersionInfo", "VersionResult",
 ]
+__all__ += ["StoreForgetRequest", "StoreForgetResult", "StoreReportRequest", "StoreResult",
+            "StoresRequest", "StoresResult"]

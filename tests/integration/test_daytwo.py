@@ -188,7 +188,14 @@ def served_serial(address: str, root: Path) -> str:
 def test_sighup_reloads_the_node_certificate_without_an_election(cluster: Cluster) -> None:
     c = cluster
     node = c.leader()  # the hardest case: the leader
-    before = status_json(c)
+
+    def settled() -> dict[str, Any] | None:
+        # Every node has heard the leader of this term (a follower that has not yet
+        # answers term 0, which would read as an election later).
+        status = status_json(c)
+        return status if len({n["term"] for n in status["nodes"]}) == 1 else None
+
+    before = wait_for(settled, 15, what="every node in the leader's term")
     terms = {n["id"]: n["term"] for n in before["nodes"]}
     old_serial = served_serial(c.address(node), c.root)
     # A client connected before the reload keeps its connection.
