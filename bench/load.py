@@ -48,6 +48,7 @@ from typing import Any
 
 from bench.common import (
     CpuMeter,
+    ElectionCounter,
     local_cluster,
     ms,
     print_table,
@@ -367,6 +368,7 @@ def run(quick: bool = False, trials: int | None = None) -> dict[str, Any]:
                      "(latency from the scheduled time)",
         "cpus": os.cpu_count()}}
     with local_cluster("load") as cluster:
+        elections = ElectionCounter(cluster).start()  # every one of them spurious
         st = cluster.status()
         target = "node1"
         address = cluster.address(target)
@@ -497,6 +499,9 @@ def run(quick: bool = False, trials: int | None = None) -> dict[str, Any]:
                             "saturation_latencies": sat_lat}
         finally:
             gen.close()
+            out["elections"] = elections.stop()
+            print(f"  elections during the load scenario (spurious): "
+                  f"{out['elections']['elections']}")
     return out
 
 

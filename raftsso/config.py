@@ -45,15 +45,20 @@ class RaftTimings:
     """Raft timings; the defaults give sub-second failover on a LAN."""
 
     append_entries_period: float = 0.03
-    election_timeout_min: float = 0.25
-    election_timeout_max: float = 0.5
+    # A dead leader's links drop at once and the survivors ask for a pre-vote then
+    # (raftsso.raft.elections); these bound how long a hung one goes unnoticed. Pre-vote
+    # keeps a slow follower from forcing an election, so they can be short.
+    election_timeout_min: float = 0.15
+    election_timeout_max: float = 0.3
     # pysyncobj's own default is 30 s: a leader cut off from its quorum would keep
     # believing it leads (and accept writes that never commit) for that long.
     leader_fallback_timeout: float = 1.0
     # Idle follower-to-follower links must not time out (that costs an election round);
     # dead peers are noticed by TCP resets and keepalives instead.
     connection_timeout: float = 10.0
-    connection_retry: float = 0.5
+    # A restarted member is linked to every other one within this (a follower cut off
+    # from the other follower cannot ask it for a pre-vote when the leader dies).
+    connection_retry: float = 0.2
     commit_timeout: float = 5.0
     # Compact the log into a snapshot once it holds more entries than this (an int).
     log_compaction_min_entries: int = 1000
