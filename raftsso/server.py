@@ -47,11 +47,11 @@ from typing import Any, TypeVar
 
 from raftsso import events, pki
 from raftsso.config import split_address
+from raftsso.connection import Connection, Settings, handshake
 from raftsso.errors import (
     BadRequest,
     ConfigError,
     DecodeError,
-    FrameTooLarge,
     NotLeader,
     PermissionDenied,
     RaftssoError,
@@ -94,11 +94,9 @@ from raftsso.tlserrors import handshake_failure_reason
 from raftsso.wire import (
     WireMap,
     WireValue,
-    decode_body,
     encode_frame,
     encode_ok_frame,
     error,
-    frame_length,
     ok,
     pack,
     parse_request,
@@ -376,6 +374,11 @@ class Server:
         self.gate = Gate("service", self.limits.service, on_refused=self._refused)
         self.on_refused: Callable[[str], None] | None = None
         self.trimmer = MemoryTrimmer([self.gate])
+        self._settings = Settings(
+            self.service, max_frame=self.cfg.max_frame,
+            answer_cap=max(self.cfg.max_frame, 1 << 20), idle_timeout=self.cfg.idle_timeout,
+            read_timeout=self.cfg.read_timeout, send_timeout=self.limits.send_timeout,
+            report=self.gate.report)
 
     def _refused(self, reason: str) -> None:
         if self.on_refused is not None:
@@ -413,41 +416,47 @@ class Server:
         if self.on_connection is not None:
             self.on_connection()
         try:
-            streams = await self._handshake(sock, peer)
+            tls = await self._handshake(sock, peer)
         except asyncio.CancelledError:
             if swallow_eviction(ticket):
                 self._tls_failed("evicted", peer, "dropped to make room")
                 return
             raise
-        if streams is None:
+        if tls is None:
             return
         self.gate.settled(ticket)
-        await self._serve(*streams, peer)
+        role, name = pki.peer_identity(tls.getpeercert())
+        try:
+            conn = Connection(asyncio.get_running_loop(), tls, Caller(role, name, peer),
+                              self._settings)
+        except BaseException:
+            tls.close()
+            raise
+        try:
+            # The connection runs on callbacks; this task only holds its gate ticket.
+            await conn.done
+        except asyncio.CancelledError:
+            conn.close(graceful=False)  # shutdown: end quietly
+            return
 
-    async def _handshake(self, sock: socket.socket, peer: str
-                         ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+    async def _handshake(self, sock: socket.socket, peer: str) -> ssl.SSLSocket | None:
         """TLS on an accepted socket, or None (the socket closed, the failure counted)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.limits.handshake_timeout
-        handed = False  # once asyncio's transport owns the socket, only it may close it
+        tls: ssl.SSLSocket | None = None
         try:
             # No TLS state until the client speaks: a silent connection costs a socket.
             if not await wait_readable(sock, self.limits.handshake_timeout):
                 raise TimeoutError("no TLS ClientHello in time")
-            reader = asyncio.StreamReader(limit=self.cfg.max_frame + 16)
-            protocol = asyncio.StreamReaderProtocol(reader)
-            handed = True
-            transport, _ = await loop.connect_accepted_socket(
-                lambda: protocol, sock, ssl=self._ctx,
-                ssl_handshake_timeout=max(0.1, deadline - loop.time()))
-            return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
+            tls = self._ctx.wrap_socket(sock, server_side=True,
+                                        do_handshake_on_connect=False)
+            await handshake(loop, tls, max(0.1, deadline - loop.time()))
+            return tls
         except asyncio.CancelledError:
-            if not handed:
-                sock.close()
+            (tls or sock).close()
             raise
         except Exception as exc:  # every failed handshake, whatever the cause, is counted
-            if not handed:
-                sock.close()
+            (tls or sock).close()
             if is_exhaustion(exc):
                 self.gate.report.exhausted("starting TLS", exc)
             self._tls_failed(handshake_failure_reason(exc), peer, exc)
@@ -457,67 +466,3 @@ class Server:
         log.debug("TLS handshake with %s failed (%s): %s", peer, reason, detail)
         if self.on_tls_failure is not None:
             self.on_tls_failure(reason)
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                     peer: str) -> None:
-        sslobj = writer.get_extra_info("ssl_object")
-        role, name = pki.peer_identity(sslobj.getpeercert() if sslobj else None)
-        caller = Caller(role, name, peer)
-        try:
-            while True:
-                # asyncio.timeout, not wait_for: wait_for wraps every read in a new task
-                # (Python 3.11), which was a tenth of the cost of a keyring fetch.
-                try:
-                    async with asyncio.timeout(self.cfg.idle_timeout):
-                        header = await reader.readexactly(4)
-                except (asyncio.IncompleteReadError, TimeoutError):
-                    return
-                try:
-                    length = frame_length(header, self.cfg.max_frame)
-                except FrameTooLarge as exc:
-                    await self._send(writer, error(0, "FRAME_TOO_LARGE", str(exc)))
-                    return
-                except DecodeError as exc:
-                    await self._send(writer, error(0, "BAD_FRAME", str(exc)))
-                    return
-                try:
-                    async with asyncio.timeout(self.cfg.read_timeout):
-                        body = await reader.readexactly(length)
-                except (asyncio.IncompleteReadError, TimeoutError):
-                    return
-                try:
-                    message = decode_body(body)
-                except DecodeError as exc:
-                    await self._send(writer, error(0, "BAD_FRAME", str(exc)))
-                    return
-                answer = await self.service.handle(caller, message)
-                await self._send(writer, answer)
-                if self.service.ends_connection(answer):
-                    return
-        except (ConnectionError, ssl.SSLError, OSError, MemoryError) as exc:
-            if is_exhaustion(exc):
-                self.gate.report.exhausted("serving a connection", exc)
-            log.debug("connection from %s ended: %s", peer, exc)
-        except asyncio.CancelledError:
-            # Shutdown: end quietly (a cancelled handler makes asyncio's stream callback
-            # log a traceback for every open connection).
-            writer.transport.abort()
-            return
-        except Exception:
-            log.exception("unexpected error serving %s", peer)
-        finally:
-            writer.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(writer.wait_closed(), 1)
-
-    async def _send(self, writer: asyncio.StreamWriter, message: WireMap) -> None:
-        writer.write(self.service.encode(message, max(self.cfg.max_frame, 1 << 20)))
-        try:
-            async with asyncio.timeout(self.limits.send_timeout):
-                await writer.drain()
-        except TimeoutError:
-            # A client that does not read its answers would otherwise hold the connection
-            # (and the unsent answer) for ever: no read timeout runs while we wait here.
-            writer.transport.abort()
-            raise ConnectionAbortedError(
-                f"the client read nothing for {self.limits.send_timeout:g} s") from None
