@@ -62,21 +62,23 @@ class Settings:
 
 
 class Connection:
-    """A served connection after its TLS handshake; ``done`` resolves once it is closed."""
+    """A served connection after its TLS handshake; ``on_close(self)`` runs once, when it
+    closes (the server then releases its gate ticket)."""
 
-    __slots__ = ("_busy", "_deadline", "_ending", "_fd", "_in", "_loop", "_need", "_out",
-                 "_peer", "_reading", "_s", "_sock", "_task", "_timer", "_when", "caller",
-                 "done")
+    __slots__ = ("_busy", "_deadline", "_ending", "_fd", "_in", "_loop", "_need", "_on_close",
+                 "_out", "_peer", "_reading", "_s", "_sock", "_task", "_timer", "_when",
+                 "caller", "closed")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, sock: ssl.SSLSocket, caller: Caller,
-                 settings: Settings) -> None:
+                 settings: Settings, on_close: Callable[[Connection], None]) -> None:
         self._loop = loop
         self._sock = sock
         self._fd = sock.fileno()
         self._s = settings
         self.caller = caller
         self._peer = caller.peer
-        self.done: asyncio.Future[None] = loop.create_future()
+        self.closed = False
+        self._on_close = on_close
         self._in: bytearray | None = None  # bytes of an unfinished frame (rarely any)
         self._need = 0  # the body length awaited after a header; 0: awaiting a header
         self._out: bytes | None = None  # an answer the socket did not take yet
@@ -113,7 +115,7 @@ class Connection:
                 self._received(settings.view[:n])
                 # More decrypted bytes of the record may wait inside OpenSSL, where the
                 # event loop cannot see them; bytes still in the kernel wake us again.
-                if self._busy or self.done.done() or not sock.pending():
+                if self._busy or self.closed or not sock.pending():
                     return
         except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
             return
@@ -129,7 +131,7 @@ class Connection:
             self._in = None
         pos = 0
         end = len(data)
-        while not self._busy and not self.done.done():
+        while not self._busy and not self.closed:
             if not self._need:
                 if end - pos < _HEADER:
                     break
@@ -180,7 +182,7 @@ class Connection:
 
     def _answered(self, task: asyncio.Task[WireMap]) -> None:
         self._task = None
-        if task.cancelled() or self.done.done():
+        if task.cancelled() or self.closed:
             return
         exc = task.exception()
         if exc is not None:
@@ -192,12 +194,12 @@ class Connection:
 
     def _continue(self) -> None:
         """After an answer went out: the frames already read, then the socket again."""
-        if self._busy or self.done.done():
+        if self._busy or self.closed:
             return
         if self._in is not None and (self._need or len(self._in) >= _HEADER):
             data, self._in = self._in, None
             self._received(memoryview(data))
-            if self._busy or self.done.done():
+            if self._busy or self.closed:
                 return
         self._resume()
         if self._sock.pending():
@@ -285,7 +287,7 @@ class Connection:
 
     def _expired(self) -> None:
         self._timer = None
-        if self.done.done():
+        if self.closed:
             return
         if self._task is not None:  # a request is being answered: no time limit on that
             self._deadline = self._loop.time() + self._s.idle_timeout
@@ -310,9 +312,9 @@ class Connection:
 
     def close(self, graceful: bool = True) -> None:
         """Close now (idempotent); ``graceful`` sends TLS close_notify first."""
-        if self.done.done():
+        if self.closed:
             return
-        self.done.set_result(None)
+        self.closed = True
         self._pause()
         if self._out is not None:
             self._out = None
@@ -330,6 +332,7 @@ class Connection:
                 self._sock.unwrap()
         with contextlib.suppress(OSError):
             self._sock.close()
+        self._on_close(self)
 
 
 @types.coroutine

@@ -243,6 +243,9 @@ class Ticket:
     evicted: bool = False
     released: bool = False
     started: bool = False  # its handler has begun (and so owns the socket's cleanup)
+    # The handler returned and left the connection open: whatever serves it now calls
+    # Gate.release when it closes (the service port: no task per idle connection).
+    handed_off: bool = False
     on_evict: Callable[[], None] | None = field(default=None, repr=False)
 
 
@@ -475,6 +478,9 @@ def _finished(sock: socket.socket, ticket: Ticket, gate: Gate,
               tasks: set[asyncio.Task[None]]) -> Callable[[asyncio.Task[None]], None]:
     def done(task: asyncio.Task[None]) -> None:
         tasks.discard(task)
+        if ticket.handed_off and not task.cancelled() and task.exception() is None:
+            ticket.on_evict = None  # only a pending connection is evicted: drop the task
+            return
         gate.release(ticket)
         if not ticket.started:  # cancelled before it ran: nothing else owns the socket
             sock.close()

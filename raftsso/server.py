@@ -367,7 +367,8 @@ class Server:
         self._ctx = pki.server_context(self.cfg.ca_cert, self.cfg.cert, self.cfg.key)
         self._listeners: list[socket.socket] = []
         self._tasks: set[asyncio.Task[None]] = set()
-        self._connections: set[asyncio.Task[None]] = set()
+        self._connections: set[asyncio.Task[None]] = set()  # accepted, in TLS handshake
+        self._live: set[Connection] = set()  # past the handshake (see raftsso.connection)
         # Called with a short reason for every connection whose TLS handshake fails.
         self.on_tls_failure: Callable[[str], None] | None = None
         self.on_connection: Callable[[], None] | None = None
@@ -409,6 +410,8 @@ class Server:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(asyncio.gather(*self._tasks, return_exceptions=True), 2)
         self._tasks.clear()
+        for conn in list(self._live):
+            conn.close(graceful=False)
 
     async def _accepted(self, sock: socket.socket, address: Any, ticket: Ticket) -> None:
         ticket.started = True
@@ -428,16 +431,18 @@ class Server:
         role, name = pki.peer_identity(tls.getpeercert())
         try:
             conn = Connection(asyncio.get_running_loop(), tls, Caller(role, name, peer),
-                              self._settings)
+                              self._settings, lambda c: self._closed(c, ticket))
         except BaseException:
             tls.close()
             raise
-        try:
-            # The connection runs on callbacks; this task only holds its gate ticket.
-            await conn.done
-        except asyncio.CancelledError:
-            conn.close(graceful=False)  # shutdown: end quietly
-            return
+        # The connection runs on loop callbacks from here: this task ends (an idle
+        # connection holds no task or coroutine) and the connection releases the ticket.
+        ticket.handed_off = True
+        self._live.add(conn)
+
+    def _closed(self, conn: Connection, ticket: Ticket) -> None:
+        self._live.discard(conn)
+        self.gate.release(ticket)
 
     async def _handshake(self, sock: socket.socket, peer: str) -> ssl.SSLSocket | None:
         """TLS on an accepted socket, or None (the socket closed, the failure counted)."""
