@@ -25,6 +25,11 @@ that measurement: the target node's CPU (one asyncio thread can use at most one 
 against the generator's, the other nodes' and the machine's (every process, /proc/stat) on
 2 cores. ``lag`` is how late the generator launched requests.
 
+**New connections**: each generator process runs ``CHURN_THREADS`` threads that connect,
+fetch the keyring once and close, back to back, first with full handshakes, then offering
+the TLS session of their last connection (TLS 1.3 ticket) as ``raftsso.remote`` does
+(asyncio cannot pass a session, so these are blocking ``ssl`` sockets).
+
 **Clients**: ``CLIENTS`` (10,000) simulated clients, each with *its own* persistent mTLS
 connection (what SSOClient keeps: one connection per node it talked to; the node's
 ``idle_timeout`` of 300 s outlives a 60 s resync). Each client's first fetch is at a
@@ -65,6 +70,7 @@ RAMP = [250, 500, 1000, 1500, 2000, 2500, 3000, 4000, 5000, 6000, 8000, 10000]
 STEP_S = 4.0
 SUSTAINED_P99 = 0.05
 SATURATE_CONNECTIONS = 8  # per generator process, for the closed-loop measurement
+CHURN_THREADS = 4  # per generator process: blocking TLS clients opening connections
 # Send the index held, as SSOClient does since the "unchanged" answer (RAFTSSO_BENCH_KNOWN=0:
 # every fetch asks for the whole keyring, as older clients did).
 KNOWN = os.environ.get("RAFTSSO_BENCH_KNOWN", "1") != "0"
@@ -153,6 +159,72 @@ class _Worker:
                                                and conn.known is not None):
             raise RuntimeError("keyring without versions")
         conn.known = result["commit_index"]
+
+    async def churn(self, start_at: float, duration: float, threads: int,
+                    resume: bool) -> dict[str, Any]:
+        """New connections back to back: each of ``threads`` blocking TLS sockets (threads,
+        not asyncio: asyncio cannot pass a TLS session to resume) connects, fetches the
+        keyring once and closes, as a restarted SSOClient does; with ``resume`` each
+        reconnect offers the session of its thread's last connection (TLS 1.3 ticket), as
+        raftsso.remote does."""
+        import socket
+        import threading
+
+        from raftsso.wire import decode_body, encode_frame
+
+        loop = asyncio.get_running_loop()
+        await asyncio.sleep(max(0.0, start_at - time.time()))
+        end = time.monotonic() + duration
+        latencies: list[float] = []
+        errors: list[str] = []
+        reused = [0]
+        lock = threading.Lock()
+        frame = encode_frame({"id": 1, "op": "keyring", "args": {"client_id": "churn"}})
+
+        def recv_exact(tls: Any, n: int) -> bytes:
+            data = b""
+            while len(data) < n:
+                chunk = tls.recv(n - len(data))
+                if not chunk:
+                    raise ConnectionError("closed by the node")
+                data += chunk
+            return data
+
+        def run(k: int) -> None:
+            session = None
+            n = 0
+            while time.monotonic() < end:
+                n += 1
+                t = time.monotonic()
+                try:
+                    raw = socket.create_connection((self.host, self.port), timeout=10,
+                                                   source_address=(
+                                                       f"127.{self.index + 1}.200.{k + 1}", 0)
+                                                   if self.host.startswith("127.") else None)
+                    raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as remote.py
+                    with self.ctx.wrap_socket(raw, server_hostname=self.host,
+                                              session=session if resume else None) as tls:
+                        tls.sendall(frame)
+                        (length,) = _LEN.unpack(recv_exact(tls, 4))
+                        answer = decode_body(recv_exact(tls, length))
+                        if answer.get("ok") is not True:
+                            raise RuntimeError(f"bad answer: {answer.get('error')}")
+                        session = tls.session
+                        with lock:
+                            reused[0] += bool(tls.session_reused)
+                            latencies.append(time.monotonic() - t)
+                except Exception as exc:
+                    session = None
+                    with lock:
+                        errors.append(f"{type(exc).__name__}: {exc}"[:120])
+
+        cpu0 = resource.getrusage(resource.RUSAGE_SELF)
+        await asyncio.gather(*(loop.run_in_executor(None, run, k) for k in range(threads)))
+        cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+        return {"scheduled": len(latencies), "completed": len(latencies), "unfinished": 0,
+                "errors": len(errors), "error_examples": errors[:3], "latencies": latencies,
+                "lag_p99": 0.0, "reused": reused[0],
+                "cpu_s": (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime)}
 
     async def clients(self, start_at: float, duration: float, interval: float,
                       seed: int) -> dict[str, Any]:
@@ -459,6 +531,28 @@ def run(quick: bool = False, trials: int | None = None) -> dict[str, Any]:
                           "yes" if s["sustained"] else "no"] for s in steps])
             print(f"  highest sustained: {best:.0f} fetches/s from one node; "
                   f"limit: {out['limit']}")
+            # New connections back to back, without and with TLS session resumption.
+            gen.call("connect", n=0, prefix="none")
+            out["churn"] = {}
+            for resume in (False, True):
+                meter = CpuMeter({**node_pids, **gen.pids})
+                parts = gen.call("churn", start_at=time.time() + 0.2, duration=step_s,
+                                 threads=CHURN_THREADS, resume=resume)
+                cpu = meter.read()
+                ch = _merge(parts, step_s)
+                ch.pop("_latencies")
+                ch.update({"threads": CHURN_THREADS * WORKERS, "resumed":
+                           sum(p["reused"] for p in parts), "node_cpu": cpu[target],
+                           "machine_cpu": cpu["machine"],
+                           "generator_cpu_proc": round(sum(v for k, v in cpu.items()
+                                                           if k.startswith("generator")), 3)})
+                out["churn"]["resumed" if resume else "full"] = ch
+                print(f"  new connections ({'resuming' if resume else 'full'} handshakes, "
+                      f"{CHURN_THREADS * WORKERS} threads, connect + one fetch + close): "
+                      f"{ch['achieved_per_s']:.0f}/s, {ch['resumed']} resumed, p50 "
+                      f"{ms(ch['p50_s'])} ms, {ch['errors']} errors, node CPU "
+                      f"{ch['node_cpu']:.2f}, generator {ch['generator_cpu_proc']:.2f}, "
+                      f"machine {ch['machine_cpu']:.2f}", flush=True)
             # Then every client its own connection (the node keeps their memory afterwards).
             gen.call("connect", n=0, prefix="none")  # the pool's connections closed first
             rss0 = proc_rss_mib(pid)

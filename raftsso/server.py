@@ -453,6 +453,9 @@ class Server:
             # No TLS state until the client speaks: a silent connection costs a socket.
             if not await wait_readable(sock, self.limits.handshake_timeout):
                 raise TimeoutError("no TLS ClientHello in time")
+            # Answers go out as soon as written (asyncio's transports did this for us):
+            # with Nagle, an answer after the session tickets waited for a delayed ACK.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             tls = self._ctx.wrap_socket(sock, server_side=True,
                                         do_handshake_on_connect=False)
             await handshake(loop, tls, max(0.1, deadline - loop.time()))
