@@ -355,8 +355,9 @@ class Server:
     Each accepted connection passes the port's :class:`~raftsso.limits.Gate` (refused ones
     are closed at once). TLS starts only once the client has sent its first bytes, so a
     bare TCP connection holds a socket and no TLS state; the whole handshake, that wait
-    included, must finish within ``handshake_timeout``. An answer the client does not
-    read within ``send_timeout`` ends the connection.
+    included, must finish within ``handshake_timeout``. Then :mod:`raftsso.connection`
+    serves it on loop callbacks; an answer the client does not read within
+    ``send_timeout`` ends the connection.
     """
 
     def __init__(self, node: Node) -> None:
