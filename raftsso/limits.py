@@ -25,8 +25,9 @@ transient: :func:`accept_loop` backs off and retries, connection handlers close 
 hold, and a rate-limited ``resources_exhausted`` event says so. Nothing here stops the node.
 
 Memory: a pending TLS handshake held about 90 KiB when the service ran on asyncio's
-streams (OpenSSL's state and asyncio's read buffer; now OpenSSL's ~25 KiB); glibc keeps freed heap memory in its arenas, so after a flood of 2,000 handshakes
-the process stayed ~170 MiB larger for good. Three things bound and return it: the pending
+streams (OpenSSL's state and asyncio's read buffer; now OpenSSL's ~25 KiB); glibc keeps
+freed heap memory in its arenas, so after a flood of 2,000 handshakes the process stayed
+~170 MiB larger for good. Three things bound and return it: the pending
 cap; the service port starting TLS only once a client has sent its first bytes (a bare TCP
 connection holds just a socket); and :class:`MemoryTrimmer`, which calls glibc's
 ``malloc_trim`` once many connections have closed.
