@@ -20,7 +20,8 @@ generator or node that falls behind shows up as latency (no coordinated omission
 is *sustained* when at least 99 % of its requests complete within the step plus 1 s, none
 fails, and p99 < 50 ms. The ramp stops at the first step that is not sustained (retried
 once). Last, a closed loop (``SATURATE_CONNECTIONS`` connections per process fetching back
-to back) gives the most the node serves flat out. What limits the number is printed from
+to back, on their own non-blocking TLS sockets, a lighter client than asyncio's streams)
+gives the most the node serves flat out. What limits the number is printed from
 that measurement: the target node's CPU (one asyncio thread can use at most one core)
 against the generator's, the other nodes' and the machine's (every process, /proc/stat) on
 2 cores. ``lag`` is how late the generator launched requests.
@@ -254,27 +255,83 @@ class _Worker:
 
     async def saturate(self, start_at: float, duration: float,
                        connections: int) -> dict[str, Any]:
-        """Closed loop: ``connections`` of the pool fetch back to back for ``duration``."""
+        """Closed loop: ``connections`` fetch back to back for ``duration``. A lighter client
+        than the ramp's: non-blocking TLS sockets driven by loop callbacks (over asyncio's
+        streams the generator spent more CPU per fetch than the node, and on 2 cores it
+        shares, that set the rate more than the node did)."""
+        import socket
+        import ssl
+
+        from raftsso.wire import decode_body, encode_frame
+
         loop = asyncio.get_running_loop()
-        base = loop.time() + (start_at - time.time())
-        await asyncio.sleep(max(0.0, base - loop.time()))
-        end = base + duration
         latencies: list[float] = []
         errors: list[str] = []
-        cpu0 = resource.getrusage(resource.RUSAGE_SELF)
+        socks = []
+        for _ in range(connections):
+            raw = socket.create_connection((self.host, self.port), timeout=10)
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            socks.append(self.ctx.wrap_socket(raw, server_hostname=self.host))
+        await asyncio.sleep(max(0.0, start_at - time.time()))
+        end = loop.time() + duration
+        done = loop.create_future()
+        open_ = [len(socks)]
+        buf = bytearray(1 << 16)
 
-        async def run(conn: _Conn) -> None:
-            while loop.time() < end:
-                t = loop.time()
+        def driver(tls: ssl.SSLSocket, cid: str) -> None:
+            state: dict[str, Any] = {"n": 0, "known": None, "t": 0.0, "in": b""}
+
+            def send() -> None:
+                state["n"] += 1
+                args: dict[str, Any] = {"client_id": cid}
+                if state["known"] is not None and KNOWN:
+                    args["known"] = state["known"]
+                state["t"] = loop.time()
+                tls.sendall(encode_frame({"id": state["n"], "op": "keyring", "args": args}))
+
+            def finish(error: str | None = None) -> None:
+                if error:
+                    errors.append(error[:120])
+                loop.remove_reader(tls.fileno())
+                open_[0] -= 1
+                if not open_[0] and not done.done():
+                    done.set_result(None)
+
+            def readable() -> None:
                 try:
-                    await self.fetch(conn)
-                except Exception as exc:
-                    errors.append(f"{type(exc).__name__}: {exc}"[:120])
+                    while True:
+                        n = tls.recv_into(buf)
+                        if not n:
+                            return finish("ConnectionError: closed by the node")
+                        state["in"] += buf[:n]
+                except ssl.SSLWantReadError:
+                    pass
+                data = state["in"]
+                if len(data) < 4 or len(data) < 4 + _LEN.unpack(data[:4])[0]:
                     return
-                latencies.append(loop.time() - t)
+                (length,) = _LEN.unpack(data[:4])
+                answer = decode_body(bytes(data[4:4 + length]))
+                state["in"] = data[4 + length:]
+                if answer.get("id") != state["n"] or answer.get("ok") is not True:
+                    return finish(f"RuntimeError: bad answer: {answer.get('error')}")
+                state["known"] = answer["result"]["commit_index"]
+                now = loop.time()
+                latencies.append(now - state["t"])
+                if now >= end:
+                    return finish()
+                send()
 
-        await asyncio.gather(*(run(c) for c in self.conns[:connections]))
+            tls.setblocking(False)
+            loop.add_reader(tls.fileno(), readable)
+            send()
+
+        cpu0 = resource.getrusage(resource.RUSAGE_SELF)
+        for i, tls in enumerate(socks):
+            driver(tls, f"raw-{self.index}-{i}")
+        await done
         cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+        for tls in socks:
+            tls.close()
         return {"scheduled": len(latencies), "completed": len(latencies), "unfinished": 0,
                 "errors": len(errors), "error_examples": errors[:3], "latencies": latencies,
                 "lag_p99": 0.0,
