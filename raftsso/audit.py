@@ -51,7 +51,8 @@ AUDIT_FORMAT = 1
 #: Request arguments that may appear in an audit line (scalars only; anything else is not
 #: written). ``request_id`` is written as hex: a random correlation id, not a secret.
 AUDITED_ARGS = frozenset({"request_id", "now", "version", "versions", "node_id", "address",
-                          "target", "force", "reminder_set"})
+                          "target", "force", "reminder_set", "serial", "name", "role",
+                          "store_id", "full"})
 MAX_PEERS_PER_WINDOW = 8
 _MAX_STR = 256
 

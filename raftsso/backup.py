@@ -33,6 +33,9 @@ FORMAT = 1
 _LEN = struct.Struct(">I")
 MAX_HEADER = 1 << 20
 MIN_PASSWORD = 12
+# What protects the body of each format (format 2: raftsso.backup_recipient).
+_PROTECTION = {1: "a password (restore it with --password-file)",
+               2: "a public key (restore it with --identity KEY)"}
 DEFAULT_KDF: dict[str, Any] = {"name": "argon2id", "memory_kib": 65536, "iterations": 3,
                                "lanes": 4}
 # Caps on KDF parameters read from a file, close to what raftsso writes: a crafted file
@@ -85,25 +88,51 @@ def write_backup(password: bytes, *, cluster_id: str, primary: int | None,
         raise BackupError("a backup needs at least one version with its key")
     params = {**(kdf or DEFAULT_KDF), "salt": os.urandom(16)}
     _kdf({"kdf": params})  # never write a file that raftsso would refuse to open
-    header = pack({
-        "kdf": params, "cluster_id": cluster_id, "created": time.time(),
-        "reminder": reminder, "primary": primary,
-        "versions": [{"id": v.id, "state": v.state, "fingerprint": v.fingerprint,
-                      "created": v.created} for v in versions],
-    })
-    prefix = MAGIC + bytes([FORMAT]) + _LEN.pack(len(header)) + header
-    body = pack({"versions": [{"id": v.id, "key": v.key, "fingerprint": v.fingerprint}
+    prefix = frame(FORMAT, {"kdf": params, **describe(cluster_id, primary, versions, reminder)})
+    return prefix + envelope.aead_encrypt(_derive(password, params), body(versions), prefix)
+
+
+def describe(cluster_id: str, primary: int | None, versions: list[BackupVersion],
+             reminder: str = "") -> dict[str, Any]:
+    """The readable header fields every backup format shares (no key material)."""
+    return {"cluster_id": cluster_id, "created": time.time(), "reminder": reminder,
+            "primary": primary,
+            "versions": [{"id": v.id, "state": v.state, "fingerprint": v.fingerprint,
+                          "created": v.created} for v in versions]}
+
+
+def body(versions: list[BackupVersion]) -> bytes:
+    """The plaintext every backup format encrypts: each version's key and fingerprint."""
+    if not versions or any(v.key is None or len(v.key) != envelope.KEY_SIZE for v in versions):
+        raise BackupError("a backup needs at least one version with its key")
+    return pack({"versions": [{"id": v.id, "key": v.key, "fingerprint": v.fingerprint}
                               for v in versions]})
-    return prefix + envelope.aead_encrypt(_derive(password, params), body, prefix)
 
 
-def _split(blob: bytes) -> tuple[bytes, dict[str, Any], bytes]:
-    head = len(MAGIC) + 1 + _LEN.size
-    if len(blob) < head or blob[:len(MAGIC)] != MAGIC:
+def file_format(blob: bytes) -> int:
+    """The format byte of a backup file (1: password, 2: public key, see
+    :mod:`raftsso.backup_recipient`); :class:`BackupError` if it is no backup at all."""
+    if len(blob) < len(MAGIC) + 1 + _LEN.size or blob[:len(MAGIC)] != MAGIC:
         raise BackupError("not a raftsso backup file")
-    if blob[len(MAGIC)] != FORMAT:
-        raise BackupError(f"backup format {blob[len(MAGIC)]} is not supported "
-                          f"(this raftsso reads format {FORMAT})")
+    return blob[len(MAGIC)]
+
+
+def frame(fmt: int, header: dict[str, Any]) -> bytes:
+    """``MAGIC | format | header length | header``: the authenticated prefix of a file."""
+    packed = pack(header)
+    return MAGIC + bytes([fmt]) + _LEN.pack(len(packed)) + packed
+
+
+def split(blob: bytes, fmt: int = FORMAT) -> tuple[bytes, dict[str, Any], bytes]:
+    """``(authenticated prefix, header, sealed body)`` of a file of format ``fmt``."""
+    head = len(MAGIC) + 1 + _LEN.size
+    found = file_format(blob)
+    if found != fmt:
+        if found in _PROTECTION:
+            raise BackupError(f"this backup file is protected by {_PROTECTION[found]}, "
+                              f"not by {_PROTECTION.get(fmt, 'this method')}")
+        raise BackupError(f"backup format {found} is not supported "
+                          f"(this raftsso reads formats {', '.join(map(str, _PROTECTION))})")
     (length,) = _LEN.unpack_from(blob, len(MAGIC) + 1)
     if length > MAX_HEADER or head + length > len(blob):
         raise BackupError("the backup file is truncated or damaged")
@@ -143,7 +172,12 @@ def _int_id(value: Any) -> int:
 
 def read_info(blob: bytes) -> BackupInfo:
     """The header, without the password (not yet authenticated: see :func:`open_backup`)."""
-    _, header, _ = _split(blob)
+    _, header, _ = split(blob)
+    return header_info(header, {k: v for k, v in _kdf(header).items() if k != "salt"})
+
+
+def header_info(header: dict[str, Any], kdf: dict[str, Any]) -> BackupInfo:
+    """The shared header fields of any format; ``kdf`` says how the body is protected."""
     try:
         versions = tuple(
             BackupVersion(_int_id(v["id"]), str(v["state"]), str(v["fingerprint"]),
@@ -156,19 +190,27 @@ def read_info(blob: bytes) -> BackupInfo:
             cluster_id=str(header["cluster_id"]), created=float(header["created"]),
             reminder=str(header.get("reminder", "")),
             primary=int(primary) if isinstance(primary, int) else None,
-            versions=versions, kdf={k: v for k, v in _kdf(header).items() if k != "salt"})
+            versions=versions, kdf=kdf)
     except (KeyError, TypeError, ValueError, OverflowError) as exc:
         raise BackupError(f"the backup file's header is damaged ({exc})") from None
 
 
 def open_backup(blob: bytes, password: bytes) -> BackupInfo:
     """Decrypt and verify a backup; :class:`BackupError` for a wrong password or damage."""
-    prefix, header, sealed = _split(blob)
+    prefix, header, sealed = split(blob)
     info = read_info(blob)
     try:
-        body = unpack(envelope.aead_decrypt(_derive(password, _kdf(header)), sealed, prefix))
+        plain = envelope.aead_decrypt(_derive(password, _kdf(header)), sealed, prefix)
     except InvalidToken:
         raise BackupError("wrong password, or the backup file was changed or damaged") from None
+    return with_keys(info, plain)
+
+
+def with_keys(info: BackupInfo, plain: bytes) -> BackupInfo:
+    """``info`` with every version's key from a decrypted body, checked against the
+    fingerprints of the body and of the (now authenticated) header."""
+    try:
+        body = unpack(plain)
     except DecodeError:
         raise BackupError("the backup file's contents are damaged") from None
     keys: dict[int, bytes] = {}

@@ -26,19 +26,21 @@ for tests: anything with ``endpoints``, ``fetch(endpoint)`` and ``close()`` will
 
 from __future__ import annotations
 
+import itertools
 import logging
 import random
 import secrets
 import ssl
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol
 
-from raftsso import envelope
+from raftsso import envelope, pki
+from raftsso.client_reports import StoreWriteReports
 from raftsso.config import Endpoint, RemoteConfig, load_remote_config
 from raftsso.errors import (
     ClusterUnavailable,
@@ -49,7 +51,7 @@ from raftsso.errors import (
     StaleSecret,
 )
 from raftsso.protocol.ids import ClientId
-from raftsso.protocol.messages import KeyringRequest, KeyringResult, Op
+from raftsso.protocol.messages import KeyringRequest, KeyringResult, Op, StoreReportRequest
 from raftsso.remote import ClusterClient
 from raftsso.wire import WireValue
 
@@ -93,6 +95,9 @@ class ClusterSource:
         self._timeout = timeout
         # Lets nodes tell which clients have synced a staged version (early promotion).
         self.client_id = ClientId(client_id or secrets.token_hex(8))
+        # The client's cumulative encryptions per version, sent with every keyring request
+        # (the leader's max_encryptions policy; set by SSOClient).
+        self.encryptions: Callable[[], Mapping[int, int]] | None = None
         # ``spread``: start at a random node (a deployment's config lists the same order
         # for every client); without it, the caller's order is the order of preference.
         self._offset = random.randrange(len(cluster.nodes)) if spread and cluster.nodes else 0
@@ -106,12 +111,20 @@ class ClusterSource:
     def fetch(self, endpoint: Endpoint, known: int | None = None) -> WireValue:
         """``known``: the ``commit_index`` of the keyring held, so that a node whose keyring
         is the same may answer ``unchanged`` (no versions) instead of the whole keyring."""
+        counts = self.encryptions() if self.encryptions is not None else None
         return self._cluster.call_node(endpoint.address, Op.KEYRING,
-                                       KeyringRequest(self.client_id, known=known).to_wire(),
+                                       KeyringRequest(self.client_id, known=known,
+                                                      encryptions=counts).to_wire(),
                                        timeout=self._timeout)
 
     def close(self) -> None:
         self._cluster.close()
+
+    def report_store(self, request: StoreReportRequest) -> None:
+        """Send a store report (rows this client wrote) to the leader."""
+        self._cluster.request_leader(request, deadline=self._timeout)
+    def use_context(self, ctx: ssl.SSLContext) -> None:
+        self._cluster.set_context(ctx)
 
 
 # -- the cached keyring --------------------------------------------------------------
@@ -147,6 +160,8 @@ class _Cache:
     fresh_until: float  # synced_at + max_staleness
     primary: envelope.Envelope | None
     keyset: envelope.Keyset  # every version's envelope, by token header
+    # Counts the primary's encryptions (one C call per encrypt; see encryption_counts).
+    uses: Iterator[int] = field(default_factory=itertools.count)
 
 
 def parse_keyring(raw: WireValue, held: _Keyring | None = None) -> _Keyring:
@@ -224,8 +239,10 @@ class SSOClient:
             if max_staleness is None:
                 max_staleness = cfg.max_staleness
             self._source: KeyringSource = ClusterSource(ClusterClient.from_config(cfg))
+            self._config: RemoteConfig | None = cfg
         else:
             self._source = source
+            self._config = None
         interval = DEFAULT_RESYNC_INTERVAL if resync_interval is None else resync_interval
         staleness = 2.0 * interval if max_staleness is None else max_staleness
         try:
@@ -266,7 +283,14 @@ class SSOClient:
         self._last_on_demand_version = 0
         self._closed = False
         self._stop = threading.Event()
+        self._counters: dict[int, Iterator[int]] = {}
+        self._counter_reads: dict[int, int] = {}
+        if isinstance(self._source, ClusterSource):
+            self._source.encryptions = self.encryption_counts
         self._thread: threading.Thread | None = None
+        # Rows written into SSO stores, reported to the cluster (raftsso.client_reports).
+        self._store_writes = StoreWriteReports(getattr(self._source, "report_store", None),
+                                               wall_clock)
 
         try:
             self.sync()
@@ -328,6 +352,7 @@ class SSOClient:
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=30)
+        self._store_writes.flush()  # a one-shot CLI write reports before it exits
         with self._sync_lock:
             self._cache = None
             self._source.close()
@@ -350,6 +375,7 @@ class SSOClient:
         if cache is not None and self._clock() < cache.fresh_until:
             primary = cache.primary
             if primary is not None:
+                next(cache.uses)
                 return primary.encrypt(data, associated_data)
         return self._encrypt_checked(data, associated_data)
 
@@ -368,6 +394,7 @@ class SSOClient:
             raise ClusterUnavailable("the cluster has no primary master secret yet; wait for "
                                      "its leader to create one (raftsso status)")
         # Fresh after all (synced_at + max_staleness rounded the other way).
+        next(cache.uses)
         return cache.primary.encrypt(data, associated_data)
 
     def decrypt(self, token: bytes, associated_data: bytes = b"") -> bytes:
@@ -498,7 +525,9 @@ class SSOClient:
                              fresh_until=now + self.max_staleness,
                              primary=None if ring.primary is None
                              else ring.versions[ring.primary].envelope,
-                             keyset=envelope.Keyset(v.envelope for v in ring.versions.values()))
+                             keyset=envelope.Keyset(v.envelope for v in ring.versions.values()),
+                             uses=(itertools.count() if ring.primary is None
+                                   else self._uses(ring.primary)))
         self._preferred = index
         if self._cluster_id is None:
             self._cluster_id = ring.cluster_id
@@ -515,6 +544,38 @@ class SSOClient:
             log.info("keyring from %s: primary version %s, versions %s (term %d, index %d)",
                      ring.node_id, ring.primary, sorted(ring.versions), ring.term,
                      ring.commit_index)
+
+    def reload_certificate(self) -> bool:
+        """Load the client certificate and key of the configuration again (on SIGHUP, say):
+        new connections present them, open ones keep theirs. False for a client not made
+        from a configuration; :class:`ConfigError` (nothing changed) if they do not load."""
+        cfg = self._config
+        if cfg is None or not isinstance(self._source, ClusterSource):
+            return False
+        self._source.use_context(pki.client_context(cfg.ca_cert, cfg.cert, cfg.key))
+        return True
+
+    def _uses(self, version: int) -> Iterator[int]:
+        with self._lock:
+            counter = self._counters.get(version)
+            if counter is None:
+                counter = self._counters[version] = itertools.count()
+            return counter
+
+    def encryption_counts(self) -> dict[int, int]:
+        """Messages encrypted under each version by this client since it started (sent to
+        the nodes at each resync: ``max_encryptions``).
+
+        Each counter hands out one number per encryption (``itertools.count``: one C call,
+        atomic under the GIL); reading takes one number too, so the reads are subtracted.
+        """
+        with self._lock:
+            out = {}
+            for version, counter in self._counters.items():
+                reads = self._counter_reads.get(version, 0)
+                out[version] = next(counter) - reads
+                self._counter_reads[version] = reads + 1
+            return {v: n for v, n in out.items() if n}
 
     def _failed(self, message: str) -> None:
         with self._lock:
@@ -549,8 +610,16 @@ class SSOClient:
             base = min(base, _FIRST_RETRY * 2.0 ** (failures - 1))
         return base * random.uniform(1 - self._jitter, 1 + self._jitter)
 
+    def store_written(self, store_id: str, kind: str, versions: Mapping[int, int]) -> None:
+        """Rows an :class:`raftsso.store.SSOStore` wrote with this client, by version: sent
+        to the cluster before the next resync (see :mod:`raftsso.client_reports`)."""
+        self._store_writes.add(store_id, kind, versions)
+
     def _run(self) -> None:
         while not self._stop.wait(self._next_delay()):
+            # Before the fetch: rows written under the old primary are known to the
+            # cluster before this client can count as served the next keyring.
+            self._store_writes.flush()
             try:
                 self.sync()
             except RaftssoError:

@@ -79,6 +79,18 @@ class Peer:
 
 
 @dataclass(frozen=True)
+class BackupSchedule:
+    """``[backup]`` in node.toml: the leader writes a backup encrypted to ``recipient`` into
+    ``dir`` after every new version and every ``interval`` seconds, keeping ``keep`` files
+    (:mod:`raftsso.backup_schedule`)."""
+
+    dir: Path
+    recipient: Path
+    interval: float = 3600.0
+    keep: int = 24
+
+
+@dataclass(frozen=True)
 class NodeConfig:
     path: Path
     node_id: str
@@ -108,6 +120,12 @@ class NodeConfig:
     # [limits]: caps on every listening port, resolved against RLIMIT_NOFILE at load
     # (raftsso.limits; peer_max_* are read by the Raft package).
     limits: Limits = field(default_factory=Limits)
+    # [backup]: unattended backups to a public key (None: off).
+    backup: BackupSchedule | None = None
+    # Rotation policy of the leader (0: off): a staged rotation once the newest version is
+    # this many seconds old, and once the primary encrypted about max_encryptions messages.
+    rotation_period: float = 0.0
+    max_encryptions: int = 0
 
     @property
     def audit_path(self) -> Path:
@@ -245,6 +263,9 @@ def load_node_config(path: str | Path) -> NodeConfig:
         audit_log=_path(data, "audit_log", base, p) if "audit_log" in data else None,
         peer_tls=_get(data, "peer_tls", bool, p, True),
         limits=_limits(_get(data, "limits", dict, p, {}), p, idle_timeout),
+        backup=_backup(_get(data, "backup", dict, p), base, p) if "backup" in data else None,
+        rotation_period=_get(data, "rotation_period", float, p, 0.0),
+        max_encryptions=_get(data, "max_encryptions", int, p, 0),
     )
     _check_address(cfg.raft_address, "raft_address", p)
     _check_address(cfg.service_address, "service_address", p)
@@ -254,6 +275,10 @@ def load_node_config(path: str | Path) -> NodeConfig:
         _check_address(peer.raft_address, f"peers[{i}].raft_address", p)
         _check_address(peer.service_address, f"peers[{i}].service_address", p)
     _check_range(cfg.rotation_grace >= 0, "rotation_grace", "must be 0 or more (seconds)", p)
+    _check_range(cfg.rotation_period == 0 or cfg.rotation_period >= 1, "rotation_period",
+                 "must be 0 (off) or at least 1 (seconds)", p)
+    _check_range(cfg.max_encryptions == 0 or cfg.max_encryptions >= 100, "max_encryptions",
+                 "must be 0 (off) or at least 100", p)
     _check_range(cfg.client_window >= 0, "client_window", "must be 0 or more (seconds)", p)
     _check_range(cfg.idle_timeout > 0, "idle_timeout", "must be positive (seconds)", p)
     _check_range(cfg.read_timeout > 0, "read_timeout", "must be positive (seconds)", p)
@@ -293,6 +318,21 @@ def _check_key(key: Path) -> None:
     # again when it builds a context); a missing one is reported when TLS is set up.
     if key.exists():
         check_private(key)
+
+
+def _backup(raw: Mapping[str, Any], base: Path, path: Path) -> BackupSchedule:
+    unknown = set(raw) - {f.name for f in fields(BackupSchedule)}
+    if unknown:
+        raise ConfigError(f"{path}: unknown [backup] keys: {', '.join(sorted(unknown))}")
+    schedule = BackupSchedule(
+        dir=_path(raw, "dir", base, path), recipient=_path(raw, "recipient", base, path),
+        interval=_get(raw, "interval", float, path, 3600.0),
+        keep=_get(raw, "keep", int, path, 24))
+    _check_range(schedule.interval >= 1, "backup.interval", "must be at least 1 (seconds)",
+                 path)
+    _check_range(1 <= schedule.keep <= 10_000, "backup.keep", "must be 1 to 10000 (files)",
+                 path)
+    return schedule
 
 
 def _check_address(address: str, key: str, path: Path) -> None:

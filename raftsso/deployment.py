@@ -5,6 +5,7 @@ Layout (every file 0600, every directory 0700)::
     DIR/ca.pem  ca.key                  the cluster CA (keep ca.key offline once done)
     DIR/admin.toml  admin.pem  admin.key      operator configuration
     DIR/client.toml client.pem client.key     SSO client configuration (store = sso.db)
+    DIR/agent.toml                      the SSO agent of this host (socket DIR/agent.sock)
     DIR/nodeN/node.toml node.pem node.key ca.pem seal.key cluster.secret data/
 
 Each node directory is self-contained so it can be copied to its own host.
@@ -136,6 +137,10 @@ def init_deployment(directory: Path, nodes: int | None = 3, host: str = "127.0.0
             "ca_cert": "ca.pem", "cert": f"{role}.pem", "key": f"{role}.key",
             "timeout": 5.0, **extra, "nodes": endpoints,
         }).encode())
+    # The SSO agent (docs/agent.md): runs on client.toml's certificate and store.
+    atomic_write(directory / "agent.toml", dump_toml({
+        "format": CONFIG_FORMAT, "client": "client.toml", "socket": "agent.sock",
+        "socket_mode": "0660", "audit_log": "agent-audit.jsonl"}).encode())
     return cluster_id
 
 

@@ -143,7 +143,8 @@ REWRAP_FAILED = _event(
 BACKUP_WRITTEN = _event(
     1300, "backup_written", "info",
     "an encrypted backup of the keyring was written; its versions are marked backed up",
-    emitted_by="server (backed_up op, sent by `raftsso backup` once the file is written)")
+    emitted_by="server (backed_up op, sent by `raftsso backup` once the file is written); "
+               "node (a scheduled backup, [backup])")
 VERSION_NOT_BACKED_UP = _event(
     1301, "version_not_backed_up", "warning",
     "a usable version has never been in a backup: losing every node would lose the data "
@@ -154,7 +155,7 @@ RESTORE_APPLIED = _event(
     emitted_by="server (restore op)")
 BACKUP_FAILED = _event(
     1303, "backup_failed", "error", "a backup or restore request failed",
-    emitted_by="server (backed_up and restore ops)")
+    emitted_by="server (backed_up and restore ops); node (a scheduled backup, [backup])")
 
 # 14xx: SSO clients as seen by this node
 CLIENT_SYNC_FAILED = _event(
@@ -192,6 +193,21 @@ LIMITS_LOWERED = _event(
     "a configured [limits] cap does not fit the process's descriptor limit "
     "(RLIMIT_NOFILE, systemd's LimitNOFILE) and was lowered at start",
     emitted_by="server (at start)")
+CERTIFICATE_REVOKED = _event(
+    1520, "certificate_revoked", "warning",
+    "certificates were revoked (certs revoke): every node refuses them at the handshake and "
+    "closes their open connections; a revoked node certificate cannot rejoin the Raft mesh",
+    emitted_by="server (cert_revoke op)")
+REVOKED_CERTIFICATE_REFUSED = _event(
+    1521, "revoked_certificate_refused", "warning",
+    "a connection with a revoked certificate was refused after its handshake, or closed "
+    "when the revocation arrived; at most one line per certificate and kind a minute",
+    emitted_by="server (service port)")
+CERTIFICATE_RELOADED = _event(
+    1522, "certificate_reloaded", "info",
+    "the node loaded its certificate and key again (SIGHUP): new connections get the new "
+    "certificate, open ones keep theirs",
+    emitted_by="runner (SIGHUP)")
 
 
 def catalogue() -> tuple[EventType, ...]:

@@ -21,25 +21,33 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from raftsso.encryption_counts import EncryptionLedger
 from raftsso.envelope import SEALED_SIZE
 from raftsso.errors import DecodeError
 from raftsso.keyring import Keyring, KeyState, KeyVersion
+from raftsso.known_stores import MAX_STORES, KnownStore, reported
 from raftsso.protocol.codes import ErrorCode
 from raftsso.protocol.commands import (
     BackedUp,
     Barrier,
     Bootstrap,
+    CertRegister,
+    CertRevoke,
     Command,
+    Encryptions,
     Member,
     Outcome,
     Promote,
     Restore,
     Retire,
     Rotate,
+    StoreForget,
+    StoreReport,
     decode_envelope,
     decode_fields,
 )
 from raftsso.protocol.ids import REQUEST_ID_SIZE, is_version_id, request_id
+from raftsso.revocation import CertRecord, CertRegistry, RegistryError
 from raftsso.wire import WireMap, WireValue, unversioned, versioned
 
 log = logging.getLogger(__name__)
@@ -95,6 +103,12 @@ class KeyringStateMachine:
         # tombstones that stop a removed id from rejoining.
         self._directory: dict[str, MemberRecord] = {}
         self._requests: OrderedDict[bytes, Outcome] = OrderedDict()
+        # The SSO stores known to the cluster, by id (raftsso.known_stores).
+        self._stores: dict[str, KnownStore] = {}
+        # Day-two state (issue 15): issued and revoked certificates, and the clients'
+        # encryption counts per version (raftsso.revocation, raftsso.encryption_counts).
+        self._certs = CertRegistry()
+        self._ledger = EncryptionLedger()
         # Written only by the Raft thread; the lock makes a read of (keyring, requests)
         # from a service thread consistent.
         self._lock = threading.Lock()
@@ -112,6 +126,14 @@ class KeyringStateMachine:
         with self._lock:
             return self._keyring, self._index
 
+    def certs(self) -> CertRegistry:
+        """Issued and revoked certificates (immutable; replaced by every change)."""
+        return self._certs
+
+    def encryptions(self) -> EncryptionLedger:
+        """Encryptions per version, as SSO clients reported them (immutable)."""
+        return self._ledger
+
     def view_since(self) -> tuple[Keyring, int, int]:
         """:meth:`view` plus the index at which the keyring last changed: a client holding
         the keyring of any index in ``[changed, index]`` holds this very keyring."""
@@ -122,6 +144,11 @@ class KeyringStateMachine:
         """Members added or removed after ``init`` (see :meth:`_member`)."""
         with self._lock:
             return dict(self._directory)
+
+    def stores(self) -> dict[str, KnownStore]:
+        """The SSO stores known to the cluster, by id."""
+        with self._lock:
+            return dict(self._stores)
 
     def request_outcome(self, req: bytes) -> Outcome | None:
         """The remembered outcome of a request id, if it was applied."""
@@ -187,6 +214,20 @@ class KeyringStateMachine:
                 return self._restore(command)
             case Member():
                 return self._member(command)
+            case StoreReport():
+                return self._store_report(command)
+            case StoreForget():
+                return self._store_forget(command)
+            case CertRegister():
+                return self._cert_register(command)
+            case CertRevoke():
+                return self._cert_revoke(command)
+            case Encryptions():
+                live = frozenset(v.id for v in self._keyring.versions
+                                 if v.state is not KeyState.RETIRED)
+                self._ledger = self._ledger.add_reports(command.reports, at=command.at,
+                                                        live_versions=live)
+                return Outcome(True, {"clients": len(command.reports)})
         return _fail(ErrorCode.BAD_COMMAND, f"unknown command {command.op!r}")
 
     def _summary(self, version: int) -> WireMap:
@@ -259,6 +300,37 @@ class KeyringStateMachine:
                                                     cmd.removed)
         return Outcome(True, {"node_id": cmd.node_id, "removed": cmd.removed})
 
+    def _store_report(self, cmd: StoreReport) -> Outcome:
+        current = self._stores.get(cmd.store_id)
+        if current is None and len(self._stores) >= MAX_STORES:
+            return _fail(ErrorCode.TOO_MANY_STORES,
+                         f"the cluster already knows {MAX_STORES} stores, the most it keeps; "
+                         "forget stores that are gone (raftsso stores forget ID)")
+        store = reported(current, cmd.store_id, cmd.kind, cmd.counted_at,
+                         cmd.versions_in_use, cmd.full)
+        self._stores[cmd.store_id] = store
+        return Outcome(True, store.to_wire())
+
+    def _store_forget(self, cmd: StoreForget) -> Outcome:
+        if self._stores.pop(cmd.store_id, None) is None:
+            return _fail(ErrorCode.NOT_FOUND, f"no known store has id {cmd.store_id}")
+        return Outcome(True, {"store_id": cmd.store_id, "forgotten": True})
+    def _cert_register(self, cmd: CertRegister) -> Outcome:
+        try:
+            self._certs = self._certs.register(
+                CertRecord(cmd.serial, cmd.name, cmd.role, cmd.at, cmd.not_after), cmd.at)
+        except RegistryError as exc:
+            return _fail(ErrorCode.CONFLICT, str(exc))
+        return Outcome(True, {"serial": cmd.serial, "name": cmd.name})
+
+    def _cert_revoke(self, cmd: CertRevoke) -> Outcome:
+        try:
+            self._certs, newly = self._certs.revoke(cmd.serials, at=cmd.at, by=cmd.by,
+                                                    names=cmd.names)
+        except RegistryError as exc:
+            return _fail(ErrorCode.CONFLICT, str(exc))
+        return Outcome(True, {"serials": list(cmd.serials), "revoked": newly})
+
     def _restore(self, cmd: Restore) -> Outcome:
         """Merge versions from a backup; never drops or overwrites a different version.
 
@@ -307,12 +379,25 @@ class KeyringStateMachine:
 
     def snapshot(self) -> bytes:
         with self._lock:
-            return versioned(SNAPSHOT_FORMAT, {
+            state: dict[str, WireValue] = {
                 "index": self._index,
                 "directory": {k: v.to_wire() for k, v in self._directory.items()},
                 "versions": [v.to_wire() for v in self._keyring.versions],
                 "requests": [[k, o.to_wire()] for k, o in self._requests.items()],
-            })
+            }
+            if self._stores:  # absent without stores: the bytes of earlier versions
+                state["stores"] = [s.to_wire() for s in self._stores.values()]
+            return versioned(SNAPSHOT_FORMAT, state | self._daytwo_snapshot())
+
+    def _daytwo_snapshot(self) -> dict[str, WireValue]:
+        # Only when there is something: a snapshot of a keyring that never saw these
+        # commands stays byte for byte what earlier versions wrote.
+        out: dict[str, WireValue] = {}
+        if len(self._certs):
+            out["certs"] = self._certs.to_wire()
+        if self._ledger.totals or self._ledger.clients:
+            out["encryptions"] = self._ledger.to_wire()
+        return out
 
     def restore(self, blob: bytes) -> None:
         """Replace the state with a snapshot; raises :class:`DecodeError` if malformed."""
@@ -327,6 +412,11 @@ class KeyringStateMachine:
             if not isinstance(raw_directory, Mapping):
                 raise TypeError("the member directory must be a map")
             directory = {str(k): _member_record(v) for k, v in raw_directory.items()}
+            # Snapshots of versions without known stores have no "stores".
+            stores = {s.id: s for s in map(KnownStore.from_wire, _list(raw.get("stores", [])))}
+            # Absent from snapshots written before issue 15: nothing issued or counted yet.
+            certs = CertRegistry.from_wire(raw.get("certs", []))
+            ledger = EncryptionLedger.from_wire(raw.get("encryptions", {}))
         except (KeyError, TypeError, ValueError, AttributeError, OverflowError,
                 DecodeError) as exc:
             raise DecodeError(f"malformed snapshot: {exc}") from None
@@ -343,6 +433,9 @@ class KeyringStateMachine:
             self._index = index
             self._changed = index
             self._directory = directory
+            self._stores = stores
+            self._certs = certs
+            self._ledger = ledger
 
 
 def _list(raw: WireValue) -> list[WireValue]:

@@ -64,8 +64,17 @@ def start_node(node_toml: Path) -> int:
     return proc.pid
 
 
-def up(directory: Path, timeout: float = 30.0) -> dict[str, object]:
-    """Start every node and wait until a leader with a quorum serves the first secret."""
+def up(directory: Path, timeout: float = 30.0, agent: bool = False) -> dict[str, object]:
+    """Start every node and wait until a leader with a quorum serves the first secret;
+    with ``agent``, then start the SSO agent of ``DIR/agent.toml`` too."""
+    status = _up(directory, timeout)
+    if agent:
+        from raftsso.agent.local import start_agent
+        start_agent(directory, timeout)
+    return status
+
+
+def _up(directory: Path, timeout: float) -> dict[str, object]:
     configs = node_configs(directory)
     for cfg in configs:
         start_node(cfg)
@@ -91,7 +100,9 @@ def up(directory: Path, timeout: float = 30.0) -> dict[str, object]:
 
 def down(directory: Path, timeout: float = 10.0) -> list[str]:
     """Stop every node of ``directory`` (SIGTERM, then SIGKILL); return the ones stopped."""
-    stopped = []
+    from raftsso.agent.local import stop_agent
+
+    stopped = ["agent"] if stop_agent(directory, timeout) else []
     for cfg in node_configs(directory):
         pid = _pid_of(cfg)
         if pid is None:

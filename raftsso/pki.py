@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from raftsso.errors import ConfigError
 from raftsso.fsutil import atomic_write, check_private
+from raftsso.revocation import canonical_serial
 
 # cryptography (x509, ~20 ms to import) only in the functions that make or read
 # certificates: every CLI call and SSO client needs the TLS contexts below, not those.
@@ -175,3 +176,87 @@ def peer_identity(peercert: dict[str, Any] | None) -> tuple[str, str]:
             elif key == "commonName":
                 name = value
     return role, name
+
+
+# -- certificates issued after init (raftsso.certs) -------------------------------------------
+
+
+@dataclass(frozen=True)
+class CertInfo:
+    """What the cluster records of a certificate: never its key."""
+
+    serial: str  # canonical: lowercase hex, no leading zeros (revocation.canonical_serial)
+    name: str
+    role: str
+    not_before: float
+    not_after: float
+    fingerprint: str  # SHA-256 of the DER encoding, hex
+
+
+def describe(cert_pem: bytes) -> CertInfo:
+    """Serial, name, role and validity of a PEM certificate (:class:`ConfigError` if it
+    is not one)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import NameOID
+
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem)
+    except ValueError:
+        raise ConfigError("not a PEM certificate") from None
+    role = name = ""
+    for attr in cert.subject:
+        if attr.oid == NameOID.ORGANIZATIONAL_UNIT_NAME:
+            role = str(attr.value)
+        elif attr.oid == NameOID.COMMON_NAME:
+            name = str(attr.value)
+    return CertInfo(canonical_serial(cert.serial_number), name, role,
+                    cert.not_valid_before_utc.timestamp(), cert.not_valid_after_utc.timestamp(),
+                    cert.fingerprint(hashes.SHA256()).hex())
+
+
+def peer_serial(peercert: dict[str, Any] | None) -> str | None:
+    """The canonical serial of a verified peer certificate (``ssl.getpeercert()``)."""
+    raw = (peercert or {}).get("serialNumber")
+    try:
+        return canonical_serial(raw) if isinstance(raw, str) else None
+    except ValueError:
+        return None
+
+
+def load_ca(cert_path: Path, key_path: Path) -> Issued:
+    """The CA certificate and its private key, for issuing; the key must be 0600 (a CA key
+    others can read lets them mint certificates of any role) and must match the
+    certificate."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from raftsso.fsutil import read_private
+
+    key_pem = read_private(key_path, limit=64 << 10)
+    try:
+        cert_pem = cert_path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {cert_path}: {exc.strerror or exc}") from None
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem)
+        key = serialization.load_pem_private_key(key_pem, password=None)
+    except (ValueError, TypeError):
+        raise ConfigError(f"{cert_path} and {key_path} must be the cluster's CA certificate "
+                          "and its unencrypted PEM key") from None
+    try:
+        is_ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        is_ca = False
+    if not is_ca:
+        raise ConfigError(f"{cert_path} is not a CA certificate")
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise ConfigError(f"{key_path} is not an EC key (raftsso's CA keys are P-256)")
+    if key.public_key().public_bytes(serialization.Encoding.DER,
+                                     serialization.PublicFormat.SubjectPublicKeyInfo) != \
+            cert.public_key().public_bytes(serialization.Encoding.DER,
+                                           serialization.PublicFormat.SubjectPublicKeyInfo):
+        raise ConfigError(f"{key_path} is not the key of the CA certificate {cert_path}")
+    return Issued(cert_pem, key_pem)
+

@@ -90,6 +90,11 @@ class Connection:
             raw.close()
             raise
 
+    def use_context(self, ctx: ssl.SSLContext) -> None:
+        """New connections use ``ctx``; a session of the old certificate is not resumed."""
+        self._ctx = ctx
+        self._session = None
+
     @property
     def session_reused(self) -> bool:
         """The open connection resumed an earlier TLS session (for tests and tools)."""
@@ -191,6 +196,13 @@ class ClusterClient:
     def close(self) -> None:
         for conn in self._conns.values():
             conn.close()
+
+    def set_context(self, ctx: ssl.SSLContext) -> None:
+        """Use ``ctx`` (a reloaded certificate) for every new connection; open connections
+        keep theirs until they close (SIGHUP of a long-running client, issue 15)."""
+        for address, conn in self._conns.items():
+            with self._locks[address]:
+                conn.use_context(ctx)
 
     def __enter__(self) -> ClusterClient:
         return self

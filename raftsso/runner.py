@@ -18,6 +18,8 @@ from pathlib import Path
 from raftsso import events
 from raftsso.audit import AuditLog
 from raftsso.config import NodeConfig, load_node_config
+from raftsso.daytwo_metrics import DaytwoMetrics
+from raftsso.errors import RaftssoError
 from raftsso.fsm import KeyringStateMachine
 from raftsso.logs import log_through_queue
 from raftsso.metrics import HealthServer, NodeMetrics
@@ -59,7 +61,9 @@ def build_node(cfg: NodeConfig) -> Node:
     hooks = RaftHooks(cfg)
     raft = RaftNode(raft_config(cfg), fsm, on_role_change=hooks.role_changed,
                     directory=hooks.members)
-    return Node(cfg, fsm, raft, hooks)
+    node = Node(cfg, fsm, raft, hooks)
+    raft.revoked = node.revoked  # a revoked node certificate cannot rejoin the peer mesh
+    return node
 
 
 def run_node(config_path: str | Path) -> int:
@@ -72,6 +76,7 @@ def run_node(config_path: str | Path) -> int:
     events.configure(cfg.node_id)
     node = build_node(cfg)
     metrics = NodeMetrics(node, clients=node.clients)
+    daytwo = DaytwoMetrics(metrics.registry, node)
     events.add_listener(metrics.count_event)
     health = (HealthServer(cfg.metrics_address, metrics, node)
               if cfg.metrics_address is not None else None)
@@ -86,7 +91,7 @@ def run_node(config_path: str | Path) -> int:
     try:
         node.start()
         watch.start()
-        return asyncio.run(_serve(node, metrics, audit))
+        return asyncio.run(_serve(node, metrics, audit, daytwo))
     finally:
         watch.stop()
         node.stop()
@@ -97,9 +102,52 @@ def run_node(config_path: str | Path) -> int:
         events.shutdown()
 
 
+def reload_certificates(node: Node, server: Server,
+                        daytwo: DaytwoMetrics | None = None) -> bool:
+    """SIGHUP: load this node's certificate and key again, for the service port and the
+    Raft peer links. Connections already open keep theirs (no client is dropped, no
+    election happens); files that do not load leave everything as it was."""
+    try:
+        serial = server.tls.reload()
+        node.raft.reload_certificate()
+    except RaftssoError as exc:
+        log.error("SIGHUP: kept the current certificate: %s", exc)
+        if daytwo is not None:
+            daytwo.certificate_reloads.labels("failed").inc()
+        return False
+    log.info("SIGHUP: reloaded %s (serial %s) for new connections", node.cfg.cert, serial)
+    events.emit(events.CERTIFICATE_RELOADED, f"serving certificate serial {serial}",
+                serial=serial, cert=str(node.cfg.cert))
+    if daytwo is not None:
+        daytwo.certificate_reloads.labels("ok").inc()
+    return True
+
+
+def watch_revocations(server: Server, node: Node, audit: AuditLog | None,
+                      daytwo: DaytwoMetrics | None) -> None:
+    """Every node enforces the replicated revocations on its service port: audited,
+    counted and emitted (at most one event per certificate and kind a minute)."""
+    limiter = events.RateLimiter(60.0)
+
+    def revoked(when: str, name: str, role: str, peer: str, serial: str) -> None:
+        if daytwo is not None:
+            daytwo.revoked_connections.labels(when).inc()
+        if audit is not None:
+            audit.request(cn=name, role=role, op="tls", peer=peer, code="REVOKED",
+                          args={"serial": serial, "name": name}, admin=True)
+        limiter.emit((when, serial), events.REVOKED_CERTIFICATE_REFUSED,
+                     f"{'refused' if when == 'handshake' else 'closed'} a connection of "
+                     f"revoked certificate {name!r}", serial=serial, client=name, role=role,
+                     when=when, peer=peer)
+
+    server.guard.revoked = node.revoked
+    server.guard.on_revoked = revoked
+
+
 async def _serve(node: Node, metrics: NodeMetrics | None = None,
-                 audit: AuditLog | None = None) -> int:
+                 audit: AuditLog | None = None, daytwo: DaytwoMetrics | None = None) -> int:
     server = Server(node)
+    watch_revocations(server, node, audit, daytwo)
     server.service.observers.append(RequestTelemetry(audit, metrics))
     if metrics is not None:
         server.on_tls_failure = lambda reason: metrics.tls_handshake_failures.labels(
@@ -116,6 +164,7 @@ async def _serve(node: Node, metrics: NodeMetrics | None = None,
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reload_certificates, node, server, daytwo)
     await stop.wait()
     events.emit(events.NODE_STOPPING)
     await server.close()

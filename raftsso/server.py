@@ -28,6 +28,14 @@ op                   roles            what
 ``members``          client, admin    the members as this node sees them
 ``member_add``       admin            add a member
 ``member_remove``    admin            remove a member for good
+``store_report``     client, admin    which key versions a store uses (a client: only the
+                                      rows it wrote; an admin: a full count too)
+``stores``           admin            the SSO stores known to the cluster
+``store_forget``     admin            drop a known store
+``certs``            admin            certificates registered or revoked
+``cert_register``    admin            register a certificate made by ``certs issue``
+``cert_revoke``      admin            revoke certificates by name or serial
+``encryptions``      node             SSO clients' encryption counts this node received
 ===================  ===============  ======================================================
 
 Writes sent to a follower are answered ``NOT_LEADER`` with the leader's service address.
@@ -73,7 +81,11 @@ from raftsso.node import Node
 from raftsso.protocol.codes import ErrorCode
 from raftsso.protocol.messages import (
     BackedUpRequest,
+    CertRegisterRequest,
+    CertRevokeRequest,
+    CertsRequest,
     ClientsRequest,
+    EncryptionsRequest,
     ErrorBody,
     KeyringRequest,
     KeyringResult,
@@ -88,8 +100,12 @@ from raftsso.protocol.messages import (
     RetireRequest,
     RotateRequest,
     StatusRequest,
+    StoreForgetRequest,
+    StoreReportRequest,
+    StoresRequest,
     TransferLeaderRequest,
 )
+from raftsso.tls_guard import ReloadableTLS, RevocationGuard, Tracked
 from raftsso.tlserrors import handshake_failure_reason
 from raftsso.wire import (
     WireMap,
@@ -170,7 +186,16 @@ class Service:
             Op.MEMBERS: route(READ_ROLES, MembersRequest, self._members),
             Op.MEMBER_ADD: route(ADMIN_ROLES, MemberAddRequest, self._member_add),
             Op.MEMBER_REMOVE: route(ADMIN_ROLES, MemberRemoveRequest, self._member_remove),
+            Op.CERTS: route(ADMIN_ROLES, CertsRequest, self._certs),
+            Op.CERT_REGISTER: route(ADMIN_ROLES, CertRegisterRequest, self._cert_register),
+            Op.CERT_REVOKE: route(ADMIN_ROLES, CertRevokeRequest, self._cert_revoke),
+            Op.ENCRYPTIONS: route(NODE_ROLES, EncryptionsRequest, self._encryptions),
         }
+        self.routes.update({
+            Op.STORE_REPORT: route(READ_ROLES, StoreReportRequest, self._store_report),
+            Op.STORES: route(ADMIN_ROLES, StoresRequest, self._stores),
+            Op.STORE_FORGET: route(ADMIN_ROLES, StoreForgetRequest, self._store_forget),
+        })
         # The node hands out the same KeyringResult object until the keyring, its index or
         # the term changes; its wire form and packed bytes are kept here (one slot per
         # kind: whole, unchanged), so a fetch between two changes packs only the frame head.
@@ -324,9 +349,47 @@ class Service:
         self._require_leader()
         return await asyncio.to_thread(self.node.member_add, req)
 
+    async def _certs(self, caller: Caller, req: CertsRequest) -> Result:
+        if req.require_leader:
+            self._require_ready_leader()
+        return self.node.certs_view()
+
+    async def _encryptions(self, caller: Caller, req: EncryptionsRequest) -> Result:
+        return self.node.encryption_reports()
+
+    async def _cert_register(self, caller: Caller, req: CertRegisterRequest) -> Result:
+        self._require_leader()
+        result = await asyncio.to_thread(self.node.cert_register, req)
+        log.info("certificate %s (serial %s, %s) registered by %s", req.name, req.serial,
+                 req.role, caller.name)
+        return result
+
+    async def _cert_revoke(self, caller: Caller, req: CertRevokeRequest) -> Result:
+        self._require_leader()
+        result = await asyncio.to_thread(self.node.cert_revoke, req, caller.name[:64])
+        log.warning("certificate(s) %s revoked by %s (%s)", ", ".join(result.serials),
+                    caller.name, req.target)
+        return result
+
     async def _member_remove(self, caller: Caller, req: MemberRemoveRequest) -> Result:
         self._require_leader()
         return await asyncio.to_thread(self.node.member_remove, req)
+
+    # the stores known to the cluster ------------------------------------------------------
+
+    async def _store_report(self, caller: Caller, req: StoreReportRequest) -> Result:
+        self._require_leader()
+        return await asyncio.to_thread(self.node.store_report, req, caller.role)
+
+    async def _stores(self, caller: Caller, req: StoresRequest) -> Result:
+        self._require_ready_leader()
+        return self.node.stores_view()
+
+    async def _store_forget(self, caller: Caller, req: StoreForgetRequest) -> Result:
+        self._require_leader()
+        result = await asyncio.to_thread(self.node.store_forget, req)
+        log.info("store %s forgotten by %s", req.store_id, caller.name)
+        return result
 
     def _require_ready_leader(self) -> None:
         """A read that must see every commit (a backup): the leader, past its barrier."""
@@ -365,7 +428,12 @@ class Server:
         self.cfg = node.cfg
         self.limits = self.cfg.limits
         self.service = Service(node)
-        self._ctx = pki.server_context(self.cfg.ca_cert, self.cfg.cert, self.cfg.key)
+        # The certificate is reloaded on SIGHUP (runner); revoked certificates are refused
+        # after the handshake and their open connections closed (raftsso.tls_guard).
+        self.tls = ReloadableTLS(
+            lambda: pki.server_context(self.cfg.ca_cert, self.cfg.cert, self.cfg.key),
+            lambda: pki.describe(self.cfg.cert.read_bytes()))
+        self.guard = RevocationGuard()
         self._listeners: list[socket.socket] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._connections: set[asyncio.Task[None]] = set()  # accepted, in TLS handshake
@@ -402,6 +470,7 @@ class Server:
             self._tasks.add(loop.create_task(
                 accept_loop(listener, self.gate, self._accepted, self._connections)))
         self._tasks.add(loop.create_task(self.trimmer.run()))
+        self._tasks.add(loop.create_task(self.guard.run()))
 
     async def close(self) -> None:
         for task in self._tasks:
@@ -429,21 +498,32 @@ class Server:
         if tls is None:
             return
         self.gate.settled(ticket)
-        role, name = pki.peer_identity(tls.getpeercert())
+        peercert = tls.getpeercert()
+        role, name = pki.peer_identity(peercert)
+        tracked: Tracked | None = None
+
+        def closed(conn: Connection) -> None:
+            self._live.discard(conn)
+            self.guard.release(tracked)
+            self.gate.release(ticket)
+
         try:
             conn = Connection(asyncio.get_running_loop(), tls, Caller(role, name, peer),
-                              self._settings, lambda c: self._closed(c, ticket))
+                              self._settings, closed)
         except BaseException:
             tls.close()
             raise
+        # Before the loop runs the connection's first read: a revoked certificate gets no
+        # request answered.
+        tracked = self.guard.admit(pki.peer_serial(peercert), name, role, peer,
+                                   lambda: conn.close(graceful=False))
+        if tracked is None:
+            conn.close(graceful=False)
+            return
         # The connection runs on loop callbacks from here: this task ends (an idle
         # connection holds no task or coroutine) and the connection releases the ticket.
         ticket.handed_off = True
         self._live.add(conn)
-
-    def _closed(self, conn: Connection, ticket: Ticket) -> None:
-        self._live.discard(conn)
-        self.gate.release(ticket)
 
     async def _handshake(self, sock: socket.socket, peer: str) -> ssl.SSLSocket | None:
         """TLS on an accepted socket, or None (the socket closed, the failure counted)."""
@@ -457,7 +537,7 @@ class Server:
             # Answers go out as soon as written (asyncio's transports did this for us):
             # with Nagle, an answer after the session tickets waited for a delayed ACK.
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            tls = self._ctx.wrap_socket(sock, server_side=True,
+            tls = self.tls.context.wrap_socket(sock, server_side=True,
                                         do_handshake_on_connect=False)
             await handshake(loop, tls, max(0.1, deadline - loop.time()))
             return tls

@@ -31,6 +31,7 @@ _RESULT_EVENTS = {
     "retire": events.VERSION_RETIRED,
     "backed_up": events.BACKUP_WRITTEN,
     "restore": events.RESTORE_APPLIED,
+    "cert_revoke": events.CERTIFICATE_REVOKED,
 }
 
 
@@ -93,7 +94,7 @@ class RequestTelemetry:
             events.emit(_RESULT_EVENTS[op], f"{op} by {caller.name}", by=caller.name,
                         **{k: v for k, v in result.items()
                            if k in ("version", "versions", "primary_version", "marked",
-                                    "added", "revived", "replaced")})
+                                    "added", "revived", "replaced", "serials", "revoked")})
         elif op in ("backed_up", "restore") and code not in (None, "NOT_LEADER"):
             events.emit(events.BACKUP_FAILED, f"{op} by {caller.name} failed: {code}",
                         op=op, code=code, by=caller.name)

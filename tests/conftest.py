@@ -7,6 +7,8 @@ import pytest
 
 from tests.harness import Cluster, running_cluster
 
+pytest_plugins = ["tests.client_fixtures"]
+
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Cluster]:

@@ -76,13 +76,15 @@ def _fmt(value: object, suffix: str = "") -> str:
 
 def print_status(status: ClusterStatus) -> None:
     rows = [[n.id, n.address, _fmt(n.reachable), _fmt(n.role), _fmt(n.term),
-             _fmt(n.commit_index), _fmt(n.primary_version), _fmt(n.last_contact, "s")]
+             _fmt(n.commit_index), _fmt(n.primary_version), _fmt(n.last_contact, "s"),
+             _fmt(n.lag), _fmt(n.healthy)]
             for n in status.nodes]
     click.echo(f"cluster {status.cluster_id or '?'}  leader {status.leader or 'NONE'}  "
                f"quorum {_fmt(status.has_quorum)}  "
-               f"primary version {_fmt(status.primary_version)}")
+               f"primary version {_fmt(status.primary_version)}  "
+               f"failure tolerance {status.failure_tolerance}")
     click.echo(table(["node", "address", "reachable", "role", "term", "commit index",
-                      "primary version", "last contact"], rows))
+                      "primary version", "last contact", "lag", "healthy"], rows))
 
 
 @click.command()
@@ -95,7 +97,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
     if as_json:
         view = result.to_dict()
         print_json({k: view[k] for k in ("cluster_id", "leader", "has_quorum",
-                                         "primary_version", "nodes")})
+                                         "primary_version", "failure_tolerance", "nodes")})
     else:
         print_status(result)
         warn_not_backed_up(result.versions)

@@ -13,7 +13,7 @@ from raftsso.admin import AdminClient
 from raftsso.errors import RaftssoError
 from raftsso.fsutil import read_private
 from raftsso.keyring import KeyState
-from raftsso.protocol.messages import VersionInfo
+from raftsso.protocol.messages import NodeStatus, VersionInfo
 from raftsso_cli.common import admin_client, print_json, remote_config, table
 
 
@@ -44,14 +44,41 @@ def keys(ctx: click.Context, as_json: bool) -> None:
         raise RaftssoError("no leader answered; the version list may be stale, so none "
                            "is shown (see `raftsso status`)")
     versions = status.versions
+    leader = status.leader_status
+    counts = dict(leader.encryptions) if leader is not None else {}
     if as_json:
         print_json({"primary_version": status.primary_version,
-                    "versions": [v.to_wire() for v in versions]})
+                    "versions": [{**v.to_wire(), "encryptions": counts.get(v.id, 0)}
+                                 for v in versions],
+                    **policy_json(leader)})
         return
     rows = [[str(v.id), v.state.value, _when(v.created), v.fingerprint,
-             "yes" if v.backed_up else "NO"] for v in versions]
-    click.echo(table(["version", "state", "created", "fingerprint", "backed up"], rows))
+             "yes" if v.backed_up else "NO", str(counts.get(v.id, 0))] for v in versions]
+    click.echo(table(["version", "state", "created", "fingerprint", "backed up",
+                      "encryptions"], rows))
+    print_policy(leader)
     warn_not_backed_up(versions)
+
+
+def policy_json(leader: NodeStatus | None) -> dict[str, object]:
+    """``keys --json``'s rotation policy and scheduled backup fields (the leader's)."""
+    if leader is None:
+        return {"policy": None, "last_backup": None}
+    return {"policy": leader.policy.to_wire(), "last_backup": leader.last_backup}
+
+
+def print_policy(leader: NodeStatus | None) -> None:
+    """The rotation policy under ``keys``' table."""
+    if leader is None:
+        return
+    p = leader.policy
+    period = f"every {p.rotation_period:g} s" if p.rotation_period else "off"
+    limit = (f"{p.max_encryptions} per version (rotates at {p.rotate_at})"
+             if p.max_encryptions else "off")
+    click.echo(f"rotation policy: period {period}; max encryptions {limit}")
+    if p.next_rotation is not None:
+        when = dt.datetime.fromtimestamp(p.next_rotation, dt.UTC)
+        click.echo(f"next rotation by period: {when:%Y-%m-%d %H:%M:%SZ}")
 
 
 def warn_not_backed_up(versions: Sequence[VersionInfo]) -> None:
@@ -90,9 +117,9 @@ def backup(ctx: click.Context, out: Path, password_file: Path, reminder: str,
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def backup_info(file: Path, as_json: bool) -> None:
     """Show a backup's cluster, versions and password reminder (no password needed)."""
-    from raftsso import backup as backups
+    from raftsso.backup_recipient import read_any_info
 
-    info = backups.read_info(file.read_bytes())
+    info = read_any_info(file.read_bytes())  # a password or a public-key backup
     if as_json:
         print_json({"cluster_id": info.cluster_id, "created": info.created,
                     "reminder": info.reminder, "primary_version": info.primary,
@@ -103,8 +130,12 @@ def backup_info(file: Path, as_json: bool) -> None:
     click.echo(f"cluster   {info.cluster_id}")
     click.echo(f"written   {_when(info.created)}")
     click.echo(f"reminder  {info.reminder or '(none)'}")
-    click.echo(f"kdf       {info.kdf['name']} {info.kdf['memory_kib']} KiB, "
-               f"{info.kdf['iterations']} passes, {info.kdf['lanes']} lanes")
+    if "key_id" in info.kdf:
+        click.echo(f"recipient {info.kdf['name']} key {info.kdf['key_id']} (restore it with "
+                   "--identity KEY)")
+    else:
+        click.echo(f"kdf       {info.kdf['name']} {info.kdf['memory_kib']} KiB, "
+                   f"{info.kdf['iterations']} passes, {info.kdf['lanes']} lanes")
     click.echo(table(["version", "state", "created", "fingerprint"],
                      [[str(v.id), v.state, _when(v.created), v.fingerprint]
                       for v in info.versions]))
@@ -113,21 +144,24 @@ def backup_info(file: Path, as_json: bool) -> None:
 
 @click.command()
 @click.argument("file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
-@click.option("--password-file", required=True,
-              type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option("--password-file", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="The password file of a password backup.")
+@click.option("--identity", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="The identity (from `backup keygen`) of a backup made to its public key.")
 @click.option("--force", is_flag=True,
               help="Restore a backup of another cluster (disaster recovery into a new one): "
                    "replaces the target's first secret if the target is brand new.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation with --force.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.pass_context
-def restore(ctx: click.Context, file: Path, password_file: Path, force: bool, yes: bool,
-            as_json: bool) -> None:
+def restore(ctx: click.Context, file: Path, password_file: Path | None,
+            identity: Path | None, force: bool, yes: bool, as_json: bool) -> None:
     """Load a backup into the cluster: merges, never drops or overwrites a newer version."""
     cfg = remote_config(ctx, role="admin")
-    from raftsso import backup as backups
+    from raftsso_cli.backups import open_backup_file
 
-    info = backups.open_backup(file.read_bytes(), _password(password_file))
+    info = open_backup_file(file, _password(password_file) if password_file else None,
+                            identity)
     if force and not yes:
         click.confirm(f"Restore cluster {info.cluster_id}'s backup with --force? If the target "
                       "has only its first secret, never backed up, that secret is replaced, "
@@ -146,25 +180,28 @@ def restore(ctx: click.Context, file: Path, password_file: Path, force: bool, ye
 @click.command()
 @click.argument("version", type=int)
 @click.option("--store", metavar="PATH|URI",
-              help="The SSO store to check for rows still under VERSION.")
-@click.option("--force", is_flag=True, help="Retire even if rows may still use VERSION.")
+              help="Count this SSO store now and report it to the cluster first.")
+@click.option("--force", is_flag=True,
+              help="Retire even if a store or a recent client may still use VERSION.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation with --force.")
 @click.pass_context
 def retire(ctx: click.Context, version: int, store: str | None, force: bool,
            yes: bool) -> None:
-    """Destroy VERSION's key material (refused while a store row uses it)."""
-    from raftsso_cli.sso import rows_under
+    """Destroy VERSION's key material.
+
+    Refused, with the store named, while any SSO store known to the cluster (see
+    `raftsso stores`) reports rows under VERSION or has not been counted since VERSION
+    stopped being primary: rewrap each store first.
+    """
+    from raftsso_cli.sso import count_store, report_store
 
     cfg = remote_config(ctx, role="admin")
-    found = rows_under(ctx, store, cfg, version)
-    if found is not None:
-        where, in_use = found
-        if in_use and not force:
-            raise RaftssoError(f"version {version} still encrypts {in_use} row(s) of {where}; "
-                               f"run `raftsso -c {cfg.path} rewrap --store {where}` first")
-    elif not force:
-        raise RaftssoError(f"cannot check that no stored data uses version {version}: pass "
-                           "--store PATH (or --force to destroy it anyway)")
+    if store is not None:
+        where, report = count_store(ctx, store, cfg)
+        report_store(cfg, report)
+        click.echo(f"store {report.store_id} ({where}): "
+                   f"{report.versions_in_use.get(version, 0)} row(s) under version {version}, "
+                   "reported to the cluster")
     if force and not yes:
         click.confirm(f"Destroy version {version} for good? Data still under it becomes "
                       "unreadable", abort=True)

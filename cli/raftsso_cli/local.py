@@ -18,12 +18,17 @@ def local() -> None:
 @local.command()
 @click.argument("directory", type=click.Path(file_okay=False, exists=True, path_type=Path))
 @click.option("--timeout", default=30.0, show_default=True, help="Seconds to wait for a leader.")
-def up(directory: Path, timeout: float) -> None:
+@click.option("--agent", "agent", is_flag=True,
+              help="Also start the SSO agent of DIRECTORY/agent.toml (docs/agent.md).")
+def up(directory: Path, timeout: float, agent: bool) -> None:
     """Start the nodes of DIRECTORY in the background and wait for a leader."""
-    status = local_cluster.up(directory, timeout=timeout)
+    status = local_cluster.up(directory, timeout=timeout, agent=agent)
     click.echo(f"cluster {status['cluster_id']} is up: leader {status['leader']}, "
                f"primary version {status['primary_version']}")
     click.echo(f"status: raftsso -c {directory / 'admin.toml'} status")
+    if agent:
+        click.echo(f"agent: curl --unix-socket {directory / 'agent.sock'} "
+                   "http://localhost/v1/health")
 
 
 @local.command()

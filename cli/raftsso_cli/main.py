@@ -30,11 +30,14 @@ COMMANDS: dict[str, str] = {
     "members": "raftsso_cli.members:members",
     "sso": "raftsso_cli.sso:sso",
     "keys": "raftsso_cli.lifecycle:keys",
-    "backup": "raftsso_cli.lifecycle:backup",
+    "backup": "raftsso_cli.backups:backup",  # the password backup, and backup keygen
     "backup-info": "raftsso_cli.lifecycle:backup_info",
     "restore": "raftsso_cli.lifecycle:restore",
     "retire": "raftsso_cli.lifecycle:retire",
     "rewrap": "raftsso_cli.lifecycle:rewrap",
+    "stores": "raftsso_cli.stores:stores",
+    "certs": "raftsso_cli.certs:certs",
+    "agent": "raftsso_cli.agent:agent",
 }
 
 

@@ -20,11 +20,12 @@ from typing import Any
 
 import click
 
+from raftsso.agent.client import AgentClient, agent_socket_for
 from raftsso.client import SSOClient
 from raftsso.config import RemoteConfig, load_remote_config, update_toml
 from raftsso.errors import InvalidToken, RaftssoError
 from raftsso.fsutil import atomic_write
-from raftsso.store import App, AppType, Entry, RowKind, SSOStore, open_store
+from raftsso.store import App, AppType, Entry, RowKind, SSOStore, StoreReport, open_store
 from raftsso.store.backend import store_location
 from raftsso.store.rewrap import Progress, rewrap
 from raftsso_cli.common import print_json, remote_config, table
@@ -79,6 +80,13 @@ def open_setting(setting: StoreSetting, client: SSOClient | None = None) -> SSOS
 @contextlib.contextmanager
 def _open(ctx: click.Context, secrets: bool) -> Iterator[SSOStore]:
     """The store, with an SSO client (so a reachable cluster) only when secrets are used."""
+    obj = ctx.obj or {}
+    sock = agent_socket_for(obj["config"]) if obj.get("config") and not obj.get("store") \
+        else None
+    if sock is not None:  # agent.toml, or client.toml with agent_socket: through the agent
+        with AgentClient(sock) as agent:
+            yield agent  # type: ignore[misc]  # the same methods as SSOStore
+        return
     setting = store_setting(ctx)
     if not secrets:
         with open_setting(setting) as store:
@@ -114,22 +122,35 @@ def run_rewrap(ctx: click.Context, store: str | None, batch: int) -> None:
                f"version {result.primary}"
                + (f" ({result.overtaken} changed meanwhile by writers)"
                   if result.overtaken else ""))
+    report_store(cfg, result.report)
     if result.unreadable:
         shown = ", ".join(str(u) for u in result.unreadable[:5])
         raise RaftssoError(f"{len(result.unreadable)} row(s) could not be re-encrypted and "
                            f"were left as they are: {shown}")
 
 
-def rows_under(ctx: click.Context, store: str | None, cfg: RemoteConfig,
-               version: int) -> tuple[str, int] | None:
-    """For ``retire``: how many rows of the store (if one is named) still use ``version``,
-    counted from token headers. None when no store is known."""
+def report_store(cfg: RemoteConfig, report: StoreReport) -> None:
+    """Send a full count to the cluster (``rewrap``, ``retire --store``): what lets
+    ``retire`` through. Needs an admin certificate."""
+    from raftsso.admin import AdminClient
+
     try:
-        setting = store_setting(ctx, store, cfg)
-    except InputError:
-        return None
-    with open_setting(setting) as db:
-        return db.where, db.versions_in_use().get(version, 0)
+        with AdminClient(cfg) as admin:
+            admin.store_report(report, full=True)
+    except RaftssoError as exc:
+        raise RaftssoError(f"could not report the count of store {report.store_id} to the "
+                           f"cluster ({exc}); retire keeps refusing until it is reported: "
+                           "run this with an admin.toml") from None
+
+
+def count_store(ctx: click.Context, store: str, cfg: RemoteConfig) -> tuple[str, StoreReport]:
+    """For ``retire --store``: the store's versions in use, counted now from token
+    headers (no key needed)."""
+    with open_setting(store_setting(ctx, store, cfg)) as db:
+        report = db.report()
+        if report.damaged_rows:
+            db.versions_in_use()  # raises the error that names the first damaged row
+        return db.where, report
 
 
 # -- helpers ----------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ module                              concern
 :mod:`~raftsso.node.duties`         the leader's thread: barrier, first secret, promotion
 :mod:`~raftsso.node.tracking`       SSO clients seen (per certificate) and the leader's census
 :mod:`~raftsso.node.membership`     members, adding/removing one, leadership transfer
+:mod:`~raftsso.node.store_reports`  the SSO stores known to the cluster (reports, forget)
 ==================================  ===========================================================
 
 The Raft member is built by the wiring code (:func:`raftsso.runner.build_node`) and passed
@@ -33,18 +34,28 @@ from raftsso.config import NodeConfig, Peer
 from raftsso.errors import InvalidToken, RemoteError
 from raftsso.fsm import KeyringStateMachine
 from raftsso.keyring import Keyring, KeyState
+from raftsso.node.certificates import CertificateWrites, RevokedSerials
 from raftsso.node.duties import LeaderDuties
 from raftsso.node.keyring_writes import MAX_LIVE_VERSIONS, KeyringWrites
 from raftsso.node.membership import Membership
 from raftsso.node.raft_member import RaftHooks, RaftMember
+from raftsso.node.schedule import ScheduledDuties
+from raftsso.node.store_reports import StoreReports
 from raftsso.node.tracking import ClientCensus, ClientTracker
+from raftsso.node.usage import EncryptionReportTracker
 from raftsso.node.write_path import WritePath
 from raftsso.protocol.codes import ErrorCode
 from raftsso.protocol.ids import VersionId
 from raftsso.protocol.messages import (
     BackedUpRequest,
     BackedUpResult,
+    CertRegisterRequest,
+    CertRegisterResult,
+    CertRevokeRequest,
+    CertRevokeResult,
+    CertsResult,
     ClientsView,
+    EncryptionReports,
     KeyringRequest,
     KeyringResult,
     KeyringVersion,
@@ -59,6 +70,12 @@ from raftsso.protocol.messages import (
     RestoreResult,
     RetireRequest,
     RotateRequest,
+    RotationPolicyView,
+    StoreForgetRequest,
+    StoreForgetResult,
+    StoreReportRequest,
+    StoreResult,
+    StoresResult,
     TransferLeaderRequest,
     TransferResult,
     VersionInfo,
@@ -91,8 +108,18 @@ class Node:
         self.membership = Membership(cfg, fsm, raft, self.writes)
         self.clients = ClientTracker(cfg.client_window, clock)
         self.census = ClientCensus(cfg, self.clients, self.membership.members)
-        self.keyring_writes = KeyringWrites(cfg, self.writes, self.census, self._seal_key)
+        self.keyring_writes = KeyringWrites(cfg, self.writes, self.census, self._seal_key,
+                                            fsm.stores)
+        self.store_reports = StoreReports(fsm, self.writes)
         self.duties = LeaderDuties(cfg, fsm, raft, self.writes, self.census, self._seal_key)
+        # Day-two operations (issue 15): certificates, encryption counts, the leader's
+        # scheduled duties (backups to a public key, rotation policy).
+        self.certificates = CertificateWrites(fsm, self.writes)
+        self._revoked = RevokedSerials(fsm, cfg.data_dir / "revoked.serials")
+        self.reports = EncryptionReportTracker(clock)
+        self.schedule = ScheduledDuties(cfg, fsm, raft, self.writes, self.keyring_writes,
+                                        self.reports, self.membership.members,
+                                        lambda: self.keyring(KeyringRequest(), ""))
         if hooks is not None:
             hooks.bind(self)
 
@@ -104,10 +131,12 @@ class Node:
     def start(self) -> None:
         self.raft.start()
         self.duties.start()
+        self.schedule.start()
         log.info("node %s started: raft %s, service %s, cluster %s", self.cfg.node_id,
                  self.cfg.raft_address, self.cfg.service_address, self.cfg.cluster_id)
 
     def stop(self) -> None:
+        self.schedule.stop()
         self.duties.stop()
         self.census.close()
         self.raft.stop()
@@ -124,6 +153,7 @@ class Node:
             events.emit(events.LEADERSHIP_LOST, f"{self.cfg.node_id} is now {new}",
                         term=term, role=new)
         self.duties.wake()
+        self.schedule.wake()
 
     @property
     def ready_for_writes(self) -> bool:
@@ -157,7 +187,15 @@ class Node:
             primary_version=VersionId(ring.primary) if ring.primary is not None else None,
             versions=tuple(VersionInfo.of(v) for v in ring.versions),
             peers=tuple(PeerStatus(p.id, p.connected, p.last_contact, p.match_index)
-                        for p in raft.peers()))
+                        for p in raft.peers()),
+            policy=self.policy_view(ring),
+            encryptions=dict(self.fsm.encryptions().totals),
+            last_backup=self.schedule.last_backup)
+
+    def policy_view(self, ring: Keyring) -> RotationPolicyView:
+        policy = self.schedule.policy
+        return RotationPolicyView(policy.period, policy.max_encryptions,
+                                  policy.encryption_threshold, policy.next_rotation(ring))
 
     def keyring(self, req: KeyringRequest, certificate: str) -> KeyringResult:
         """What an SSO client caches: every usable version with its key, and the primary.
@@ -170,6 +208,8 @@ class Node:
         term = self.raft.term
         if req.client_id is not None:
             self.clients.record(certificate, req.client_id, ring.last_id)
+            if req.encryptions:
+                self.reports.record(certificate, req.client_id, req.encryptions)
         # The client's index holds this keyring: tell it so, without the versions.
         unchanged = req.known is not None and changed <= req.known <= index
         cached = self._answers.get(unchanged)
@@ -212,6 +252,17 @@ class Node:
     def members_view(self) -> MembersResult:
         return self.membership.view()
 
+    def certs_view(self) -> CertsResult:
+        return self.certificates.view()
+
+    def encryption_reports(self) -> EncryptionReports:
+        """The SSO clients' latest encryption counts as this node received them."""
+        return self.reports.view()
+
+    def revoked(self) -> frozenset[str]:
+        """Revoked certificate serials (the same object until the set changes)."""
+        return self._revoked()
+
     # writes -----------------------------------------------------------------------------------
 
     def rotate(self, req: RotateRequest) -> VersionResult:
@@ -234,3 +285,19 @@ class Node:
 
     def transfer_leadership(self, req: TransferLeaderRequest) -> TransferResult:
         return self.membership.transfer(req)
+
+    # the stores known to the cluster ------------------------------------------------------
+
+    def store_report(self, req: StoreReportRequest, role: str) -> StoreResult:
+        return self.store_reports.report(req, role)
+
+    def store_forget(self, req: StoreForgetRequest) -> StoreForgetResult:
+        return self.store_reports.forget(req)
+
+    def stores_view(self) -> StoresResult:
+        return self.store_reports.view()
+    def cert_register(self, req: CertRegisterRequest) -> CertRegisterResult:
+        return self.certificates.register(req)
+
+    def cert_revoke(self, req: CertRevokeRequest, by: str) -> CertRevokeResult:
+        return self.certificates.revoke(req, by)

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Mapping
 
 from raftsso import envelope
 from raftsso.config import NodeConfig
 from raftsso.errors import Conflict, RemoteError
 from raftsso.keyring import Keyring, KeyState
+from raftsso.known_stores import KnownStore, retire_blocker
 from raftsso.node.tracking import ClientCensus
 from raftsso.node.write_path import WritePath, result_of
 from raftsso.protocol.codes import ErrorCode
@@ -50,8 +52,10 @@ def _too_many(live: int) -> RemoteError:
 
 class KeyringWrites:
     def __init__(self, cfg: NodeConfig, writes: WritePath, census: ClientCensus,
-                 seal_key: bytes) -> None:
+                 seal_key: bytes,
+                 stores: Callable[[], Mapping[str, KnownStore]] = dict) -> None:
         self._cfg = cfg
+        self._stores = stores
         self._writes = writes
         self._census = census
         self._seal_key = seal_key
@@ -68,7 +72,18 @@ class KeyringWrites:
         sees now (rotations to one leader are serialised, so none is lost).
         """
 
-        def build(ring: Keyring) -> Command:
+        result = self.rotate_if(req, lambda ring: True)
+        assert result is not None
+        return result
+
+    def rotate_if(self, req: RotateRequest,
+                  still_wanted: Callable[[Keyring], bool]) -> VersionResult | None:
+        """:meth:`rotate`, unless ``still_wanted`` says no on the keyring past the barrier
+        (the leader's rotation policy, :mod:`raftsso.node.schedule`): then None."""
+
+        def build(ring: Keyring) -> Command | None:
+            if not still_wanted(ring):
+                return None
             live = live_versions(ring)
             if live >= MAX_LIVE_VERSIONS:
                 raise _too_many(live)
@@ -81,8 +96,7 @@ class KeyringWrites:
                           envelope.fingerprint(key), time.time(), expect, req.now)
 
         outcome = self._writes.run(req.request_id, "rotation", build)
-        assert outcome is not None
-        return VersionResult.from_wire(result_of(outcome))
+        return None if outcome is None else VersionResult.from_wire(result_of(outcome))
 
     def retire(self, req: RetireRequest) -> VersionResult:
         """Destroy a non-primary version's key material in the replicated state.
@@ -99,6 +113,15 @@ class KeyringWrites:
         def build(ring: Keyring) -> Command:
             primary = ring.get(ring.primary) if ring.primary is not None else None
             target = ring.get(req.version)
+            # Every known store, not only one the operator names: refused while one has
+            # rows under the version or no full count since it stopped being primary.
+            # First, as it names what to do (rewrap that store).
+            blocker = None if req.force or target is None or \
+                target.state is not KeyState.ACTIVE else \
+                retire_blocker(self._stores(), ring, req.version)
+            if blocker is not None:
+                raise RemoteError(f"version {req.version} may still encrypt stored data: "
+                                  f"{blocker} (or use --force)", code=ErrorCode.STORE_IN_USE)
             if not req.force and target is not None and primary is not None and \
                     target.id < primary.id and target.state is KeyState.ACTIVE:
                 window = self._cfg.client_window

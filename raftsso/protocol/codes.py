@@ -35,6 +35,9 @@ class ErrorCode(StrEnum):
     NOT_READY = "NOT_READY"
     TOO_SOON = "TOO_SOON"
     TOO_MANY_VERSIONS = "TOO_MANY_VERSIONS"
+    # -- the stores known to the cluster ------------------------------------------------------
+    STORE_IN_USE = "STORE_IN_USE"
+    TOO_MANY_STORES = "TOO_MANY_STORES"
     # -- membership and leadership -----------------------------------------------------------
     CHANGE_PENDING = "CHANGE_PENDING"
     WOULD_LOSE_QUORUM = "WOULD_LOSE_QUORUM"

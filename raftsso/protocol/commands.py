@@ -8,7 +8,6 @@ always did: :func:`decode_envelope` (op and request id; a failure is not remembe
 once the request id is known not to be a retry, :func:`decode_fields` (a failure is
 remembered as a ``BAD_COMMAND`` outcome of that request).
 
-=============  ============================================================================
 op             fields
 =============  ============================================================================
 ``bootstrap``  ``sealed``, ``fingerprint``, ``created``
@@ -22,6 +21,31 @@ op             fields
                ``replace_new``, ``at``
 ``member``     ``node_id``, ``raft_address``, ``service_address``, ``removed``
 =============  ============================================================================
+
+The stores known to the cluster (:mod:`raftsso.known_stores`): ``store_report``
+(``store_id``, ``kind``, ``counted_at``, ``versions_in_use`` as ``{"<id>": rows}``,
+``full``) and ``store_forget`` (``store_id``).
+=======
+=================  ============================================================================
+op                 fields
+=================  ============================================================================
+``bootstrap``      ``sealed``, ``fingerprint``, ``created``
+``rotate``         ``version``, ``sealed``, ``fingerprint``, ``created``, ``expect_primary``,
+                   ``now``
+``promote``        ``version``, ``at``
+``barrier``        (none)
+``retire``         ``version``
+``backed_up``      ``fingerprints`` (``{"<id>": fingerprint}``)
+``restore``        ``versions`` (``[{id, sealed, fingerprint, created}]``), ``primary``,
+                   ``replace_new``, ``at``
+``member``         ``node_id``, ``raft_address``, ``service_address``, ``removed``
+``cert_register``  ``serial``, ``name``, ``role``, ``not_after``, ``at``
+``cert_revoke``    ``serials``, ``names`` (``{serial: name}``), ``by``, ``at``
+``encryptions``    ``reports`` (``{client: {"<version>": cumulative count}}``), ``at``
+``store_report``   ``store_id``, ``kind``, ``counted_at``, ``versions_in_use``
+                   (``{"<id>": rows}``), ``full`` (:mod:`raftsso.known_stores`)
+``store_forget``   ``store_id``
+=================  ============================================================================
 """
 
 from __future__ import annotations
@@ -31,14 +55,20 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar, Self
 
+from raftsso.encryption_counts import parse_counts
 from raftsso.envelope import SEALED_SIZE
 from raftsso.errors import DecodeError
+from raftsso.known_stores import MAX_KIND, decode_counts, store_id_problem
 from raftsso.protocol.codes import ErrorCode
 from raftsso.protocol.fields import Fields
 from raftsso.protocol.ids import MAX_NODE_ID, RequestId, VersionId, request_id
+from raftsso.revocation import MAX_NAME as MAX_CERT_NAME
+from raftsso.revocation import canonical_serial
 from raftsso.wire import WireMap, WireValue, unversioned, versioned
 
 COMMAND_FORMAT = 1
+MAX_REVOKE_AT_ONCE = 1024
+MAX_REPORTS_AT_ONCE = 8192
 
 
 @dataclass(frozen=True)
@@ -279,9 +309,149 @@ class Member(Command):
         return command
 
 
+# -- the stores known to the cluster (raftsso.known_stores) -----------------------------------
+
+
+def _store_id(f: Fields) -> str:
+    value = f.text("store_id")
+    problem = store_id_problem(value)
+    if problem:
+        raise f.fail(problem)
+    return value
+
+
+@dataclass(frozen=True)
+class StoreReport(Command):
+    """Which key versions a store uses: a full count (replaces) or a client's increment
+    (adds); see :mod:`raftsso.known_stores`."""
+
+    op: ClassVar[str] = "store_report"
+    req: RequestId
+    store_id: str
+    kind: str
+    counted_at: float
+    versions_in_use: Mapping[int, int]
+    full: bool
+
+    def fields(self) -> dict[str, WireValue]:
+        return {"store_id": self.store_id, "kind": self.kind, "counted_at": self.counted_at,
+                "versions_in_use": {str(v): n for v, n in self.versions_in_use.items()},
+                "full": self.full}
+
+    @classmethod
+    def decode(cls, req: RequestId, f: Fields) -> Self:
+        return cls(req, _store_id(f), f.text("kind", MAX_KIND), f.number("counted_at"),
+                   decode_counts(f, "versions_in_use"), f.flag("full"))
+
+
+@dataclass(frozen=True)
+class StoreForget(Command):
+    """Drop a store from the known stores (the operator says it is gone)."""
+
+    op: ClassVar[str] = "store_forget"
+    req: RequestId
+    store_id: str
+
+    def fields(self) -> dict[str, WireValue]:
+        return {"store_id": self.store_id}
+
+    @classmethod
+    def decode(cls, req: RequestId, f: Fields) -> Self:
+        return cls(req, _store_id(f))
+def _serial(f: Fields, value: WireValue) -> str:
+    try:
+        if not isinstance(value, str) or canonical_serial(value) != value:
+            raise ValueError
+    except ValueError:
+        raise f.fail("certificate serials are canonical hexadecimal strings") from None
+    return value
+
+
+@dataclass(frozen=True)
+class CertRegister(Command):
+    """A certificate issued by ``certs issue`` (registered so ``certs list`` knows it)."""
+
+    op: ClassVar[str] = "cert_register"
+    req: RequestId
+    serial: str
+    name: str
+    role: str
+    not_after: float
+    at: float
+
+    def fields(self) -> dict[str, WireValue]:
+        return {"serial": self.serial, "name": self.name, "role": self.role,
+                "not_after": self.not_after, "at": self.at}
+
+    @classmethod
+    def decode(cls, req: RequestId, f: Fields) -> Self:
+        return cls(req, _serial(f, f.raw("serial")), f.text("name", MAX_CERT_NAME),
+                   f.text("role", MAX_CERT_NAME), f.number("not_after"), f.number("at"))
+
+
+@dataclass(frozen=True)
+class CertRevoke(Command):
+    """Revoke certificates by serial (``names``: names of serials not registered)."""
+
+    op: ClassVar[str] = "cert_revoke"
+    req: RequestId
+    serials: tuple[str, ...]
+    names: Mapping[str, str]
+    by: str
+    at: float
+
+    def fields(self) -> dict[str, WireValue]:
+        return {"serials": list(self.serials), "names": dict(self.names), "by": self.by,
+                "at": self.at}
+
+    @classmethod
+    def decode(cls, req: RequestId, f: Fields) -> Self:
+        serials = tuple(_serial(f, s) for s in f.items("serials"))
+        if not 0 < len(serials) <= MAX_REVOKE_AT_ONCE:
+            raise f.fail(f"a revocation names 1 to {MAX_REVOKE_AT_ONCE} serials")
+        names: dict[str, str] = {}
+        for serial, name in f.mapping("names").items():
+            if not isinstance(name, str) or len(name) > MAX_CERT_NAME:
+                raise f.fail("'names' must map serials to short names")
+            names[_serial(f, serial)] = name
+        return cls(req, serials, names, f.text("by", MAX_CERT_NAME), f.number("at"))
+
+
+@dataclass(frozen=True)
+class Encryptions(Command):
+    """Clients' cumulative encryption counts per version, as they reported them."""
+
+    op: ClassVar[str] = "encryptions"
+    req: RequestId
+    reports: Mapping[str, Mapping[int, int]]
+    at: float
+
+    def fields(self) -> dict[str, WireValue]:
+        return {"reports": {c: {str(v): n for v, n in counts.items()}
+                            for c, counts in self.reports.items()},
+                "at": self.at}
+
+    @classmethod
+    def decode(cls, req: RequestId, f: Fields) -> Self:
+        raw = f.mapping("reports")
+        if len(raw) > MAX_REPORTS_AT_ONCE:
+            raise f.fail(f"at most {MAX_REPORTS_AT_ONCE} client reports at once")
+        reports: dict[str, Mapping[int, int]] = {}
+        for client, counts in raw.items():
+            if len(client) > 2 * MAX_CERT_NAME + 1:
+                raise f.fail("a client name is too long")
+            try:
+                reports[client] = parse_counts(counts)
+            except ValueError as exc:
+                raise f.fail(str(exc)) from None
+        return cls(req, reports, f.number("at"))
+
+
 #: Every command type by its op (``docs/architecture.md`` lists each).
 COMMANDS: dict[str, type[Command]] = {cls.op: cls for cls in (
-    Bootstrap, Rotate, Promote, Barrier, Retire, BackedUp, Restore, Member)}
+    Bootstrap, Rotate, Promote, Barrier, Retire, BackedUp, Restore, Member, CertRegister,
+    CertRevoke, Encryptions)}
+COMMANDS.update({cls.op: cls for cls in (StoreReport, StoreForget)})
 
 
 def decode_envelope(blob: bytes) -> tuple[str, RequestId, WireMap]:

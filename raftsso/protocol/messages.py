@@ -20,8 +20,10 @@ from enum import StrEnum
 from typing import ClassVar, Generic, Self, TypeVar
 
 from raftsso.config import split_address
+from raftsso.encryption_counts import parse_counts
 from raftsso.errors import BadRequest, DecodeError, RaftssoError
 from raftsso.keyring import KeyState, KeyVersion
+from raftsso.known_stores import MAX_KIND, KnownStore, decode_counts, store_id_problem
 from raftsso.protocol.codes import ErrorCode
 from raftsso.protocol.fields import ErrorFactory, Fields
 from raftsso.protocol.ids import (
@@ -33,6 +35,8 @@ from raftsso.protocol.ids import (
     is_version_id,
     new_request_id,
 )
+from raftsso.revocation import MAX_NAME as MAX_CERT_NAME
+from raftsso.revocation import CertRecord, canonical_serial
 from raftsso.wire import WireMap, WireValue
 
 KEY_SIZE = 32  # a master secret (raftsso.envelope.KEY_SIZE; this module stays crypto-free)
@@ -53,6 +57,14 @@ class Op(StrEnum):
     MEMBERS = "members"
     MEMBER_ADD = "member_add"
     MEMBER_REMOVE = "member_remove"
+    # the stores known to the cluster
+    STORE_REPORT = "store_report"
+    STORES = "stores"
+    STORE_FORGET = "store_forget"
+    CERTS = "certs"
+    CERT_REGISTER = "cert_register"
+    CERT_REVOKE = "cert_revoke"
+    ENCRYPTIONS = "encryptions"
 
 
 # -- bases ----------------------------------------------------------------------------------
@@ -254,6 +266,10 @@ class NodeStatus(Result):
     primary_version: VersionId | None
     versions: tuple[VersionInfo, ...]
     peers: tuple[PeerStatus, ...]
+    # Day-two operations (issue 15); absent from older nodes' answers.
+    policy: RotationPolicyView = field(default_factory=lambda: RotationPolicyView())
+    encryptions: Mapping[int, int] = field(default_factory=dict)
+    last_backup: float | None = None  # this node's last scheduled backup (wall clock)
 
     def to_wire(self) -> WireMap:
         return {
@@ -265,6 +281,9 @@ class NodeStatus(Result):
             "primary_version": self.primary_version,
             "versions": [v.to_wire() for v in self.versions],
             "peers": [p.to_wire() for p in self.peers],
+            "policy": self.policy.to_wire(),
+            "encryptions": {str(v): n for v, n in self.encryptions.items()},
+            "last_backup": self.last_backup,
         }
 
     @classmethod
@@ -279,7 +298,42 @@ class NodeStatus(Result):
             has_quorum=f.flag("has_quorum", False), ready=f.flag("ready", False),
             primary_version=f.optional_version("primary_version"),
             versions=f.each("versions", VersionInfo.decode),
-            peers=f.each("peers", PeerStatus.decode) if f.has("peers") else ())
+            peers=f.each("peers", PeerStatus.decode) if f.has("peers") else (),
+            policy=(RotationPolicyView.decode(Fields(f.raw("policy"), "policy", DecodeError))
+                    if f.has("policy") else RotationPolicyView()),
+            encryptions=_counts(f, "encryptions"),
+            last_backup=f.optional_number("last_backup"))
+
+
+def _counts(f: Fields, name: str) -> Mapping[int, int]:
+    if not f.has(name):
+        return {}
+    try:
+        return parse_counts(f.raw(name))
+    except ValueError as exc:
+        raise f.fail(f"{name!r}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class RotationPolicyView:
+    """The leader's rotation policy (``rotation_period``, ``max_encryptions``; 0: off)."""
+
+    rotation_period: float = 0.0
+    max_encryptions: int = 0
+    rotate_at: int | None = None  # the primary's count that starts a rotation
+    next_rotation: float | None = None  # when the period rotates next (wall clock)
+
+    def to_wire(self) -> dict[str, WireValue]:
+        return {"rotation_period": self.rotation_period,
+                "max_encryptions": self.max_encryptions, "rotate_at": self.rotate_at,
+                "next_rotation": self.next_rotation}
+
+    @classmethod
+    def decode(cls, f: Fields) -> RotationPolicyView:
+        return cls(f.optional_number("rotation_period") or 0.0,
+                   f.integer("max_encryptions") if f.has("max_encryptions") else 0,
+                   f.integer("rotate_at") if f.has("rotate_at") else None,
+                   f.optional_number("next_rotation"))
 
 
 @dataclass(frozen=True)
@@ -379,6 +433,8 @@ class KeyringRequest(Request[KeyringResult]):
     client_id: ClientId | None = None
     require_leader: bool = False
     known: int | None = None
+    # The client's cumulative encryptions per version (max_encryptions, issue 15).
+    encryptions: Mapping[int, int] | None = None
 
     def to_wire(self) -> WireMap:
         out: dict[str, WireValue] = {}
@@ -388,6 +444,8 @@ class KeyringRequest(Request[KeyringResult]):
             out["require_leader"] = True
         if self.known is not None:
             out["known"] = self.known
+        if self.encryptions:
+            out["encryptions"] = {str(v): n for v, n in self.encryptions.items()}
         return out
 
     @classmethod
@@ -401,7 +459,12 @@ class KeyringRequest(Request[KeyringResult]):
         known = f.raw("known")
         if type(known) is not int or not 0 <= known < 2**63:
             known = None
-        return cls(cid, f.raw("require_leader") is True, known)
+        try:
+            counts: Mapping[int, int] | None = (parse_counts(f.raw("encryptions"))
+                                               if f.has("encryptions") else None)
+        except ValueError:
+            counts = None
+        return cls(cid, f.raw("require_leader") is True, known, counts)
 
     def decode_result(self, raw: WireValue) -> KeyringResult:
         return KeyringResult.from_wire(raw)
@@ -792,18 +855,340 @@ class MemberRemoveRequest(Request[MemberChangeResult]):
         return MemberChangeResult.from_wire(raw)
 
 
+# -- the stores known to the cluster (raftsso.known_stores) -----------------------------------
+
+
+def _store_id(f: Fields, name: str = "store_id") -> str:
+    value = f.text(name)
+    problem = store_id_problem(value)
+    if problem:
+        raise f.fail(f"{name!r}: {problem}")
+    return value
+
+
+def _known_store(f: Fields) -> KnownStore:
+    return KnownStore(_store_id(f, "id"), f.text("kind", MAX_KIND), f.number("reported_at"),
+                      f.optional_number("counted_at"), decode_counts(f, "versions_in_use"))
+
+
+@dataclass(frozen=True)
+class StoreResult(Result):
+    """A store as the cluster knows it (after a report)."""
+
+    store: KnownStore
+
+    def to_wire(self) -> WireMap:
+        return self.store.to_wire()
+
+    @classmethod
+    def decode(cls, f: Fields) -> Self:
+        return cls(_known_store(f))
+
+
+@dataclass(frozen=True)
+class StoreReportRequest(Request[StoreResult]):
+    """Which key versions a store uses, counted at ``counted_at`` from token headers.
+
+    ``full``: every row counted (replaces what the cluster knows; admin only); otherwise
+    the rows the caller wrote since its last report (added). Bounded: see
+    :mod:`raftsso.known_stores`.
+    """
+
+    op: ClassVar[Op] = Op.STORE_REPORT
+    store_id: str
+    kind: str
+    counted_at: float
+    versions_in_use: Mapping[int, int]
+    full: bool = False
+    request_id: RequestId = field(default_factory=new_request_id)
+
+    def to_wire(self) -> WireMap:
+        return {"request_id": self.request_id, "store_id": self.store_id, "kind": self.kind,
+                "counted_at": self.counted_at, "full": self.full,
+                "versions_in_use": {str(v): n for v, n in self.versions_in_use.items()}}
+
+    @classmethod
+    def decode(cls, f: Fields) -> Self:
+        return cls(_store_id(f), f.text("kind", MAX_KIND), f.number("counted_at"),
+                   decode_counts(f, "versions_in_use"), f.flag("full", False),
+                   f.request_id())
+
+    def decode_result(self, raw: WireValue) -> StoreResult:
+        return StoreResult.from_wire(raw)
+
+
+@dataclass(frozen=True)
+class StoresResult(Result):
+    stores: tuple[KnownStore, ...]
+
+    def to_wire(self) -> WireMap:
+        return {"stores": [s.to_wire() for s in self.stores]}
+
+    @classmethod
+    def decode(cls, f: Fields) -> Self:
+        return cls(f.each("stores", _known_store))
+
+
+@dataclass(frozen=True)
+class StoresRequest(Request[StoresResult]):
+    """The stores known to the cluster (the leader's view, past its barrier)."""
+
+    op: ClassVar[Op] = Op.STORES
+
+    def to_wire(self) -> WireMap:
+        return {}
+
+    @classmethod
+    def decode(cls, f: Fields) -> Self:
+        return cls()
+
+    def decode_result(self, raw: WireValue) -> StoresResult:
+        return StoresResult.from_wire(raw)
+
+
+@dataclass(frozen=True)
+class StoreForgetResult(Result):
+    store_id: str
+    forgotten: bool
+
+    def to_wire(self) -> WireMap:
+        return {"store_id": self.store_id, "forgotten": self.forgotten}
+
+    @classmethod
+    def decode(cls, f: Fields) -> Self:
+        return cls(f.text("store_id"), f.flag("forgotten"))
+
+
+@dataclass(frozen=True)
+class StoreForgetRequest(Request[StoreForgetResult]):
+    op: ClassVar[Op] = Op.STORE_FORGET
+    store_id: str
+    request_id: RequestId = field(default_factory=new_request_id)
+
+    def to_wire(self) -> WireMap:
+        return {"request_id": self.request_id, "store_id": self.store_id}
+
+    @classmethod
+    def decode(cls, f: Fields) -> Self:
+        return cls(_store_id(f), f.request_id())
+
+    def decode_result(self, raw: WireValue) -> StoreForgetResult:
+        return StoreForgetResult.from_wire(raw)
+
+
+# -- certificates (issue 15) -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CertView:
+    """A certificate the cluster knows of: registered by ``certs issue``, or revoked."""
+
+    serial: str
+    name: str
+    role: str
+    registered: float | None  # None: only revoked, never registered
+    not_after: float | None
+    revoked: float | None
+    revoked_by: str
+
+    def to_wire(self) -> dict[str, WireValue]:
+        return {"serial": self.serial, "name": self.name, "role": self.role,
+                "registered": self.registered, "not_after": self.not_after,
+                "revoked": self.revoked, "revoked_by": self.revoked_by}
+
+    @classmethod
+    def of(cls, r: CertRecord) -> CertView:
+        return cls(r.serial, r.name, r.role, r.registered or None, r.not_after, r.revoked,
+                   r.revoked_by)
+
+    @classmethod
+    def decode(cls, f: Fields) -> CertView:
+        return cls(f.text("serial"), f.text("name"), f.text("role"),
+                   f.optional_number("registered"), f.optional_number("not_after"),
+                   f.optional_number("revoked"), f.text("revoked_by", default=""))
+
+
+@dataclass(frozen=True)
+class CertsResult(Result):
+    certificates: tuple[CertView, ...]
+
+    def to_wire(self) -> WireMap:
+        return {"certificates": [c.to_wire() for c in self.certificates]}
+
+    @classmethod
+    def decode(cls, f: Fields) -> Self:
+        return cls(f.each("certificates", CertView.decode))
+
+
+@dataclass(frozen=True)
+class CertsRequest(Request[CertsResult]):
+    """Every certificate registered or revoked (``require_leader``: the leader's view)."""
+
+    op: ClassVar[Op] = Op.CERTS
+    require_leader: bool = False
+
+    def to_wire(self) -> WireMap:
+        return {"require_leader": True} if self.require_leader else {}
+
+    @classmethod
+    def decode(cls, f: Fields) -> Self:
+        return cls(f.raw("require_leader") is True)
+
+    def decode_result(self, raw: WireValue) -> CertsResult:
+        return CertsResult.from_wire(raw)
+
+
+def _serial_field(f: Fields, name: str) -> str:
+    try:
+        return canonical_serial(f.text(name, 80))
+    except ValueError:
+        raise f.fail(f"{name!r} must be a certificate serial (hexadecimal)") from None
+
+
+@dataclass(frozen=True)
+class CertRegisterResult(Result):
+    serial: str
+    name: str
+
+    def to_wire(self) -> WireMap:
+        return {"serial": self.serial, "name": self.name}
+
+    @classmethod
+    def decode(cls, f: Fields) -> Self:
+        return cls(f.text("serial"), f.text("name"))
+
+
+@dataclass(frozen=True)
+class CertRegisterRequest(Request[CertRegisterResult]):
+    """Register a certificate made by ``certs issue`` (serial, name, role, expiry)."""
+
+    op: ClassVar[Op] = Op.CERT_REGISTER
+    serial: str
+    name: str
+    role: str
+    not_after: float
+    request_id: RequestId = field(default_factory=new_request_id)
+
+    def to_wire(self) -> WireMap:
+        return {"request_id": self.request_id, "serial": self.serial, "name": self.name,
+                "role": self.role, "not_after": self.not_after}
+
+    @classmethod
+    def decode(cls, f: Fields) -> Self:
+        role = f.text("role")
+        if role not in ("client", "admin", "node"):
+            raise f.fail("'role' must be client, admin or node")
+        name = f.text("name", MAX_CERT_NAME)
+        if not name:
+            raise f.fail("'name' must not be empty")
+        return cls(_serial_field(f, "serial"), name, role, f.number("not_after"),
+                   f.request_id())
+
+    def decode_result(self, raw: WireValue) -> CertRegisterResult:
+        return CertRegisterResult.from_wire(raw)
+
+
+@dataclass(frozen=True)
+class CertRevokeResult(Result):
+    serials: tuple[str, ...]  # every serial the target named
+    revoked: tuple[str, ...]  # those revoked now (the others were already)
+
+    def to_wire(self) -> WireMap:
+        return {"serials": list(self.serials), "revoked": list(self.revoked)}
+
+    @classmethod
+    def decode(cls, f: Fields) -> Self:
+        serials, revoked = f.items("serials"), f.items("revoked")
+        if not all(isinstance(s, str) for s in (*serials, *revoked)):
+            raise f.fail("serials must be strings")
+        return cls(tuple(str(s) for s in serials), tuple(str(s) for s in revoked))
+
+
+@dataclass(frozen=True)
+class CertRevokeRequest(Request[CertRevokeResult]):
+    """Revoke every registered certificate named ``target``, or the serial ``target``;
+    ``name`` names a serial the cluster never registered (from ``--cert FILE``)."""
+
+    op: ClassVar[Op] = Op.CERT_REVOKE
+    target: str
+    name: str = ""
+    request_id: RequestId = field(default_factory=new_request_id)
+
+    def to_wire(self) -> WireMap:
+        return {"request_id": self.request_id, "target": self.target, "name": self.name}
+
+    @classmethod
+    def decode(cls, f: Fields) -> Self:
+        target = f.text("target", 128)
+        if not target:
+            raise f.fail("'target' must name a certificate or a serial")
+        return cls(target, f.text("name", MAX_CERT_NAME, default=""), f.request_id())
+
+    def decode_result(self, raw: WireValue) -> CertRevokeResult:
+        return CertRevokeResult.from_wire(raw)
+
+
+# -- encryption counts (node to node, issue 15) ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EncryptionReports(Result):
+    """The latest cumulative encryption counts SSO clients reported to one node, by client
+    (``certificate/client id``). ``overflowed``: some were left out (too many)."""
+
+    reports: Mapping[str, Mapping[int, int]]
+    overflowed: bool = False
+
+    def to_wire(self) -> WireMap:
+        return {"reports": {c: {str(v): n for v, n in counts.items()}
+                            for c, counts in self.reports.items()},
+                "overflowed": self.overflowed}
+
+    @classmethod
+    def decode(cls, f: Fields) -> Self:
+        reports: dict[str, Mapping[int, int]] = {}
+        for client, counts in f.mapping("reports").items():
+            try:
+                reports[client] = parse_counts(counts)
+            except ValueError as exc:
+                raise f.fail(str(exc)) from None
+        return cls(reports, f.flag("overflowed", False))
+
+
+@dataclass(frozen=True)
+class EncryptionsRequest(Request[EncryptionReports]):
+    op: ClassVar[Op] = Op.ENCRYPTIONS
+
+    def to_wire(self) -> WireMap:
+        return {}
+
+    @classmethod
+    def decode(cls, f: Fields) -> Self:
+        return cls()
+
+    def decode_result(self, raw: WireValue) -> EncryptionReports:
+        return EncryptionReports.from_wire(raw)
+
+
 #: Every request type by its op (the service decodes with it; docs list it).
 REQUESTS: dict[Op, type[Request[Result]]] = {cls.op: cls for cls in (
     PingRequest, StatusRequest, KeyringRequest, RotateRequest, RetireRequest, BackedUpRequest,
     RestoreRequest, ClientsRequest, TransferLeaderRequest, MembersRequest, MemberAddRequest,
-    MemberRemoveRequest)}
+    MemberRemoveRequest, CertsRequest, CertRegisterRequest, CertRevokeRequest,
+    EncryptionsRequest)}
+REQUESTS.update({cls.op: cls for cls in (StoreReportRequest, StoresRequest,
+                                         StoreForgetRequest)})
 
 __all__ = [
-    "REQUESTS", "BackedUpRequest", "BackedUpResult", "ClientSeen", "ClientsRequest",
-    "ClientsView", "ErrorBody", "ErrorFactory", "KeyringRequest", "KeyringResult",
-    "KeyringVersion", "MemberAddRequest", "MemberChangeResult", "MemberRemoveRequest",
-    "MemberView", "MembersRequest", "MembersResult", "NodeStatus", "Op", "PeerStatus",
-    "PingRequest", "PingResult", "Request", "RestoreRequest", "RestoreResult",
-    "RestoreVersion", "Result", "RetireRequest", "RotateRequest", "StatusRequest",
+    "REQUESTS", "BackedUpRequest", "BackedUpResult", "CertRegisterRequest", "CertRegisterResult",
+    "CertRevokeRequest", "CertRevokeResult", "CertView", "CertsRequest", "CertsResult",
+    "ClientSeen", "ClientsRequest", "ClientsView", "EncryptionReports", "EncryptionsRequest",
+    "ErrorBody", "ErrorFactory", "KeyringRequest", "KeyringResult", "KeyringVersion",
+    "MemberAddRequest", "MemberChangeResult", "MemberRemoveRequest", "MemberView",
+    "MembersRequest", "MembersResult", "NodeStatus", "Op", "PeerStatus", "PingRequest",
+    "PingResult", "Request", "RestoreRequest", "RestoreResult", "RestoreVersion", "Result",
+    "RetireRequest", "RotateRequest", "RotationPolicyView", "StatusRequest",
     "TransferLeaderRequest", "TransferResult", "VersionInfo", "VersionResult",
 ]
+__all__ += ["StoreForgetRequest", "StoreForgetResult", "StoreReportRequest", "StoreResult",
+            "StoresRequest", "StoresResult"]

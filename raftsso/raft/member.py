@@ -105,6 +105,9 @@ class RaftNode(Generic[Result]):
         self._links: PeerLinks | None = None
         self._incoming: queue.SimpleQueue[tuple[socket.socket, str]] = queue.SimpleQueue()
         self._joining: dict[str, str] = {}
+        # Revoked certificate serials the peer links refuse: the node points this at the
+        # replicated registry (raftsso.revocation) before start; none by default.
+        self.revoked: Callable[[], frozenset[str]] = frozenset
         self._password = config.cluster_secret.hex()
         config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.journal_path = config.data_dir / "raft.journal"
@@ -157,7 +160,8 @@ class RaftNode(Generic[Result]):
                 idle_timeout=max(IDLE_TIMEOUT, 2 * cfg.timings.connection_timeout),
                 max_connections=cfg.peer_max_connections,
                 max_handshakes=cfg.peer_max_handshakes,
-                max_per_source=cfg.peer_max_per_source)
+                max_per_source=cfg.peer_max_per_source,
+                revoked=lambda: self.revoked())
             self._links.start()
         else:
             log.warning("peer_tls is off in %s: Raft peers are authenticated by the cluster "
@@ -171,6 +175,14 @@ class RaftNode(Generic[Result]):
             self._snapshots.close()
             raise
         self._sync.addOnTickCallback(self._run_tick_jobs)
+
+    def reload_certificate(self) -> bool:
+        """Load this node's certificate and key again for new peer links (SIGHUP); False
+        without peer TLS. :class:`~raftsso.errors.ConfigError` if they do not load."""
+        if self._links is None:
+            return False
+        self._links.reload_certificate()
+        return True
 
     @property
     def started(self) -> bool:

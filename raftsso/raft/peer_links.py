@@ -170,6 +170,7 @@ class _Link:
         self.direction = direction  # "in" or "out"
         self.peer_address = peer_address  # the peer's Raft address
         self.peer_id: str | None = None  # set once its certificate was checked
+        self.serial = ""  # the peer certificate's serial (revocation, raftsso.revocation)
         self.local = _Half(self)
         self.remote = _Half(self)
         self.last_active = time.monotonic()
@@ -217,13 +218,18 @@ class PeerLinks:
                  idle_timeout: float = IDLE_TIMEOUT,
                  max_connections: int = DEFAULT_PEER_MAX_CONNECTIONS,
                  max_handshakes: int = DEFAULT_PEER_MAX_HANDSHAKES,
-                 max_per_source: int = DEFAULT_PEER_MAX_PER_SOURCE) -> None:
+                 max_per_source: int = DEFAULT_PEER_MAX_PER_SOURCE,
+                 revoked: Callable[[], frozenset[str]] | None = None) -> None:
         self.node_id = node_id
         self.listen = listen
         self._members = members
         self._on_incoming = on_incoming
+        self._tls_files = (ca, cert, key)
         self._server_ctx = peer_context(ca, cert, key, server=True)
         self._client_ctx = peer_context(ca, cert, key, server=False)
+        # Revoked certificate serials (the replicated registry): a revoked node certificate
+        # neither links in nor is linked to, and its open links close at the next sweep.
+        self.revoked: Callable[[], frozenset[str]] = revoked or (lambda: frozenset())
         self.handshake_timeout = handshake_timeout
         self.idle_timeout = idle_timeout
         # The port's caps ([limits] peer_max_*), the service port's kind of gate: the
@@ -244,6 +250,20 @@ class PeerLinks:
     def _refuse(self, key: tuple[str, str], message: str,
                 level: int = logging.WARNING) -> None:
         self._refusals.log(key, log, level, message)
+
+    def reload_certificate(self) -> None:
+        """Build the TLS contexts again from the same files (SIGHUP): new links use the new
+        certificate, open ones keep theirs. :class:`~raftsso.errors.ConfigError` (the old
+        contexts stay) if the files do not load."""
+        ca, cert, key = self._tls_files
+        server, client = (peer_context(ca, cert, key, server=True),
+                          peer_context(ca, cert, key, server=False))
+        self._server_ctx, self._client_ctx = server, client
+
+    def _revoked_serial(self, peercert: Any) -> str | None:
+        """The peer certificate's serial if it is revoked, else None."""
+        serial = pki.peer_serial(peercert)
+        return serial if serial is not None and serial in self.revoked() else None
 
     # lifecycle ------------------------------------------------------------------------
 
@@ -420,7 +440,14 @@ class PeerLinks:
                 log.debug("Raft link to %s at %s failed: %s", expected, raft_address, exc)
             return
         _set_keepalive(transport)
-        role, name = pki.peer_identity(transport.get_extra_info("peercert"))
+        peercert = transport.get_extra_info("peercert")
+        role, name = pki.peer_identity(peercert)
+        if (revoked := self._revoked_serial(peercert)) is not None:
+            self._refuse(("revoked", raft_address),
+                         f"Raft link to {expected} at {raft_address} refused: its certificate "
+                         f"(serial {revoked}) is revoked")
+            transport.abort()
+            return
         if role != ROLE or name != expected:
             self._refuse(("wrong server", raft_address),
                                 f"Raft link to {raft_address} refused: it presented a "
@@ -432,6 +459,7 @@ class PeerLinks:
             transport.abort()
             return
         link.peer_id = expected
+        link.serial = pki.peer_serial(peercert) or ""
         link.join()
 
     # incoming -------------------------------------------------------------------------
@@ -474,10 +502,13 @@ class PeerLinks:
                              label: str) -> bool:
         """Check the member's certificate and hand pysyncobj its end of the link."""
         loop = asyncio.get_running_loop()
-        role, name = pki.peer_identity(tls.get_extra_info("peercert"))
+        peercert = tls.get_extra_info("peercert")
+        role, name = pki.peer_identity(peercert)
         members = self._current()
         problem = None
-        if role != ROLE:
+        if (revoked := self._revoked_serial(peercert)) is not None:
+            problem = f"its certificate for {name!r} (serial {revoked}) is revoked"
+        elif role != ROLE:
             problem = (f"its certificate has the role {role!r} (CN {name!r}); only {ROLE!r} "
                        "certificates may speak Raft")
         elif name == self.node_id:
@@ -509,6 +540,7 @@ class PeerLinks:
             theirs.close()
             return False
         link.peer_id = name
+        link.serial = pki.peer_serial(peercert) or ""
         link.join()
         log.debug("Raft peer %s connected from %s", name, label)
         self._on_incoming(theirs, link.peer_address)
@@ -527,10 +559,16 @@ class PeerLinks:
                 log.exception("cannot read the current members; not sweeping this time")
                 members = None
             now = time.monotonic()
+            revoked = self.revoked()
             for link in list(self._links):
                 if link.peer_id is None:
                     continue  # still connecting: bounded by the handshake timeout
-                if members is not None and members.get(link.peer_id) != link.peer_address:
+                if link.serial in revoked:
+                    log.warning("closing the Raft link %s %s: its certificate (serial %s) "
+                                "was revoked", "from" if link.direction == "in" else "to",
+                                link.peer_id, link.serial)
+                    link.close()
+                elif members is not None and members.get(link.peer_id) != link.peer_address:
                     log.info("closing the Raft link %s %s: it is no longer a member",
                              "from" if link.direction == "in" else "to", link.peer_id)
                     link.close()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import EllipsisType, TracebackType
@@ -39,6 +40,7 @@ from raftsso.store.model import (
     RowKind,
     StoredRow,
     StoreReport,
+    WriteReporter,
     associated_data,
     check_description,
     check_group,
@@ -75,6 +77,8 @@ class SSOStore:
                  password_file: Path | None = None, cluster_id: str | None = None,
                  migrate: bool = True) -> None:
         self._cipher = cipher
+        # A writing SSO client tells the cluster which versions it wrote (raftsso.client).
+        self._reporter = cipher if isinstance(cipher, WriteReporter) else None
         self._backend = _backend(setting, password_file)
         try:
             self.schema_found, self.schema_version = ensure_schema(self._backend,
@@ -338,7 +342,10 @@ class SSOStore:
                 f"INSERT INTO {table} (app, {column}, token, updated) "  # noqa: S608
                 f"VALUES (?, ?, ?, ?) ON CONFLICT (app, {column}) DO UPDATE SET "
                 "token = excluded.token, updated = excluded.updated", rows)
-        return [token_key_version(token) for _, _, token, _ in rows]
+        versions = [token_key_version(token) for _, _, token, _ in rows]
+        if self._reporter is not None and versions:
+            self._reporter.store_written(self.store_id, self.kind, Counter(versions))
+        return versions
 
     def get(self, kind: RowKind, app: str, name: str) -> bytes:
         """A credential or configuration value in plaintext (:class:`NotFound`,

@@ -7,9 +7,10 @@ share these.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from raftsso.envelope import TOKEN_FORMAT, TOKEN_OVERHEAD, token_key_version
 from raftsso.errors import StoreError
@@ -34,6 +35,15 @@ class Cipher(Protocol):
     def encrypt(self, data: bytes, associated_data: bytes = b"") -> bytes: ...
 
     def decrypt(self, token: bytes, associated_data: bytes = b"") -> bytes: ...
+
+
+@runtime_checkable
+class WriteReporter(Protocol):
+    """A cipher that also reports to the cluster which versions it wrote into a store
+    (:class:`raftsso.client.SSOClient`: batched, sent at most once per resync)."""
+
+    def store_written(self, store_id: str, kind: str, versions: Mapping[int, int]) -> None:
+        ...
 
 
 class AppType(StrEnum):

@@ -38,6 +38,8 @@ class NodeOptions:
     idle_timeout: float | None = None
     read_timeout: float | None = None
     audit_log: Path | None = None
+    rotation_period: float | None = None
+    max_encryptions: int | None = None
     # Tables that other changes add to node.toml ([limits], [backup]); merged key by key.
     limits: Mapping[str, Any] | None = None
     backup: Mapping[str, Any] | None = None

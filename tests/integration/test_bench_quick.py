@@ -20,7 +20,7 @@ pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 # openbao has its own test below: three OpenBao clusters take minutes even at --quick.
-SCENARIOS = ["encryption", "rewrap", "rotation", "load", "failover", "etcd"]
+SCENARIOS = ["encryption", "rewrap", "rotation", "load", "failover", "agent", "etcd"]
 
 
 def _number(x: Any) -> bool:
@@ -59,6 +59,8 @@ def test_bench_quick_writes_a_report_with_every_scenario(tmp_path: Path) -> None
     assert ld["ramp"] and all(_number(s["p50_s"]) and _number(s["node_cpu"])
                               for s in ld["ramp"])
     assert _number(ld["max_achieved_per_s"]) and ld["limit"]
+    assert all(_number(results["agent"][f"{op} x{n}"]["ops_per_s"])
+               for op in ("encrypt", "decrypt", "cred get") for n in (1, 8))
     rot = results["rotation"]
     assert _number(rot["sequential"]["p50_s"]) and _number(rot["sequential"]["p99_s"])
     assert rot["concurrent"]["commits"] > 0 and _number(rot["concurrent"]["commits_per_s"])

@@ -38,7 +38,8 @@ def test_local_up_status_rotate_down(deployment: Path) -> None:
     assert up.returncode == 0, up.stderr
     code, status = _status(d)
     assert code == 0
-    assert set(status) == {"cluster_id", "leader", "has_quorum", "primary_version", "nodes"}
+    assert set(status) == {"cluster_id", "leader", "has_quorum", "primary_version",
+                           "failure_tolerance", "nodes"}
     assert status["has_quorum"] is True
     nodes = status["nodes"]
     assert isinstance(nodes, list) and len(nodes) == 3

@@ -35,29 +35,11 @@ from raftsso.store import (
     open_store,
 )
 from raftsso.store.rewrap import Progress, rewrap
-from tests.fakes import KEYS, FakeClock, FakeSource, make_client, ring
+from tests.fakes import KEYS, FakeClock, FakeSource, ring
 from tests.store.conftest import Target
 
 PASSWORD = b"correct horse battery staple 7f3a"
 CONFIG_VALUE = b"Server=db1;Password=Tr0ub4dor&3-config"
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def source() -> FakeSource:
-    s = FakeSource()
-    s.set_all(ring({1: "primary"}, index=5))
-    return s
-
-
-@pytest.fixture
-def client(source: FakeSource, clock: FakeClock) -> Iterator[SSOClient]:
-    with make_client(source, clock) as c:
-        yield c
 
 
 def _open(target: Target, cipher: SSOClient | None = None, **options: object) -> SSOStore:

@@ -173,8 +173,9 @@ def test_retire_is_refused_while_the_postgresql_store_uses_the_version(
     _ok("-c", c, "sso", "app", "add", "payroll")
     _ok("-c", c, "sso", "cred", "set", "payroll", "alice", stdin=CREDENTIAL)
     cluster.rotate(now=True)
-    err = _fails("-c", str(cluster.admin_toml), "retire", "1")  # the store from admin.toml
-    assert "version 1 still encrypts 1 row(s) of postgresql://" in err
+    # The client's write made the store known (an increment): no --store needed.
+    err = _fails("-c", str(cluster.admin_toml), "retire", "1")
+    assert "the postgresql store" in err and "reports 1 row(s) under version 1" in err
     _ok("-c", str(cluster.admin_toml), "rewrap")
     err = _fails("-c", str(cluster.admin_toml), "retire", "1")
     assert "became primary" in err  # no rows left; only the client window holds it now
@@ -206,7 +207,7 @@ def test_rewrap_and_retire_read_the_version_from_the_token_header_not_the_column
     assert cluster.rotate(now=True)["version"] == 2
     admin = str(cluster.admin_toml)
     err = _fails("-c", admin, "retire", "1", "--store", str(store))
-    assert "version 1 still encrypts 5 row(s)" in err
+    assert "reports 5 row(s) under version 1" in err
     done = cli("-c", admin, "rewrap", "--store", str(store))
     assert done.returncode == 0, done.stderr
     assert b"5 of 5 row(s) re-encrypted under version 2" in done.stdout
@@ -222,8 +223,9 @@ def test_a_text_token_or_a_text_version_column_is_one_line_and_exit_1(
     # A non-numeric key_version column (raftsso 0.1's schema): no longer read at all.
     text_column = tmp_path / "text-column.db"
     _v1_store(cluster, text_column, key_version="two")
-    err = _fails("-c", admin, "retire", "1", "--store", str(text_column))
-    assert "version 1 still encrypts 5 row(s)" in err
+    counted = cli("-c", admin, "retire", "1", "--store", str(text_column))
+    assert counted.returncode == 1  # version 1 is still the primary here
+    assert b"5 row(s) under version 1, reported to the cluster" in counted.stdout
     # A token stored as TEXT: retire and rewrap name the row in one line, exit 1.
     text_token = tmp_path / "text-token.db"
     _v1_store(cluster, text_token, key_version=1)

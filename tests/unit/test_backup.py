@@ -304,7 +304,7 @@ def test_not_a_backup_file(blob: bytes) -> None:
             call(blob)
 
 
-@pytest.mark.parametrize("fmt", [0, 2, 255])
+@pytest.mark.parametrize("fmt", [0, 3, 255])  # 2: test_backup_recipient
 def test_unknown_format_version(fmt: int) -> None:
     blob = SMALL[:len(MAGIC)] + bytes([fmt]) + SMALL[len(MAGIC) + 1:]
     for call in (read_info, lambda b: open_backup(b, PASSWORD)):

@@ -135,7 +135,7 @@ def test_every_file_is_0600_and_every_directory_0700(deployment: tuple[Path, str
             assert stat.S_IMODE((Path(root) / name).stat().st_mode) == 0o600, name
             seen.add((Path(root) / name).relative_to(directory).as_posix())
     expected = {"ca.pem", "ca.key", "admin.toml", "admin.pem", "admin.key", "client.toml",
-                "client.pem", "client.key"}
+                "client.pem", "client.key", "agent.toml"}
     for n in (1, 2, 3):
         expected |= {f"node{n}/{f}" for f in ("node.toml", "node.pem", "node.key", "ca.pem",
                                               "seal.key", "cluster.secret")}

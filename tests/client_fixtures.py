@@ -1,5 +1,6 @@
-"""Fixtures of the SSO client's unit tests (client, store): a fake clock and keyring source
-(:mod:`tests.fakes`) and a client over them with no background thread."""
+"""Fixtures of the SSO client's tests (unit, store): a fake clock and keyring source
+(:mod:`tests.fakes`) and a client over them with no background thread. Registered for the
+whole suite by ``tests/conftest.py`` (``pytest_plugins``)."""
 
 from __future__ import annotations
 
