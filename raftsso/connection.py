@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import ssl
 import types
 from collections.abc import Callable, Coroutine, Generator
@@ -330,9 +331,23 @@ class Connection:
             # Sends close_notify; waiting for the client's would only hold the socket.
             with contextlib.suppress(ssl.SSLError, OSError, ValueError):
                 self._sock.unwrap()
+            discard_input(self._sock)
         with contextlib.suppress(OSError):
             self._sock.close()
         self._on_close(self)
+
+
+def discard_input(sock: socket.socket, limit: int = 4) -> None:
+    """Read and drop what the client sent that nobody will read (a few reads at most), so
+    that closing sends a FIN: closing a socket with unread input sends a reset, and the
+    client may then lose the answer (or the TLS alert) it had not read yet."""
+    for _ in range(limit):
+        try:
+            # The plain socket's recv, beneath TLS: these bytes are not for OpenSSL.
+            if not socket.socket.recv(sock, _READ_SIZE):
+                return
+        except OSError:  # BlockingIOError: nothing (more) waiting
+            return
 
 
 @types.coroutine

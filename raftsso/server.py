@@ -55,7 +55,7 @@ from typing import Any, TypeVar
 
 from raftsso import events, pki
 from raftsso.config import split_address
-from raftsso.connection import Connection, Settings, handshake
+from raftsso.connection import Connection, Settings, discard_input, handshake
 from raftsso.errors import (
     BadRequest,
     ConfigError,
@@ -545,6 +545,7 @@ class Server:
             (tls or sock).close()
             raise
         except Exception as exc:  # every failed handshake, whatever the cause, is counted
+            discard_input(tls or sock)  # the rest of what a non-TLS client sent
             (tls or sock).close()
             if is_exhaustion(exc):
                 self.gate.report.exhausted("starting TLS", exc)
