@@ -169,7 +169,8 @@ class Connection:
             return
         coro = self._s.service.handle(self.caller, message)
         # Reads finish without awaiting anything: run the coroutine here, with no task;
-        # only a request that awaits (a write, in a worker thread) gets one.
+        # only a request that awaits (a write, in a worker thread) gets one. So a handler
+        # must not need a current task before its first await (no asyncio.timeout there).
         try:
             awaited = coro.send(None)
         except StopIteration as stop:
