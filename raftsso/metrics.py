@@ -238,6 +238,7 @@ class NodeMetrics:
                                           registry=r)
         self.events = Counter("raftsso_events", "Events emitted, by name.", ["event"],
                               registry=r)
+        self._children: dict[str, Counter] = {}  # see observe_request
         if node is not None:
             r.register(_StateCollector(node, self))
 
@@ -246,12 +247,24 @@ class NodeMetrics:
 
     def observe_request(self, role: str, cn: str, op: str, code: str | None,
                         seconds: float) -> None:
+        # labels() checks and locks on every call: the hot series' children are kept (a
+        # few ops; names past the first 64 seen are looked up each time, never cached).
         op_label = op if op.isidentifier() and len(op) <= 32 else "other"
-        self.requests.labels(op_label).inc()
+        child = self._children.get(op_label)
+        if child is None:
+            child = self.requests.labels(op_label)
+            if len(self._children) < 64:
+                self._children[op_label] = child
+        child.inc()
         if code is not None:
             self.request_errors.labels(op_label, code).inc()
         if op == "keyring":
-            self.keyring_fetches.labels("ok" if code is None else "error").inc()
+            result = "ok" if code is None else "error"
+            fetches = self._children.get(f" fetch {result}")
+            if fetches is None:
+                fetches = self._children[f" fetch {result}"] = self.keyring_fetches.labels(
+                    result)
+            fetches.inc()
             self.keyring_fetch_seconds.observe(seconds)
             if code is None and role == "client":
                 self.clients.synced(cn)
