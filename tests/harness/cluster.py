@@ -25,6 +25,7 @@ from typing import Any
 from raftsso import cluster_status
 from raftsso.config import load_node_config, load_remote_config
 from raftsso.deployment import PORTS_PER_NODE, init_deployment
+from raftsso.errors import RaftssoError
 from raftsso.remote import ClusterClient
 from raftsso.seal.setup import SealPlan
 from tests.harness.net import LoopbackNet, NamespaceNet, Net
@@ -339,4 +340,16 @@ def running_cluster(root: Path, nodes: int = 3, *, options: NodeOptions | None =
                  seal=seal) as c:
         c.start()
         c.wait_healthy()
+        # Healthy needs only a quorum: under load a third node may still be opening its
+        # service port, and tests that talk to one node directly would be refused.
+        for node_id in c.ids:
+            wait_for(lambda n=node_id: _serving(c, n), what=f"{node_id} to serve")
         yield c
+
+
+def _serving(cluster: Cluster, node_id: str) -> bool:
+    try:
+        cluster.node_status(node_id)
+        return True
+    except (OSError, RaftssoError):
+        return False

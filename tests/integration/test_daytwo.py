@@ -290,7 +290,15 @@ def test_scheduled_backups_rotate_survive_a_killed_leader_and_restore(tmp_path: 
         # Back, and healthy as the leader sees it (its Raft link up, caught up).
         wait_for(lambda: all(n["healthy"] for n in status_json(c)["nodes"]), 30,
                  what="the node back and caught up")
-        ok("-c", str(c.admin_toml), "transfer-leader", leader)
+        # The leader's own Raft link to it may still be reconnecting (status reads each node's
+        # view, the transfer reads the leader's): retry only those refusals, with a deadline.
+        def transferred() -> bool:
+            r = cli("-c", str(c.admin_toml), "transfer-leader", leader)
+            if r.returncode != 0:
+                assert re.search(rb"unreachable from the leader|behind the leader|was refused",
+                                 r.stderr), r.stderr.decode()
+            return r.returncode == 0
+        wait_for(transferred, 30, what=f"a transfer of leadership to {leader}")
         strace_pid = c.pid(leader)
         node_pid = wait_for(lambda: node_children(strace_pid), 10, what="the node process")[0]
         before = {p.name for p in BackupDir(backups, 3).files()}
