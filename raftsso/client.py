@@ -160,6 +160,8 @@ class _Cache:
     fresh_until: float  # synced_at + max_staleness
     primary: envelope.Envelope | None
     keyset: envelope.Keyset  # every version's envelope, by token header
+    seal: Callable[[bytes, bytes], bytes] | None  # primary.seal
+    open: Callable[[bytes, bytes], bytes | None]  # keyset.open
     # Counts the primary's encryptions (one C call per encrypt; see encryption_counts).
     uses: Iterator[int] = field(default_factory=itertools.count)
 
@@ -285,6 +287,12 @@ class SSOClient:
         self._stop = threading.Event()
         self._counters: dict[int, Iterator[int]] = {}
         self._counter_reads: dict[int, int] = {}
+        # encrypt and decrypt in C, in front of the methods below (which they call for all
+        # but the common case); armed by _install, disarmed by close.
+        self._fast = envelope.client_fast_path(self.encrypt, self.decrypt)
+        if self._fast is not None:
+            self.encrypt = self._fast.encrypt  # type: ignore[method-assign]
+            self.decrypt = self._fast.decrypt  # type: ignore[method-assign]
         if isinstance(self._source, ClusterSource):
             self._source.encryptions = self.encryption_counts
         self._thread: threading.Thread | None = None
@@ -355,6 +363,8 @@ class SSOClient:
         self._store_writes.flush()  # a one-shot CLI write reports before it exits
         with self._sync_lock:
             self._cache = None
+            if self._fast is not None:
+                self._fast.disarm()
             self._source.close()
 
     # envelope operations -------------------------------------------------------------
@@ -373,10 +383,10 @@ class SSOClient:
         """
         cache = self._cache
         if cache is not None and self._clock() < cache.fresh_until:
-            primary = cache.primary
-            if primary is not None:
+            seal = cache.seal
+            if seal is not None:
                 next(cache.uses)
-                return primary.encrypt(data, associated_data)
+                return seal(data, associated_data)
         return self._encrypt_checked(data, associated_data)
 
     def _encrypt_checked(self, data: bytes, associated_data: bytes) -> bytes:
@@ -405,7 +415,10 @@ class SSOClient:
         """
         cache = self._cache
         if cache is not None:
-            plaintext = cache.keyset.decrypt(token, associated_data)
+            try:
+                plaintext = cache.open(token, associated_data)
+            except envelope.TokenDoesNotOpen:
+                raise InvalidToken() from None
             if plaintext is not None:
                 return plaintext
         # Closed, not a token, a version not cached (resync), or not bytes: spelled out.
@@ -520,14 +533,19 @@ class SSOClient:
     def _install(self, ring: _Keyring, index: int) -> None:
         previous = self._cache
         now = self._clock()
+        primary = None if ring.primary is None else ring.versions[ring.primary].envelope
+        keyset = envelope.Keyset(v.envelope for v in ring.versions.values())
         self._cache = _Cache(ring=ring, synced_at=now, synced_at_wall=self._wall(),
                              max_version=max(ring.versions, default=0),
                              fresh_until=now + self.max_staleness,
-                             primary=None if ring.primary is None
-                             else ring.versions[ring.primary].envelope,
-                             keyset=envelope.Keyset(v.envelope for v in ring.versions.values()),
+                             primary=primary, keyset=keyset,
+                             seal=None if primary is None else primary.seal,
+                             open=keyset.open,
                              uses=(itertools.count() if ring.primary is None
                                    else self._uses(ring.primary)))
+        if self._fast is not None:
+            cache = self._cache
+            self._fast.arm(self._clock, cache.fresh_until, cache.uses, primary, keyset)
         self._preferred = index
         if self._cluster_id is None:
             self._cluster_id = ring.cluster_id

@@ -1,0 +1,669 @@
+/*
+ * raftsso._tokens: the client token hot path (raftsso.envelope) without Python's extra copies.
+ *
+ * AES-GCM itself stays in `cryptography`: this module only lays a token out around it, calling
+ * AESGCM.encrypt_into / decrypt_into on windows into the result, so that
+ *
+ *   seal:  0x01 | version | nonce | ciphertext+tag   is allocated once and written in place
+ *          (Python: two concatenations, the second a copy of the whole ciphertext);
+ *   open:  the nonce and ciphertext are read where they lie in the token
+ *          (Python: two slices, the second a copy of the whole ciphertext).
+ *
+ * It also holds the process's token nonce counter (a 96-bit integer, counted up from a random
+ * start that raftsso.envelope sets at import and again in every forked child): one C
+ * increment instead of a Python iterator.  The GIL serialises every call (the module does not
+ * declare free-threading support, so a free-threaded CPython keeps the GIL on for it), and no
+ * function here releases it between reading the counter and writing it back.
+ *
+ * raftsso.envelope has a pure-Python fallback that produces the same bytes; both are tested.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+#include <time.h>
+
+#define HEADER 5
+#define NONCE 12
+#define TAG 16
+#define OVERHEAD (HEADER + NONCE + TAG)
+#define TOKEN_FORMAT 1
+#define AAD_STACK 512
+
+/* -- the nonce counter: hi (32 bits) : lo (64 bits), big endian on the wire -- */
+
+static uint32_t counter_hi;
+static uint64_t counter_lo;
+static int counter_set;
+
+static int
+take_nonce(unsigned char *out)
+{
+    if (!counter_set) {
+        PyErr_SetString(PyExc_RuntimeError, "raftsso._tokens: nonce counter not seeded");
+        return -1;
+    }
+    uint32_t hi = counter_hi;
+    uint64_t lo = counter_lo;
+    if (++counter_lo == 0) {
+        counter_hi++;  /* the start leaves 2^64 numbers before 2^96: this never wraps */
+    }
+    for (int i = 3; i >= 0; i--) { out[i] = (unsigned char)hi; hi >>= 8; }
+    for (int i = 11; i >= 4; i--) { out[i] = (unsigned char)lo; lo >>= 8; }
+    return 0;
+}
+
+static PyObject *
+reseed(PyObject *module, PyObject *start)
+{
+    if (!PyBytes_Check(start) || PyBytes_GET_SIZE(start) != NONCE) {
+        PyErr_SetString(PyExc_ValueError, "a nonce start is 12 bytes");
+        return NULL;
+    }
+    const unsigned char *s = (const unsigned char *)PyBytes_AS_STRING(start);
+    uint32_t hi = 0;
+    uint64_t lo = 0;
+    for (int i = 0; i < 4; i++) hi = (hi << 8) | s[i];
+    for (int i = 4; i < 12; i++) lo = (lo << 8) | s[i];
+    counter_hi = hi;
+    counter_lo = lo;
+    counter_set = 1;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+next_nonce(PyObject *module, PyObject *unused)
+{
+    unsigned char n[NONCE];
+    if (take_nonce(n) < 0) return NULL;
+    return PyBytes_FromStringAndSize((const char *)n, NONCE);
+}
+
+/* -- Window: a buffer over memory this module owns for the length of one call -- */
+
+typedef struct {
+    PyObject_HEAD
+    char *buf;
+    Py_ssize_t len;
+    int readonly;
+} Window;
+
+static int
+window_getbuffer(PyObject *self, Py_buffer *view, int flags)
+{
+    Window *w = (Window *)self;
+    if (w->buf == NULL) {
+        PyErr_SetString(PyExc_BufferError, "this window is closed");
+        return -1;
+    }
+    return PyBuffer_FillInfo(view, self, w->buf, w->len, w->readonly, flags);
+}
+
+static PyBufferProcs window_as_buffer = {window_getbuffer, NULL};
+
+static PyTypeObject WindowType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "raftsso._tokens.Window",
+    .tp_basicsize = sizeof(Window),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_as_buffer = &window_as_buffer,
+    .tp_doc = "A buffer over memory of one call of raftsso._tokens.",
+};
+
+/* A few windows are reused: one is free when this module holds its only reference (a callee
+ * that kept it, or another thread inside a call, makes the next call allocate a new one). */
+#define WINDOWS 4
+static Window *spare[WINDOWS];
+
+static Window *
+open_window(int slot, char *buf, Py_ssize_t len, int readonly)
+{
+    Window *w = spare[slot];
+    if (w == NULL || Py_REFCNT(w) != 1) {
+        w = PyObject_New(Window, &WindowType);
+        if (w == NULL) return NULL;
+        Py_XSETREF(spare[slot], w);
+    }
+    Py_INCREF(w);
+    w->buf = buf;
+    w->len = len;
+    w->readonly = readonly;
+    return w;
+}
+
+static void
+close_window(Window *w)
+{
+    if (w == NULL) return;
+    /* cryptography reads and writes the buffers only during the call; close the window so
+     * that a reference kept by mistake cannot reach the memory afterwards */
+    w->buf = NULL;
+    w->len = 0;
+    Py_DECREF(w);
+}
+
+/* The associated data of a token: its 5-byte header, then the caller's bytes. */
+typedef struct {
+    char stack[AAD_STACK];
+    char *buf;
+    Py_ssize_t len;
+} Aad;
+
+static int
+aad_build(Aad *aad, const char *header, PyObject *associated_data)
+{
+    if (PyBytes_CheckExact(associated_data)
+            && PyBytes_GET_SIZE(associated_data) <= AAD_STACK - HEADER) {
+        aad->buf = aad->stack;
+        aad->len = HEADER + PyBytes_GET_SIZE(associated_data);
+        memcpy(aad->buf, header, HEADER);
+        memcpy(aad->buf + HEADER, PyBytes_AS_STRING(associated_data), aad->len - HEADER);
+        return 0;
+    }
+    Py_buffer ad;
+    if (PyObject_GetBuffer(associated_data, &ad, PyBUF_SIMPLE) < 0) return -1;
+    aad->len = HEADER + ad.len;
+    aad->buf = aad->len <= AAD_STACK ? aad->stack : PyMem_Malloc(aad->len);
+    if (aad->buf == NULL) {
+        PyBuffer_Release(&ad);
+        PyErr_NoMemory();
+        return -1;
+    }
+    memcpy(aad->buf, header, HEADER);
+    memcpy(aad->buf + HEADER, ad.buf, ad.len);
+    PyBuffer_Release(&ad);
+    return 0;
+}
+
+static void
+aad_free(Aad *aad)
+{
+    if (aad->buf != NULL && aad->buf != aad->stack) PyMem_Free(aad->buf);
+}
+
+static Py_ssize_t
+buffer_size(PyObject *obj)
+{
+    if (PyBytes_CheckExact(obj)) return PyBytes_GET_SIZE(obj);
+    Py_buffer b;
+    if (PyObject_GetBuffer(obj, &b, PyBUF_SIMPLE) < 0) return -1;
+    Py_ssize_t n = b.len;
+    PyBuffer_Release(&b);
+    return n;
+}
+
+/* A token under the next nonce: header | nonce | encrypt_into(nonce, data, header | ad). */
+static PyObject *
+do_seal(PyObject *encrypt_into, const char *header, PyObject *data, PyObject *associated_data)
+{
+    Py_ssize_t size = buffer_size(data);
+    if (size < 0) return NULL;
+    if (size > PY_SSIZE_T_MAX - OVERHEAD) return PyErr_NoMemory();
+    Aad aad = {.buf = NULL};
+    if (aad_build(&aad, header, associated_data) < 0) return NULL;
+    PyObject *token = PyBytes_FromStringAndSize(NULL, OVERHEAD + size);
+    Window *nonce = NULL, *ad = NULL, *body = NULL;
+    if (token == NULL) goto fail;
+    char *p = PyBytes_AS_STRING(token);
+    memcpy(p, header, HEADER);
+    if (take_nonce((unsigned char *)p + HEADER) < 0) goto fail;
+    nonce = open_window(0, p + HEADER, NONCE, 1);
+    ad = nonce ? open_window(1, aad.buf, aad.len, 1) : NULL;
+    body = ad ? open_window(2, p + HEADER + NONCE, size + TAG, 0) : NULL;
+    if (body == NULL) goto fail;
+    PyObject *call[4] = {(PyObject *)nonce, data, (PyObject *)ad, (PyObject *)body};
+    PyObject *r = PyObject_Vectorcall(encrypt_into, call, 4, NULL);
+    if (r == NULL) goto fail;
+    Py_DECREF(r);
+    close_window(nonce);
+    close_window(ad);
+    close_window(body);
+    aad_free(&aad);
+    return token;
+fail:
+    close_window(nonce);
+    close_window(ad);
+    close_window(body);
+    aad_free(&aad);
+    Py_XDECREF(token);
+    return NULL;
+}
+
+/* seal(encrypt_into, header, data, associated_data) -> token */
+static PyObject *
+seal(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "seal(encrypt_into, header, data, associated_data)");
+        return NULL;
+    }
+    if (!PyBytes_CheckExact(args[1]) || PyBytes_GET_SIZE(args[1]) != HEADER) {
+        PyErr_SetString(PyExc_TypeError, "a token header is 5 bytes");
+        return NULL;
+    }
+    return do_seal(args[0], PyBytes_AS_STRING(args[1]), args[2], args[3]);
+}
+
+/* open(decrypt_into_by_version, token, associated_data) -> plaintext or None
+ *
+ * None when `token` is not a bytes object, is shorter than a token, has another format byte
+ * or a version not in the dict (the caller's slower path sorts those out); the exception of
+ * decrypt_into (InvalidTag) when it is a token of a version here but does not open. */
+static PyObject *
+do_open(PyObject *by_version, PyObject *token, PyObject *associated_data)
+{
+    if (!PyBytes_CheckExact(token) || PyBytes_GET_SIZE(token) < OVERHEAD) Py_RETURN_NONE;
+    char *t = PyBytes_AS_STRING(token);
+    const unsigned char *u = (const unsigned char *)t;
+    if (u[0] != TOKEN_FORMAT) Py_RETURN_NONE;
+    unsigned long version = ((unsigned long)u[1] << 24) | ((unsigned long)u[2] << 16)
+                            | ((unsigned long)u[3] << 8) | (unsigned long)u[4];
+    PyObject *key = PyLong_FromUnsignedLong(version);
+    if (key == NULL) return NULL;
+    PyObject *decrypt_into = PyDict_GetItemWithError(by_version, key);  /* borrowed */
+    Py_DECREF(key);
+    if (decrypt_into == NULL) {
+        if (PyErr_Occurred()) return NULL;
+        Py_RETURN_NONE;
+    }
+    Py_INCREF(decrypt_into);
+    Py_ssize_t size = PyBytes_GET_SIZE(token) - OVERHEAD;
+    Aad aad = {.buf = NULL};
+    PyObject *plain = NULL;
+    Window *nonce = NULL, *ad = NULL, *body = NULL, *out = NULL;
+    if (aad_build(&aad, t, associated_data) < 0) goto fail;
+    plain = PyBytes_FromStringAndSize(NULL, size);
+    if (plain == NULL) goto fail;
+    nonce = open_window(0, t + HEADER, NONCE, 1);
+    ad = nonce ? open_window(1, aad.buf, aad.len, 1) : NULL;
+    body = ad ? open_window(2, t + HEADER + NONCE, size + TAG, 1) : NULL;
+    out = body ? open_window(3, PyBytes_AS_STRING(plain), size, 0) : NULL;
+    if (out == NULL) goto fail;
+    PyObject *call[4] = {(PyObject *)nonce, (PyObject *)body, (PyObject *)ad, (PyObject *)out};
+    PyObject *r = PyObject_Vectorcall(decrypt_into, call, 4, NULL);
+    if (r == NULL) goto fail;
+    Py_DECREF(r);
+    close_window(nonce);
+    close_window(ad);
+    close_window(body);
+    close_window(out);
+    aad_free(&aad);
+    Py_DECREF(decrypt_into);
+    return plain;
+fail:
+    close_window(nonce);
+    close_window(ad);
+    close_window(body);
+    close_window(out);
+    aad_free(&aad);
+    Py_XDECREF(plain);
+    Py_DECREF(decrypt_into);
+    return NULL;
+}
+
+static PyObject *
+open_token(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "open(decrypt_into_by_version, token, associated_data)");
+        return NULL;
+    }
+    if (!PyDict_CheckExact(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "decrypt_into_by_version must be a dict");
+        return NULL;
+    }
+    return do_open(args[0], args[1], args[2]);
+}
+
+/* -- the SSO client's encrypt and decrypt, with no Python frame -------------------------
+ *
+ * raftsso.client installs one of each as the instance attributes `encrypt` and `decrypt` of
+ * an SSOClient, in front of its Python methods (`slow`), which stay the one definition of
+ * what they do: these objects only take the common case (one or two positional arguments;
+ * encrypt: the cache armed and fresh by the client's own clock; decrypt: a bytes token of
+ * an armed version) and hand everything else, unchanged, to `slow`. */
+
+static PyObject *empty_bytes;
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *slow;
+    PyObject *clock;         /* armed: the client's clock; None: time.monotonic */
+    PyObject *uses;          /* armed: the primary's encryption counter (an iterator) */
+    PyObject *encrypt_into;  /* armed: the primary's AESGCM.encrypt_into; NULL: disarmed */
+    double fresh_until;
+    char header[HEADER];
+} ClientEncrypt;
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *slow;
+    PyObject *invalid;      /* the exception for a token of ours that does not open */
+    PyObject *does_not_open; /* what decrypt_into raises then (cryptography's InvalidTag) */
+    PyObject *by_version;   /* armed: {version: AESGCM.decrypt_into}; NULL: disarmed */
+} ClientDecrypt;
+
+static PyObject *
+client_encrypt_call(PyObject *self_, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    ClientEncrypt *self = (ClientEncrypt *)self_;
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (self->encrypt_into != NULL && kwnames == NULL && (nargs == 1 || nargs == 2)) {
+        PyObject *into = self->encrypt_into, *uses = self->uses, *clock = self->clock;
+        Py_INCREF(into);
+        Py_INCREF(uses);
+        char header[HEADER];
+        memcpy(header, self->header, HEADER);
+        double until = self->fresh_until;
+        double t;
+        if (clock == Py_None) {
+            /* time.monotonic() itself (CLOCK_MONOTONIC, nanoseconds / 1e9), without the
+             * call and the float object */
+            struct timespec ts;
+            if (clock_gettime(CLOCK_MONOTONIC, &ts) != 0) {
+                PyErr_SetFromErrno(PyExc_OSError);
+                goto fail;
+            }
+            t = (double)((int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec) / 1e9;
+        } else {
+            Py_INCREF(clock);
+            PyObject *now = PyObject_CallNoArgs(clock);
+            Py_DECREF(clock);
+            if (now == NULL) goto fail;
+            t = PyFloat_AsDouble(now);
+            Py_DECREF(now);
+            if (t == -1.0 && PyErr_Occurred()) goto fail;
+        }
+        if (t < until) {
+            PyObject *n = PyIter_Next(uses);
+            if (n == NULL) {
+                if (!PyErr_Occurred()) PyErr_SetString(PyExc_RuntimeError, "counter ended");
+                goto fail;
+            }
+            Py_DECREF(n);
+            PyObject *r = do_seal(into, header, args[0], nargs == 2 ? args[1] : empty_bytes);
+            Py_DECREF(into);
+            Py_DECREF(uses);
+            return r;
+        }
+        Py_DECREF(into);
+        Py_DECREF(uses);
+        goto slow;
+fail:
+        Py_DECREF(into);
+        Py_DECREF(uses);
+        return NULL;
+    }
+slow:
+    return PyObject_Vectorcall(self->slow, args, nargsf, kwnames);
+}
+
+static PyObject *
+client_decrypt_call(PyObject *self_, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    ClientDecrypt *self = (ClientDecrypt *)self_;
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (self->by_version != NULL && kwnames == NULL && (nargs == 1 || nargs == 2)) {
+        PyObject *by_version = self->by_version;
+        Py_INCREF(by_version);
+        PyObject *r = do_open(by_version, args[0], nargs == 2 ? args[1] : empty_bytes);
+        Py_DECREF(by_version);
+        if (r == NULL) {
+            if (!PyErr_ExceptionMatches(self->does_not_open)) return NULL;
+            PyErr_Clear();  /* one opaque error, with no cryptography context */
+            PyErr_SetNone(self->invalid);
+            return NULL;
+        }
+        if (r != Py_None) return r;
+        Py_DECREF(r);
+    }
+    return PyObject_Vectorcall(self->slow, args, nargsf, kwnames);
+}
+
+static PyObject *
+client_encrypt_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    PyObject *slow;
+    if (!PyArg_ParseTuple(args, "O:ClientEncrypt", &slow)) return NULL;
+    ClientEncrypt *self = PyObject_GC_New(ClientEncrypt, type);
+    if (self == NULL) return NULL;
+    self->vectorcall = client_encrypt_call;
+    self->slow = Py_NewRef(slow);
+    self->clock = self->uses = self->encrypt_into = NULL;
+    self->fresh_until = 0.0;
+    memset(self->header, 0, HEADER);
+    PyObject_GC_Track(self);
+    return (PyObject *)self;
+}
+
+static PyObject *
+client_decrypt_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    PyObject *slow, *invalid, *does_not_open;
+    if (!PyArg_ParseTuple(args, "OOO:ClientDecrypt", &slow, &invalid, &does_not_open))
+        return NULL;
+    ClientDecrypt *self = PyObject_GC_New(ClientDecrypt, type);
+    if (self == NULL) return NULL;
+    self->vectorcall = client_decrypt_call;
+    self->slow = Py_NewRef(slow);
+    self->invalid = Py_NewRef(invalid);
+    self->does_not_open = Py_NewRef(does_not_open);
+    self->by_version = NULL;
+    PyObject_GC_Track(self);
+    return (PyObject *)self;
+}
+
+/* arm(clock, fresh_until, uses, encrypt_into, header) */
+static PyObject *
+client_encrypt_arm(PyObject *self_, PyObject *args)
+{
+    ClientEncrypt *self = (ClientEncrypt *)self_;
+    PyObject *clock, *uses, *into;
+    double until;
+    Py_buffer header;
+    if (!PyArg_ParseTuple(args, "OdOOy*:arm", &clock, &until, &uses, &into, &header))
+        return NULL;
+    if (header.len != HEADER) {
+        PyBuffer_Release(&header);
+        PyErr_SetString(PyExc_ValueError, "a token header is 5 bytes");
+        return NULL;
+    }
+    /* every field before any reference is dropped: no other thread sees half of it */
+    PyObject *old[3] = {self->clock, self->uses, self->encrypt_into};
+    self->clock = Py_NewRef(clock);
+    self->uses = Py_NewRef(uses);
+    self->encrypt_into = Py_NewRef(into);
+    self->fresh_until = until;
+    memcpy(self->header, header.buf, HEADER);
+    PyBuffer_Release(&header);
+    for (int i = 0; i < 3; i++) Py_XDECREF(old[i]);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+client_encrypt_disarm(PyObject *self_, PyObject *unused)
+{
+    ClientEncrypt *self = (ClientEncrypt *)self_;
+    PyObject *old[3] = {self->clock, self->uses, self->encrypt_into};
+    self->clock = self->uses = self->encrypt_into = NULL;
+    for (int i = 0; i < 3; i++) Py_XDECREF(old[i]);
+    Py_RETURN_NONE;
+}
+
+/* arm(decrypt_into_by_version) */
+static PyObject *
+client_decrypt_arm(PyObject *self_, PyObject *by_version)
+{
+    ClientDecrypt *self = (ClientDecrypt *)self_;
+    if (!PyDict_CheckExact(by_version)) {
+        PyErr_SetString(PyExc_TypeError, "decrypt_into_by_version must be a dict");
+        return NULL;
+    }
+    Py_XSETREF(self->by_version, Py_NewRef(by_version));
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+client_decrypt_disarm(PyObject *self_, PyObject *unused)
+{
+    ClientDecrypt *self = (ClientDecrypt *)self_;
+    Py_CLEAR(self->by_version);
+    Py_RETURN_NONE;
+}
+
+static int
+client_encrypt_traverse(PyObject *self_, visitproc visit, void *arg)
+{
+    ClientEncrypt *self = (ClientEncrypt *)self_;
+    Py_VISIT(self->slow);
+    Py_VISIT(self->clock);
+    Py_VISIT(self->uses);
+    Py_VISIT(self->encrypt_into);
+    return 0;
+}
+
+static int
+client_encrypt_clear(PyObject *self_)
+{
+    ClientEncrypt *self = (ClientEncrypt *)self_;
+    Py_CLEAR(self->slow);
+    Py_CLEAR(self->clock);
+    Py_CLEAR(self->uses);
+    Py_CLEAR(self->encrypt_into);
+    return 0;
+}
+
+static int
+client_decrypt_traverse(PyObject *self_, visitproc visit, void *arg)
+{
+    ClientDecrypt *self = (ClientDecrypt *)self_;
+    Py_VISIT(self->slow);
+    Py_VISIT(self->invalid);
+    Py_VISIT(self->does_not_open);
+    Py_VISIT(self->by_version);
+    return 0;
+}
+
+static int
+client_decrypt_clear(PyObject *self_)
+{
+    ClientDecrypt *self = (ClientDecrypt *)self_;
+    Py_CLEAR(self->slow);
+    Py_CLEAR(self->invalid);
+    Py_CLEAR(self->does_not_open);
+    Py_CLEAR(self->by_version);
+    return 0;
+}
+
+static void
+client_encrypt_dealloc(PyObject *self)
+{
+    PyObject_GC_UnTrack(self);
+    client_encrypt_clear(self);
+    PyObject_GC_Del(self);
+}
+
+static void
+client_decrypt_dealloc(PyObject *self)
+{
+    PyObject_GC_UnTrack(self);
+    client_decrypt_clear(self);
+    PyObject_GC_Del(self);
+}
+
+static PyObject *
+slow_path_slow(PyObject *self_, void *closure)
+{
+    /* both types start with the same three fields */
+    PyObject *slow = ((ClientEncrypt *)self_)->slow;
+    return Py_NewRef(slow != NULL ? slow : Py_None);
+}
+
+static PyGetSetDef client_getset[] = {
+    {"slow", slow_path_slow, NULL, "the Python method this object stands in front of", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyMethodDef client_encrypt_methods[] = {
+    {"arm", client_encrypt_arm, METH_VARARGS,
+     "arm(clock, fresh_until, uses, encrypt_into, header): take the common case."},
+    {"disarm", client_encrypt_disarm, METH_NOARGS, "disarm(): hand every call to slow."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMethodDef client_decrypt_methods[] = {
+    {"arm", client_decrypt_arm, METH_O,
+     "arm(decrypt_into_by_version): open the bytes tokens of these versions."},
+    {"disarm", client_decrypt_disarm, METH_NOARGS, "disarm(): hand every call to slow."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject ClientEncryptType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "raftsso._tokens.ClientEncrypt",
+    .tp_basicsize = sizeof(ClientEncrypt),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_vectorcall_offset = offsetof(ClientEncrypt, vectorcall),
+    .tp_call = PyVectorcall_Call,
+    .tp_new = client_encrypt_new,
+    .tp_dealloc = client_encrypt_dealloc,
+    .tp_traverse = client_encrypt_traverse,
+    .tp_clear = client_encrypt_clear,
+    .tp_methods = client_encrypt_methods,
+    .tp_getset = client_getset,
+    .tp_doc = "ClientEncrypt(slow): SSOClient.encrypt's common case in C (see _tokens.c).",
+};
+
+static PyTypeObject ClientDecryptType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "raftsso._tokens.ClientDecrypt",
+    .tp_basicsize = sizeof(ClientDecrypt),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_vectorcall_offset = offsetof(ClientDecrypt, vectorcall),
+    .tp_call = PyVectorcall_Call,
+    .tp_new = client_decrypt_new,
+    .tp_dealloc = client_decrypt_dealloc,
+    .tp_traverse = client_decrypt_traverse,
+    .tp_clear = client_decrypt_clear,
+    .tp_methods = client_decrypt_methods,
+    .tp_getset = client_getset,
+    .tp_doc = "ClientDecrypt(slow, invalid, does_not_open): SSOClient.decrypt's common case "
+              "in C (see _tokens.c).",
+};
+
+static PyMethodDef methods[] = {
+    {"reseed", reseed, METH_O, "reseed(start): count token nonces up from these 12 bytes."},
+    {"next_nonce", next_nonce, METH_NOARGS, "next_nonce() -> the next 12-byte token nonce."},
+    {"seal", (PyCFunction)(void (*)(void))seal, METH_FASTCALL,
+     "seal(encrypt_into, header, data, associated_data) -> token (next nonce)."},
+    {"open", (PyCFunction)(void (*)(void))open_token, METH_FASTCALL,
+     "open(decrypt_into_by_version, token, associated_data) -> plaintext or None."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT, "raftsso._tokens",
+    "The client token hot path of raftsso.envelope (see raftsso/_tokens.c).", -1, methods,
+};
+
+PyMODINIT_FUNC
+PyInit__tokens(void)
+{
+    if (PyType_Ready(&WindowType) < 0 || PyType_Ready(&ClientEncryptType) < 0
+            || PyType_Ready(&ClientDecryptType) < 0) {
+        return NULL;
+    }
+    empty_bytes = PyBytes_FromStringAndSize("", 0);
+    if (empty_bytes == NULL) return NULL;
+    PyObject *m = PyModule_Create(&module_def);
+    if (m == NULL) return NULL;
+    if (PyModule_AddObjectRef(m, "ClientEncrypt", (PyObject *)&ClientEncryptType) < 0
+            || PyModule_AddObjectRef(m, "ClientDecrypt", (PyObject *)&ClientDecryptType) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
