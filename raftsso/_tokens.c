@@ -29,7 +29,6 @@
 #define TAG 16
 #define OVERHEAD (HEADER + NONCE + TAG)
 #define TOKEN_FORMAT 1
-#define AAD_STACK 512
 
 /* -- the nonce counter: hi (32 bits) : lo (64 bits), big endian on the wire -- */
 
@@ -113,7 +112,7 @@ static PyTypeObject WindowType = {
 
 /* A few windows are reused: one is free when this module holds its only reference (a callee
  * that kept it, or another thread inside a call, makes the next call allocate a new one). */
-#define WINDOWS 4
+#define WINDOWS 3
 static Window *spare[WINDOWS];
 
 static Window *
@@ -143,43 +142,29 @@ close_window(Window *w)
     Py_DECREF(w);
 }
 
-/* The associated data of a token: its 5-byte header, then the caller's bytes. */
-typedef struct {
-    char stack[AAD_STACK];
-    char *buf;
-    Py_ssize_t len;
-} Aad;
-
-static int
-aad_build(Aad *aad, const char *header, PyObject *associated_data)
+/* The associated data of a token: its 5-byte header, then the caller's bytes.  A bytes
+ * object rather than a window: cryptography takes bytes faster (measured). */
+static PyObject *
+make_aad(const char *header, PyObject *associated_data)
 {
-    if (PyBytes_CheckExact(associated_data)
-            && PyBytes_GET_SIZE(associated_data) <= AAD_STACK - HEADER) {
-        aad->buf = aad->stack;
-        aad->len = HEADER + PyBytes_GET_SIZE(associated_data);
-        memcpy(aad->buf, header, HEADER);
-        memcpy(aad->buf + HEADER, PyBytes_AS_STRING(associated_data), aad->len - HEADER);
-        return 0;
+    if (PyBytes_CheckExact(associated_data)) {
+        Py_ssize_t n = PyBytes_GET_SIZE(associated_data);
+        PyObject *aad = PyBytes_FromStringAndSize(NULL, HEADER + n);
+        if (aad == NULL) return NULL;
+        memcpy(PyBytes_AS_STRING(aad), header, HEADER);
+        memcpy(PyBytes_AS_STRING(aad) + HEADER, PyBytes_AS_STRING(associated_data), n);
+        return aad;
     }
     Py_buffer ad;
-    if (PyObject_GetBuffer(associated_data, &ad, PyBUF_SIMPLE) < 0) return -1;
-    aad->len = HEADER + ad.len;
-    aad->buf = aad->len <= AAD_STACK ? aad->stack : PyMem_Malloc(aad->len);
-    if (aad->buf == NULL) {
-        PyBuffer_Release(&ad);
-        PyErr_NoMemory();
-        return -1;
+    if (PyObject_GetBuffer(associated_data, &ad, PyBUF_SIMPLE) < 0) return NULL;
+    PyObject *aad = ad.len <= PY_SSIZE_T_MAX - HEADER
+                    ? PyBytes_FromStringAndSize(NULL, HEADER + ad.len) : PyErr_NoMemory();
+    if (aad != NULL) {
+        memcpy(PyBytes_AS_STRING(aad), header, HEADER);
+        memcpy(PyBytes_AS_STRING(aad) + HEADER, ad.buf, ad.len);
     }
-    memcpy(aad->buf, header, HEADER);
-    memcpy(aad->buf + HEADER, ad.buf, ad.len);
     PyBuffer_Release(&ad);
-    return 0;
-}
-
-static void
-aad_free(Aad *aad)
-{
-    if (aad->buf != NULL && aad->buf != aad->stack) PyMem_Free(aad->buf);
+    return aad;
 }
 
 static Py_ssize_t
@@ -200,32 +185,29 @@ do_seal(PyObject *encrypt_into, const char *header, PyObject *data, PyObject *as
     Py_ssize_t size = buffer_size(data);
     if (size < 0) return NULL;
     if (size > PY_SSIZE_T_MAX - OVERHEAD) return PyErr_NoMemory();
-    Aad aad = {.buf = NULL};
-    if (aad_build(&aad, header, associated_data) < 0) return NULL;
+    PyObject *aad = make_aad(header, associated_data);
+    if (aad == NULL) return NULL;
     PyObject *token = PyBytes_FromStringAndSize(NULL, OVERHEAD + size);
-    Window *nonce = NULL, *ad = NULL, *body = NULL;
+    Window *nonce = NULL, *body = NULL;
     if (token == NULL) goto fail;
     char *p = PyBytes_AS_STRING(token);
     memcpy(p, header, HEADER);
     if (take_nonce((unsigned char *)p + HEADER) < 0) goto fail;
     nonce = open_window(0, p + HEADER, NONCE, 1);
-    ad = nonce ? open_window(1, aad.buf, aad.len, 1) : NULL;
-    body = ad ? open_window(2, p + HEADER + NONCE, size + TAG, 0) : NULL;
+    body = nonce ? open_window(1, p + HEADER + NONCE, size + TAG, 0) : NULL;
     if (body == NULL) goto fail;
-    PyObject *call[4] = {(PyObject *)nonce, data, (PyObject *)ad, (PyObject *)body};
+    PyObject *call[4] = {(PyObject *)nonce, data, aad, (PyObject *)body};
     PyObject *r = PyObject_Vectorcall(encrypt_into, call, 4, NULL);
     if (r == NULL) goto fail;
     Py_DECREF(r);
     close_window(nonce);
-    close_window(ad);
     close_window(body);
-    aad_free(&aad);
+    Py_DECREF(aad);
     return token;
 fail:
     close_window(nonce);
-    close_window(ad);
     close_window(body);
-    aad_free(&aad);
+    Py_DECREF(aad);
     Py_XDECREF(token);
     return NULL;
 }
@@ -269,34 +251,31 @@ do_open(PyObject *by_version, PyObject *token, PyObject *associated_data)
     }
     Py_INCREF(decrypt_into);
     Py_ssize_t size = PyBytes_GET_SIZE(token) - OVERHEAD;
-    Aad aad = {.buf = NULL};
     PyObject *plain = NULL;
-    Window *nonce = NULL, *ad = NULL, *body = NULL, *out = NULL;
-    if (aad_build(&aad, t, associated_data) < 0) goto fail;
+    Window *nonce = NULL, *body = NULL, *out = NULL;
+    PyObject *aad = make_aad(t, associated_data);
+    if (aad == NULL) goto fail;
     plain = PyBytes_FromStringAndSize(NULL, size);
     if (plain == NULL) goto fail;
     nonce = open_window(0, t + HEADER, NONCE, 1);
-    ad = nonce ? open_window(1, aad.buf, aad.len, 1) : NULL;
-    body = ad ? open_window(2, t + HEADER + NONCE, size + TAG, 1) : NULL;
-    out = body ? open_window(3, PyBytes_AS_STRING(plain), size, 0) : NULL;
+    body = nonce ? open_window(1, t + HEADER + NONCE, size + TAG, 1) : NULL;
+    out = body ? open_window(2, PyBytes_AS_STRING(plain), size, 0) : NULL;
     if (out == NULL) goto fail;
-    PyObject *call[4] = {(PyObject *)nonce, (PyObject *)body, (PyObject *)ad, (PyObject *)out};
+    PyObject *call[4] = {(PyObject *)nonce, (PyObject *)body, aad, (PyObject *)out};
     PyObject *r = PyObject_Vectorcall(decrypt_into, call, 4, NULL);
     if (r == NULL) goto fail;
     Py_DECREF(r);
     close_window(nonce);
-    close_window(ad);
     close_window(body);
     close_window(out);
-    aad_free(&aad);
+    Py_DECREF(aad);
     Py_DECREF(decrypt_into);
     return plain;
 fail:
     close_window(nonce);
-    close_window(ad);
     close_window(body);
     close_window(out);
-    aad_free(&aad);
+    Py_XDECREF(aad);
     Py_XDECREF(plain);
     Py_DECREF(decrypt_into);
     return NULL;
@@ -316,155 +295,131 @@ open_token(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return do_open(args[0], args[1], args[2]);
 }
 
-/* -- the SSO client's encrypt and decrypt, with no Python frame -------------------------
+/* -- ClientCore: the base class of raftsso.client.SSOClient -----------------------------
  *
- * raftsso.client installs one of each as the instance attributes `encrypt` and `decrypt` of
- * an SSOClient, in front of its Python methods (`slow`), which stay the one definition of
- * what they do: these objects only take the common case (one or two positional arguments;
- * encrypt: the cache armed and fresh by the client's own clock; decrypt: a bytes token of
- * an armed version) and hand everything else, unchanged, to `slow`. */
+ * Its `encrypt` and `decrypt` are C methods, so that a call `client.encrypt(data, ad)` costs
+ * what a call of a built-in method costs: no Python frame, no bound-method object, the
+ * state read at fixed offsets.  They take the common case only (one or two positional
+ * arguments; encrypt: armed and fresh by the client's own clock; decrypt: a bytes token of
+ * an armed version) and hand every other call, unchanged, to the subclass's Python methods
+ * `_encrypt_slow` / `_decrypt_slow`, which stay the one definition of what the client does.
+ * raftsso.envelope._PyClientCore is the same class in Python (the fallback); both are
+ * tested. */
 
 static PyObject *empty_bytes;
+static PyObject *str_encrypt_slow;
+static PyObject *str_decrypt_slow;
 
 typedef struct {
     PyObject_HEAD
-    vectorcallfunc vectorcall;
-    PyObject *slow;
     PyObject *clock;         /* armed: the client's clock; None: time.monotonic */
     PyObject *uses;          /* armed: the primary's encryption counter (an iterator) */
     PyObject *encrypt_into;  /* armed: the primary's AESGCM.encrypt_into; NULL: disarmed */
+    PyObject *by_version;    /* armed: {version: AESGCM.decrypt_into}; NULL: disarmed */
+    PyObject *invalid;       /* the exception for a token of ours that does not open */
+    PyObject *does_not_open; /* what decrypt_into raises then (cryptography's InvalidTag) */
     double fresh_until;
     char header[HEADER];
-} ClientEncrypt;
-
-typedef struct {
-    PyObject_HEAD
-    vectorcallfunc vectorcall;
-    PyObject *slow;
-    PyObject *invalid;      /* the exception for a token of ours that does not open */
-    PyObject *does_not_open; /* what decrypt_into raises then (cryptography's InvalidTag) */
-    PyObject *by_version;   /* armed: {version: AESGCM.decrypt_into}; NULL: disarmed */
-} ClientDecrypt;
+} ClientCore;
 
 static PyObject *
-client_encrypt_call(PyObject *self_, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+call_slow(PyObject *self, PyObject *name, PyObject *const *args, size_t nargsf,
+          PyObject *kwnames)
 {
-    ClientEncrypt *self = (ClientEncrypt *)self_;
-    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
-    if (self->encrypt_into != NULL && kwnames == NULL && (nargs == 1 || nargs == 2)) {
-        PyObject *into = self->encrypt_into, *uses = self->uses, *clock = self->clock;
-        Py_INCREF(into);
-        Py_INCREF(uses);
-        char header[HEADER];
-        memcpy(header, self->header, HEADER);
-        double until = self->fresh_until;
-        double t;
-        if (clock == Py_None) {
-            /* time.monotonic() itself (CLOCK_MONOTONIC, nanoseconds / 1e9), without the
-             * call and the float object */
-            struct timespec ts;
-            if (clock_gettime(CLOCK_MONOTONIC, &ts) != 0) {
-                PyErr_SetFromErrno(PyExc_OSError);
-                goto fail;
-            }
-            t = (double)((int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec) / 1e9;
-        } else {
-            Py_INCREF(clock);
-            PyObject *now = PyObject_CallNoArgs(clock);
-            Py_DECREF(clock);
-            if (now == NULL) goto fail;
-            t = PyFloat_AsDouble(now);
-            Py_DECREF(now);
-            if (t == -1.0 && PyErr_Occurred()) goto fail;
+    PyObject *method = PyObject_GetAttr(self, name);
+    if (method == NULL) return NULL;
+    PyObject *r = PyObject_Vectorcall(method, args, nargsf, kwnames);
+    Py_DECREF(method);
+    return r;
+}
+
+static int
+now(PyObject *clock, double *t)
+{
+    if (clock == Py_None) {
+        /* time.monotonic() itself (CLOCK_MONOTONIC, nanoseconds / 1e9), without the call
+         * and the float object */
+        struct timespec ts;
+        if (clock_gettime(CLOCK_MONOTONIC, &ts) != 0) {
+            PyErr_SetFromErrno(PyExc_OSError);
+            return -1;
         }
-        if (t < until) {
-            PyObject *n = PyIter_Next(uses);
-            if (n == NULL) {
-                if (!PyErr_Occurred()) PyErr_SetString(PyExc_RuntimeError, "counter ended");
-                goto fail;
-            }
-            Py_DECREF(n);
-            PyObject *r = do_seal(into, header, args[0], nargs == 2 ? args[1] : empty_bytes);
-            Py_DECREF(into);
-            Py_DECREF(uses);
-            return r;
-        }
-        Py_DECREF(into);
-        Py_DECREF(uses);
-        goto slow;
-fail:
-        Py_DECREF(into);
-        Py_DECREF(uses);
-        return NULL;
+        *t = (double)((int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec) / 1e9;
+        return 0;
     }
-slow:
-    return PyObject_Vectorcall(self->slow, args, nargsf, kwnames);
+    Py_INCREF(clock);
+    PyObject *value = PyObject_CallNoArgs(clock);
+    Py_DECREF(clock);
+    if (value == NULL) return -1;
+    *t = PyFloat_AsDouble(value);
+    Py_DECREF(value);
+    return (*t == -1.0 && PyErr_Occurred()) ? -1 : 0;
 }
 
 static PyObject *
-client_decrypt_call(PyObject *self_, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+core_encrypt(PyObject *self_, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
-    ClientDecrypt *self = (ClientDecrypt *)self_;
-    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    ClientCore *self = (ClientCore *)self_;
+    if (self->encrypt_into == NULL || kwnames != NULL || nargs < 1 || nargs > 2) {
+        return call_slow(self_, str_encrypt_slow, args, nargs, kwnames);
+    }
+    /* our own references: the clock may be Python code, and another thread may re-arm */
+    PyObject *into = Py_NewRef(self->encrypt_into), *uses = Py_NewRef(self->uses);
+    PyObject *clock = Py_NewRef(self->clock);
+    char header[HEADER];
+    memcpy(header, self->header, HEADER);
+    double until = self->fresh_until, t;
+    PyObject *r = NULL;
+    if (now(clock, &t) < 0) goto done;
+    if (!(t < until)) {
+        r = call_slow(self_, str_encrypt_slow, args, nargs, NULL);
+        goto done;
+    }
+    PyObject *n = PyIter_Next(uses);
+    if (n == NULL) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_RuntimeError, "the counter ended");
+        goto done;
+    }
+    Py_DECREF(n);
+    r = do_seal(into, header, args[0], nargs == 2 ? args[1] : empty_bytes);
+done:
+    Py_DECREF(into);
+    Py_DECREF(uses);
+    Py_DECREF(clock);
+    return r;
+}
+
+static PyObject *
+core_decrypt(PyObject *self_, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    ClientCore *self = (ClientCore *)self_;
     if (self->by_version != NULL && kwnames == NULL && (nargs == 1 || nargs == 2)) {
-        PyObject *by_version = self->by_version;
-        Py_INCREF(by_version);
+        PyObject *by_version = Py_NewRef(self->by_version);
+        PyObject *invalid = Py_NewRef(self->invalid);
+        PyObject *does_not_open = Py_NewRef(self->does_not_open);
         PyObject *r = do_open(by_version, args[0], nargs == 2 ? args[1] : empty_bytes);
         Py_DECREF(by_version);
-        if (r == NULL) {
-            if (!PyErr_ExceptionMatches(self->does_not_open)) return NULL;
+        if (r == NULL && PyErr_ExceptionMatches(does_not_open)) {
             PyErr_Clear();  /* one opaque error, with no cryptography context */
-            PyErr_SetNone(self->invalid);
-            return NULL;
+            PyErr_SetNone(invalid);
         }
+        Py_DECREF(invalid);
+        Py_DECREF(does_not_open);
         if (r != Py_None) return r;
         Py_DECREF(r);
     }
-    return PyObject_Vectorcall(self->slow, args, nargsf, kwnames);
+    return call_slow(self_, str_decrypt_slow, args, nargs, kwnames);
 }
 
+/* _arm_encrypt(clock, fresh_until, uses, encrypt_into, header) */
 static PyObject *
-client_encrypt_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+core_arm_encrypt(PyObject *self_, PyObject *args)
 {
-    PyObject *slow;
-    if (!PyArg_ParseTuple(args, "O:ClientEncrypt", &slow)) return NULL;
-    ClientEncrypt *self = PyObject_GC_New(ClientEncrypt, type);
-    if (self == NULL) return NULL;
-    self->vectorcall = client_encrypt_call;
-    self->slow = Py_NewRef(slow);
-    self->clock = self->uses = self->encrypt_into = NULL;
-    self->fresh_until = 0.0;
-    memset(self->header, 0, HEADER);
-    PyObject_GC_Track(self);
-    return (PyObject *)self;
-}
-
-static PyObject *
-client_decrypt_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
-{
-    PyObject *slow, *invalid, *does_not_open;
-    if (!PyArg_ParseTuple(args, "OOO:ClientDecrypt", &slow, &invalid, &does_not_open))
-        return NULL;
-    ClientDecrypt *self = PyObject_GC_New(ClientDecrypt, type);
-    if (self == NULL) return NULL;
-    self->vectorcall = client_decrypt_call;
-    self->slow = Py_NewRef(slow);
-    self->invalid = Py_NewRef(invalid);
-    self->does_not_open = Py_NewRef(does_not_open);
-    self->by_version = NULL;
-    PyObject_GC_Track(self);
-    return (PyObject *)self;
-}
-
-/* arm(clock, fresh_until, uses, encrypt_into, header) */
-static PyObject *
-client_encrypt_arm(PyObject *self_, PyObject *args)
-{
-    ClientEncrypt *self = (ClientEncrypt *)self_;
+    ClientCore *self = (ClientCore *)self_;
     PyObject *clock, *uses, *into;
     double until;
     Py_buffer header;
-    if (!PyArg_ParseTuple(args, "OdOOy*:arm", &clock, &until, &uses, &into, &header))
+    if (!PyArg_ParseTuple(args, "OdOOy*:_arm_encrypt", &clock, &until, &uses, &into, &header))
         return NULL;
     if (header.len != HEADER) {
         PyBuffer_Release(&header);
@@ -483,155 +438,102 @@ client_encrypt_arm(PyObject *self_, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* _arm_decrypt(decrypt_into_by_version, invalid, does_not_open) */
 static PyObject *
-client_encrypt_disarm(PyObject *self_, PyObject *unused)
+core_arm_decrypt(PyObject *self_, PyObject *args)
 {
-    ClientEncrypt *self = (ClientEncrypt *)self_;
+    ClientCore *self = (ClientCore *)self_;
+    PyObject *by_version, *invalid, *does_not_open;
+    if (!PyArg_ParseTuple(args, "O!OO:_arm_decrypt", &PyDict_Type, &by_version, &invalid,
+                          &does_not_open))
+        return NULL;
+    PyObject *old[3] = {self->by_version, self->invalid, self->does_not_open};
+    self->invalid = Py_NewRef(invalid);
+    self->does_not_open = Py_NewRef(does_not_open);
+    self->by_version = Py_NewRef(by_version);
+    for (int i = 0; i < 3; i++) Py_XDECREF(old[i]);
+    Py_RETURN_NONE;
+}
+
+/* _disarm_encrypt(): every encrypt goes to _encrypt_slow */
+static PyObject *
+core_disarm_encrypt(PyObject *self_, PyObject *unused)
+{
+    ClientCore *self = (ClientCore *)self_;
     PyObject *old[3] = {self->clock, self->uses, self->encrypt_into};
     self->clock = self->uses = self->encrypt_into = NULL;
     for (int i = 0; i < 3; i++) Py_XDECREF(old[i]);
     Py_RETURN_NONE;
 }
 
-/* arm(decrypt_into_by_version) */
+/* _disarm_decrypt(): every decrypt goes to _decrypt_slow */
 static PyObject *
-client_decrypt_arm(PyObject *self_, PyObject *by_version)
+core_disarm_decrypt(PyObject *self_, PyObject *unused)
 {
-    ClientDecrypt *self = (ClientDecrypt *)self_;
-    if (!PyDict_CheckExact(by_version)) {
-        PyErr_SetString(PyExc_TypeError, "decrypt_into_by_version must be a dict");
-        return NULL;
-    }
-    Py_XSETREF(self->by_version, Py_NewRef(by_version));
-    Py_RETURN_NONE;
-}
-
-static PyObject *
-client_decrypt_disarm(PyObject *self_, PyObject *unused)
-{
-    ClientDecrypt *self = (ClientDecrypt *)self_;
+    ClientCore *self = (ClientCore *)self_;
     Py_CLEAR(self->by_version);
     Py_RETURN_NONE;
 }
 
 static int
-client_encrypt_traverse(PyObject *self_, visitproc visit, void *arg)
+core_traverse(PyObject *self_, visitproc visit, void *arg)
 {
-    ClientEncrypt *self = (ClientEncrypt *)self_;
-    Py_VISIT(self->slow);
+    ClientCore *self = (ClientCore *)self_;
     Py_VISIT(self->clock);
     Py_VISIT(self->uses);
     Py_VISIT(self->encrypt_into);
+    Py_VISIT(self->by_version);
+    Py_VISIT(self->invalid);
+    Py_VISIT(self->does_not_open);
     return 0;
 }
 
 static int
-client_encrypt_clear(PyObject *self_)
+core_clear(PyObject *self_)
 {
-    ClientEncrypt *self = (ClientEncrypt *)self_;
-    Py_CLEAR(self->slow);
+    ClientCore *self = (ClientCore *)self_;
     Py_CLEAR(self->clock);
     Py_CLEAR(self->uses);
     Py_CLEAR(self->encrypt_into);
-    return 0;
-}
-
-static int
-client_decrypt_traverse(PyObject *self_, visitproc visit, void *arg)
-{
-    ClientDecrypt *self = (ClientDecrypt *)self_;
-    Py_VISIT(self->slow);
-    Py_VISIT(self->invalid);
-    Py_VISIT(self->does_not_open);
-    Py_VISIT(self->by_version);
-    return 0;
-}
-
-static int
-client_decrypt_clear(PyObject *self_)
-{
-    ClientDecrypt *self = (ClientDecrypt *)self_;
-    Py_CLEAR(self->slow);
+    Py_CLEAR(self->by_version);
     Py_CLEAR(self->invalid);
     Py_CLEAR(self->does_not_open);
-    Py_CLEAR(self->by_version);
     return 0;
 }
 
 static void
-client_encrypt_dealloc(PyObject *self)
+core_dealloc(PyObject *self)
 {
     PyObject_GC_UnTrack(self);
-    client_encrypt_clear(self);
-    PyObject_GC_Del(self);
+    core_clear(self);
+    Py_TYPE(self)->tp_free(self);
 }
 
-static void
-client_decrypt_dealloc(PyObject *self)
-{
-    PyObject_GC_UnTrack(self);
-    client_decrypt_clear(self);
-    PyObject_GC_Del(self);
-}
-
-static PyObject *
-slow_path_slow(PyObject *self_, void *closure)
-{
-    /* both types start with the same three fields */
-    PyObject *slow = ((ClientEncrypt *)self_)->slow;
-    return Py_NewRef(slow != NULL ? slow : Py_None);
-}
-
-static PyGetSetDef client_getset[] = {
-    {"slow", slow_path_slow, NULL, "the Python method this object stands in front of", NULL},
-    {NULL, NULL, NULL, NULL, NULL},
-};
-
-static PyMethodDef client_encrypt_methods[] = {
-    {"arm", client_encrypt_arm, METH_VARARGS,
-     "arm(clock, fresh_until, uses, encrypt_into, header): take the common case."},
-    {"disarm", client_encrypt_disarm, METH_NOARGS, "disarm(): hand every call to slow."},
+static PyMethodDef core_methods[] = {
+    {"encrypt", (PyCFunction)(void (*)(void))core_encrypt, METH_FASTCALL | METH_KEYWORDS,
+     "encrypt(data, associated_data=b'') -> token: see SSOClient._encrypt_slow."},
+    {"decrypt", (PyCFunction)(void (*)(void))core_decrypt, METH_FASTCALL | METH_KEYWORDS,
+     "decrypt(token, associated_data=b'') -> plaintext: see SSOClient._decrypt_slow."},
+    {"_arm_encrypt", core_arm_encrypt, METH_VARARGS,
+     "_arm_encrypt(clock, fresh_until, uses, encrypt_into, header)"},
+    {"_arm_decrypt", core_arm_decrypt, METH_VARARGS,
+     "_arm_decrypt(decrypt_into_by_version, invalid, does_not_open)"},
+    {"_disarm_encrypt", core_disarm_encrypt, METH_NOARGS, "_disarm_encrypt()"},
+    {"_disarm_decrypt", core_disarm_decrypt, METH_NOARGS, "_disarm_decrypt()"},
     {NULL, NULL, 0, NULL},
 };
 
-static PyMethodDef client_decrypt_methods[] = {
-    {"arm", client_decrypt_arm, METH_O,
-     "arm(decrypt_into_by_version): open the bytes tokens of these versions."},
-    {"disarm", client_decrypt_disarm, METH_NOARGS, "disarm(): hand every call to slow."},
-    {NULL, NULL, 0, NULL},
-};
-
-static PyTypeObject ClientEncryptType = {
+static PyTypeObject ClientCoreType = {
     PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "raftsso._tokens.ClientEncrypt",
-    .tp_basicsize = sizeof(ClientEncrypt),
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
-    .tp_vectorcall_offset = offsetof(ClientEncrypt, vectorcall),
-    .tp_call = PyVectorcall_Call,
-    .tp_new = client_encrypt_new,
-    .tp_dealloc = client_encrypt_dealloc,
-    .tp_traverse = client_encrypt_traverse,
-    .tp_clear = client_encrypt_clear,
-    .tp_methods = client_encrypt_methods,
-    .tp_getset = client_getset,
-    .tp_doc = "ClientEncrypt(slow): SSOClient.encrypt's common case in C (see _tokens.c).",
-};
-
-static PyTypeObject ClientDecryptType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "raftsso._tokens.ClientDecrypt",
-    .tp_basicsize = sizeof(ClientDecrypt),
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
-    .tp_vectorcall_offset = offsetof(ClientDecrypt, vectorcall),
-    .tp_call = PyVectorcall_Call,
-    .tp_new = client_decrypt_new,
-    .tp_dealloc = client_decrypt_dealloc,
-    .tp_traverse = client_decrypt_traverse,
-    .tp_clear = client_decrypt_clear,
-    .tp_methods = client_decrypt_methods,
-    .tp_getset = client_getset,
-    .tp_doc = "ClientDecrypt(slow, invalid, does_not_open): SSOClient.decrypt's common case "
-              "in C (see _tokens.c).",
+    .tp_name = "raftsso._tokens.ClientCore",
+    .tp_basicsize = sizeof(ClientCore),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_new = PyType_GenericNew,
+    .tp_dealloc = core_dealloc,
+    .tp_traverse = core_traverse,
+    .tp_clear = core_clear,
+    .tp_methods = core_methods,
+    .tp_doc = "The C base class of SSOClient: encrypt and decrypt (see raftsso/_tokens.c).",
 };
 
 static PyMethodDef methods[] = {
@@ -652,16 +554,14 @@ static struct PyModuleDef module_def = {
 PyMODINIT_FUNC
 PyInit__tokens(void)
 {
-    if (PyType_Ready(&WindowType) < 0 || PyType_Ready(&ClientEncryptType) < 0
-            || PyType_Ready(&ClientDecryptType) < 0) {
-        return NULL;
-    }
+    if (PyType_Ready(&WindowType) < 0 || PyType_Ready(&ClientCoreType) < 0) return NULL;
     empty_bytes = PyBytes_FromStringAndSize("", 0);
-    if (empty_bytes == NULL) return NULL;
+    str_encrypt_slow = PyUnicode_InternFromString("_encrypt_slow");
+    str_decrypt_slow = PyUnicode_InternFromString("_decrypt_slow");
+    if (empty_bytes == NULL || str_encrypt_slow == NULL || str_decrypt_slow == NULL) return NULL;
     PyObject *m = PyModule_Create(&module_def);
     if (m == NULL) return NULL;
-    if (PyModule_AddObjectRef(m, "ClientEncrypt", (PyObject *)&ClientEncryptType) < 0
-            || PyModule_AddObjectRef(m, "ClientDecrypt", (PyObject *)&ClientDecryptType) < 0) {
+    if (PyModule_AddObjectRef(m, "ClientCore", (PyObject *)&ClientCoreType) < 0) {
         Py_DECREF(m);
         return NULL;
     }

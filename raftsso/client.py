@@ -211,7 +211,7 @@ def _is_older(new: _Keyring, seen: _Keyring) -> bool:
 # -- the client -------------------------------------------------------------------------
 
 
-class SSOClient:
+class SSOClient(envelope.ClientCore):
     """The master secret cache of one SSO service; thread-safe.
 
     Build it with :meth:`from_config` (``client.toml``), :meth:`connect` (explicit nodes
@@ -287,12 +287,6 @@ class SSOClient:
         self._stop = threading.Event()
         self._counters: dict[int, Iterator[int]] = {}
         self._counter_reads: dict[int, int] = {}
-        # encrypt and decrypt in C, in front of the methods below (which they call for all
-        # but the common case); armed by _install, disarmed by close.
-        self._fast = envelope.client_fast_path(self.encrypt, self.decrypt)
-        if self._fast is not None:
-            self.encrypt = self._fast.encrypt  # type: ignore[method-assign]
-            self.decrypt = self._fast.decrypt  # type: ignore[method-assign]
         if isinstance(self._source, ClusterSource):
             self._source.encryptions = self.encryption_counts
         self._thread: threading.Thread | None = None
@@ -363,8 +357,7 @@ class SSOClient:
         self._store_writes.flush()  # a one-shot CLI write reports before it exits
         with self._sync_lock:
             self._cache = None
-            if self._fast is not None:
-                self._fast.disarm()
+            envelope.disarm_client(self)
             self._source.close()
 
     # envelope operations -------------------------------------------------------------
@@ -375,12 +368,11 @@ class SSOClient:
             raise RaftssoError("this SSO client is closed")
         return cache
 
-    def encrypt(self, data: bytes, associated_data: bytes = b"") -> bytes:
-        """Encrypt under the primary version; :class:`StaleSecret` once the cache is stale.
+    # encrypt(data, associated_data=b"") and decrypt(token, associated_data=b"") are
+    # envelope.ClientCore's (in C when built): the common case, armed by _install; they
+    # hand every other call to these two methods, which define what the client does.
 
-        The token is ``0x01 | version (u32 BE) | nonce (12) | AES-256-GCM ciphertext``, with
-        the header and ``associated_data`` authenticated (see :mod:`raftsso.envelope`).
-        """
+    def _encrypt_slow(self, data: bytes, associated_data: bytes = b"") -> bytes:
         cache = self._cache
         if cache is not None and self._clock() < cache.fresh_until:
             seal = cache.seal
@@ -407,12 +399,7 @@ class SSOClient:
         next(cache.uses)
         return cache.primary.encrypt(data, associated_data)
 
-    def decrypt(self, token: bytes, associated_data: bytes = b"") -> bytes:
-        """Decrypt with whichever cached version made ``token``; works with no node up.
-
-        A version newer than every cached one triggers one immediate (rate-limited) resync.
-        Every failure raises the one opaque :class:`InvalidToken`.
-        """
+    def _decrypt_slow(self, token: bytes, associated_data: bytes = b"") -> bytes:
         cache = self._cache
         if cache is not None:
             try:
@@ -543,9 +530,8 @@ class SSOClient:
                              open=keyset.open,
                              uses=(itertools.count() if ring.primary is None
                                    else self._uses(ring.primary)))
-        if self._fast is not None:
-            cache = self._cache
-            self._fast.arm(self._clock, cache.fresh_until, cache.uses, primary, keyset)
+        envelope.arm_client(self, self._clock, self._cache.fresh_until, self._cache.uses,
+                            primary, keyset)
         self._preferred = index
         if self._cluster_id is None:
             self._cluster_id = ring.cluster_id
