@@ -368,6 +368,23 @@ class SSOClient(envelope.ClientCore):
             raise RaftssoError("this SSO client is closed")
         return cache
 
+    @property
+    def _clock(self) -> Callable[[], float]:
+        return self._clock_fn
+
+    @_clock.setter
+    def _clock(self, clock: Callable[[], float]) -> None:
+        # The injected-clock seam (tests jump time): encrypt reads the clock it was armed
+        # with, so arm it again.
+        self._clock_fn = clock
+        cache: _Cache | None = getattr(self, "_cache", None)
+        if cache is not None:
+            self._arm(cache)
+
+    def _arm(self, cache: _Cache) -> None:
+        envelope.arm_client(self, self._clock_fn, cache.fresh_until, cache.uses, cache.primary,
+                            cache.keyset)
+
     # encrypt(data, associated_data=b"") and decrypt(token, associated_data=b"") are
     # envelope.ClientCore's (in C when built): the common case, armed by _install; they
     # hand every other call to these two methods, which define what the client does.
@@ -530,8 +547,7 @@ class SSOClient(envelope.ClientCore):
                              open=keyset.open,
                              uses=(itertools.count() if ring.primary is None
                                    else self._uses(ring.primary)))
-        envelope.arm_client(self, self._clock, self._cache.fresh_until, self._cache.uses,
-                            primary, keyset)
+        self._arm(self._cache)
         self._preferred = index
         if self._cluster_id is None:
             self._cluster_id = ring.cluster_id
