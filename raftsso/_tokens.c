@@ -511,9 +511,15 @@ core_dealloc(PyObject *self)
 
 static PyMethodDef core_methods[] = {
     {"encrypt", (PyCFunction)(void (*)(void))core_encrypt, METH_FASTCALL | METH_KEYWORDS,
-     "encrypt(data, associated_data=b'') -> token: see SSOClient._encrypt_slow."},
+     "encrypt(data, associated_data=b'') -> token\n\n"
+     "Encrypt under the primary version; StaleSecret once the cache is stale. The token is\n"
+     "0x01 | version (u32 BE) | nonce (12) | AES-256-GCM ciphertext, with the header and\n"
+     "associated_data authenticated (see raftsso.envelope)."},
     {"decrypt", (PyCFunction)(void (*)(void))core_decrypt, METH_FASTCALL | METH_KEYWORDS,
-     "decrypt(token, associated_data=b'') -> plaintext: see SSOClient._decrypt_slow."},
+     "decrypt(token, associated_data=b'') -> plaintext\n\n"
+     "Decrypt with whichever cached version made token; works with no node up. A version\n"
+     "newer than every cached one triggers one immediate (rate-limited) resync. Every\n"
+     "failure raises the one opaque InvalidToken."},
     {"_arm_encrypt", core_arm_encrypt, METH_VARARGS,
      "_arm_encrypt(clock, fresh_until, uses, encrypt_into, header)"},
     {"_arm_decrypt", core_arm_decrypt, METH_VARARGS,

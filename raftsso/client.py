@@ -156,12 +156,10 @@ class _Cache:
     synced_at: float  # the injected (monotonic) clock
     synced_at_wall: float
     max_version: int
-    # Precomputed for encrypt/decrypt, whose every Python operation shows in their cost:
+    # What encrypt/decrypt are armed with (envelope.arm_client):
     fresh_until: float  # synced_at + max_staleness
     primary: envelope.Envelope | None
     keyset: envelope.Keyset  # every version's envelope, by token header
-    seal: Callable[[bytes, bytes], bytes] | None  # primary.seal
-    open: Callable[[bytes, bytes], bytes | None]  # keyset.open
     # Counts the primary's encryptions (one C call per encrypt; see encryption_counts).
     uses: Iterator[int] = field(default_factory=itertools.count)
 
@@ -390,16 +388,7 @@ class SSOClient(envelope.ClientCore):
     # hand every other call to these two methods, which define what the client does.
 
     def _encrypt_slow(self, data: bytes, associated_data: bytes = b"") -> bytes:
-        cache = self._cache
-        if cache is not None and self._clock() < cache.fresh_until:
-            seal = cache.seal
-            if seal is not None:
-                next(cache.uses)
-                return seal(data, associated_data)
-        return self._encrypt_checked(data, associated_data)
-
-    def _encrypt_checked(self, data: bytes, associated_data: bytes) -> bytes:
-        """The fast path's refusals, spelled out (and the one authority on staleness)."""
+        """The common case's refusals, spelled out (and the one authority on staleness)."""
         cache = self._current()
         age = self._clock() - cache.synced_at
         if age >= self.max_staleness:
@@ -420,7 +409,7 @@ class SSOClient(envelope.ClientCore):
         cache = self._cache
         if cache is not None:
             try:
-                plaintext = cache.open(token, associated_data)
+                plaintext = cache.keyset.open(token, associated_data)
             except envelope.TokenDoesNotOpen:
                 raise InvalidToken() from None
             if plaintext is not None:
@@ -537,14 +526,12 @@ class SSOClient(envelope.ClientCore):
     def _install(self, ring: _Keyring, index: int) -> None:
         previous = self._cache
         now = self._clock()
-        primary = None if ring.primary is None else ring.versions[ring.primary].envelope
-        keyset = envelope.Keyset(v.envelope for v in ring.versions.values())
         self._cache = _Cache(ring=ring, synced_at=now, synced_at_wall=self._wall(),
                              max_version=max(ring.versions, default=0),
                              fresh_until=now + self.max_staleness,
-                             primary=primary, keyset=keyset,
-                             seal=None if primary is None else primary.seal,
-                             open=keyset.open,
+                             primary=None if ring.primary is None
+                             else ring.versions[ring.primary].envelope,
+                             keyset=envelope.Keyset(v.envelope for v in ring.versions.values()),
                              uses=(itertools.count() if ring.primary is None
                                    else self._uses(ring.primary)))
         self._arm(self._cache)
