@@ -59,7 +59,8 @@ def test_the_accelerator_is_built_here() -> None:
     if os.environ.get("RAFTSSO_PURE_PYTHON"):
         assert accel is None
     else:
-        assert accel is not None, "raftsso._tokens did not build (gcc and Python.h needed)"
+        assert accel is not None, ("raftsso._tokens is not built: pip install -e . (./dev "
+                                   "test does) needs gcc and the Python headers")
 
 
 @needs_c
