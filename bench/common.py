@@ -12,10 +12,13 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
+from raftsso import cluster_status
 from tests.harness import Cluster, running_cluster, wait_for
+from tests.harness.cluster import cluster_client
 
 T = TypeVar("T")
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -44,6 +47,63 @@ def caught_up(cluster: Cluster) -> dict[str, Any]:
         return None
 
     return wait_for(check, what="a fully caught-up cluster", interval=0.02)
+
+
+class ElectionCounter:
+    """Elections in a cluster while it runs: how far the highest term any node reports
+    went up (every election round raises it, a pre-vote does not) and how often the leader
+    changed, from every node's ``status`` every ``period`` seconds, on its own connections.
+
+    With no node killed or stopped meanwhile, every election is a spurious one.
+    """
+
+    def __init__(self, cluster: Cluster, period: float = 0.25) -> None:
+        self._client = cluster_client(cluster.admin_toml, timeout=1.0)
+        self._period = period
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.first_term: int | None = None
+        self.last_term: int | None = None
+        self.leader: str | None = None
+        self.leader_changes = 0
+        self.samples = 0
+        self._t0 = 0.0
+
+    def _sample(self) -> None:
+        st = cluster_status.gather(self._client, timeout=1.0)
+        terms = [n["term"] for n in st["nodes"] if isinstance(n.get("term"), int)]
+        if terms:
+            term = max(terms)
+            if self.first_term is None:
+                self.first_term = term
+            self.last_term = max(term, self.last_term or term)
+        if st["leader"] is not None:
+            if self.leader is not None and st["leader"] != self.leader:
+                self.leader_changes += 1
+            self.leader = st["leader"]
+        self.samples += 1
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._period):
+            self._sample()
+
+    def start(self) -> ElectionCounter:
+        self._t0 = time.monotonic()
+        self._sample()
+        self._thread.start()
+        return self
+
+    def stop(self) -> dict[str, Any]:
+        """Stop polling; the counts: ``elections`` (term rises), ``leader_changes``."""
+        self._stop.set()
+        self._thread.join(timeout=10)
+        self._sample()
+        self._client.close()
+        first, last = self.first_term, self.last_term
+        return {"seconds": round(time.monotonic() - self._t0, 1), "samples": self.samples,
+                "first_term": first, "last_term": last,
+                "elections": None if first is None or last is None else last - first,
+                "leader_changes": self.leader_changes}
 
 
 def node_pid(cluster: Cluster, node_id: str) -> int:
@@ -133,6 +193,35 @@ def ops_per_second(fn: Callable[[], object], seconds: float, repeats: int = 3) -
                 break
         best = max(best, n / (now - t0))
     return best
+
+
+def concurrent_calls(threads: int, seconds: float, call: Callable[[Any], object],
+                     open_conn: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext,
+                     ) -> tuple[int, list[str], float]:
+    """``threads`` threads each open a connection and ``call`` it back to back for ``seconds``.
+
+    Returns the calls that succeeded, the failures (``Type: message``) and the seconds taken.
+    """
+    done = [0] * threads
+    errors: list[str] = []
+    stop = time.perf_counter() + seconds
+
+    def worker(i: int) -> None:
+        with open_conn() as conn:
+            while time.perf_counter() < stop:
+                try:
+                    call(conn)
+                    done[i] += 1
+                except Exception as exc:
+                    errors.append(f"{type(exc).__name__}: {exc}"[:120])
+
+    t0 = time.perf_counter()
+    workers = [threading.Thread(target=worker, args=(i,)) for i in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    return sum(done), errors, time.perf_counter() - t0
 
 
 def stop_processes(procs: Iterable[subprocess.Popen[bytes] | None],

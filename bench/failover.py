@@ -12,7 +12,14 @@ and caught up (same commit index and primary). A trial:
    availability rather than a client's choice of node (a request to a hung node costs
    its timeout).
 4. the killed node is restarted (the stopped one gets SIGCONT) and the trial ends when the
-   cluster is fully caught up again.
+   cluster is fully caught up again (and, before the next trial, every Raft link is up
+   again). The highest term before and after says how many
+   elections the failover took (one, unless a vote was split or a round failed).
+
+Before the trials, ``LOAD_S`` seconds of load with no failure (the clients below, and a
+rotation through the leader every ``LOAD_ROTATE_EVERY`` seconds) count spurious elections:
+every term change there is one. ``python -m bench idle`` counts them in an idle cluster
+(``IDLE_S`` seconds, the issue's 10 minutes).
 
 Throughout the run, ``--clients`` SSOClient instances (threads in this process, each with its
 own connections) encrypt and decrypt in a loop: each iteration encrypts 64 random bytes,
@@ -38,20 +45,23 @@ import time
 from collections import deque
 from typing import Any
 
-from bench.common import caught_up, local_cluster, ms, print_table
+from bench.common import ElectionCounter, caught_up, local_cluster, ms, print_table
 from bench.stats import summary
 from raftsso.client import SSOClient
 from raftsso.config import load_remote_config
 from raftsso.errors import RaftssoError
 from raftsso.pki import client_context
 from raftsso.remote import Connection
-from tests.harness import Cluster
+from tests.harness import Cluster, wait_for
 
 RESYNC_INTERVAL = 0.25
 MAX_STALENESS = 10.0
 CLIENTS = 4
 PACE = 0.002  # seconds slept per client iteration: ~1,000 ops/s per client
 SLOW_OP = 0.05  # an encrypt/decrypt slower than this is recorded with its time
+LOAD_S = 30.0
+LOAD_ROTATE_EVERY = 0.1
+IDLE_S = 600.0
 
 
 class ClientFleet:
@@ -199,9 +209,28 @@ def _new_leader(cluster: Cluster, old: str, t0: float, timeout: float = 30.0) ->
     raise RuntimeError(f"no new leader within {timeout:.0f} s")
 
 
+def _top_term(status: dict[str, Any]) -> int:
+    return max(n["term"] for n in status["nodes"] if isinstance(n.get("term"), int))
+
+
+def _linked(cluster: Cluster) -> None:
+    """Wait until every node has a live link to every other (a restarted node's links to
+    the other followers come up after it has caught up through the leader's)."""
+
+    def check() -> bool:
+        for node_id in cluster.ids:
+            peers = cluster.node_status(node_id)["peers"]
+            if len(peers) != len(cluster.ids) - 1 or not all(p["connected"] for p in peers):
+                return False
+        return True
+
+    wait_for(check, what="every Raft link up", interval=0.02)
+
+
 def _trial(cluster: Cluster, prober: RotateProber, fleet: ClientFleet,
            sig: int) -> dict[str, Any]:
-    caught_up(cluster)
+    _linked(cluster)
+    term0 = _top_term(caught_up(cluster))
     old = cluster.leader()
     start = time.perf_counter()
     t0 = time.perf_counter()
@@ -218,11 +247,42 @@ def _trial(cluster: Cluster, prober: RotateProber, fleet: ClientFleet,
         else:
             cluster.signal(old, signal.SIGCONT)
     prober.join()
-    caught_up(cluster)
+    elections = _top_term(caught_up(cluster)) - term0
     end = time.perf_counter()
     return {"killed": old, "new_leader_s": leader_s, "ack_rotate_s": write_s,
-            "acked_by": via, "t0": t0, "start": start, "end": end,
+            "acked_by": via, "elections": elections, "t0": t0, "start": start, "end": end,
             **fleet.window(start, end)}
+
+
+def _load_phase(cluster: Cluster, fleet: ClientFleet, seconds: float) -> dict[str, Any]:
+    """Clients and rotations, no failure: every election counted here is a spurious one."""
+    counter = ElectionCounter(cluster).start()
+    rotations = errors = 0
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        try:
+            cluster.rotate(now=False)
+            rotations += 1
+        except (RaftssoError, OSError):
+            errors += 1
+        time.sleep(LOAD_ROTATE_EVERY)
+    return {**counter.stop(), "rotations": rotations, "rotation_errors": errors,
+            "clients": CLIENTS}
+
+
+def run_idle(quick: bool = False, trials: int | None = None) -> dict[str, Any]:
+    """An idle cluster for ``IDLE_S`` seconds: elections (every one of them spurious)."""
+    seconds = 3.0 if quick else IDLE_S
+    with local_cluster("idle") as cluster:
+        caught_up(cluster)
+        counter = ElectionCounter(cluster, period=1.0).start()
+        time.sleep(seconds)
+        out = counter.stop()
+    print_table("idle cluster (spurious elections: term changes with every node up)",
+                ["seconds", "elections", "leader changes"],
+                [[f"{out['seconds']:.0f}", str(out["elections"]), str(out["leader_changes"])]])
+    return {"config": {"idle_s": seconds, "nodes": 3,
+                       "timings": "raftsso defaults (RaftTimings)"}, **out}
 
 
 def run(quick: bool = False, trials: int | None = None) -> dict[str, Any]:
@@ -236,13 +296,18 @@ def run(quick: bool = False, trials: int | None = None) -> dict[str, Any]:
         try:
             time.sleep(0.3)  # the pool fills, every client has resynced once
             warm = fleet.window(0, time.perf_counter())
+            load = _load_phase(cluster, fleet, 1.0 if quick else LOAD_S)
+            print(f"  load without failures ({load['seconds']:.0f} s, {CLIENTS} clients, "
+                  f"{load['rotations']} rotations): {load['elections']} elections, "
+                  f"{load['leader_changes']} leader changes", flush=True)
             for kind, sig in (("sigkill", signal.SIGKILL), ("sigstop", signal.SIGSTOP)):
                 for i in range(n):
                     r = _trial(cluster, prober, fleet, sig)
                     results[kind].append(r)
                     print(f"  {kind} {i + 1:2d}/{n}: leader {r['killed']}, new leader "
                           f"{ms(r['new_leader_s']):>7} ms, first ack rotate "
-                          f"{ms(r['ack_rotate_s']):>7} ms (via {r['acked_by']}), client ops "
+                          f"{ms(r['ack_rotate_s']):>7} ms (via {r['acked_by']}), "
+                          f"{r['elections']} election(s), client ops "
                           f"{r['ok_ops']} ok / {r['failed_ops']} failed, slowest "
                           f"{ms(r['slowest_op_s'])} ms", flush=True)
             # The timeline of the median SIGKILL trial, for the plot.
@@ -257,8 +322,10 @@ def run(quick: bool = False, trials: int | None = None) -> dict[str, Any]:
                    "client_resync_interval_s": RESYNC_INTERVAL,
                    "client_max_staleness_s": MAX_STALENESS, "client_pace_s": PACE,
                    "nodes": 3, "timings": "raftsso defaults (RaftTimings)",
-                   "probe": "rotate (staged) raced on one warm mTLS connection per node"},
+                   "probe": "rotate (staged) raced on one warm mTLS connection per node",
+                   "load_s": 1.0 if quick else LOAD_S, "load_rotate_every_s": LOAD_ROTATE_EVERY},
         "warmup": {"failed_ops": warm["failed_ops"]},
+        "load_without_failures": load,
     }
     rows = []
     for kind, trials_ in results.items():
@@ -272,6 +339,8 @@ def run(quick: bool = False, trials: int | None = None) -> dict[str, Any]:
             "slowest_client_op_s": max((t["slowest_op_s"] for t in trials_), default=0.0),
             "max_client_sync_age_s": max((t["max_sync_age_s"] for t in trials_), default=0.0),
             "over_2s": sum(1 for t in trials_ if t["ack_rotate_s"] > 2.0),
+            "elections": sum(t["elections"] for t in trials_),
+            "extra_elections": sum(max(0, t["elections"] - 1) for t in trials_),
             "failure_examples": [f for t in trials_ for f in t["failures"]][:10],
             "trials_detail": [{k: v for k, v in t.items() if k not in ("t0", "start", "end")}
                               for t in trials_],
@@ -283,6 +352,9 @@ def run(quick: bool = False, trials: int | None = None) -> dict[str, Any]:
                          ms(s["max"]), str(entry["failed_client_ops"])])
     print_table("failover (ms; failed = client encrypt/decrypt failures over all trials)",
                 ["signal", "time to", "median", "p90", "p99", "max", "failed"], rows)
+    print("  elections per failover: " + ", ".join(
+        f"{kind} {out[kind]['elections']} in {out[kind]['trials']} trials "
+        f"({out[kind]['extra_elections']} more than one)" for kind in results))
     for kind in results:
         if out[kind]["failure_examples"]:
             print(f"  {kind} failures, e.g.: {out[kind]['failure_examples'][:3]}")

@@ -20,10 +20,16 @@ generator or node that falls behind shows up as latency (no coordinated omission
 is *sustained* when at least 99 % of its requests complete within the step plus 1 s, none
 fails, and p99 < 50 ms. The ramp stops at the first step that is not sustained (retried
 once). Last, a closed loop (``SATURATE_CONNECTIONS`` connections per process fetching back
-to back) gives the most the node serves flat out. What limits the number is printed from
+to back, on their own non-blocking TLS sockets, a lighter client than asyncio's streams)
+gives the most the node serves flat out. What limits the number is printed from
 that measurement: the target node's CPU (one asyncio thread can use at most one core)
 against the generator's, the other nodes' and the machine's (every process, /proc/stat) on
 2 cores. ``lag`` is how late the generator launched requests.
+
+**New connections**: each generator process runs ``CHURN_THREADS`` threads that connect,
+fetch the keyring once and close, back to back, first with full handshakes, then offering
+the TLS session of their last connection (TLS 1.3 ticket) as ``raftsso.remote`` does
+(asyncio cannot pass a session, so these are blocking ``ssl`` sockets).
 
 **Clients**: ``CLIENTS`` (10,000) simulated clients, each with *its own* persistent mTLS
 connection (what SSOClient keeps: one connection per node it talked to; the node's
@@ -48,6 +54,7 @@ from typing import Any
 
 from bench.common import (
     CpuMeter,
+    ElectionCounter,
     local_cluster,
     ms,
     print_table,
@@ -65,6 +72,7 @@ RAMP = [250, 500, 1000, 1500, 2000, 2500, 3000, 4000, 5000, 6000, 8000, 10000]
 STEP_S = 4.0
 SUSTAINED_P99 = 0.05
 SATURATE_CONNECTIONS = 8  # per generator process, for the closed-loop measurement
+CHURN_THREADS = 4  # per generator process: blocking TLS clients opening connections
 # Send the index held, as SSOClient does since the "unchanged" answer (RAFTSSO_BENCH_KNOWN=0:
 # every fetch asks for the whole keyring, as older clients did).
 KNOWN = os.environ.get("RAFTSSO_BENCH_KNOWN", "1") != "0"
@@ -154,6 +162,72 @@ class _Worker:
             raise RuntimeError("keyring without versions")
         conn.known = result["commit_index"]
 
+    async def churn(self, start_at: float, duration: float, threads: int,
+                    resume: bool) -> dict[str, Any]:
+        """New connections back to back: each of ``threads`` blocking TLS sockets (threads,
+        not asyncio: asyncio cannot pass a TLS session to resume) connects, fetches the
+        keyring once and closes, as a restarted SSOClient does; with ``resume`` each
+        reconnect offers the session of its thread's last connection (TLS 1.3 ticket), as
+        raftsso.remote does."""
+        import socket
+        import threading
+
+        from raftsso.wire import decode_body, encode_frame
+
+        loop = asyncio.get_running_loop()
+        await asyncio.sleep(max(0.0, start_at - time.time()))
+        end = time.monotonic() + duration
+        latencies: list[float] = []
+        errors: list[str] = []
+        reused = [0]
+        lock = threading.Lock()
+        frame = encode_frame({"id": 1, "op": "keyring", "args": {"client_id": "churn"}})
+
+        def recv_exact(tls: Any, n: int) -> bytes:
+            data = b""
+            while len(data) < n:
+                chunk = tls.recv(n - len(data))
+                if not chunk:
+                    raise ConnectionError("closed by the node")
+                data += chunk
+            return data
+
+        def run(k: int) -> None:
+            session = None
+            n = 0
+            while time.monotonic() < end:
+                n += 1
+                t = time.monotonic()
+                try:
+                    raw = socket.create_connection((self.host, self.port), timeout=10,
+                                                   source_address=(
+                                                       f"127.{self.index + 1}.200.{k + 1}", 0)
+                                                   if self.host.startswith("127.") else None)
+                    raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as remote.py
+                    with self.ctx.wrap_socket(raw, server_hostname=self.host,
+                                              session=session if resume else None) as tls:
+                        tls.sendall(frame)
+                        (length,) = _LEN.unpack(recv_exact(tls, 4))
+                        answer = decode_body(recv_exact(tls, length))
+                        if answer.get("ok") is not True:
+                            raise RuntimeError(f"bad answer: {answer.get('error')}")
+                        session = tls.session
+                        with lock:
+                            reused[0] += bool(tls.session_reused)
+                            latencies.append(time.monotonic() - t)
+                except Exception as exc:
+                    session = None
+                    with lock:
+                        errors.append(f"{type(exc).__name__}: {exc}"[:120])
+
+        cpu0 = resource.getrusage(resource.RUSAGE_SELF)
+        await asyncio.gather(*(loop.run_in_executor(None, run, k) for k in range(threads)))
+        cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+        return {"scheduled": len(latencies), "completed": len(latencies), "unfinished": 0,
+                "errors": len(errors), "error_examples": errors[:3], "latencies": latencies,
+                "lag_p99": 0.0, "reused": reused[0],
+                "cpu_s": (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime)}
+
     async def clients(self, start_at: float, duration: float, interval: float,
                       seed: int) -> dict[str, Any]:
         """Every connection is one client: first fetch at a random phase, then every
@@ -182,27 +256,83 @@ class _Worker:
 
     async def saturate(self, start_at: float, duration: float,
                        connections: int) -> dict[str, Any]:
-        """Closed loop: ``connections`` of the pool fetch back to back for ``duration``."""
+        """Closed loop: ``connections`` fetch back to back for ``duration``. A lighter client
+        than the ramp's: non-blocking TLS sockets driven by loop callbacks (over asyncio's
+        streams the generator spent more CPU per fetch than the node, and on 2 cores it
+        shares, that set the rate more than the node did)."""
+        import socket
+        import ssl
+
+        from raftsso.wire import decode_body, encode_frame
+
         loop = asyncio.get_running_loop()
-        base = loop.time() + (start_at - time.time())
-        await asyncio.sleep(max(0.0, base - loop.time()))
-        end = base + duration
         latencies: list[float] = []
         errors: list[str] = []
-        cpu0 = resource.getrusage(resource.RUSAGE_SELF)
+        socks = []
+        for _ in range(connections):
+            raw = socket.create_connection((self.host, self.port), timeout=10)
+            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            socks.append(self.ctx.wrap_socket(raw, server_hostname=self.host))
+        await asyncio.sleep(max(0.0, start_at - time.time()))
+        end = loop.time() + duration
+        done = loop.create_future()
+        open_ = [len(socks)]
+        buf = bytearray(1 << 16)
 
-        async def run(conn: _Conn) -> None:
-            while loop.time() < end:
-                t = loop.time()
+        def driver(tls: ssl.SSLSocket, cid: str) -> None:
+            state: dict[str, Any] = {"n": 0, "known": None, "t": 0.0, "in": b""}
+
+            def send() -> None:
+                state["n"] += 1
+                args: dict[str, Any] = {"client_id": cid}
+                if state["known"] is not None and KNOWN:
+                    args["known"] = state["known"]
+                state["t"] = loop.time()
+                tls.sendall(encode_frame({"id": state["n"], "op": "keyring", "args": args}))
+
+            def finish(error: str | None = None) -> None:
+                if error:
+                    errors.append(error[:120])
+                loop.remove_reader(tls.fileno())
+                open_[0] -= 1
+                if not open_[0] and not done.done():
+                    done.set_result(None)
+
+            def readable() -> None:
                 try:
-                    await self.fetch(conn)
-                except Exception as exc:
-                    errors.append(f"{type(exc).__name__}: {exc}"[:120])
+                    while True:
+                        n = tls.recv_into(buf)
+                        if not n:
+                            return finish("ConnectionError: closed by the node")
+                        state["in"] += buf[:n]
+                except ssl.SSLWantReadError:
+                    pass
+                data = state["in"]
+                if len(data) < 4 or len(data) < 4 + _LEN.unpack(data[:4])[0]:
                     return
-                latencies.append(loop.time() - t)
+                (length,) = _LEN.unpack(data[:4])
+                answer = decode_body(bytes(data[4:4 + length]))
+                state["in"] = data[4 + length:]
+                if answer.get("id") != state["n"] or answer.get("ok") is not True:
+                    return finish(f"RuntimeError: bad answer: {answer.get('error')}")
+                state["known"] = answer["result"]["commit_index"]
+                now = loop.time()
+                latencies.append(now - state["t"])
+                if now >= end:
+                    return finish()
+                send()
 
-        await asyncio.gather(*(run(c) for c in self.conns[:connections]))
+            tls.setblocking(False)
+            loop.add_reader(tls.fileno(), readable)
+            send()
+
+        cpu0 = resource.getrusage(resource.RUSAGE_SELF)
+        for i, tls in enumerate(socks):
+            driver(tls, f"raw-{self.index}-{i}")
+        await done
         cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+        for tls in socks:
+            tls.close()
         return {"scheduled": len(latencies), "completed": len(latencies), "unfinished": 0,
                 "errors": len(errors), "error_examples": errors[:3], "latencies": latencies,
                 "lag_p99": 0.0,
@@ -367,6 +497,7 @@ def run(quick: bool = False, trials: int | None = None) -> dict[str, Any]:
                      "(latency from the scheduled time)",
         "cpus": os.cpu_count()}}
     with local_cluster("load") as cluster:
+        elections = ElectionCounter(cluster).start()  # every one of them spurious
         st = cluster.status()
         target = "node1"
         address = cluster.address(target)
@@ -459,6 +590,28 @@ def run(quick: bool = False, trials: int | None = None) -> dict[str, Any]:
                           "yes" if s["sustained"] else "no"] for s in steps])
             print(f"  highest sustained: {best:.0f} fetches/s from one node; "
                   f"limit: {out['limit']}")
+            # New connections back to back, without and with TLS session resumption.
+            gen.call("connect", n=0, prefix="none")
+            out["churn"] = {}
+            for resume in (False, True):
+                meter = CpuMeter({**node_pids, **gen.pids})
+                parts = gen.call("churn", start_at=time.time() + 0.2, duration=step_s,
+                                 threads=CHURN_THREADS, resume=resume)
+                cpu = meter.read()
+                ch = _merge(parts, step_s)
+                ch.pop("_latencies")
+                ch.update({"threads": CHURN_THREADS * WORKERS, "resumed":
+                           sum(p["reused"] for p in parts), "node_cpu": cpu[target],
+                           "machine_cpu": cpu["machine"],
+                           "generator_cpu_proc": round(sum(v for k, v in cpu.items()
+                                                           if k.startswith("generator")), 3)})
+                out["churn"]["resumed" if resume else "full"] = ch
+                print(f"  new connections ({'resuming' if resume else 'full'} handshakes, "
+                      f"{CHURN_THREADS * WORKERS} threads, connect + one fetch + close): "
+                      f"{ch['achieved_per_s']:.0f}/s, {ch['resumed']} resumed, p50 "
+                      f"{ms(ch['p50_s'])} ms, {ch['errors']} errors, node CPU "
+                      f"{ch['node_cpu']:.2f}, generator {ch['generator_cpu_proc']:.2f}, "
+                      f"machine {ch['machine_cpu']:.2f}", flush=True)
             # Then every client its own connection (the node keeps their memory afterwards).
             gen.call("connect", n=0, prefix="none")  # the pool's connections closed first
             rss0 = proc_rss_mib(pid)
@@ -497,6 +650,9 @@ def run(quick: bool = False, trials: int | None = None) -> dict[str, Any]:
                             "saturation_latencies": sat_lat}
         finally:
             gen.close()
+            out["elections"] = elections.stop()
+            print(f"  elections during the load scenario (spurious): "
+                  f"{out['elections']['elections']}")
     return out
 
 

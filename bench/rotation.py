@@ -18,11 +18,10 @@ it yet.
 from __future__ import annotations
 
 import secrets
-import threading
 import time
 from typing import Any
 
-from bench.common import local_cluster, ms, print_table
+from bench.common import concurrent_calls, local_cluster, ms, print_table
 from bench.failover import ClientFleet
 from bench.stats import percentile
 from raftsso.config import load_remote_config
@@ -65,27 +64,11 @@ def run(quick: bool = False, trials: int | None = None) -> dict[str, Any]:
                 lat.append(time.perf_counter() - t)
             size1, versions1, fetch1 = _keyring_size(admin, leader_addr)
         # Concurrent.
-        done = [0] * THREADS
-        errors: list[str] = []
-        stop = time.perf_counter() + conc_s
-
-        def worker(i: int) -> None:
-            with ClusterClient.from_config(cfg) as c:
-                while time.perf_counter() < stop:
-                    try:
-                        c.call_node(leader_addr, "rotate",
-                                    {"request_id": secrets.token_bytes(16), "now": False})
-                        done[i] += 1
-                    except Exception as exc:
-                        errors.append(f"{type(exc).__name__}: {exc}"[:120])
-
-        t0 = time.perf_counter()
-        threads = [threading.Thread(target=worker, args=(i,)) for i in range(THREADS)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        elapsed = time.perf_counter() - t0
+        commits, errors, elapsed = concurrent_calls(
+            THREADS, conc_s,
+            lambda c: c.call_node(leader_addr, "rotate",
+                                  {"request_id": secrets.token_bytes(16), "now": False}),
+            lambda: ClusterClient.from_config(cfg))
         # rotate --now with clients running.
         fleet = ClientFleet(str(cluster.client_toml), 4)
         fleet.start()
@@ -103,8 +86,8 @@ def run(quick: bool = False, trials: int | None = None) -> dict[str, Any]:
         "p99_s": percentile(lat, 99), "max_s": max(lat),
         "first_tenth_p50_s": percentile(lat[: max(1, n // 10)], 50),
         "last_tenth_p50_s": percentile(lat[-max(1, n // 10):], 50)}
-    out["concurrent"] = {"threads": THREADS, "commits": sum(done), "seconds": elapsed,
-                         "commits_per_s": sum(done) / elapsed, "errors": len(errors),
+    out["concurrent"] = {"threads": THREADS, "commits": commits, "seconds": elapsed,
+                         "commits_per_s": commits / elapsed, "errors": len(errors),
                          "error_examples": errors[:3]}
     out["keyring_growth"] = {
         "versions_before": versions0, "versions_after_sequential": versions1,

@@ -11,6 +11,7 @@ slot reads ``results["agent"]`` with the keys of ``results["openbao"]["transit"]
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +118,7 @@ def targets(report: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     if rot:
         row("acknowledged rotate p50 <= 5 ms (fsync)", _ms(rot["p50_s"]),
             rot["p50_s"] <= 0.005, "rotation")
+    _issue16_raft_targets(report, row)
     enc = _get(report, "encryption", "1 KiB")
     if enc:
         for op in ("encrypt", "decrypt"):
@@ -136,6 +138,35 @@ def targets(report: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             f"{r['rows_per_s']:,.0f} rows/s ({r['rows']:,} rows in {r['seconds']:.2f} s)",
             r["rows_per_s"] >= r["target_rows_per_s"], "rewrap")
     return rows
+
+
+def _issue16_raft_targets(report: dict[str, Any],
+                          row: Callable[[str, str, bool | None, str], None]) -> None:
+    """Issue 16, items 2 and 4: failover, spurious elections, the write path."""
+    for kind in ("sigkill", "sigstop"):
+        k = _get(report, "failover", kind)
+        if k:
+            a = k["ack_rotate_s"]
+            row(f"failover {kind.upper()}: median <= 250 ms, p99 <= 500 ms (issue 16)",
+                f"{_ms(a.get('median'))} / {_ms(a.get('p99'))}",
+                a.get("median", 9) <= 0.25 and a.get("p99", 9) <= 0.5, "failover")
+    spurious = [(name, x["elections"]) for name, x in (
+        ("idle", _get(report, "idle")), ("load", _get(report, "load", "elections")),
+        ("failover load", _get(report, "failover", "load_without_failures")))
+        if x and x.get("elections") is not None]
+    if spurious:
+        row("no spurious elections (idle, load) (issue 16)",
+            ", ".join(f"{n} {e}" for n, e in spurious),
+            all(e == 0 for _, e in spurious), "idle/load/failover")
+    rot = _get(report, "rotation", "sequential")
+    if rot:
+        row("acknowledged rotate p50 <= 2.5 ms (issue 16)", _ms(rot["p50_s"]),
+            rot["p50_s"] <= 0.0025, "rotation")
+    c = _get(report, "commits", "concurrent")
+    if c:
+        row(">= 400 concurrent commits/s with 8 writers (issue 16)",
+            f"{c['commits_per_s']:,.0f}/s Raft ({c['leader_entries_per_fsync']:.1f} entries "
+            "per leader fsync)", c["commits_per_s"] >= 400, "commits")
 
 
 def print_targets(report: dict[str, Any]) -> None:
@@ -249,6 +280,19 @@ def _scenario_tables(report: dict[str, Any]) -> list[str]:
                   f"**{w['failed_ops']}** failed client operations of "
                   f"{w['ok_ops'] + w['failed_ops']:,}"
                   + (f" (e.g. `{w['failures'][0]}`)" if w["failures"] else "") + ".", ""]
+    cm = _get(report, "commits")
+    if cm:
+        s, c = cm["sequential"], cm["concurrent"]
+        lines += ["### Raft commits (the write path alone)", "",
+                  f"Sequential (n={s['n']}): p50 {_ms(s['p50_s'])}, p90 {_ms(s['p90_s'])}, "
+                  f"p99 {_ms(s['p99_s'])}; leader CPU {s['leader_cpu_ms_per_commit']:.2f} ms "
+                  f"per commit. {c['threads']} writers: **{c['commits_per_s']:,.0f} "
+                  f"commits/s**, {c['leader_entries_per_fsync']:.1f} entries per leader "
+                  f"fsync, {c['errors']} errors.", ""]
+    idle = _get(report, "idle")
+    if idle:
+        lines += [f"Idle cluster, {idle['seconds']:.0f} s: {idle['elections']} elections, "
+                  f"{idle['leader_changes']} leader changes.", ""]
     enc = _get(report, "encryption")
     if enc:
         lines += ["### Encryption (ops/s, one thread)", "",

@@ -12,6 +12,8 @@ configuration error instead of acting on the wrong cluster.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -19,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from raftsso import cluster_status
 from raftsso.cluster_status import ClusterStatus
-from raftsso.config import RemoteConfig, load_remote_config, split_address
+from raftsso.config import Endpoint, RemoteConfig, load_remote_config, split_address
 from raftsso.errors import ConfigError, RaftssoError
 from raftsso.fsutil import atomic_write
 from raftsso.known_stores import KnownStore, store_id_problem
@@ -40,11 +42,16 @@ from raftsso.protocol.messages import (
     MembersRequest,
     MembersResult,
     PingRequest,
+    ResealRequest,
     RestoreRequest,
     RestoreResult,
     RestoreVersion,
     RetireRequest,
     RotateRequest,
+    SealForgetRequest,
+    SealInstallRequest,
+    SealView,
+    StatusRequest,
     StoreForgetRequest,
     StoreForgetResult,
     StoreReportRequest,
@@ -52,6 +59,7 @@ from raftsso.protocol.messages import (
     StoresRequest,
     TransferLeaderRequest,
     TransferResult,
+    UnsealRequest,
     VersionResult,
 )
 from raftsso.remote import ClusterClient
@@ -78,6 +86,10 @@ class BackupWritten:
 def _wrong_cluster(cfg: RemoteConfig, theirs: str) -> ConfigError:
     return ConfigError(f"{cfg.path} is for cluster {cfg.cluster_id}, but its nodes serve "
                        f"cluster {theirs}; use the admin.toml of that deployment")
+
+
+def _quiet(message: str) -> None:
+    pass
 
 
 class AdminClient:
@@ -244,6 +256,143 @@ class AdminClient:
             raise RaftssoError(f"{store_id!r} is not a store id: {problem}")
         self.check_cluster()
         return self.cluster.request_leader(StoreForgetRequest(store_id))
+
+
+    # the seal --------------------------------------------------------------------------------
+
+    def _endpoint(self, node: str) -> Endpoint:
+        found = next((e for e in self.cfg.nodes if e.id == node), None)
+        if found is None:
+            raise ConfigError(f"{self.cfg.path} lists no node {node!r} (it lists "
+                              f"{', '.join(e.id for e in self.cfg.nodes)})")
+        return found
+
+    def seal_status(self, node: str) -> SealView:
+        """``node``'s seal (kind, sealed, generations held, unseal progress)."""
+        status = self.cluster.request_node(self._endpoint(node).address, StatusRequest())
+        if status.seal is None:
+            raise RaftssoError(f"{node} runs a raftsso without seal providers; upgrade it")
+        return status.seal
+
+    def unseal(self, node: str, share_file: Path) -> SealView:
+        """Give ``node`` one unseal share (read from a 0600 share file, checked here first);
+        the share goes over admin mTLS only and is never logged."""
+        from raftsso.seal.shares import read_share_file  # (AES-GCM: only when needed)
+
+        share = read_share_file(share_file)
+        self.check_cluster()
+        return self.cluster.request_node(self._endpoint(node).address,
+                                         UnsealRequest(share.encode()))
+
+    def rekey_seal(self, *, shares_dir: Path | None = None, shares: int | None = None,
+                   threshold: int | None = None, progress: Callable[[str], None] = _quiet,
+                   ) -> SealRekeyed:
+        """Replace the cluster's seal key (:mod:`raftsso.node.seal_ops` has the protocol).
+
+        Every node must answer and be unsealed: each gets the new key (file: into its key
+        file; pkcs11: imported into its token; shamir: new shares are written to
+        ``shares_dir`` first, ``shares``/``threshold`` as before unless given). Then the
+        leader re-seals every live version through the log, and every node destroys the
+        old key and compacts. Run again after an interruption: a rekey whose reseal
+        committed is finished (old keys destroyed), one that did not starts over.
+        """
+        from raftsso.seal import rekey
+
+        self.check_cluster()
+        views = self._seal_views()
+        current = max(v.seal_generation for v in views.values())
+        kinds = {v.kind for v in views.values()}
+        if len(kinds) != 1:
+            raise RaftssoError(f"the nodes use different seals ({', '.join(sorted(kinds))}); "
+                               "a rekey needs one kind")
+        kind = kinds.pop()
+        files: list[Path] = []
+        if all(current in v.generations for v in views.values()) and \
+                any(g < current for v in views.values() for g in v.generations):
+            progress(f"the seal rekey to generation {current} committed already; finishing it")
+            new = current
+        else:
+            new = current + 1
+            key = rekey.new_seal_key()
+            if kind == "shamir":
+                files = self._write_shares(key, new, shares_dir, shares, threshold)
+                progress(f"wrote {len(files)} unseal shares of generation {new} to "
+                         f"{files[0].parent}")
+            for node in views:
+                self.cluster.request_node(self._endpoint(node).address,
+                                          SealInstallRequest(new, key))
+                progress(f"{node}: holds seal generation {new}")
+            del key
+            result = self.cluster.request_leader(ResealRequest(new),
+                                                 deadline=DEFAULT_WRITE_DEADLINE)
+            progress(f"every live version re-sealed under generation {result.generation}: "
+                     f"{', '.join(map(str, result.versions)) or 'none'}")
+        for node in views:
+            self._forget_older(node, new)
+            progress(f"{node}: older seal keys destroyed, log compacted")
+        return SealRekeyed(new, kind, tuple(files))
+
+    def _seal_views(self) -> dict[str, SealView]:
+        status = self.status()
+        views: dict[str, SealView] = {}
+        for row in status.nodes:
+            if not row.reachable or row.seal is None:
+                raise RaftssoError(f"{row.id} does not answer (or runs an older raftsso): "
+                                   "every node must take the new seal key; start it first")
+            if row.seal.sealed:
+                raise RaftssoError(f"{row.id} is sealed: unseal it first (raftsso unseal "
+                                   f"{row.id} --share-file FILE)")
+            views[row.id] = row.seal
+        return views
+
+    def _write_shares(self, key: bytes, generation: int, shares_dir: Path | None,
+                      shares: int | None, threshold: int | None,
+                      ) -> list[Path]:
+        from raftsso.seal.shares import ensure_share_dir, make_shares, write_share_file
+
+        if shares is None or threshold is None:
+            raise ConfigError("a shamir rekey needs --shares and --threshold (the new split)")
+        if not 1 <= threshold <= shares or (threshold == 1 and shares > 1):
+            raise ConfigError("--threshold must be from 2 to --shares (or 1 of 1 for a test)")
+        directory = shares_dir or self.cfg.path.parent / f"seal-shares-g{generation}"
+        ensure_share_dir(directory)
+        out = []
+        for share in make_shares(key, cluster_id=self.cfg.cluster_id, generation=generation,
+                                 shares=shares, threshold=threshold):
+            path = directory / f"share-{share.index}.txt"
+            write_share_file(path, share)
+            out.append(path)
+        return out
+
+    def _forget_older(self, node: str, generation: int) -> None:
+        """Destroy every generation older than ``generation`` on ``node`` once it has
+        applied the reseal (a follower may lag a moment)."""
+        address = self._endpoint(node).address
+        deadline = time.monotonic() + DEFAULT_WRITE_DEADLINE
+        while True:
+            view = self.seal_status(node)
+            if view.seal_generation >= generation:
+                break
+            if time.monotonic() >= deadline:
+                raise RaftssoError(f"{node} has not applied the reseal yet; run rekey-seal "
+                                   "again to finish")
+            time.sleep(0.1)
+        for old in (g for g in view.generations if g < generation):
+            self.cluster.request_node(address, SealForgetRequest(old),
+                                      timeout=DEFAULT_WRITE_DEADLINE)
+        if not any(g < generation for g in view.generations):
+            # Nothing left to destroy; still compact so no old blob stays in the files.
+            self.cluster.request_node(address, SealForgetRequest(generation - 1),
+                                      timeout=DEFAULT_WRITE_DEADLINE)
+
+
+@dataclass(frozen=True)
+class SealRekeyed:
+    """A finished seal rekey: the new generation, the seal kind, new share files."""
+
+    generation: int
+    kind: str
+    share_files: tuple[Path, ...]
 
 
 def _node(value: str) -> NodeId:

@@ -10,7 +10,7 @@ from typing import Any
 from raftsso import cluster_health
 from raftsso.errors import RaftssoError
 from raftsso.protocol.ids import VersionId
-from raftsso.protocol.messages import NodeStatus, StatusRequest, VersionInfo
+from raftsso.protocol.messages import NodeStatus, SealView, StatusRequest, VersionInfo
 from raftsso.remote import ClusterClient
 
 
@@ -29,12 +29,16 @@ class NodeRow:
     # Health (raftsso.cluster_health): entries behind the leader, and the verdict.
     lag: int | None = None
     healthy: bool = False
+    # The node's seal (None: unreachable, or a node older than seal providers).
+    sealed: bool | None = None
+    seal: SealView | None = None
 
     def to_dict(self) -> dict[str, object]:
         return {"id": self.id, "address": self.address, "reachable": self.reachable,
                 "role": self.role, "term": self.term, "commit_index": self.commit_index,
                 "primary_version": self.primary_version, "last_contact": self.last_contact,
-                "lag": self.lag, "healthy": self.healthy}
+                "lag": self.lag, "healthy": self.healthy, "sealed": self.sealed,
+                "seal": None if self.seal is None else self.seal.to_wire()}
 
 
 @dataclass(frozen=True)
@@ -111,7 +115,8 @@ def survey(client: ClusterClient, timeout: float = 2.0) -> ClusterStatus:
         else:
             nodes.append(NodeRow(endpoint.id, endpoint.address, True, answer.role, answer.term,
                                  answer.last_applied, answer.primary_version,
-                                 contact.get(endpoint.id), lag, health.healthy))
+                                 contact.get(endpoint.id), lag, health.healthy,
+                                 sealed=answer.sealed, seal=answer.seal))
     # The voters are the members the leader knows (itself and its peers); without a
     # leader there is no tolerance to speak of.
     voters = ({leader.node_id, *(p.id for p in leader.peers)} if leader is not None

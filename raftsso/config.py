@@ -21,6 +21,7 @@ import tomli_w
 from raftsso.errors import ConfigError, RaftssoError
 from raftsso.fsutil import atomic_write, check_private, read_private
 from raftsso.limits import Limits, LimitsError, resolve_limits
+from raftsso.seal.settings import SealSettings, parse_seal_settings
 
 CONFIG_FORMAT = 1
 MIN_MAX_FRAME = 4 << 10
@@ -44,15 +45,20 @@ class RaftTimings:
     """Raft timings; the defaults give sub-second failover on a LAN."""
 
     append_entries_period: float = 0.03
-    election_timeout_min: float = 0.25
-    election_timeout_max: float = 0.5
+    # A dead leader's links drop at once and the survivors ask for a pre-vote then
+    # (raftsso.raft.elections); these bound how long a hung one goes unnoticed. Pre-vote
+    # keeps a slow follower from forcing an election, so they can be short.
+    election_timeout_min: float = 0.15
+    election_timeout_max: float = 0.3
     # pysyncobj's own default is 30 s: a leader cut off from its quorum would keep
     # believing it leads (and accept writes that never commit) for that long.
     leader_fallback_timeout: float = 1.0
     # Idle follower-to-follower links must not time out (that costs an election round);
     # dead peers are noticed by TCP resets and keepalives instead.
     connection_timeout: float = 10.0
-    connection_retry: float = 0.5
+    # A restarted member is linked to every other one within this (a follower cut off
+    # from the other follower cannot ask it for a pre-vote when the leader dies).
+    connection_retry: float = 0.2
     commit_timeout: float = 5.0
     # Compact the log into a snapshot once it holds more entries than this (an int).
     log_compaction_min_entries: int = 1000
@@ -101,7 +107,7 @@ class NodeConfig:
     ca_cert: Path
     cert: Path
     key: Path
-    seal_key_file: Path
+    seal_key_file: Path | None  # the file seal's key file; None with pkcs11 or shamir
     cluster_secret_file: Path
     peers: tuple[Peer, ...]
     raft: RaftTimings = field(default_factory=RaftTimings)
@@ -126,6 +132,11 @@ class NodeConfig:
     # this many seconds old, and once the primary encrypted about max_encryptions messages.
     rotation_period: float = 0.0
     max_encryptions: int = 0
+    # Where the seal key lives (raftsso.seal.settings): `seal`, `seal_key_file`, [pkcs11],
+    # [shamir] in node.toml.
+    seal: SealSettings = field(default_factory=SealSettings)
+    # Overwrite freed memory (raftsso.memscrub): a retired key does not linger in the heap.
+    scrub_freed_memory: bool = True
 
     @property
     def audit_path(self) -> Path:
@@ -140,6 +151,10 @@ class NodeConfig:
         return tuple(sorted((self.self_peer, *self.peers), key=lambda p: p.id))
 
     def seal_key(self) -> bytes:
+        """The file seal's key of generation 1 (tests and tools; the node opens its
+        provider with :func:`raftsso.seal.settings.open_seal`)."""
+        if self.seal_key_file is None:
+            raise ConfigError(f"{self.path}: seal = {self.seal.kind!r} keeps no seal key file")
         return read_secret_file(self.seal_key_file, "seal")
 
     def cluster_secret(self) -> bytes:
@@ -239,6 +254,7 @@ def load_node_config(path: str | Path) -> NodeConfig:
     except ConfigError as exc:
         raise ConfigError(f"{p}: {exc}") from None
     idle_timeout = _get(data, "idle_timeout", float, p, 300.0)
+    seal = parse_seal_settings(data, base, p)
     cfg = NodeConfig(
         path=p,
         node_id=_get(data, "node_id", str, p),
@@ -249,7 +265,7 @@ def load_node_config(path: str | Path) -> NodeConfig:
         ca_cert=_path(data, "ca_cert", base, p),
         cert=_path(data, "cert", base, p),
         key=_path(data, "key", base, p),
-        seal_key_file=_path(data, "seal_key_file", base, p),
+        seal_key_file=seal.key_file,
         cluster_secret_file=_path(data, "cluster_secret_file", base, p),
         peers=tuple(peers),
         raft=timings,
@@ -266,6 +282,8 @@ def load_node_config(path: str | Path) -> NodeConfig:
         backup=_backup(_get(data, "backup", dict, p), base, p) if "backup" in data else None,
         rotation_period=_get(data, "rotation_period", float, p, 0.0),
         max_encryptions=_get(data, "max_encryptions", int, p, 0),
+        seal=seal,
+        scrub_freed_memory=_get(data, "scrub_freed_memory", bool, p, True),
     )
     _check_address(cfg.raft_address, "raft_address", p)
     _check_address(cfg.service_address, "service_address", p)
@@ -291,7 +309,7 @@ def load_node_config(path: str | Path) -> NodeConfig:
     _check_key(cfg.key)
     # Every NodeConfig field (but path) is a node.toml key of the same name, so a field added
     # to NodeConfig is accepted here without further change.
-    known = {f.name for f in fields(NodeConfig)} - {"path"} | {"format"}
+    known = {f.name for f in fields(NodeConfig)} - {"path"} | {"format", "pkcs11", "shamir"}
     unknown = set(data) - known
     if unknown:
         raise ConfigError(f"{p}: unknown keys: {', '.join(sorted(unknown))} (a typo? "

@@ -17,11 +17,16 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from raftsso import envelope, pki
 from raftsso.config import CONFIG_FORMAT, dump_toml, format_secret_file, update_toml
 from raftsso.errors import ConfigError
 from raftsso.fsutil import atomic_write, read_private
+from raftsso.seal.setup import SealPlan, setup_seal
+
+if TYPE_CHECKING:
+    from raftsso.config import NodeConfig
 
 PORTS_PER_NODE = 3  # raft, service, metrics (/metrics, /healthz, /readyz)
 
@@ -79,12 +84,17 @@ def _mkdir(path: Path) -> None:
 
 
 def init_deployment(directory: Path, nodes: int | None = 3, host: str = "127.0.0.1",
-                    base_port: int = 7100, hosts: Sequence[str] | None = None) -> str:
+                    base_port: int = 7100, hosts: Sequence[str] | None = None, *,
+                    seal: SealPlan | None = None, notes: list[str] | None = None) -> str:
     """Write a new deployment into ``directory`` (which must be empty); return the cluster id.
 
     With ``hosts``, node *i* runs on ``hosts[i-1]`` (its certificate names that address)
     and ``nodes`` must be None or ``len(hosts)``; without, every node runs on ``host``.
+    ``seal`` says where the seal key goes (:mod:`raftsso.seal.setup`; the file seal by
+    default); what the operator must do next about it is appended to ``notes``.
     """
+    seal = seal or SealPlan()
+    seal.validate()
     if hosts is not None and nodes is not None and nodes != len(hosts):
         raise ConfigError(f"--nodes {nodes} does not match the {len(hosts)} host(s) given")
     plans = (plan_hosts(hosts, base_port) if hosts is not None
@@ -96,7 +106,6 @@ def init_deployment(directory: Path, nodes: int | None = 3, host: str = "127.0.0
     _mkdir(directory)
     ca = pki.create_ca(cluster_id)
     pki.write_pair(ca, directory / "ca.pem", directory / "ca.key")
-    seal_key = envelope.new_key()
     cluster_secret = envelope.new_key()
     members = [{"id": p.id, "raft_address": p.raft_address,
                 "service_address": p.service_address} for p in plans]
@@ -107,8 +116,13 @@ def init_deployment(directory: Path, nodes: int | None = 3, host: str = "127.0.0
         pki.write_pair(pki.issue(ca, plan.id, "node", hosts=(plan.host, plan.id)),
                        ndir / "node.pem", ndir / "node.key")
         atomic_write(ndir / "ca.pem", ca.cert_pem)
-        atomic_write(ndir / "seal.key", format_secret_file(seal_key, "seal"))
         atomic_write(ndir / "cluster.secret", format_secret_file(cluster_secret, "cluster"))
+    sealing = setup_seal(seal, directory=directory, cluster_id=cluster_id,
+                         node_dirs={p.id: directory / p.id for p in plans})
+    if notes is not None:
+        notes.extend(sealing.notes)
+    for plan in plans:
+        ndir = directory / plan.id
         atomic_write(ndir / "node.toml", dump_toml({
             "format": CONFIG_FORMAT,
             "node_id": plan.id,
@@ -120,7 +134,7 @@ def init_deployment(directory: Path, nodes: int | None = 3, host: str = "127.0.0
             "ca_cert": "ca.pem",
             "cert": "node.pem",
             "key": "node.key",
-            "seal_key_file": "seal.key",
+            **sealing.node_settings[plan.id],
             "cluster_secret_file": "cluster.secret",
             "rotation_grace": 120.0,
             "peer_tls": True,  # Raft peers authenticate by node certificate
@@ -142,6 +156,25 @@ def init_deployment(directory: Path, nodes: int | None = 3, host: str = "127.0.0
         "format": CONFIG_FORMAT, "client": "client.toml", "socket": "agent.sock",
         "socket_mode": "0660", "audit_log": "agent-audit.jsonl"}).encode())
     return cluster_id
+
+
+def _join_seal(source: NodeConfig, ndir: Path) -> dict[str, Any]:
+    """The joining node's seal: the file seal's key file copied (every generation); a
+    shamir node needs nothing (it is unsealed with the cluster's shares)."""
+    seal = source.seal
+    if seal.kind == "file" and source.seal_key_file is not None:
+        atomic_write(ndir / "seal.key", read_private(source.seal_key_file))
+        return {"seal": "file", "seal_key_file": "seal.key"}
+    if seal.kind == "shamir":
+        table = {k: v for k, v in (("threshold", seal.threshold), ("shares", seal.shares))
+                 if v is not None}
+        return {"seal": "shamir", "shamir": table}
+    raise ConfigError(_PKCS11_JOIN)
+
+
+_PKCS11_JOIN = ("a node joining a cluster with the pkcs11 seal needs the seal key in a "
+                "token of its own, which only a key ceremony puts there (the key never "
+                "leaves the other nodes' tokens): see docs/operations.md, Seal")
 
 
 def join_node(directory: Path, node_id: str, host: str | None = None,
@@ -172,6 +205,8 @@ def join_node(directory: Path, node_id: str, host: str | None = None,
     if node_id in members:
         raise ConfigError(f"{node_id} is already a member of this deployment")
     source = configs[0]
+    if source.seal.kind == "pkcs11":
+        raise ConfigError(_PKCS11_JOIN)
     used = [int(a.rsplit(":", 1)[1]) for m in members.values()
             for a in (m["raft_address"], m["service_address"])]
     if base_port is None:
@@ -186,8 +221,7 @@ def join_node(directory: Path, node_id: str, host: str | None = None,
     pki.write_pair(pki.issue(ca, node_id, "node", hosts=(host, node_id)),
                    ndir / "node.pem", ndir / "node.key")
     atomic_write(ndir / "ca.pem", ca.cert_pem)
-    atomic_write(ndir / "seal.key",
-                 format_secret_file(read_secret_file(source.seal_key_file, "seal"), "seal"))
+    seal = _join_seal(source, ndir)
     atomic_write(ndir / "cluster.secret", format_secret_file(
         read_secret_file(source.cluster_secret_file, "cluster"), "cluster"))
     atomic_write(ndir / "node.toml", dump_toml({
@@ -195,7 +229,7 @@ def join_node(directory: Path, node_id: str, host: str | None = None,
         "raft_address": plan.raft_address, "service_address": plan.service_address,
         "metrics_address": f"{host}:{plan.http_port}", "data_dir": "data",
         "ca_cert": "ca.pem", "cert": "node.pem", "key": "node.key",
-        "seal_key_file": "seal.key", "cluster_secret_file": "cluster.secret",
+        **seal, "cluster_secret_file": "cluster.secret",
         "rotation_grace": source.rotation_grace,
         "peer_tls": source.peer_tls,  # every member must use the same peer link mode
         "raft": {},

@@ -87,7 +87,8 @@ def fingerprint(key: bytes) -> str:
     return hashlib.sha256(_FINGERPRINT_DOMAIN + key).hexdigest()[:16]
 
 
-def _seal_aad(cluster_id: str, version: int) -> bytes:
+def seal_aad(cluster_id: str, version: int) -> bytes:
+    """The associated data of a format-1 sealed secret (a PKCS#11 token opens those too)."""
     return _SEAL_AAD_PREFIX + cluster_id.encode() + b"\x00" + struct.pack(">Q", version)
 
 
@@ -97,7 +98,7 @@ def seal(seal_key: bytes, secret: bytes, *, cluster_id: str, version: int,
     if len(seal_key) != KEY_SIZE or len(secret) != KEY_SIZE:
         raise ValueError("seal key and secret must be 32 bytes")
     nonce = _nonce if _nonce is not None else os.urandom(NONCE_SIZE)
-    body = AESGCM(seal_key).encrypt(nonce, secret, _seal_aad(cluster_id, version))
+    body = AESGCM(seal_key).encrypt(nonce, secret, seal_aad(cluster_id, version))
     return bytes([SEAL_FORMAT]) + nonce + body
 
 
@@ -108,7 +109,7 @@ def unseal(seal_key: bytes, sealed: bytes, *, cluster_id: str, version: int) -> 
     nonce = sealed[1:1 + NONCE_SIZE]
     try:
         return AESGCM(seal_key).decrypt(nonce, sealed[1 + NONCE_SIZE:],
-                                        _seal_aad(cluster_id, version))
+                                        seal_aad(cluster_id, version))
     except InvalidTag:
         raise InvalidToken() from None
 

@@ -17,6 +17,9 @@
     │   └── Unavailable        no leader ready with a quorum right now (retry)
     ├── ClusterUnavailable     no node, or no leader with a quorum, could be reached
     ├── StaleSecret            the client's cached keyring is older than ``max_staleness``
+    ├── SealError              the seal cannot wrap or unwrap as asked (raftsso.seal.base)
+    │   ├── Sealed             no seal key yet: a shamir node waits for unseal shares
+    │   └── InvalidShare       an unseal share is malformed, altered or of another set
     └── StoreError             the SSO store cannot be used (schema, permissions, state)
         ├── NotFound           no such application, user or configuration value
         └── AlreadyExists      the application (or row) exists already

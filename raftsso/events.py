@@ -209,6 +209,25 @@ CERTIFICATE_RELOADED = _event(
     "certificate, open ones keep theirs",
     emitted_by="runner (SIGHUP)")
 
+# 16xx: the seal (raftsso.seal)
+NODE_SEALED = _event(
+    1600, "node_sealed", "warning",
+    "the node started sealed (shamir seal): it replicates but serves no keyring and seals "
+    "nothing until threshold unseal shares are supplied (raftsso unseal)",
+    emitted_by="node (at start)")
+NODE_UNSEALED = _event(
+    1601, "node_unsealed", "info", "enough unseal shares were supplied: the node serves",
+    emitted_by="node (unseal op)")
+SEAL_REKEYED = _event(
+    1602, "seal_rekeyed", "warning",
+    "every live version was re-sealed under a new seal generation (raftsso rekey-seal)",
+    emitted_by="node (reseal op, on the leader)")
+VERSION_DESTROYED = _event(
+    1603, "version_destroyed", "info",
+    "a retired version left this node's unseal cache and, after a compaction, its journal "
+    "and snapshot",
+    emitted_by="node (after retire)")
+
 
 def catalogue() -> tuple[EventType, ...]:
     """Every event type, by id."""

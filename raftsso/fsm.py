@@ -22,8 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from raftsso.encryption_counts import EncryptionLedger
-from raftsso.envelope import SEALED_SIZE
-from raftsso.errors import DecodeError
+from raftsso.errors import DecodeError, InvalidToken
 from raftsso.keyring import Keyring, KeyState, KeyVersion
 from raftsso.known_stores import MAX_STORES, KnownStore, reported
 from raftsso.protocol.codes import ErrorCode
@@ -38,6 +37,7 @@ from raftsso.protocol.commands import (
     Member,
     Outcome,
     Promote,
+    Reseal,
     Restore,
     Retire,
     Rotate,
@@ -48,6 +48,7 @@ from raftsso.protocol.commands import (
 )
 from raftsso.protocol.ids import REQUEST_ID_SIZE, is_version_id, request_id
 from raftsso.revocation import CertRecord, CertRegistry, RegistryError
+from raftsso.seal import blob as sealed_blob
 from raftsso.wire import WireMap, WireValue, unversioned, versioned
 
 log = logging.getLogger(__name__)
@@ -103,6 +104,10 @@ class KeyringStateMachine:
         # tombstones that stop a removed id from rejoining.
         self._directory: dict[str, MemberRecord] = {}
         self._requests: OrderedDict[bytes, Outcome] = OrderedDict()
+        # The Raft index of the last command that dropped a sealed secret (a retirement, a
+        # reseal, a restore replacing the first secret): the node compacts past it so no
+        # copy stays in its files (raftsso.node.destroy). Not snapshotted: 0 after a start.
+        self._last_drop = 0
         # The SSO stores known to the cluster, by id (raftsso.known_stores).
         self._stores: dict[str, KnownStore] = {}
         # Day-two state (issue 15): issued and revoked certificates, and the clients'
@@ -125,6 +130,12 @@ class KeyringStateMachine:
         """
         with self._lock:
             return self._keyring, self._index
+
+    @property
+    def last_drop(self) -> int:
+        """The Raft index of the last command that dropped a sealed secret (0: none since
+        this process started)."""
+        return self._last_drop
 
     def certs(self) -> CertRegistry:
         """Issued and revoked certificates (immutable; replaced by every change)."""
@@ -228,6 +239,8 @@ class KeyringStateMachine:
                 self._ledger = self._ledger.add_reports(command.reports, at=command.at,
                                                         live_versions=live)
                 return Outcome(True, {"clients": len(command.reports)})
+            case Reseal():
+                return self._reseal(command)
         return _fail(ErrorCode.BAD_COMMAND, f"unknown command {command.op!r}")
 
     def _summary(self, version: int) -> WireMap:
@@ -235,9 +248,29 @@ class KeyringStateMachine:
         return {"version": version, "state": kv.state.value if kv else None,
                 "primary_version": self._keyring.primary}
 
+    def _wrong_generation(self, *sealed: bytes) -> Outcome | None:
+        """CONFLICT unless every blob is sealed under the keyring's seal generation.
+
+        A leader seals under the generation it read in its write path; a seal rekey
+        committed in between (another leader's) makes its blob stale. Format-1 blobs (every
+        earlier journal) are generation 1, so old logs replay unchanged."""
+        generation = self._keyring.seal_generation
+        for one in sealed:
+            try:
+                theirs = sealed_blob.generation_of(one)
+            except InvalidToken:
+                return _fail(ErrorCode.BAD_COMMAND, "a sealed secret of an unknown format")
+            if theirs != generation:
+                return _fail(ErrorCode.CONFLICT, f"sealed under seal generation {theirs}, "
+                                                 f"but the cluster seals under {generation} "
+                                                 "(a seal rekey won); retry")
+        return None
+
     def _bootstrap(self, cmd: Bootstrap) -> Outcome:
         if self._keyring.bootstrapped:
             return _fail(ErrorCode.CONFLICT, "the cluster already has its first secret")
+        if (stale := self._wrong_generation(cmd.sealed)) is not None:
+            return stale
         self._keyring = self._keyring.with_version(
             KeyVersion(1, KeyState.PRIMARY, cmd.sealed, cmd.fingerprint, cmd.created,
                        promoted=cmd.created))
@@ -253,6 +286,8 @@ class KeyringStateMachine:
         if cmd.version != ring.last_id + 1:
             return _fail(ErrorCode.CONFLICT, f"version {cmd.version} is not next (last is "
                                              f"{ring.last_id}; another rotation won)")
+        if (stale := self._wrong_generation(cmd.sealed)) is not None:
+            return stale
         ring = ring.with_version(KeyVersion(cmd.version, KeyState.STAGED, cmd.sealed,
                                             cmd.fingerprint, cmd.created))
         if cmd.now:
@@ -284,6 +319,7 @@ class KeyringStateMachine:
             return _fail(ErrorCode.CONFLICT, f"version {version} is the primary; rotate first")
         if kv.state is not KeyState.RETIRED:
             self._keyring = self._keyring.retire(version)
+            self._last_drop = self._index
         return Outcome(True, self._summary(version))
 
     def _member(self, cmd: Member) -> Outcome:
@@ -299,6 +335,36 @@ class KeyringStateMachine:
         self._directory[cmd.node_id] = MemberRecord(cmd.raft_address, cmd.service_address,
                                                     cmd.removed)
         return Outcome(True, {"node_id": cmd.node_id, "removed": cmd.removed})
+
+    def _reseal(self, cmd: Reseal) -> Outcome:
+        """Every live version re-sealed under a new seal generation (a seal rekey).
+
+        A compare-and-set: on the generation (two rekeys never both win) and on the set of
+        live versions (a rotation, restore or retirement in between makes it stale: the
+        caller re-seals again). Every blob must name the new generation."""
+        ring = self._keyring
+        if ring.seal_generation == cmd.generation and cmd.expect_generation != cmd.generation:
+            return Outcome(True, self._reseal_summary())  # a rerun after it committed
+        if cmd.expect_generation != ring.seal_generation:
+            return _fail(ErrorCode.CONFLICT, f"the cluster seals under generation "
+                                             f"{ring.seal_generation}, not "
+                                             f"{cmd.expect_generation}")
+        if cmd.generation <= ring.seal_generation:
+            return _fail(ErrorCode.BAD_COMMAND, "a seal rekey moves to a newer generation")
+        live = {v.id for v in ring.live()}
+        if set(cmd.versions) != live:
+            return _fail(ErrorCode.CONFLICT, "the live versions changed while they were "
+                                             "re-sealed; retry")
+        if any(sealed_blob.generation_of(b) != cmd.generation for b in cmd.versions.values()):
+            return _fail(ErrorCode.BAD_COMMAND, f"every re-sealed secret must be of seal "
+                                                f"generation {cmd.generation}")
+        self._keyring = ring.resealed(cmd.generation, {int(k): v for k, v in cmd.versions.items()})
+        self._last_drop = self._index
+        return Outcome(True, self._reseal_summary())
+
+    def _reseal_summary(self) -> WireMap:
+        return {"generation": self._keyring.seal_generation,
+                "versions": [v.id for v in self._keyring.live()]}
 
     def _store_report(self, cmd: StoreReport) -> Outcome:
         current = self._stores.get(cmd.store_id)
@@ -342,6 +408,8 @@ class KeyringStateMachine:
                     for v in cmd.versions]
         if not incoming:
             return _fail(ErrorCode.BAD_COMMAND, "the backup holds no versions")
+        if (stale := self._wrong_generation(*(v.sealed for v in cmd.versions))) is not None:
+            return stale
         ring = self._keyring
         conflicts = [v.id for v in incoming
                      if (cur := ring.get(v.id)) is not None and cur.fingerprint != v.fingerprint]
@@ -355,7 +423,8 @@ class KeyringStateMachine:
                     "the backup's; restore only merges into the cluster the backup came "
                     "from, or replaces the first secret of a brand-new cluster"))
             replaced = [ring.versions[0].id]
-            ring = Keyring()
+            ring = Keyring(seal_generation=ring.seal_generation)
+            self._last_drop = self._index
         added, revived = [], []
         for v in incoming:
             cur = ring.get(v.id)
@@ -385,6 +454,10 @@ class KeyringStateMachine:
                 "versions": [v.to_wire() for v in self._keyring.versions],
                 "requests": [[k, o.to_wire()] for k, o in self._requests.items()],
             }
+            if self._keyring.seal_generation != 1:
+                # Only once a seal rekey happened: until then a snapshot is byte for byte
+                # what earlier versions wrote (and read).
+                state["seal_generation"] = self._keyring.seal_generation
             if self._stores:  # absent without stores: the bytes of earlier versions
                 state["stores"] = [s.to_wire() for s in self._stores.values()]
             return versioned(SNAPSHOT_FORMAT, state | self._daytwo_snapshot())
@@ -408,6 +481,8 @@ class KeyringStateMachine:
             versions = tuple(_snapshot_version(v) for v in _list(raw["versions"]))
             requests = OrderedDict(_snapshot_request(r) for r in _list(raw["requests"]))
             index = raw.get("index", 0)
+            generation = raw.get("seal_generation", 1)  # absent: written before seal rekeys
+            sealed_blob.check_generation(generation)
             raw_directory = raw.get("directory", {})
             if not isinstance(raw_directory, Mapping):
                 raise TypeError("the member directory must be a map")
@@ -428,7 +503,7 @@ class KeyringStateMachine:
         if not isinstance(index, int) or isinstance(index, bool) or index < 0:
             raise DecodeError("malformed snapshot: bad index")
         with self._lock:
-            self._keyring = Keyring(versions)
+            self._keyring = Keyring(versions, seal_generation=generation)
             self._requests = requests
             self._index = index
             self._changed = index
@@ -460,7 +535,7 @@ def _snapshot_version(raw: WireValue) -> KeyVersion:
     if version.sealed is None:
         if version.state is not KeyState.RETIRED:
             raise ValueError(f"version {version.id} has no key but is {version.state.value}")
-    elif not isinstance(version.sealed, bytes) or len(version.sealed) != SEALED_SIZE:
+    elif not isinstance(version.sealed, bytes) or len(version.sealed) not in sealed_blob.SIZES:
         raise ValueError(f"version {version.id} has a malformed sealed key")
     return version
 

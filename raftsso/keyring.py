@@ -57,6 +57,9 @@ class Keyring:
     """An immutable view of the replicated keyring; every change makes a new one."""
 
     versions: tuple[KeyVersion, ...] = ()
+    # The seal generation new versions are sealed under (raftsso.seal): 1 until the first
+    # seal rekey, then raised by each ``reseal`` command, which re-seals every live version.
+    seal_generation: int = 1
 
     @property
     def primary(self) -> int | None:
@@ -84,7 +87,7 @@ class Keyring:
         kept = [v for v in self.versions if v.id != new.id]
         kept.append(new)
         kept.sort(key=lambda v: v.id)
-        return Keyring(tuple(kept))
+        return replace(self, versions=tuple(kept))
 
     def promote(self, version: int, at: float) -> Keyring:
         """Make ``version`` primary; the former primary and older staged versions go active."""
@@ -96,13 +99,23 @@ class Keyring:
                 out.append(replace(v, state=KeyState.ACTIVE))
             else:
                 out.append(v)
-        return Keyring(tuple(out))
+        return replace(self, versions=tuple(out))
 
     def retire(self, version: int) -> Keyring:
         """Destroy a version's key material; its id and fingerprint stay for the record."""
-        return Keyring(tuple(
+        return replace(self, versions=tuple(
             replace(v, state=KeyState.RETIRED, sealed=None) if v.id == version else v
             for v in self.versions))
+
+    def live(self) -> tuple[KeyVersion, ...]:
+        """The versions that still hold a sealed key (every state but retired)."""
+        return tuple(v for v in self.versions if v.sealed is not None)
+
+    def resealed(self, generation: int, sealed: dict[int, bytes]) -> Keyring:
+        """Every live version's key replaced by its re-sealed blob (one per live version),
+        and new versions sealed under ``generation`` from now on."""
+        return Keyring(tuple(replace(v, sealed=sealed[v.id]) if v.sealed is not None else v
+                             for v in self.versions), seal_generation=generation)
 
     def mark_backed_up(self, fingerprints: dict[int, str]) -> tuple[Keyring, list[int]]:
         """Flag the versions whose id and fingerprint match a backup's."""
@@ -114,4 +127,4 @@ class Keyring:
                 marked.append(v.id)
             else:
                 out.append(v)
-        return Keyring(tuple(out)), marked
+        return replace(self, versions=tuple(out)), marked

@@ -24,9 +24,10 @@ Running out anyway (another process's share of a system-wide limit, or memory) i
 transient: :func:`accept_loop` backs off and retries, connection handlers close what they
 hold, and a rate-limited ``resources_exhausted`` event says so. Nothing here stops the node.
 
-Memory: a pending TLS handshake holds about 90 KiB (OpenSSL's state and asyncio's read
-buffer); glibc keeps freed heap memory in its arenas, so after a flood of 2,000 handshakes
-the process stayed ~170 MiB larger for good. Three things bound and return it: the pending
+Memory: a pending TLS handshake held about 90 KiB when the service ran on asyncio's
+streams (OpenSSL's state and asyncio's read buffer; now OpenSSL's ~25 KiB); glibc keeps
+freed heap memory in its arenas, so after a flood of 2,000 handshakes the process stayed
+~170 MiB larger for good. Three things bound and return it: the pending
 cap; the service port starting TLS only once a client has sent its first bytes (a bare TCP
 connection holds just a socket); and :class:`MemoryTrimmer`, which calls glibc's
 ``malloc_trim`` once many connections have closed.
@@ -243,6 +244,9 @@ class Ticket:
     evicted: bool = False
     released: bool = False
     started: bool = False  # its handler has begun (and so owns the socket's cleanup)
+    # The handler returned and left the connection open: whatever serves it now calls
+    # Gate.release when it closes (the service port: no task per idle connection).
+    handed_off: bool = False
     on_evict: Callable[[], None] | None = field(default=None, repr=False)
 
 
@@ -475,6 +479,9 @@ def _finished(sock: socket.socket, ticket: Ticket, gate: Gate,
               tasks: set[asyncio.Task[None]]) -> Callable[[asyncio.Task[None]], None]:
     def done(task: asyncio.Task[None]) -> None:
         tasks.discard(task)
+        if ticket.handed_off and not task.cancelled() and task.exception() is None:
+            ticket.on_evict = None  # only a pending connection is evicted: drop the task
+            return
         gate.release(ticket)
         if not ticket.started:  # cancelled before it ran: nothing else owns the socket
             sock.close()

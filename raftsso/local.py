@@ -37,9 +37,14 @@ def _pid_of(node_toml: Path) -> int | None:
     except (OSError, ValueError):
         return None
     try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+        if not raw:
+            # Empty while the node re-executes itself (raftsso.memscrub), and for a zombie.
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            return None if state in ("Z", "X") else pid
+    except (OSError, IndexError):
         return None
+    cmdline = raw.split(b"\0")
     # Only a process that runs this very node: pids are recycled.
     if str(node_toml.resolve()).encode() not in cmdline:
         return None

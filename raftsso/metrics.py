@@ -13,7 +13,8 @@ path               answer
 ``/healthz``       ``200 ok``: the process is up and serving HTTP
 ``/readyz``        ``200 ready`` when this node sees a leader, has a quorum and has applied
                    what the leader has committed (as far as it knows), and the cluster has
-                   its first secret; else ``503 not ready: <reason>``
+                   its first secret, and is not sealed; else ``503 not ready: <reason>``
+                   (``sealed (...)`` for a shamir node waiting for unseal shares)
 =================  =====================================================================
 
 What each metric means is in ``docs/operations.md`` (section *Metrics*). Two need care:
@@ -83,6 +84,8 @@ FETCH_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5
 def readiness(node: Node) -> tuple[bool, str]:
     """``(ready, reason)``: the rule behind ``/readyz`` (see the module docstring)."""
     raft = node.raft
+    if node.seal.sealed:
+        return False, "sealed (supply unseal shares: raftsso unseal NODE --share-file FILE)"
     try:
         leader = raft.leader_id
         if leader is None:
@@ -235,6 +238,7 @@ class NodeMetrics:
                                           registry=r)
         self.events = Counter("raftsso_events", "Events emitted, by name.", ["event"],
                               registry=r)
+        self._children: dict[str, Counter] = {}  # see observe_request
         if node is not None:
             r.register(_StateCollector(node, self))
 
@@ -243,12 +247,24 @@ class NodeMetrics:
 
     def observe_request(self, role: str, cn: str, op: str, code: str | None,
                         seconds: float) -> None:
+        # labels() checks and locks on every call: the hot series' children are kept (a
+        # few ops; names past the first 64 seen are looked up each time, never cached).
         op_label = op if op.isidentifier() and len(op) <= 32 else "other"
-        self.requests.labels(op_label).inc()
+        child = self._children.get(op_label)
+        if child is None:
+            child = self.requests.labels(op_label)
+            if len(self._children) < 64:
+                self._children[op_label] = child
+        child.inc()
         if code is not None:
             self.request_errors.labels(op_label, code).inc()
         if op == "keyring":
-            self.keyring_fetches.labels("ok" if code is None else "error").inc()
+            result = "ok" if code is None else "error"
+            fetches = self._children.get(f" fetch {result}")
+            if fetches is None:
+                fetches = self._children[f" fetch {result}"] = self.keyring_fetches.labels(
+                    result)
+            fetches.inc()
             self.keyring_fetch_seconds.observe(seconds)
             if code is None and role == "client":
                 self.clients.synced(cn)

@@ -15,7 +15,7 @@ import signal
 import sys
 from pathlib import Path
 
-from raftsso import events
+from raftsso import events, memscrub
 from raftsso.audit import AuditLog
 from raftsso.config import NodeConfig, load_node_config
 from raftsso.daytwo_metrics import DaytwoMetrics
@@ -73,6 +73,8 @@ def run_node(config_path: str | Path) -> int:
     # clients (bench/RESULTS.md). 32 KiB reads serve our small frames just as well.
     asyncio.sslproto.SSLProtocol.max_size = 32 * 1024
     cfg = load_node_config(config_path)
+    if cfg.scrub_freed_memory:
+        memscrub.reexec_scrubbed()  # once, before anything holds a secret
     events.configure(cfg.node_id)
     node = build_node(cfg)
     metrics = NodeMetrics(node, clients=node.clients)
@@ -147,6 +149,12 @@ def watch_revocations(server: Server, node: Node, audit: AuditLog | None,
 async def _serve(node: Node, metrics: NodeMetrics | None = None,
                  audit: AuditLog | None = None, daytwo: DaytwoMetrics | None = None) -> int:
     server = Server(node)
+    loop = asyncio.get_running_loop()
+
+    def forget_answers() -> None:  # from the node's destroy thread
+        loop.call_soon_threadsafe(server.service.forget_answers)
+
+    node.drop_listeners.append(forget_answers)
     watch_revocations(server, node, audit, daytwo)
     server.service.observers.append(RequestTelemetry(audit, metrics))
     if metrics is not None:
@@ -161,7 +169,6 @@ async def _serve(node: Node, metrics: NodeMetrics | None = None,
                 raft_address=node.cfg.raft_address, service_address=node.cfg.service_address,
                 metrics_address=node.cfg.metrics_address, cluster_id=node.cfg.cluster_id)
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, reload_certificates, node, server, daytwo)

@@ -28,6 +28,10 @@ op                   roles            what
 ``members``          client, admin    the members as this node sees them
 ``member_add``       admin            add a member
 ``member_remove``    admin            remove a member for good
+``unseal``           admin            one unseal share for a shamir node (never logged)
+``seal_install``     admin            hold a new seal generation's key (seal rekey, step 1)
+``reseal``           admin            re-seal every live version under it (step 2, leader)
+``seal_forget``      admin            destroy an old generation's key (step 3), compact
 ``store_report``     client, admin    which key versions a store uses (a client: only the
                                       rows it wrote; an admin: a full count too)
 ``stores``           admin            the SSO stores known to the cluster
@@ -55,11 +59,11 @@ from typing import Any, TypeVar
 
 from raftsso import events, pki
 from raftsso.config import split_address
+from raftsso.connection import Connection, Settings, discard_input, handshake
 from raftsso.errors import (
     BadRequest,
     ConfigError,
     DecodeError,
-    FrameTooLarge,
     NotLeader,
     PermissionDenied,
     RaftssoError,
@@ -95,26 +99,28 @@ from raftsso.protocol.messages import (
     Op,
     PingRequest,
     Request,
+    ResealRequest,
     RestoreRequest,
     Result,
     RetireRequest,
     RotateRequest,
+    SealForgetRequest,
+    SealInstallRequest,
     StatusRequest,
     StoreForgetRequest,
     StoreReportRequest,
     StoresRequest,
     TransferLeaderRequest,
+    UnsealRequest,
 )
-from raftsso.tls_guard import ReloadableTLS, RevocationGuard
+from raftsso.tls_guard import ReloadableTLS, RevocationGuard, Tracked
 from raftsso.tlserrors import handshake_failure_reason
 from raftsso.wire import (
     WireMap,
     WireValue,
-    decode_body,
     encode_frame,
     encode_ok_frame,
     error,
-    frame_length,
     ok,
     pack,
     parse_request,
@@ -188,6 +194,11 @@ class Service:
             Op.MEMBERS: route(READ_ROLES, MembersRequest, self._members),
             Op.MEMBER_ADD: route(ADMIN_ROLES, MemberAddRequest, self._member_add),
             Op.MEMBER_REMOVE: route(ADMIN_ROLES, MemberRemoveRequest, self._member_remove),
+            # the seal
+            Op.UNSEAL: route(ADMIN_ROLES, UnsealRequest, self._unseal),
+            Op.SEAL_INSTALL: route(ADMIN_ROLES, SealInstallRequest, self._seal_install),
+            Op.RESEAL: route(ADMIN_ROLES, ResealRequest, self._reseal),
+            Op.SEAL_FORGET: route(ADMIN_ROLES, SealForgetRequest, self._seal_forget),
             Op.CERTS: route(ADMIN_ROLES, CertsRequest, self._certs),
             Op.CERT_REGISTER: route(ADMIN_ROLES, CertRegisterRequest, self._cert_register),
             Op.CERT_REVOKE: route(ADMIN_ROLES, CertRevokeRequest, self._cert_revoke),
@@ -265,6 +276,11 @@ class Service:
             slot = (result, wire, pack(wire))
             self._packed[result.unchanged] = slot
         return slot[1]
+
+    def forget_answers(self) -> None:
+        """Drop the packed keyring answers (in the loop's thread): a retired version's key
+        must not stay in them (raftsso.node.destroy)."""
+        self._packed.clear()
 
     def encode(self, answer: WireMap, max_frame: int) -> bytes:
         """The frame of ``answer``; a cached keyring result is not packed again."""
@@ -377,6 +393,33 @@ class Service:
         self._require_leader()
         return await asyncio.to_thread(self.node.member_remove, req)
 
+    # the seal ---------------------------------------------------------------------------------
+
+    async def _unseal(self, caller: Caller, req: UnsealRequest) -> Result:
+        result = await asyncio.to_thread(self.node.unseal, req)
+        log.info("unseal share from %s: %s", caller.name,
+                 "sealed" if result.sealed else "unsealed")
+        return result
+
+    async def _seal_install(self, caller: Caller, req: SealInstallRequest) -> Result:
+        result = await asyncio.to_thread(self.node.seal_install, req)
+        log.info("seal generation %d installed by %s", req.generation, caller.name)
+        return result
+
+    async def _reseal(self, caller: Caller, req: ResealRequest) -> Result:
+        self._require_leader()
+        result = await asyncio.to_thread(self.node.reseal, req)
+        log.info("seal rekey by %s: versions %s sealed under generation %d", caller.name,
+                 list(result.versions), result.generation)
+        events.emit(events.SEAL_REKEYED, f"seal generation {result.generation}",
+                    generation=result.generation, versions=list(result.versions))
+        return result
+
+    async def _seal_forget(self, caller: Caller, req: SealForgetRequest) -> Result:
+        result = await asyncio.to_thread(self.node.seal_forget, req)
+        log.info("seal generation %d destroyed by %s", req.generation, caller.name)
+        return result
+
     # the stores known to the cluster ------------------------------------------------------
 
     async def _store_report(self, caller: Caller, req: StoreReportRequest) -> Result:
@@ -420,8 +463,9 @@ class Server:
     Each accepted connection passes the port's :class:`~raftsso.limits.Gate` (refused ones
     are closed at once). TLS starts only once the client has sent its first bytes, so a
     bare TCP connection holds a socket and no TLS state; the whole handshake, that wait
-    included, must finish within ``handshake_timeout``. An answer the client does not
-    read within ``send_timeout`` ends the connection.
+    included, must finish within ``handshake_timeout``. Then :mod:`raftsso.connection`
+    serves it on loop callbacks; an answer the client does not read within
+    ``send_timeout`` ends the connection.
     """
 
     def __init__(self, node: Node) -> None:
@@ -437,13 +481,19 @@ class Server:
         self.guard = RevocationGuard()
         self._listeners: list[socket.socket] = []
         self._tasks: set[asyncio.Task[None]] = set()
-        self._connections: set[asyncio.Task[None]] = set()
+        self._connections: set[asyncio.Task[None]] = set()  # accepted, in TLS handshake
+        self._live: set[Connection] = set()  # past the handshake (see raftsso.connection)
         # Called with a short reason for every connection whose TLS handshake fails.
         self.on_tls_failure: Callable[[str], None] | None = None
         self.on_connection: Callable[[], None] | None = None
         self.gate = Gate("service", self.limits.service, on_refused=self._refused)
         self.on_refused: Callable[[str], None] | None = None
         self.trimmer = MemoryTrimmer([self.gate])
+        self._settings = Settings(
+            self.service, max_frame=self.cfg.max_frame,
+            answer_cap=max(self.cfg.max_frame, 1 << 20), idle_timeout=self.cfg.idle_timeout,
+            read_timeout=self.cfg.read_timeout, send_timeout=self.limits.send_timeout,
+            report=self.gate.report)
 
     def _refused(self, reason: str) -> None:
         if self.on_refused is not None:
@@ -475,6 +525,8 @@ class Server:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(asyncio.gather(*self._tasks, return_exceptions=True), 2)
         self._tasks.clear()
+        for conn in list(self._live):
+            conn.close(graceful=False)
 
     async def _accepted(self, sock: socket.socket, address: Any, ticket: Ticket) -> None:
         ticket.started = True
@@ -482,41 +534,64 @@ class Server:
         if self.on_connection is not None:
             self.on_connection()
         try:
-            streams = await self._handshake(sock, peer)
+            tls = await self._handshake(sock, peer)
         except asyncio.CancelledError:
             if swallow_eviction(ticket):
                 self._tls_failed("evicted", peer, "dropped to make room")
                 return
             raise
-        if streams is None:
+        if tls is None:
             return
         self.gate.settled(ticket)
-        await self._serve(*streams, peer)
+        peercert = tls.getpeercert()
+        role, name = pki.peer_identity(peercert)
+        tracked: Tracked | None = None
 
-    async def _handshake(self, sock: socket.socket, peer: str
-                         ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+        def closed(conn: Connection) -> None:
+            self._live.discard(conn)
+            self.guard.release(tracked)
+            self.gate.release(ticket)
+
+        try:
+            conn = Connection(asyncio.get_running_loop(), tls, Caller(role, name, peer),
+                              self._settings, closed)
+        except BaseException:
+            tls.close()
+            raise
+        # Before the loop runs the connection's first read: a revoked certificate gets no
+        # request answered.
+        tracked = self.guard.admit(pki.peer_serial(peercert), name, role, peer,
+                                   lambda: conn.close(graceful=False))
+        if tracked is None:
+            conn.close(graceful=False)
+            return
+        # The connection runs on loop callbacks from here: this task ends (an idle
+        # connection holds no task or coroutine) and the connection releases the ticket.
+        ticket.handed_off = True
+        self._live.add(conn)
+
+    async def _handshake(self, sock: socket.socket, peer: str) -> ssl.SSLSocket | None:
         """TLS on an accepted socket, or None (the socket closed, the failure counted)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.limits.handshake_timeout
-        handed = False  # once asyncio's transport owns the socket, only it may close it
+        tls: ssl.SSLSocket | None = None
         try:
             # No TLS state until the client speaks: a silent connection costs a socket.
             if not await wait_readable(sock, self.limits.handshake_timeout):
                 raise TimeoutError("no TLS ClientHello in time")
-            reader = asyncio.StreamReader(limit=self.cfg.max_frame + 16)
-            protocol = asyncio.StreamReaderProtocol(reader)
-            handed = True
-            transport, _ = await loop.connect_accepted_socket(
-                lambda: protocol, sock, ssl=self.tls.context,
-                ssl_handshake_timeout=max(0.1, deadline - loop.time()))
-            return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
+            # Answers go out as soon as written (asyncio's transports did this for us):
+            # with Nagle, an answer after the session tickets waited for a delayed ACK.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            tls = self.tls.context.wrap_socket(sock, server_side=True,
+                                        do_handshake_on_connect=False)
+            await handshake(loop, tls, max(0.1, deadline - loop.time()))
+            return tls
         except asyncio.CancelledError:
-            if not handed:
-                sock.close()
+            (tls or sock).close()
             raise
         except Exception as exc:  # every failed handshake, whatever the cause, is counted
-            if not handed:
-                sock.close()
+            discard_input(tls or sock)  # the rest of what a non-TLS client sent
+            (tls or sock).close()
             if is_exhaustion(exc):
                 self.gate.report.exhausted("starting TLS", exc)
             self._tls_failed(handshake_failure_reason(exc), peer, exc)
@@ -526,74 +601,3 @@ class Server:
         log.debug("TLS handshake with %s failed (%s): %s", peer, reason, detail)
         if self.on_tls_failure is not None:
             self.on_tls_failure(reason)
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                     peer: str) -> None:
-        sslobj = writer.get_extra_info("ssl_object")
-        peercert = sslobj.getpeercert() if sslobj else None
-        role, name = pki.peer_identity(peercert)
-        caller = Caller(role, name, peer)
-        tracked = self.guard.admit(pki.peer_serial(peercert), name, role, peer,
-                                   writer.transport.abort)
-        if tracked is None:  # a revoked certificate: not one request answered
-            writer.transport.abort()
-            return
-        try:
-            while True:
-                # asyncio.timeout, not wait_for: wait_for wraps every read in a new task
-                # (Python 3.11), which was a tenth of the cost of a keyring fetch.
-                try:
-                    async with asyncio.timeout(self.cfg.idle_timeout):
-                        header = await reader.readexactly(4)
-                except (asyncio.IncompleteReadError, TimeoutError):
-                    return
-                try:
-                    length = frame_length(header, self.cfg.max_frame)
-                except FrameTooLarge as exc:
-                    await self._send(writer, error(0, "FRAME_TOO_LARGE", str(exc)))
-                    return
-                except DecodeError as exc:
-                    await self._send(writer, error(0, "BAD_FRAME", str(exc)))
-                    return
-                try:
-                    async with asyncio.timeout(self.cfg.read_timeout):
-                        body = await reader.readexactly(length)
-                except (asyncio.IncompleteReadError, TimeoutError):
-                    return
-                try:
-                    message = decode_body(body)
-                except DecodeError as exc:
-                    await self._send(writer, error(0, "BAD_FRAME", str(exc)))
-                    return
-                answer = await self.service.handle(caller, message)
-                await self._send(writer, answer)
-                if self.service.ends_connection(answer):
-                    return
-        except (ConnectionError, ssl.SSLError, OSError, MemoryError) as exc:
-            if is_exhaustion(exc):
-                self.gate.report.exhausted("serving a connection", exc)
-            log.debug("connection from %s ended: %s", peer, exc)
-        except asyncio.CancelledError:
-            # Shutdown: end quietly (a cancelled handler makes asyncio's stream callback
-            # log a traceback for every open connection).
-            writer.transport.abort()
-            return
-        except Exception:
-            log.exception("unexpected error serving %s", peer)
-        finally:
-            self.guard.release(tracked)
-            writer.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(writer.wait_closed(), 1)
-
-    async def _send(self, writer: asyncio.StreamWriter, message: WireMap) -> None:
-        writer.write(self.service.encode(message, max(self.cfg.max_frame, 1 << 20)))
-        try:
-            async with asyncio.timeout(self.limits.send_timeout):
-                await writer.drain()
-        except TimeoutError:
-            # A client that does not read its answers would otherwise hold the connection
-            # (and the unsent answer) for ever: no read timeout runs while we wait here.
-            writer.transport.abort()
-            raise ConnectionAbortedError(
-                f"the client read nothing for {self.limits.send_timeout:g} s") from None

@@ -10,6 +10,7 @@ import click
 from raftsso.admin import AdminClient
 from raftsso.cluster_status import ClusterStatus
 from raftsso.protocol.ids import MAX_VERSION_ID
+from raftsso.seal.base import KINDS
 from raftsso_cli.common import admin_client, print_json, remote_config, table
 from raftsso_cli.lifecycle import warn_not_backed_up
 
@@ -26,8 +27,22 @@ from raftsso_cli.lifecycle import warn_not_backed_up
                    "[default: 7100, or after the last node with --join]")
 @click.option("--join", "join", metavar="NODE_ID", default=None,
               help="Add NODE_ID's directory to the existing deployment DIRECTORY instead.")
+@click.option("--seal", "seal_kind", type=click.Choice(KINDS), default="file",
+              show_default=True, help="Where the seal key lives (docs/security.md, Seal).")
+@click.option("--shares", type=click.IntRange(1, 255), default=5, show_default=True,
+              help="shamir: unseal shares to write.")
+@click.option("--threshold", type=click.IntRange(1, 255), default=3, show_default=True,
+              help="shamir: shares that unseal a node.")
+@click.option("--pkcs11-module", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="pkcs11: the PKCS#11 library [default: SoftHSM2's].")
+@click.option("--pkcs11-token-label", default=None,
+              help="pkcs11: an existing token's label [default: a SoftHSM token per node].")
+@click.option("--pkcs11-pin-file", type=click.Path(dir_okay=False, path_type=Path),
+              default=None, help="pkcs11: a 0600 file with that token's user PIN.")
 def init(directory: Path, nodes: int | None, host: str, base_port: int | None,
-         join: str | None, hosts: str | None) -> None:
+         join: str | None, hosts: str | None, seal_kind: str, shares: int, threshold: int,
+         pkcs11_module: Path | None, pkcs11_token_label: str | None,
+         pkcs11_pin_file: Path | None) -> None:
     """Create a new deployment in DIRECTORY: CA, certificates, seal key, configs.
 
     With --join NODE_ID, prepare one more node for the existing deployment in DIRECTORY;
@@ -50,16 +65,26 @@ def init(directory: Path, nodes: int | None, host: str, base_port: int | None,
         raise click.BadParameter(f"--nodes {nodes} disagrees with {len(host_list)} --hosts",
                                  param_hint="--nodes")
     nodes = len(host_list) if host_list else (nodes or 3)
+    from raftsso.seal.setup import SealPlan
+
+    notes: list[str] = []
+    seal_plan = SealPlan(seal_kind, shares, threshold, pkcs11_module, pkcs11_token_label,
+                         pkcs11_pin_file)
     cluster_id = init_deployment(directory, nodes=nodes, host=host, base_port=base_port,
-                                 hosts=host_list)
+                                 hosts=host_list, seal=seal_plan, notes=notes)
     click.echo(f"created cluster {cluster_id} with {nodes} node(s) in {directory}")
     if host_list:
         click.echo("copy each nodeN directory to its host and run it there with the "
                    "raftsso@ systemd unit (see deploy/README.md)")
     else:
         click.echo(f"start it:  raftsso local up {directory}")
-    click.echo(f"keep {directory / 'ca.key'} offline; every seal.key copy is as sensitive "
-               "as the master secret itself.")
+    if seal_kind == "file":
+        click.echo(f"keep {directory / 'ca.key'} offline; every seal.key copy is as "
+                   "sensitive as the master secret itself.")
+    else:
+        click.echo(f"keep {directory / 'ca.key'} offline.")
+    for note in notes:
+        click.echo(note)
     click.echo(f"once it is up, back up the master secret at once: raftsso -c "
                f"{directory / 'admin.toml'} backup --out FILE --password-file PF")
 
@@ -77,14 +102,16 @@ def _fmt(value: object, suffix: str = "") -> str:
 def print_status(status: ClusterStatus) -> None:
     rows = [[n.id, n.address, _fmt(n.reachable), _fmt(n.role), _fmt(n.term),
              _fmt(n.commit_index), _fmt(n.primary_version), _fmt(n.last_contact, "s"),
-             _fmt(n.lag), _fmt(n.healthy)]
+             _fmt(n.lag), _fmt(n.healthy),
+             _fmt(n.sealed)]
             for n in status.nodes]
     click.echo(f"cluster {status.cluster_id or '?'}  leader {status.leader or 'NONE'}  "
                f"quorum {_fmt(status.has_quorum)}  "
                f"primary version {_fmt(status.primary_version)}  "
                f"failure tolerance {status.failure_tolerance}")
     click.echo(table(["node", "address", "reachable", "role", "term", "commit index",
-                      "primary version", "last contact", "lag", "healthy"], rows))
+                      "primary version", "last contact", "lag", "healthy",
+                      "sealed"], rows))
 
 
 @click.command()

@@ -50,6 +50,10 @@ def node() -> None:
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
 def run(config: Path, log_level: str) -> None:
     """Run the node described by CONFIG (a node.toml) until SIGTERM."""
+    from raftsso import memscrub
+
+    if memscrub.wanted(config):
+        memscrub.reexec_scrubbed()  # first, before the heavy imports (same pid)
     from raftsso.runner import run_node, setup_logging
 
     setup_logging(log_level)

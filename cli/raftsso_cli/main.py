@@ -38,6 +38,8 @@ COMMANDS: dict[str, str] = {
     "stores": "raftsso_cli.stores:stores",
     "certs": "raftsso_cli.certs:certs",
     "agent": "raftsso_cli.agent:agent",
+    "unseal": "raftsso_cli.seal:unseal",
+    "rekey-seal": "raftsso_cli.seal:rekey_seal",
 }
 
 

@@ -25,27 +25,31 @@ in; the node never imports the Raft module.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
-from raftsso import envelope, events
+from raftsso import events
 from raftsso.config import NodeConfig, Peer
-from raftsso.errors import InvalidToken, RemoteError
+from raftsso.errors import RaftssoError, RemoteError
 from raftsso.fsm import KeyringStateMachine
 from raftsso.keyring import Keyring, KeyState
 from raftsso.node.certificates import CertificateWrites, RevokedSerials
+from raftsso.node.destroy import Destroyer
 from raftsso.node.duties import LeaderDuties
 from raftsso.node.keyring_writes import MAX_LIVE_VERSIONS, KeyringWrites
 from raftsso.node.membership import Membership
 from raftsso.node.raft_member import RaftHooks, RaftMember
 from raftsso.node.schedule import ScheduledDuties
+from raftsso.node.seal_ops import SealOps
+from raftsso.node.sealing import NodeSeal
 from raftsso.node.store_reports import StoreReports
 from raftsso.node.tracking import ClientCensus, ClientTracker
 from raftsso.node.usage import EncryptionReportTracker
 from raftsso.node.write_path import WritePath
 from raftsso.protocol.codes import ErrorCode
-from raftsso.protocol.ids import VersionId
+from raftsso.protocol.commands import Barrier
+from raftsso.protocol.ids import VersionId, new_request_id
 from raftsso.protocol.messages import (
     BackedUpRequest,
     BackedUpResult,
@@ -66,11 +70,16 @@ from raftsso.protocol.messages import (
     NodeStatus,
     PeerStatus,
     PingResult,
+    ResealRequest,
+    ResealResult,
     RestoreRequest,
     RestoreResult,
     RetireRequest,
     RotateRequest,
     RotationPolicyView,
+    SealForgetRequest,
+    SealInstallRequest,
+    SealView,
     StoreForgetRequest,
     StoreForgetResult,
     StoreReportRequest,
@@ -78,9 +87,12 @@ from raftsso.protocol.messages import (
     StoresResult,
     TransferLeaderRequest,
     TransferResult,
+    UnsealRequest,
     VersionInfo,
     VersionResult,
 )
+from raftsso.seal.base import SealProvider
+from raftsso.seal.settings import open_seal
 
 log = logging.getLogger(__name__)
 
@@ -92,13 +104,15 @@ class Node:
 
     def __init__(self, cfg: NodeConfig, fsm: KeyringStateMachine, raft: RaftMember,
                  hooks: RaftHooks | None = None, *,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 seal: SealProvider | None = None) -> None:
         self.cfg = cfg
         self.fsm = fsm
         self.raft = raft
-        self._seal_key = cfg.seal_key()
-        self._unsealed: dict[tuple[int, bytes], bytes] = {}
-        self._unseal_lock = threading.Lock()
+        # The seal provider (file, pkcs11, shamir): opened here unless the wiring code
+        # passed one; a wrong PIN or a missing key file stops the node before Raft starts.
+        self.seal = NodeSeal(seal if seal is not None else open_seal(cfg.seal, cfg.cluster_id),
+                             cfg.cluster_id)
         # The last keyring answer of each kind (whole, unchanged), with what it was built
         # from (the keyring object, its index, the term): clients syncing between two
         # changes get the same object. Each slot is replaced whole: no lock needed.
@@ -108,10 +122,10 @@ class Node:
         self.membership = Membership(cfg, fsm, raft, self.writes)
         self.clients = ClientTracker(cfg.client_window, clock)
         self.census = ClientCensus(cfg, self.clients, self.membership.members)
-        self.keyring_writes = KeyringWrites(cfg, self.writes, self.census, self._seal_key,
+        self.keyring_writes = KeyringWrites(cfg, self.writes, self.census, self.seal,
                                             fsm.stores)
         self.store_reports = StoreReports(fsm, self.writes)
-        self.duties = LeaderDuties(cfg, fsm, raft, self.writes, self.census, self._seal_key)
+        self.duties = LeaderDuties(cfg, fsm, raft, self.writes, self.census, self.seal)
         # Day-two operations (issue 15): certificates, encryption counts, the leader's
         # scheduled duties (backups to a public key, rotation policy).
         self.certificates = CertificateWrites(fsm, self.writes)
@@ -120,6 +134,12 @@ class Node:
         self.schedule = ScheduledDuties(cfg, fsm, raft, self.writes, self.keyring_writes,
                                         self.reports, self.membership.members,
                                         lambda: self.keyring(KeyringRequest(), ""))
+        # Called (from the destroy thread) once the keyring dropped a sealed secret: cached
+        # answers that may hold its key are forgotten (the service adds its packed frames).
+        self.drop_listeners: list[Callable[[], None]] = []
+        self.destroyer = Destroyer(fsm, raft, self.seal, self._forget_answers)
+        self.seal_ops = SealOps(cfg, fsm, self.writes, self.seal, self.duties.wake,
+                                self._compact_now, self._destroy_after_write)
         if hooks is not None:
             hooks.bind(self)
 
@@ -132,14 +152,23 @@ class Node:
         self.raft.start()
         self.duties.start()
         self.schedule.start()
+        self.destroyer.start()
+        if self.seal.sealed:
+            log.warning("node %s is sealed: it serves no keyring until %s unseal shares are "
+                        "supplied (raftsso unseal %s --share-file FILE)", self.cfg.node_id,
+                        self.cfg.seal.threshold or "enough", self.cfg.node_id)
+            events.emit(events.NODE_SEALED, f"{self.cfg.node_id} is sealed",
+                        seal=self.seal.kind)
         log.info("node %s started: raft %s, service %s, cluster %s", self.cfg.node_id,
                  self.cfg.raft_address, self.cfg.service_address, self.cfg.cluster_id)
 
     def stop(self) -> None:
         self.schedule.stop()
+        self.destroyer.stop()
         self.duties.stop()
         self.census.close()
         self.raft.stop()
+        self.seal.close()
 
     def role_changed(self, old: str, new: str) -> None:
         """Called by the Raft member, in the Raft thread: events.emit only queues."""
@@ -190,7 +219,8 @@ class Node:
                         for p in raft.peers()),
             policy=self.policy_view(ring),
             encryptions=dict(self.fsm.encryptions().totals),
-            last_backup=self.schedule.last_backup)
+            last_backup=self.schedule.last_backup,
+            seal=self.seal_ops.view())
 
     def policy_view(self, ring: Keyring) -> RotationPolicyView:
         policy = self.schedule.policy
@@ -204,6 +234,10 @@ class Node:
         so answers of different nodes can be ordered. With a ``client_id``, the client is
         remembered under ``certificate`` (the verified certificate's name) for the census.
         """
+        if self.seal.sealed:
+            raise RemoteError(f"node {self.cfg.node_id} is sealed: it serves no keyring until "
+                              "enough unseal shares are supplied; ask another node",
+                              code=ErrorCode.SEALED)
         ring, index, changed = self.fsm.view_since()
         term = self.raft.term
         if req.client_id is not None:
@@ -227,23 +261,15 @@ class Node:
         self._answers[unchanged] = (ring, index, term, result)
         return result
 
+    def _forget_answers(self) -> None:
+        self._answers = {}
+        for listener in self.drop_listeners:
+            listener()
+
     def _unseal(self, ring: Keyring, version: int) -> bytes:
         kv = ring.get(version)
         assert kv is not None and kv.sealed is not None  # a usable version has its key
-        cache_key = (version, kv.sealed)
-        with self._unseal_lock:
-            key = self._unsealed.get(cache_key)
-        if key is None:
-            try:
-                key = envelope.unseal(self._seal_key, kv.sealed,
-                                      cluster_id=self.cfg.cluster_id, version=version)
-            except InvalidToken:
-                raise RemoteError(
-                    f"this node cannot unseal version {version}: its seal key does not match "
-                    "the cluster's", code=ErrorCode.SEAL_MISMATCH) from None
-            with self._unseal_lock:
-                self._unsealed[cache_key] = key
-        return key
+        return self.seal.unwrap(version, kv.sealed)
 
     def clients_view(self) -> ClientsView:
         """The SSO clients this node served within ``client_window`` (for the leader)."""
@@ -269,7 +295,46 @@ class Node:
         return self.keyring_writes.rotate(req)
 
     def retire(self, req: RetireRequest) -> VersionResult:
-        return self.keyring_writes.retire(req)
+        """Retire, then destroy: the answer says whether this node's files already hold no
+        sealed copy of the version (``destroyed``); every other node compacts on its own
+        within a bounded time of applying the retirement."""
+        result = self.keyring_writes.retire(req)
+        return replace(result, destroyed=self._destroy_after_write())
+
+    def _destroy_after_write(self) -> bool:
+        """After a write that dropped sealed blobs (retire, reseal): one more entry, so
+        every node's compaction leaves that write (and the one before it, which may have
+        carried the blob) out of the two entries it keeps; then wait for this node's
+        compaction. True once this node's files hold no dropped blob."""
+        index = self.fsm.last_drop
+        try:
+            self.writes.propose(Barrier(new_request_id()))
+        except RaftssoError as exc:
+            log.info("no barrier after the write (%s); compaction waits for the next entry",
+                     exc)
+        return self.destroyer.wait(index, self.cfg.raft.commit_timeout * 2)
+
+    def _compact_now(self) -> bool:
+        """Wait until this node's files hold no blob the keyring dropped (seal rekey)."""
+        index = self.fsm.last_drop
+        return self.destroyer.wait(index, self.cfg.raft.commit_timeout * 2)
+
+    # the seal -------------------------------------------------------------------------------
+
+    def seal_view(self) -> SealView:
+        return self.seal_ops.view()
+
+    def unseal(self, req: UnsealRequest) -> SealView:
+        return self.seal_ops.unseal(req)
+
+    def seal_install(self, req: SealInstallRequest) -> SealView:
+        return self.seal_ops.install(req)
+
+    def seal_forget(self, req: SealForgetRequest) -> SealView:
+        return self.seal_ops.forget(req)
+
+    def reseal(self, req: ResealRequest) -> ResealResult:
+        return self.seal_ops.reseal(req)
 
     def mark_backed_up(self, req: BackedUpRequest) -> BackedUpResult:
         return self.keyring_writes.mark_backed_up(req)

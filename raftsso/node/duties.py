@@ -23,6 +23,7 @@ from raftsso.errors import RaftssoError
 from raftsso.fsm import KeyringStateMachine
 from raftsso.keyring import Keyring, KeyState
 from raftsso.node.raft_member import RaftMember
+from raftsso.node.sealing import NodeSeal, scrub
 from raftsso.node.tracking import ClientCensus
 from raftsso.node.write_path import WritePath
 from raftsso.protocol.commands import Barrier, Bootstrap, Command, Promote
@@ -35,13 +36,13 @@ EARLY_CHECK_INTERVAL = 1.0
 
 class LeaderDuties:
     def __init__(self, cfg: NodeConfig, fsm: KeyringStateMachine, raft: RaftMember,
-                 writes: WritePath, census: ClientCensus, seal_key: bytes) -> None:
+                 writes: WritePath, census: ClientCensus, seal: NodeSeal) -> None:
         self._cfg = cfg
         self._fsm = fsm
         self._raft = raft
         self._writes = writes
         self._census = census
-        self._seal_key = seal_key
+        self._seal = seal
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._last_early_check = 0.0
@@ -84,6 +85,11 @@ class LeaderDuties:
             if self._raft.term == term and self._raft.is_leader:
                 self._writes.mark_ready(term)
                 log.info("leader %s is ready in term %d", self._cfg.node_id, term)
+        if self._seal.sealed:
+            # A sealed leader (shamir, before its shares) can seal nothing: no first secret,
+            # no promotion; writes answer SEALED. Transfer leadership to an unsealed node,
+            # or unseal this one.
+            return
         ring = self._fsm.keyring
         if not ring.bootstrapped:
             self._bootstrap()
@@ -131,14 +137,17 @@ class LeaderDuties:
         req = new_request_id()
         key = envelope.new_key()
         fingerprint = envelope.fingerprint(key)
-        sealed = envelope.seal(self._seal_key, key, cluster_id=self._cfg.cluster_id, version=1)
 
         def build(ring: Keyring) -> Command | None:
             if ring.bootstrapped:
                 return None
+            sealed = self._seal.wrap(key, 1, ring.seal_generation)
             return Bootstrap(req, sealed, fingerprint, time.time())
 
-        outcome = self._writes.run(req, "first secret", build, require_secret=False)
+        try:
+            outcome = self._writes.run(req, "first secret", build, require_secret=False)
+        finally:
+            scrub(key)  # sealed (or not needed): overwritten, not just freed
         if outcome is not None and outcome.ok:
             log.info("created the cluster's first master secret (version 1, fingerprint %s); "
                      "back it up now", fingerprint)

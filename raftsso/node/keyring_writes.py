@@ -16,6 +16,7 @@ from raftsso.config import NodeConfig
 from raftsso.errors import Conflict, RemoteError
 from raftsso.keyring import Keyring, KeyState
 from raftsso.known_stores import KnownStore, retire_blocker
+from raftsso.node.sealing import NodeSeal, scrub
 from raftsso.node.tracking import ClientCensus
 from raftsso.node.write_path import WritePath, result_of
 from raftsso.protocol.codes import ErrorCode
@@ -52,17 +53,13 @@ def _too_many(live: int) -> RemoteError:
 
 class KeyringWrites:
     def __init__(self, cfg: NodeConfig, writes: WritePath, census: ClientCensus,
-                 seal_key: bytes,
+                 seal: NodeSeal,
                  stores: Callable[[], Mapping[str, KnownStore]] = dict) -> None:
         self._cfg = cfg
         self._stores = stores
         self._writes = writes
         self._census = census
-        self._seal_key = seal_key
-
-    def _sealed(self, key: bytes, version: int) -> bytes:
-        return envelope.seal(self._seal_key, key, cluster_id=self._cfg.cluster_id,
-                             version=version)
+        self._seal = seal
 
     def rotate(self, req: RotateRequest) -> VersionResult:
         """A new version (staged, or primary with ``now``): a compare-and-set on the primary.
@@ -92,8 +89,13 @@ class KeyringWrites:
             expect = req.expect_primary
             if expect is None and ring.primary is not None:
                 expect = VersionId(ring.primary)
-            return Rotate(req.request_id, version, self._sealed(key, version),
-                          envelope.fingerprint(key), time.time(), expect, req.now)
+            # Sealed under the keyring's seal generation, read here in the write path: a
+            # seal rekey committed meanwhile is seen (and the state machine checks again).
+            sealed = self._seal.wrap(key, version, ring.seal_generation)
+            fingerprint = envelope.fingerprint(key)
+            scrub(key)  # the plaintext is needed no more: overwritten, not just freed
+            return Rotate(req.request_id, version, sealed, fingerprint, time.time(), expect,
+                          req.now)
 
         outcome = self._writes.run(req.request_id, "rotation", build)
         return None if outcome is None else VersionResult.from_wire(result_of(outcome))
@@ -159,8 +161,6 @@ class KeyringWrites:
         if any(envelope.fingerprint(v.key) != v.fingerprint for v in req.versions):
             raise RemoteError("a restored version's fingerprint does not match its key",
                               code=ErrorCode.BAD_REQUEST)
-        sealed = tuple(SealedVersion(v.id, self._sealed(v.key, v.id), v.fingerprint, v.created)
-                       for v in req.versions)
 
         def build(ring: Keyring) -> Command:
             live = live_versions(ring) + sum(
@@ -168,6 +168,8 @@ class KeyringWrites:
                 if (cur := ring.get(v.id)) is None or cur.state is KeyState.RETIRED)
             if live > MAX_LIVE_VERSIONS:
                 raise _too_many(live)
+            sealed = tuple(SealedVersion(v.id, self._seal.wrap(v.key, v.id, ring.seal_generation),
+                                         v.fingerprint, v.created) for v in req.versions)
             return Restore(req.request_id, sealed, req.primary, req.force, time.time())
 
         outcome = self._writes.run(req.request_id, "restore", build)

@@ -87,6 +87,11 @@ class RaftMember(Protocol):
         """True: the request went out (the caller polls :attr:`leader_id`); False: refused."""
         ...
 
+    def compact(self, timeout: float) -> int | None:
+        """Snapshot and cut the journal now; the applied index the files start from, or
+        None if not done within ``timeout``."""
+        ...
+
     def reload_certificate(self) -> bool:
         """Load this node's certificate again for new peer links (SIGHUP); False without
         peer TLS."""

@@ -30,6 +30,7 @@ class ErrorCode(StrEnum):
     OUTCOME_UNKNOWN = "OUTCOME_UNKNOWN"
     # -- the keyring and its writes ---------------------------------------------------------
     SEAL_MISMATCH = "SEAL_MISMATCH"
+    SEALED = "SEALED"
     CONFLICT = "CONFLICT"
     NOT_FOUND = "NOT_FOUND"
     NOT_READY = "NOT_READY"

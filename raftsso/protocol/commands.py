@@ -20,6 +20,7 @@ op             fields
 ``restore``    ``versions`` (``[{id, sealed, fingerprint, created}]``), ``primary``,
                ``replace_new``, ``at``
 ``member``     ``node_id``, ``raft_address``, ``service_address``, ``removed``
+``reseal``     ``expect_generation``, ``generation``, ``versions`` (``{"<id>": sealed}``)
 =============  ============================================================================
 
 The stores known to the cluster (:mod:`raftsso.known_stores`): ``store_report``
@@ -56,14 +57,14 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Self
 
 from raftsso.encryption_counts import parse_counts
-from raftsso.envelope import SEALED_SIZE
 from raftsso.errors import DecodeError
 from raftsso.known_stores import MAX_KIND, decode_counts, store_id_problem
 from raftsso.protocol.codes import ErrorCode
 from raftsso.protocol.fields import Fields
-from raftsso.protocol.ids import MAX_NODE_ID, RequestId, VersionId, request_id
+from raftsso.protocol.ids import MAX_NODE_ID, RequestId, VersionId, request_id, version_id
 from raftsso.revocation import MAX_NAME as MAX_CERT_NAME
 from raftsso.revocation import canonical_serial
+from raftsso.seal import blob as sealed_blob
 from raftsso.wire import WireMap, WireValue, unversioned, versioned
 
 COMMAND_FORMAT = 1
@@ -120,7 +121,13 @@ class Command(ABC):
 
 
 def _sealed(f: Fields, name: str = "sealed") -> bytes:
-    return f.blob(name, SEALED_SIZE)
+    """A sealed secret of either format (61 bytes: format 1; 65: format 2 with its seal
+    generation, :mod:`raftsso.seal.blob`)."""
+    value = f.blob(name)
+    if len(value) not in sealed_blob.SIZES:
+        raise f.fail(f"{name!r} must be a sealed secret "
+                     f"({' or '.join(map(str, sealed_blob.SIZES))} bytes)")
+    return value
 
 
 @dataclass(frozen=True)
@@ -447,10 +454,47 @@ class Encryptions(Command):
         return cls(req, reports, f.number("at"))
 
 
+# -- seal rekey (raftsso.seal.rekey) ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Reseal(Command):
+    """Every live version re-sealed under seal ``generation``: a compare-and-set on the
+    keyring's current generation (``expect_generation``) and on its set of live versions."""
+
+    op: ClassVar[str] = "reseal"
+    req: RequestId
+    expect_generation: int
+    generation: int
+    versions: Mapping[VersionId, bytes] = field(repr=False)
+
+    def fields(self) -> dict[str, WireValue]:
+        return {"expect_generation": self.expect_generation, "generation": self.generation,
+                "versions": {str(k): v for k, v in self.versions.items()}}
+
+    @classmethod
+    def decode(cls, req: RequestId, f: Fields) -> Self:
+        expect, generation = f.integer("expect_generation"), f.integer("generation")
+        for gen in (expect, generation):
+            if not 0 < gen <= sealed_blob.MAX_GENERATION:
+                raise f.fail("seal generations are integers from 1 to 2**32-1")
+        out: dict[VersionId, bytes] = {}
+        for key, value in f.mapping("versions").items():
+            try:
+                vid = version_id(int(key)) if key.isascii() and key.isdigit() else None
+            except ValueError:
+                vid = None
+            if vid is None or not isinstance(value, bytes) or \
+                    len(value) != sealed_blob.SIZE:
+                raise f.fail("versions must map version ids to format-2 sealed secrets")
+            out[vid] = value
+        return cls(req, expect, generation, out)
+
+
 #: Every command type by its op (``docs/architecture.md`` lists each).
 COMMANDS: dict[str, type[Command]] = {cls.op: cls for cls in (
     Bootstrap, Rotate, Promote, Barrier, Retire, BackedUp, Restore, Member, CertRegister,
-    CertRevoke, Encryptions)}
+    CertRevoke, Encryptions, Reseal)}
 COMMANDS.update({cls.op: cls for cls in (StoreReport, StoreForget)})
 
 

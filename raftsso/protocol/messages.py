@@ -34,6 +34,7 @@ from raftsso.protocol.ids import (
     client_id,
     is_version_id,
     new_request_id,
+    version_id,
 )
 from raftsso.revocation import MAX_NAME as MAX_CERT_NAME
 from raftsso.revocation import CertRecord, canonical_serial
@@ -57,6 +58,11 @@ class Op(StrEnum):
     MEMBERS = "members"
     MEMBER_ADD = "member_add"
     MEMBER_REMOVE = "member_remove"
+    # the seal (raftsso.seal): unseal shares, and the steps of a seal rekey
+    UNSEAL = "unseal"
+    SEAL_INSTALL = "seal_install"
+    RESEAL = "reseal"
+    SEAL_FORGET = "seal_forget"
     # the stores known to the cluster
     STORE_REPORT = "store_report"
     STORES = "stores"
@@ -189,14 +195,21 @@ class VersionResult(Result):
     version: VersionId
     state: KeyState
     primary_version: VersionId | None
+    # retire only: True once the leader's journal and snapshot hold no sealed copy of the
+    # version any more (every other node compacts on its own); None from older nodes.
+    destroyed: bool | None = None
 
     def to_wire(self) -> WireMap:
-        return {"version": self.version, "state": self.state.value,
-                "primary_version": self.primary_version}
+        out: dict[str, WireValue] = {"version": self.version, "state": self.state.value,
+                                     "primary_version": self.primary_version}
+        if self.destroyed is not None:
+            out["destroyed"] = self.destroyed
+        return out
 
     @classmethod
     def decode(cls, f: Fields) -> Self:
-        return cls(f.version("version"), _state(f), f.optional_version("primary_version"))
+        return cls(f.version("version"), _state(f), f.optional_version("primary_version"),
+                   f.flag("destroyed") if f.has("destroyed") else None)
 
 
 # -- ping, status ------------------------------------------------------------------------------
@@ -270,6 +283,12 @@ class NodeStatus(Result):
     policy: RotationPolicyView = field(default_factory=lambda: RotationPolicyView())
     encryptions: Mapping[int, int] = field(default_factory=dict)
     last_backup: float | None = None  # this node's last scheduled backup (wall clock)
+    # The node's seal (None from nodes older than seal providers).
+    seal: SealView | None = None
+
+    @property
+    def sealed(self) -> bool | None:
+        return None if self.seal is None else self.seal.sealed
 
     def to_wire(self) -> WireMap:
         return {
@@ -284,6 +303,8 @@ class NodeStatus(Result):
             "policy": self.policy.to_wire(),
             "encryptions": {str(v): n for v, n in self.encryptions.items()},
             "last_backup": self.last_backup,
+            **({} if self.seal is None else {"sealed": self.seal.sealed,
+                                            "seal": self.seal.to_wire()}),
         }
 
     @classmethod
@@ -302,7 +323,9 @@ class NodeStatus(Result):
             policy=(RotationPolicyView.decode(Fields(f.raw("policy"), "policy", DecodeError))
                     if f.has("policy") else RotationPolicyView()),
             encryptions=_counts(f, "encryptions"),
-            last_backup=f.optional_number("last_backup"))
+            last_backup=f.optional_number("last_backup"),
+            seal=SealView.decode(Fields(f.raw("seal"), "the seal of a status", DecodeError))
+            if f.has("seal") else None)
 
 
 def _counts(f: Fields, name: str) -> Mapping[int, int]:
@@ -855,6 +878,151 @@ class MemberRemoveRequest(Request[MemberChangeResult]):
         return MemberChangeResult.from_wire(raw)
 
 
+# -- the seal ---------------------------------------------------------------------------------
+
+
+MAX_SHARE = 4096  # raftsso.seal.shares.MAX_SHARE_FILE
+
+
+@dataclass(frozen=True)
+class SealView(Result):
+    """A node's seal: its kind, whether it is sealed, the generations it holds, the
+    cluster's current seal generation (its keyring's), unseal progress. Never a key."""
+
+    kind: str
+    sealed: bool
+    generations: tuple[int, ...]
+    seal_generation: int
+    supplied: int | None = None   # shamir, while sealed: shares supplied so far
+    threshold: int | None = None  # shamir, while sealed: shares needed
+
+    def to_wire(self) -> WireMap:
+        return {"kind": self.kind, "sealed": self.sealed,
+                "generations": list(self.generations),
+                "seal_generation": self.seal_generation, "supplied": self.supplied,
+                "threshold": self.threshold}
+
+    @classmethod
+    def decode(cls, f: Fields) -> Self:
+        generations = tuple(g for g in f.items("generations", []) if type(g) is int)
+        if len(generations) != len(f.items("generations", [])):
+            raise f.fail("'generations' must be a list of integers")
+        return cls(f.text("kind"), f.flag("sealed"), generations,
+                   f.integer("seal_generation", 1),
+                   f.integer("supplied") if f.raw("supplied") is not None else None,
+                   f.integer("threshold") if f.raw("threshold") is not None else None)
+
+
+@dataclass(frozen=True)
+class UnsealRequest(Request[SealView]):
+    """One unseal share (the share file's bytes) for a shamir node; never logged."""
+
+    op: ClassVar[Op] = Op.UNSEAL
+    share: bytes = field(repr=False)
+
+    def to_wire(self) -> WireMap:
+        return {"share": self.share}
+
+    @classmethod
+    def decode(cls, f: Fields) -> Self:
+        share = f.blob("share")
+        if not 0 < len(share) <= MAX_SHARE:
+            raise f.fail(f"'share' must be a share file's bytes (at most {MAX_SHARE})")
+        return cls(share)
+
+    def decode_result(self, raw: WireValue) -> SealView:
+        return SealView.from_wire(raw)
+
+
+def _generation(f: Fields, name: str = "generation") -> int:
+    value = f.integer(name, 1)
+    if value > 0xFFFFFFFF:
+        raise f.fail(f"{name!r} must be a seal generation (1 to 2**32-1)")
+    return value
+
+
+@dataclass(frozen=True)
+class SealInstallRequest(Request[SealView]):
+    """A seal rekey's first step on each node: hold ``key`` as seal ``generation``
+    (file: written to the key file; pkcs11: imported into the token; shamir: memory)."""
+
+    op: ClassVar[Op] = Op.SEAL_INSTALL
+    generation: int
+    key: bytes = field(repr=False)
+
+    def to_wire(self) -> WireMap:
+        return {"generation": self.generation, "key": self.key}
+
+    @classmethod
+    def decode(cls, f: Fields) -> Self:
+        return cls(_generation(f), f.blob("key", KEY_SIZE))
+
+    def decode_result(self, raw: WireValue) -> SealView:
+        return SealView.from_wire(raw)
+
+
+@dataclass(frozen=True)
+class SealForgetRequest(Request[SealView]):
+    """A seal rekey's last step on each node: destroy an older generation's key (refused
+    while the node's keyring still seals under it)."""
+
+    op: ClassVar[Op] = Op.SEAL_FORGET
+    generation: int
+
+    def to_wire(self) -> WireMap:
+        return {"generation": self.generation}
+
+    @classmethod
+    def decode(cls, f: Fields) -> Self:
+        return cls(_generation(f))
+
+    def decode_result(self, raw: WireValue) -> SealView:
+        return SealView.from_wire(raw)
+
+
+@dataclass(frozen=True)
+class ResealResult(Result):
+    """The keyring's seal generation after the reseal and the versions it re-sealed;
+    ``compacted``: this leader's journal and snapshot hold no older sealed copy."""
+
+    generation: int
+    versions: tuple[VersionId, ...]
+    compacted: bool = False
+
+    def to_wire(self) -> WireMap:
+        return {"generation": self.generation, "versions": list(self.versions),
+                "compacted": self.compacted}
+
+    @classmethod
+    def decode(cls, f: Fields) -> Self:
+        versions = []
+        for v in f.items("versions", []):
+            if not is_version_id(v):
+                raise f.fail("'versions' must be version ids")
+            versions.append(version_id(v))
+        return cls(_generation(f), tuple(versions), f.flag("compacted", False))
+
+
+@dataclass(frozen=True)
+class ResealRequest(Request[ResealResult]):
+    """The leader re-seals every live version under seal ``generation`` (which every node
+    must hold already: ``seal_install``) through the log."""
+
+    op: ClassVar[Op] = Op.RESEAL
+    generation: int
+    request_id: RequestId = field(default_factory=new_request_id)
+
+    def to_wire(self) -> WireMap:
+        return {"request_id": self.request_id, "generation": self.generation}
+
+    @classmethod
+    def decode(cls, f: Fields) -> Self:
+        return cls(_generation(f), f.request_id())
+
+    def decode_result(self, raw: WireValue) -> ResealResult:
+        return ResealResult.from_wire(raw)
+
+
 # -- the stores known to the cluster (raftsso.known_stores) -----------------------------------
 
 
@@ -1178,6 +1346,8 @@ REQUESTS: dict[Op, type[Request[Result]]] = {cls.op: cls for cls in (
     EncryptionsRequest)}
 REQUESTS.update({cls.op: cls for cls in (StoreReportRequest, StoresRequest,
                                          StoreForgetRequest)})
+REQUESTS.update({cls.op: cls for cls in (UnsealRequest, SealInstallRequest, ResealRequest,
+                                         SealForgetRequest)})
 
 __all__ = [
     "REQUESTS", "BackedUpRequest", "BackedUpResult", "CertRegisterRequest", "CertRegisterResult",
@@ -1190,5 +1360,7 @@ __all__ = [
     "RetireRequest", "RotateRequest", "RotationPolicyView", "StatusRequest",
     "TransferLeaderRequest", "TransferResult", "VersionInfo", "VersionResult",
 ]
+__all__ += ["ResealRequest", "ResealResult", "SealForgetRequest", "SealInstallRequest",
+            "SealView", "UnsealRequest"]
 __all__ += ["StoreForgetRequest", "StoreForgetResult", "StoreReportRequest", "StoreResult",
             "StoresRequest", "StoresResult"]

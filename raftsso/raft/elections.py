@@ -16,11 +16,24 @@ pysyncobj, through :class:`Elections`, which the member's tick and transport cal
   otherwise the node stays a follower in its term and asks again after another timeout.
   The node forgets its leader when a round starts (it heard nothing for an election
   timeout), as pysyncobj's election does.
+  Two members whose timers run out together would both pass and split the vote: a
+  member asking for the same term as the asker refuses a larger id (unless that one
+  already refused it) and yields to a smaller one. A member whose link is down cannot
+  answer: a round fails as soon as the members still connected have refused.
 * **Leader stickiness.** A follower that heard from a live leader within the minimum
   election timeout ignores ``request_vote`` (it neither adopts the term nor votes), and so
   does a leader that heard from a majority within that time. A leadership transfer is the
   exception: the target's ``request_vote`` carries ``rsso_transfer`` and is handled as
   before (thesis 3.10).
+* **A leader whose link drops.** A leader that dies (SIGKILL, a crash) resets its TCP
+  connections at once. A follower that loses its link to the leader it follows stops
+  counting on that leader (its lease ends: it no longer hears it) and asks for a pre-vote
+  without waiting for its election timer: the member first among the survivors (by id) at
+  once, the next one :data:`STAGGER` of the minimum election timeout later, and so on, so
+  that two of them do not split the vote. The pre-vote rules are unchanged: a member
+  that still hears the leader (the link dropped for another reason) refuses, and nothing
+  happens. A hung leader (SIGSTOP) keeps its connections: that is the election timeout's
+  job.
 * **A term that got ahead.** A node whose term is higher than a leader's ignores that
   leader's appends (pysyncobj). If the others are sticky, such a node could be shut out
   for as long as the leader lives (its term went up in an election that a pre-vote allowed
@@ -61,6 +74,9 @@ TRANSFER_KEY = "rsso_transfer"
 
 _FOLLOWER, _CANDIDATE, _LEADER = 0, 1, 2  # pysyncobj's _RAFT_STATE
 LOG_PERIOD = 10.0
+# After the leader's link drops, the survivors ask in turn, this share of the minimum
+# election timeout apart (several pre-vote and vote round trips on a LAN).
+STAGGER = 1 / 3
 
 
 def monotonic() -> float:
@@ -77,17 +93,22 @@ class Elections:
 
     Everything here runs in the Raft thread: :meth:`before_tick` and :meth:`after_tick`
     around pysyncobj's tick, :meth:`on_message` before pysyncobj sees a message,
-    :meth:`outgoing` on every message sent, :meth:`on_connected` on every new link.
+    :meth:`outgoing` on every message sent, :meth:`on_connected` on every new link and
+    :meth:`on_disconnected` on every lost one.
     """
 
     def __init__(self, sync: Any) -> None:
         self._sync = sync
         self.capable: set[str] = set()  # members that speak these extensions (by address)
+        self._linked_at: dict[str, float] = {}  # when each member's link came up
         self._round = 0
         self._round_term: int | None = None  # the term of the pre-vote under way, if any
         self._granted: set[str] = set()
         self._refused: set[str] = set()
         self._passed = False
+        self._passed_term: int | None = None
+        self._passed_at = -math.inf
+        self._questions: list[tuple[Any, dict[str, Any]]] = []
         self._transfer_campaign = False
         self._leader_heard = -math.inf  # when a live leader was last heard from
         self._newer_term_sent: dict[str, float] = {}
@@ -133,28 +154,67 @@ class Elections:
 
     # the tick -------------------------------------------------------------------------
 
-    def before_tick(self) -> None:
-        """Run a pre-vote where pysyncobj would start an election in this tick."""
+    def before_tick(self) -> bool:
+        """Run a pre-vote where pysyncobj would start an election in this tick.
+
+        True if pysyncobj may start an election in this tick (a pre-vote passed, a
+        leadership transfer, or nobody to ask). Otherwise the member keeps pysyncobj from
+        starting one (:meth:`~raftsso.raft.member._RaftSyncObj._onTick`): its timer may
+        run out while this tick runs (a node short of CPU), and it must not elect unasked.
+        """
         sync = self._sync
         if sync.selfNode is None:
-            return
+            return False
+        if self._due():
+            # The timer ran out; but a node that did not get the CPU for a while (a busy
+            # machine) may have the leader's heartbeats waiting unread: read them first.
+            poller = getattr(sync, "_poller", None)
+            if poller is not None:
+                poller.poll(0)
+        self.answer_pre_votes()
         if self._get("raftState") == _LEADER:
             self._round_term = None
-            return
+            return False
+        now = monotonic()
         if self._passed:  # a majority said yes: pysyncobj's election runs in this tick
             self._passed = False
-            return
-        now = monotonic()
-        if self._get("raftElectionDeadline") >= now or not (
-                self._get("connectedNodes") or not self._get("otherNodes")):
-            return
+            if now - self._passed_at <= self._min_timeout():
+                return True
+            # ... unless this node lost the CPU since: a yes that old says nothing about
+            # now (a leader may have been elected meanwhile). Ask again later.
+            self._set("raftElectionDeadline", now + self._call("generateRaftTimeout"))
+            log.info("pre-vote for term %s passed %.3f s ago: too long, no election",
+                     self._passed_term, now - self._passed_at)
+            return False
+        if not self._due(now):
+            return False
         if self._get("transferInProgress"):
             # TimeoutNow from our leader: elect at once, and tell the voters it is a transfer.
             self._transfer_campaign = True
-            return
+            return True
         self._start_round(now)
         if self._passed:  # nobody to ask (or only old members): elect in this very tick
             self._passed = False
+            return True
+        return False
+
+    def _due(self, now: float | None = None) -> bool:
+        """Has the election timer run out (and is there anyone to ask)?"""
+        if self._get("raftState") == _LEADER:
+            return False
+        return bool(self._get("raftElectionDeadline") < (monotonic() if now is None else now)
+                    and (self._get("connectedNodes") or not self._get("otherNodes")))
+
+    def answer_pre_votes(self) -> None:
+        """Answer the pre-vote requests received since the last tick.
+
+        They are answered after everything that arrived with them has been read: a node
+        that was short of CPU for a while must see the leader's heartbeats waiting in its
+        sockets before it says that it hears no leader.
+        """
+        questions, self._questions = self._questions, []
+        for node, message in questions:
+            self._answer_pre_vote(node, message)
 
     def after_tick(self) -> None:
         self._transfer_campaign = False
@@ -186,17 +246,27 @@ class Elections:
         voters = self._voters()
         connected = self._get("connectedNodes")
         # A member not known to speak pre-vote (an old node) counts as a yes while it is
-        # connected: it would grant or refuse the real vote, as before the upgrade.
-        yes = 1 + sum(1 for n in voters if n.id in self._granted
-                      or (n.id not in self.capable and n in connected))
+        # connected: it would grant or refuse the real vote, as before the upgrade. Only
+        # once the link is older than the minimum election timeout, though: a new member
+        # greets us (HELLO) as soon as it connects, and a node that has just restarted
+        # has heard nobody yet: counting everyone as old would let it elect at once.
+        now = monotonic()
+        old = {n.id for n in voters if n.id not in self.capable and n in connected}
+        young = {i for i in old if now - self._linked_at.get(i, -math.inf) < self._min_timeout()}
+        old -= young
+        yes = 1 + sum(1 for n in voters if n.id in self._granted or n.id in old)
         if yes > (len(voters) + 1) / 2:
             self._round_term = None
             self._passed = True
+            self._passed_term = term
+            self._passed_at = monotonic()
             self._set("raftElectionDeadline", 0)
             log.info("pre-vote for term %d passed (%d of %d members): starting an election",
                      term, yes, len(voters) + 1)
             return
-        undecided = sum(1 for n in voters if n.id in self.capable
+        # Only a connected member can still answer (a dead leader's link is gone).
+        undecided = sum(1 for n in voters if (n.id in self.capable or n.id in young)
+                        and n in connected
                         and n.id not in self._granted and n.id not in self._refused)
         if yes + undecided <= (len(voters) + 1) / 2:
             self._round_term = None
@@ -208,7 +278,23 @@ class Elections:
     # messages -------------------------------------------------------------------------
 
     def on_connected(self, node: Any) -> None:
+        self._linked_at[node.id] = monotonic()
         self._send(node, {"type": HELLO})
+
+    def on_disconnected(self, node: Any) -> None:
+        """The link to ``node`` is gone: if it was our leader, ask for a pre-vote soon."""
+        if self._sync.selfNode is None or self._get("raftState") != _FOLLOWER \
+                or self._get("raftLeader") != node or self._get("transferInProgress"):
+            return
+        self._leader_heard = -math.inf  # we no longer hear that leader
+        survivors = sorted({n.id for n in self._voters()} - {node.id}
+                           | {self._sync.selfNode.id})
+        rank = survivors.index(self._sync.selfNode.id)
+        due = monotonic() + rank * STAGGER * self._min_timeout()
+        if due < self._get("raftElectionDeadline"):
+            self._set("raftElectionDeadline", due)
+        log.info("lost the link to the leader %s: asking the others %s", node.id,
+                 "now" if rank == 0 else f"in {rank * STAGGER * self._min_timeout():.3f} s")
 
     def outgoing(self, message: Any) -> Any:
         if not isinstance(message, dict):
@@ -228,7 +314,7 @@ class Elections:
         if kind == HELLO:
             return True
         if kind == PRE_VOTE:
-            self._answer_pre_vote(node, message)
+            self._questions.append((node, message))  # answered at the end of this read
             return True
         if kind == PRE_VOTE_RESPONSE:
             self._count(node, message)
@@ -278,6 +364,16 @@ class Elections:
                    and term > int(self._get("raftCurrentTerm"))
                    and not self.in_lease()
                    and not self._log_is_behind(last_index, last_term))
+        if granted and self._passed and self._passed_term == term:
+            granted = False  # our own pre-vote for this term passed: we stand in it
+        elif granted and self._round_term == term:
+            # Both of us ask for the same term (our timers ran out together): were both
+            # to pass, both would stand and split the vote. The smaller id goes first,
+            # unless the asker already refused us (it heard the leader then, not now).
+            if self._sync.selfNode.id < node.id and node.id not in self._refused:
+                granted = False
+            else:
+                self._round_term = None  # ours is over; our timer runs again
         self._send(node, {"type": PRE_VOTE_RESPONSE, "term": term,
                           "round": message.get("round"), "granted": granted})
 

@@ -5,6 +5,8 @@
   argument-checking stand-in for ``bytes`` (``b""`` needs it).
 * A peer frame longer than :data:`MAX_PEER_FRAME` drops the connection before it is
   buffered (pysyncobj buffers without bound before it checks the HMAC).
+* pysyncobj's connections read and write TLS sockets too (peer TLS): a TLS socket's
+  "try again" is an SSLWantReadError/SSLWantWriteError, not EAGAIN.
 * pysyncobj's journal factory builds :class:`~raftsso.raft.journal.DurableJournal`, and its
   snapshot files go through :class:`~raftsso.raft.snapshot.DurableSerializer`.
 
@@ -17,6 +19,7 @@ import io
 import logging
 import pickle
 import socket
+import ssl
 import struct
 import types
 from typing import Any
@@ -34,6 +37,7 @@ log = logging.getLogger(__name__)
 
 PYSYNCOBJ_VERSION = "0.3.17"
 MAX_PEER_FRAME = 4 << 20
+TLS_SEND_CHUNK = 1 << 16
 
 
 # -- restricted unpickling of peer bytes --------------------------------------------------
@@ -107,6 +111,8 @@ def _bounded_process_read(conn: Any) -> bool:
     sock = conn._TcpConnection__socket
     try:
         incoming = sock.recv(conn._TcpConnection__recvBufferSize)
+    except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+        return False  # a TLS link with nothing more to read now (its EAGAIN)
     except OSError as e:
         if e.errno not in (socket.errno.EAGAIN, socket.errno.EWOULDBLOCK):  # type: ignore[attr-defined]
             conn.disconnect()
@@ -129,6 +135,40 @@ def _bounded_process_read(conn: Any) -> bool:
     return True
 
 
+def _process_send(conn: Any) -> bool:
+    """pysyncobj's TcpConnection.__processSend, able to write to a TLS socket.
+
+    A plain socket takes what it can of the buffer. A non-blocking TLS socket that cannot
+    write now raises SSLWantWriteError instead of EAGAIN (which pysyncobj would take for a
+    broken link), and OpenSSL then wants the very same write again: so TLS writes go in
+    chunks of at most :data:`TLS_SEND_CHUNK` bytes, and a refused one is retried as it was
+    (the buffer only ever grows at its end, so its start is unchanged).
+    """
+    buffer = conn._TcpConnection__writeBuffer
+    if not buffer:
+        return False
+    sock = conn._TcpConnection__socket
+    size = len(buffer)
+    if isinstance(sock, ssl.SSLSocket):
+        size = getattr(conn, "raftsso_tls_retry", None) or min(size, TLS_SEND_CHUNK)
+    try:
+        sent = sock.send(buffer[:size])
+    except (ssl.SSLWantWriteError, ssl.SSLWantReadError):
+        conn.raftsso_tls_retry = size
+        return False
+    except OSError as e:
+        if e.errno not in (socket.errno.EAGAIN, socket.errno.EWOULDBLOCK):  # type: ignore[attr-defined]
+            conn.disconnect()
+        return False
+    conn.raftsso_tls_retry = None
+    if sent <= 0:
+        if sent < 0:
+            conn.disconnect()
+        return False
+    conn._TcpConnection__writeBuffer = buffer[sent:]
+    return True
+
+
 # -- installing the patches -------------------------------------------------------------
 
 _PATCHED = False
@@ -148,6 +188,7 @@ def harden_pysyncobj() -> None:
     _pso_syncobj.pickle = _PICKLE_SHIM
     _pso_tcp.pickle = _PICKLE_SHIM
     _pso_tcp.TcpConnection._TcpConnection__processRead = _bounded_process_read
+    _pso_tcp.TcpConnection._TcpConnection__processSend = _process_send
     _PATCHED = True
 
 

@@ -9,8 +9,8 @@ and nothing of pysyncobj (objects, integers) leaves this package.
 from __future__ import annotations
 
 import logging
+import math
 import queue
-import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -24,9 +24,9 @@ from raftsso.errors import NotLeader, OutcomeUnknown
 from raftsso.raft.config import RaftConfig
 from raftsso.raft.elections import Elections
 from raftsso.raft.hardening import harden_pysyncobj
-from raftsso.raft.journal import trim_journal
+from raftsso.raft.journal import DurableJournal, trim_journal
 from raftsso.raft.machine import StateMachine
-from raftsso.raft.peer_links import IDLE_TIMEOUT, PeerLinks
+from raftsso.raft.peer_links import PeerLinks, PeerSocket
 from raftsso.raft.snapshot import SnapshotCodec, check_snapshot_file, read_snapshot_file
 from raftsso.raft.transport import HardenedTransport, PeerTLSTransport
 
@@ -46,26 +46,97 @@ class PeerView:
     match_index: int | None
 
 
+# Messages that vouch for nothing in the sender's journal: the leader's own replication
+# (sent before its flush, so that its fsync runs while the followers write theirs) and the
+# log position of a forwarded command. Anything else (an acknowledgement of entries, a
+# vote) leaves only once every entry written so far is durable.
+_UNVOUCHED = frozenset({"append_entries", "apply_command_response"})
+_DEADLINE = "_SyncObj__raftElectionDeadline"  # pysyncobj's election timer
+
+
 class _RaftSyncObj(SyncObj):  # type: ignore[misc]
+    """pysyncobj's member with pre-vote, stickiness and the parallel, grouped write path.
+
+    Write path (etcd's): the leader appends the commands queued for this tick to its
+    journal without flushing, sends them to the followers in one append, and then flushes
+    them with one ``fdatasync`` (a *write group*, :meth:`DurableJournal.group`) while the
+    followers write and flush theirs. It counts itself toward a commit only in a later
+    tick, after that flush has returned; a follower flushes before its acknowledgement
+    leaves (:meth:`before_send`). So an entry commits only once a majority has it on
+    disk, as before, but the two flushes overlap, and every command of a tick shares them.
+    """
+
     def __init__(self, machine: StateMachine[Any], snapshots: SnapshotCodec,
                  self_addr: str, others: list[str], conf: SyncObjConf,
                  links: PeerLinks | None = None,
-                 incoming: queue.SimpleQueue[tuple[socket.socket, str]] | None = None) -> None:
+                 incoming: queue.SimpleQueue[tuple[PeerSocket, str]] | None = None) -> None:
         self._machine = machine
         self._snapshots = snapshots
         self.elections = Elections(self)  # read by the transport, too
         # Read by PeerTLSTransport while SyncObj.__init__ builds it.
         self._peer_links = links
         self._peer_incoming = incoming
+        # While the leader drains its command queue, its appends are sent once, after it.
+        self._draining = False
+        self._append_due = False
         transport = HardenedTransport if links is None else PeerTLSTransport
         super().__init__(self_addr, others, conf, transportClass=transport)
 
+    @property
+    def journal(self) -> DurableJournal:
+        return cast(DurableJournal, self._SyncObj__raftLog)
+
+    def before_send(self, message: Any) -> None:
+        """Called by the transport before ``message`` leaves: flush what it vouches for."""
+        if isinstance(message, dict) and message.get("type") in _UNVOUCHED:
+            return
+        journal = getattr(self, "_SyncObj__raftLog", None)
+        if isinstance(journal, DurableJournal):
+            journal.sync()
+
     def _onTick(self, timeToWait: float = 0.0) -> None:
-        self.elections.before_tick()  # a pre-vote instead of an election, where needed
+        # Every write group ends with a flush; this one is a guard: the leader's commit
+        # count (at the start of pysyncobj's tick) counts its own journal as durable.
+        self.journal.sync()
+        # A pre-vote instead of an election, where needed; and no election that the
+        # pre-vote did not allow, even if the timer runs out while this tick runs.
+        may_elect = self.elections.before_tick()
+        hold = not may_elect and not self._isLeader()
+        deadline = float(getattr(self, _DEADLINE))
+        if hold:
+            setattr(self, _DEADLINE, math.inf)
         try:
             super()._onTick(timeToWait)
         finally:
             self.elections.after_tick()
+            if hold and getattr(self, _DEADLINE) == math.inf:
+                setattr(self, _DEADLINE, deadline)  # nothing reset it meanwhile
+
+    def _checkCommandsToApply(self) -> None:
+        # Group commit: the commands queued for this tick are appended (written, not yet
+        # flushed) and sent to the followers in one append; then one fdatasync, while
+        # the followers write theirs. pysyncobj would send an append per command.
+        with self.journal.group():
+            self._draining = True
+            try:
+                super()._checkCommandsToApply()
+            finally:
+                self._draining = False
+            if self._append_due:
+                self._append_due = False
+                SyncObj._SyncObj__sendAppendEntries(self)
+
+    def _SyncObj__sendAppendEntries(self) -> None:
+        if self._draining:
+            self._append_due = True
+            return
+        SyncObj._SyncObj__sendAppendEntries(self)
+
+    def _SyncObj__onMessageReceived(self, node: Any, message: Any) -> None:
+        # A follower appends the entries of an append in one write group; its
+        # acknowledgement flushes them first (before_send), one fdatasync for them all.
+        with self.journal.group():
+            SyncObj._SyncObj__onMessageReceived(self, node, message)
 
     def _SyncObj__tryLogCompaction(self) -> None:
         # After a snapshot could not be written for lack of descriptors, pysyncobj would
@@ -103,7 +174,7 @@ class RaftNode(Generic[Result]):
         # waiting for the Raft thread, and members this leader is adding (raft address ->
         # node id) whose directory record has not landed yet.
         self._links: PeerLinks | None = None
-        self._incoming: queue.SimpleQueue[tuple[socket.socket, str]] = queue.SimpleQueue()
+        self._incoming: queue.SimpleQueue[tuple[PeerSocket, str]] = queue.SimpleQueue()
         self._joining: dict[str, str] = {}
         # Revoked certificate serials the peer links refuse: the node points this at the
         # replicated registry (raftsso.revocation) before start; none by default.
@@ -157,7 +228,6 @@ class RaftNode(Generic[Result]):
                 node_id=cfg.node_id, listen=cfg.raft_address, ca=cfg.ca_cert, cert=cfg.cert,
                 key=cfg.key, members=self.peer_members,
                 on_incoming=lambda sock, address: self._incoming.put((sock, address)),
-                idle_timeout=max(IDLE_TIMEOUT, 2 * cfg.timings.connection_timeout),
                 max_connections=cfg.peer_max_connections,
                 max_handshakes=cfg.peer_max_handshakes,
                 max_per_source=cfg.peer_max_per_source,
@@ -351,6 +421,41 @@ class RaftNode(Generic[Result]):
                 match_index=raw.get(f"match_idx_server_{addr}"),
             ))
         return views
+
+    # forced compaction (issue 14: retire and seal rekey destroy) -----------------------
+
+    def compact(self, timeout: float) -> int | None:
+        """Snapshot the state machine now and cut the journal, then wait until both are on
+        disk: the journal then starts at most one entry before the last applied entry
+        (pysyncobj keeps the last two applied entries beside the snapshot). Returns that
+        applied index, or None if it did not finish within ``timeout`` (out of descriptors,
+        a snapshot transfer under way).
+
+        The journal is rewritten into a new file that replaces the old one
+        (:meth:`DurableJournal.deleteEntriesTo`), and the snapshot is written to a new file
+        renamed over the old, so no earlier entry stays in either file.
+        """
+        deadline = time.monotonic() + timeout
+
+        def force() -> int:
+            self.sync.forceLogCompaction()
+            return int(self.sync.raftLastApplied)
+
+        def head() -> tuple[int, bool]:
+            log = self.sync._SyncObj__raftLog
+            first = int(log[0][1]) if len(log) else 0
+            # Not checkSerializing(): it consumes the "done" state pysyncobj acts on. A
+            # serializer pid of 0 means no snapshot is pending its journal cut.
+            pending = getattr(self.sync._SyncObj__serializer, "_Serializer__pid", 0)
+            return first, pending == 0
+
+        target = self.in_raft_thread(force, timeout)
+        while time.monotonic() < deadline:
+            first, idle = self.in_raft_thread(head, max(0.1, deadline - time.monotonic()))
+            if idle and first >= target - 1:
+                return int(target)
+            time.sleep(0.02)
+        return None
 
     # writes --------------------------------------------------------------------------
 

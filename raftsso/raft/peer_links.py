@@ -4,25 +4,29 @@ pysyncobj 0.3.17 pickles its messages and guards them with one shared Fernet pas
 (:mod:`raftsso.raft.hardening` restricts the unpickler and caps frames). A leaked
 password alone would still let anyone who reaches the Raft port join as a member, send
 commands and read every sealed secret. With peer TLS (``peer_tls = true``, the default)
-pysyncobj binds no port and opens no connection of its own; this module carries its bytes::
+pysyncobj binds no port and opens no connection of its own. This module makes and checks
+the TLS connections, in its own thread, and hands each one, verified, to the Raft thread,
+which from then on reads and writes it itself::
 
     node A (dials)                                           node B (listens)
-    pysyncobj ─socketpair─ PeerLinks ══ TLS 1.3, mutual ══ PeerLinks front ─socketpair─ pysyncobj
-                                        (A's node cert)    on B's raft_address
+    pysyncobj ══════════════ TLS 1.3, mutual (A's node cert) ═════════════ pysyncobj
+        PeerLinks: connect, handshake, check B's certificate   PeerLinks front on B's
+                                                               raft_address: accept, gate,
+                                                               handshake, check A's cert
 
 * **Incoming.** The front listens on the node's public ``raft_address``. The TLS handshake
   demands a client certificate of the cluster CA; the certificate must carry the role
   ``node`` and, as its common name, the id of a current member other than this node. Only
-  then is a socketpair made and one end handed to the Raft thread together with that
-  member's Raft address (the transport refuses the link if pysyncobj's own hello names
-  another address). Nothing sent by an unauthenticated peer ever reaches pysyncobj.
+  then is the TLS socket handed to the Raft thread together with that member's Raft
+  address (the transport refuses the link if pysyncobj's own hello names another address).
+  Nothing sent by an unauthenticated peer ever reaches pysyncobj.
 * **Outgoing.** pysyncobj asks for a link to a Raft address (:meth:`PeerLinks.dial`, from
-  its own thread) and at once gets its end of a socketpair; here the other end is connected
-  to the peer's ``raft_address`` over TLS with this node's certificate. The peer's
-  certificate must verify against the cluster CA, name the peer's host (subject alternative
-  name), carry the role ``node`` and have as common name the member id that this node's
-  directory gives for that address. Until then pysyncobj's bytes wait in the socketpair; on
-  any failure both ends close and pysyncobj retries after ``connection_retry``.
+  its own thread, without waiting); the connection is made here, over TLS with this
+  node's certificate. The peer's certificate must verify against the cluster CA, name the
+  peer's host (subject alternative name), carry the role ``node`` and have as common name
+  the member id that this node's directory gives for that address. Only then does the
+  Raft thread get the socket (through the ``on_done`` callback); on any failure it gets
+  None and pysyncobj retries after ``connection_retry``.
 * **Bounded.** Anyone who reaches the port can connect, so incoming connections go through
   the same kind of gate as the service port's (:class:`raftsso.limits.Gate`, ``[limits]``
   ``peer_max_connections``, ``peer_max_handshakes``, ``peer_max_per_source``): past the
@@ -31,16 +35,18 @@ pysyncobj binds no port and opens no connection of its own; this module carries 
   that never finish their handshake cannot shut out a member (whose handshake takes
   milliseconds). Each handshake must finish within ``handshake_timeout``; an ``accept``
   that finds no descriptor left backs off instead of spinning and emits
-  ``resources_exhausted``. A link idle for ``idle_timeout`` is closed (pysyncobj's own
-  ``connection_timeout`` is shorter and normally closes idle links first); a link whose
-  peer stops being a member is closed within a second. Reading from one side pauses while
-  the other side's write buffer is full. The two sides of a link close together. Refusals
+  ``resources_exhausted``. A member's link counts against the caps until the Raft thread
+  closes it (pysyncobj's ``connection_timeout`` closes idle ones; the transport closes,
+  within a second, a link whose peer stopped being a member or whose certificate was
+  revoked, see :meth:`PeerLinks.close_reason`). Refusals
   are logged, at most one line per second for each reason and remote host.
 
-Why socketpairs and not a loopback port for pysyncobj: a port on 127.0.0.1 can be reached by
-every local user of the host, who with the password could join through it; a socketpair has
-no address. The links run in their own thread with its own event loop, so Raft heartbeats
-never queue behind SSO client requests on the service's loop.
+Why the Raft thread owns the TLS sockets: each message then costs one TLS record and no
+thread hop. (These links first ran through socketpairs to a thread that forwarded bytes
+between them and TLS: every message crossed two more threads on each node, which cost a
+write about a millisecond on a two-core machine.) Handshakes stay in this module's own
+thread and event loop, so neither a slow handshake nor a flood of strangers ever holds up
+a Raft heartbeat.
 
 This module knows nothing of pysyncobj; :mod:`raftsso.raft.transport` wires it in.
 """
@@ -82,19 +88,41 @@ from raftsso.tlserrors import describe, handshake_failure_reason
 log = logging.getLogger(__name__)
 
 HANDSHAKE_TIMEOUT = 5.0
-IDLE_TIMEOUT = 120.0
-# Bytes accepted from one side of a link before the other side is connected; beyond it
-# reading pauses (pysyncobj's frames are capped at 4 MiB, a heartbeat is ~100 bytes).
-PENDING_LIMIT = 1 << 20
-SWEEP_PERIOD = 1.0
 BIND_PATIENCE = 10.0
 KEEPALIVE = (16, 3, 5)  # idle, interval, count: pysyncobj's own tcp_keepalive
 ROLE = "node"
 
+
+class PeerSocket(ssl.SSLSocket):
+    """The TLS socket of one Raft link, handed to the Raft thread once its peer is verified.
+
+    ``direction`` is "in" or "out"; ``peer_id`` and ``peer_address`` name the member (from
+    its certificate and the directory), ``serial`` is its certificate's. Closing it, from
+    whichever thread, tells the :class:`PeerLinks` that made it (its gate stops counting
+    the link).
+    """
+
+    direction = ""
+    peer_id = ""
+    peer_address = ""
+    serial = ""  # the peer certificate's serial (revocation, raftsso.revocation)
+    on_close: Callable[[], None] | None = None
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            hook, self.on_close = self.on_close, None
+            if hook is not None:
+                hook()
+
+
 Members = Callable[[], Mapping[str, str]]
 """The current members other than this node: node id -> Raft address."""
-Incoming = Callable[[socket.socket, str], None]
-"""Takes pysyncobj's end of an authenticated incoming link and the peer's Raft address."""
+Incoming = Callable[[PeerSocket, str], None]
+"""Takes an authenticated incoming link (non-blocking) and the peer's Raft address."""
+Dialed = Callable[[PeerSocket | None], None]
+"""Takes the outgoing link :meth:`PeerLinks.dial` made, or None if it failed."""
 
 
 def peer_context(ca: Path, cert: Path, key: Path, *, server: bool) -> ssl.SSLContext:
@@ -102,6 +130,7 @@ def peer_context(ca: Path, cert: Path, key: Path, *, server: bool) -> ssl.SSLCon
     ctx = (pki.server_context if server else pki.client_context)(ca, cert, key)
     # Both ends are raftsso nodes: no reason to speak anything older.
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.sslsocket_class = PeerSocket
     return ctx
 
 
@@ -110,103 +139,64 @@ def failure_reason(exc: BaseException) -> str:
     return describe(handshake_failure_reason(exc))
 
 
-def _set_keepalive(transport: asyncio.BaseTransport) -> None:
-    sock = transport.get_extra_info("socket")
-    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+def _tune(sock: socket.socket) -> None:
+    """Every message at once (no Nagle delay), and dead peers noticed by keepalives."""
+    if sock.family not in (socket.AF_INET, socket.AF_INET6):
         return
-    with contextlib.suppress(OSError, AttributeError):
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, KEEPALIVE[0])
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPALIVE[1])
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE[2])
 
 
-class _Half(asyncio.Protocol):
-    """One side of a link: what it receives is written to the other side."""
+async def _io_ready(sock: socket.socket, write: bool) -> None:
+    """Wait until ``sock`` is readable (or writable, with ``write``)."""
+    loop = asyncio.get_running_loop()
+    ready: asyncio.Future[None] = loop.create_future()
+    fd = sock.fileno()
 
-    def __init__(self, link: _Link) -> None:
-        self.link = link
-        self.transport: asyncio.Transport | None = None
-        self.partner: _Half | None = None
-        self.pending = bytearray()
+    def wake() -> None:
+        if not ready.done():
+            ready.set_result(None)
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+    if write:
+        loop.add_writer(fd, wake)
+    else:
+        loop.add_reader(fd, wake)
+    try:
+        await ready
+    finally:
+        if write:
+            loop.remove_writer(fd)
+        else:
+            loop.remove_reader(fd)
 
-    def data_received(self, data: bytes) -> None:
-        self.link.last_active = time.monotonic()
-        partner = self.partner
-        if partner is not None and partner.transport is not None:
-            partner.transport.write(data)
+
+async def _handshake(tls: ssl.SSLSocket) -> None:
+    """The TLS handshake of a non-blocking socket, driven by this thread's event loop."""
+    while True:
+        try:
+            tls.do_handshake()
             return
-        self.pending += data
-        if len(self.pending) > PENDING_LIMIT and self.transport is not None:
-            self.transport.pause_reading()
-
-    def eof_received(self) -> bool | None:
-        self.link.close()
-        return None
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.link.close()
-
-    # Backpressure: while this side cannot take more, stop reading the other side.
-
-    def pause_writing(self) -> None:
-        if self.partner is not None and self.partner.transport is not None:
-            self.partner.transport.pause_reading()
-
-    def resume_writing(self) -> None:
-        if self.partner is not None and self.partner.transport is not None:
-            self.partner.transport.resume_reading()
+        except ssl.SSLWantReadError:
+            await _io_ready(tls, write=False)
+        except ssl.SSLWantWriteError:
+            await _io_ready(tls, write=True)
 
 
 class _Link:
-    """A local socketpair end joined to a TLS connection; both close together."""
+    """A verified link handed to the Raft thread, until that thread closes it."""
 
-    def __init__(self, owner: PeerLinks, direction: str, peer_address: str) -> None:
-        self.owner = owner
-        self.direction = direction  # "in" or "out"
-        self.peer_address = peer_address  # the peer's Raft address
-        self.peer_id: str | None = None  # set once its certificate was checked
-        self.serial = ""  # the peer certificate's serial (revocation, raftsso.revocation)
-        self.local = _Half(self)
-        self.remote = _Half(self)
-        self.last_active = time.monotonic()
-        self.closed = False
+    def __init__(self, sock: PeerSocket) -> None:
+        self.direction = sock.direction
+        self.peer_id = sock.peer_id
+        self.peer_address = sock.peer_address
+        self.serial = sock.serial
         # Set when the link closes: the handler of an incoming link waits for it, so the
         # port's gate counts the link as an open connection for as long as it lasts.
         self.done: asyncio.Future[None] | None = None
-
-    def join(self) -> None:
-        """Start forwarding both ways, first what either side sent meanwhile."""
-        if self.closed:
-            return
-        a, b = self.local, self.remote
-        assert a.transport is not None and b.transport is not None
-        a.partner, b.partner = b, a
-        # Resuming delivers nothing before the next loop iteration, so the pending bytes
-        # still go first; a write that fills a buffer then pauses the other side properly.
-        a.transport.resume_reading()
-        b.transport.resume_reading()
-        for src, dst in ((a, b), (b, a)):
-            if src.pending:
-                assert dst.transport is not None
-                dst.transport.write(bytes(src.pending))
-                src.pending.clear()
-
-    def close(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        self.owner._links.discard(self)
-        if self.done is not None and not self.done.done():
-            self.done.set_result(None)
-        for half in (self.local, self.remote):
-            if half.transport is not None:
-                # Both at once: whatever one side still had to say is moot without the other.
-                half.transport.abort()
 
 
 class PeerLinks:
@@ -215,7 +205,6 @@ class PeerLinks:
     def __init__(self, *, node_id: str, listen: str, ca: Path, cert: Path, key: Path,
                  members: Members, on_incoming: Incoming,
                  handshake_timeout: float = HANDSHAKE_TIMEOUT,
-                 idle_timeout: float = IDLE_TIMEOUT,
                  max_connections: int = DEFAULT_PEER_MAX_CONNECTIONS,
                  max_handshakes: int = DEFAULT_PEER_MAX_HANDSHAKES,
                  max_per_source: int = DEFAULT_PEER_MAX_PER_SOURCE,
@@ -228,19 +217,18 @@ class PeerLinks:
         self._server_ctx = peer_context(ca, cert, key, server=True)
         self._client_ctx = peer_context(ca, cert, key, server=False)
         # Revoked certificate serials (the replicated registry): a revoked node certificate
-        # neither links in nor is linked to, and its open links close at the next sweep.
+        # neither links in nor is linked to, and the Raft thread closes its open links
+        # within a second (close_reason).
         self.revoked: Callable[[], frozenset[str]] = revoked or (lambda: frozenset())
         self.handshake_timeout = handshake_timeout
-        self.idle_timeout = idle_timeout
         # The port's caps ([limits] peer_max_*), the service port's kind of gate: the
         # handshakes in progress are its "pending" connections, member links settled ones.
         self.gate = Gate("raft", PortLimits(max_connections, max_handshakes, max_per_source))
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._listeners: list[socket.socket] = []
-        self._sweeper: asyncio.Task[None] | None = None
         self._links: set[_Link] = set()
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()  # outgoing dials
         self._accepting: set[asyncio.Task[None]] = set()  # accept loops
         self._handlers: set[asyncio.Task[None]] = set()  # incoming connections
         # Refusals: at most one line a second per (reason, host).
@@ -302,11 +290,12 @@ class PeerLinks:
         for sock in self._listeners:
             self._accepting.add(loop.create_task(
                 accept_loop(sock, self.gate, self._admit, self._handlers)))
-        self._sweeper = loop.create_task(self._sweep())
         log.info("Raft peer links: mutual TLS on %s (role %r, current members only)",
                  self.listen, ROLE)
 
     def stop(self) -> None:
+        """Stop listening, dialling and handshaking. Links already handed to the Raft
+        thread are its to close (pysyncobj closes them when it stops)."""
         loop, thread = self._loop, self._thread
         if loop is None or thread is None:
             return
@@ -326,14 +315,9 @@ class PeerLinks:
         for sock in self._listeners:
             sock.close()
         self._listeners = []
-        if self._sweeper is not None:
-            self._sweeper.cancel()
         for task in (*self._tasks, *self._handlers):
             task.cancel()
-        for link in list(self._links):
-            link.close()
-        pending = [t for t in (self._sweeper, *self._accepting, *self._tasks, *self._handlers)
-                   if t is not None]
+        pending = [*self._accepting, *self._tasks, *self._handlers]
         await asyncio.gather(*pending, return_exceptions=True)
 
     @property
@@ -367,122 +351,164 @@ class PeerLinks:
         return next((nid for nid, addr in self._current().items()
                      if addr == raft_address and nid != self.node_id), None)
 
+    def close_reason(self, sock: PeerSocket) -> str | None:
+        """Why the Raft thread must close this link now, or None to keep it.
+
+        Its peer's certificate was revoked, or the peer is no longer a member at the
+        address the link was made for. A member lookup that fails says nothing about
+        membership: the link is kept.
+        """
+        if sock.serial and sock.serial in self.revoked():
+            return f"its certificate (serial {sock.serial}) was revoked"
+        try:
+            members = self._members()
+        except Exception:
+            log.exception("cannot read the current members; keeping the Raft links")
+            return None
+        if members.get(sock.peer_id) != sock.peer_address:
+            return "it is no longer a member"
+        return None
+
+    def _track(self, sock: PeerSocket, direction: str, peer_id: str,
+               peer_address: str) -> _Link:
+        """Register a verified link before it is handed over; forget it when it closes."""
+        sock.direction, sock.peer_id, sock.peer_address = direction, peer_id, peer_address
+        sock.serial = pki.peer_serial(sock.getpeercert()) or ""
+        link = _Link(sock)
+        self._links.add(link)
+        loop = asyncio.get_running_loop()
+
+        def closed() -> None:  # in whichever thread closed the socket
+            with contextlib.suppress(RuntimeError):  # our loop is gone: nothing to do
+                loop.call_soon_threadsafe(self._forget, link)
+
+        sock.on_close = closed
+        return link
+
+    def _forget(self, link: _Link) -> None:
+        self._links.discard(link)
+        if link.done is not None and not link.done.done():
+            link.done.set_result(None)
+
     # outgoing -------------------------------------------------------------------------
 
-    def dial(self, raft_address: str) -> socket.socket | None:
-        """A link to the member at ``raft_address``: pysyncobj's end of it, or None.
+    def dial(self, raft_address: str, on_done: Dialed) -> bool:
+        """Start a link to the member at ``raft_address``; False if none can be started.
 
-        Thread-safe and non-blocking (called from the Raft thread). The returned socket is
-        connected at once; the TLS connection behind it is made in this object's thread,
-        and if it fails the socket is closed.
+        Thread-safe and non-blocking (called from the Raft thread). ``on_done`` is then
+        called once, in this object's thread, with the verified, non-blocking TLS socket,
+        or with None if the connection, the handshake or the peer's identity failed.
         """
         loop = self._loop
         if loop is None or self._closing or not loop.is_running():
-            return None
+            return False
         expected = self.expected_id(raft_address)
         if expected is None:
             # Normal for a moment while a member is added: Raft knows its address before
             # this node has applied the directory record that names it.
             self._refuse(("unknown member", raft_address),
-                                f"not connecting to Raft address {raft_address}: no current "
-                                "member is known there (yet)", level=logging.INFO)
-            return None
+                         f"not connecting to Raft address {raft_address}: no current "
+                         "member is known there (yet)", level=logging.INFO)
+            return False
         try:
-            ours, theirs = socket.socketpair()
-        except OSError as exc:  # out of descriptors: pysyncobj tries again later
-            self._refuse(("socketpair", raft_address),
-                                f"cannot link to Raft member {expected} now: {exc}")
-            return None
-        ours.setblocking(False)
-        theirs.setblocking(False)
-        try:
-            loop.call_soon_threadsafe(self._start_dial, theirs, raft_address, expected)
+            loop.call_soon_threadsafe(self._start_dial, raft_address, expected, on_done)
         except RuntimeError:  # the loop is closed
-            ours.close()
-            theirs.close()
-            return None
-        return ours
+            return False
+        return True
 
-    def _start_dial(self, sock: socket.socket, raft_address: str, expected: str) -> None:
+    def _start_dial(self, raft_address: str, expected: str, on_done: Dialed) -> None:
         if self._closing:
-            sock.close()
+            on_done(None)
             return
-        self._spawn(self._dial(sock, raft_address, expected))
+        self._spawn(self._dial(raft_address, expected, on_done))
 
-    async def _dial(self, sock: socket.socket, raft_address: str, expected: str) -> None:
-        loop = asyncio.get_running_loop()
-        link = _Link(self, "out", raft_address)
-        self._links.add(link)
+    async def _dial(self, raft_address: str, expected: str, on_done: Dialed) -> None:
+        tls: PeerSocket | None = None
         try:
-            await self._connect(loop, link, sock, raft_address, expected)
+            tls = await self._connect(raft_address, expected)
         finally:
-            if link.peer_id is None:  # not joined: failed, refused or cancelled
-                link.close()
-                if link.local.transport is None:
-                    sock.close()
+            on_done(tls)  # None as well when cancelled (shutdown)
 
-    async def _connect(self, loop: asyncio.AbstractEventLoop, link: _Link,
-                       sock: socket.socket, raft_address: str, expected: str) -> None:
-        await loop.connect_accepted_socket(lambda: link.local, sock)
-        assert link.local.transport is not None
-        link.local.transport.pause_reading()  # pysyncobj waits until the peer is verified
+    async def _connect(self, raft_address: str, expected: str) -> PeerSocket | None:
+        loop = asyncio.get_running_loop()
         host, port = split_address(raft_address)
+        raw: socket.socket | None = None
+        tls: PeerSocket | None = None
         try:
-            transport, _ = await asyncio.wait_for(loop.create_connection(
-                lambda: link.remote, host, port, ssl=self._client_ctx, server_hostname=host,
-                ssl_handshake_timeout=self.handshake_timeout), 2 * self.handshake_timeout)
+            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            family, kind, proto, _name, target = infos[0]
+            raw = socket.socket(family, kind, proto)
+            raw.setblocking(False)
+            _tune(raw)
+            async with asyncio.timeout(self.handshake_timeout):
+                await loop.sock_connect(raw, target)
+                wrapped = self._client_ctx.wrap_socket(raw, server_hostname=host,
+                                                       do_handshake_on_connect=False)
+                assert isinstance(wrapped, PeerSocket)
+                tls, raw = wrapped, None
+                await _handshake(tls)
         except OSError as exc:  # ssl.SSLError and TimeoutError included
+            for sock in (raw, tls):
+                if sock is not None:
+                    sock.close()
             if isinstance(exc, ssl.SSLError | TimeoutError):
                 self._refuse((failure_reason(exc), raft_address),
-                                    f"Raft link to {expected} at {raft_address} failed: "
-                                    f"{failure_reason(exc)} ({exc})")
+                             f"Raft link to {expected} at {raft_address} failed: "
+                             f"{failure_reason(exc)} ({exc})")
             else:  # the peer is down: pysyncobj retries
                 log.debug("Raft link to %s at %s failed: %s", expected, raft_address, exc)
-            return
-        _set_keepalive(transport)
-        peercert = transport.get_extra_info("peercert")
+            return None
+        except BaseException:
+            for sock in (raw, tls):
+                if sock is not None:
+                    sock.close()
+            raise
+        peercert = tls.getpeercert()
         role, name = pki.peer_identity(peercert)
         if (revoked := self._revoked_serial(peercert)) is not None:
             self._refuse(("revoked", raft_address),
                          f"Raft link to {expected} at {raft_address} refused: its certificate "
                          f"(serial {revoked}) is revoked")
-            transport.abort()
-            return
+            tls.close()
+            return None
         if role != ROLE or name != expected:
             self._refuse(("wrong server", raft_address),
-                                f"Raft link to {raft_address} refused: it presented a "
-                                f"certificate for {name!r} (role {role!r}); expected member "
-                                f"{expected!r} (role {ROLE!r})")
-            transport.abort()
-            return
-        if link.closed:  # pysyncobj gave up meanwhile
-            transport.abort()
-            return
-        link.peer_id = expected
-        link.serial = pki.peer_serial(peercert) or ""
-        link.join()
+                         f"Raft link to {raft_address} refused: it presented a "
+                         f"certificate for {name!r} (role {role!r}); expected member "
+                         f"{expected!r} (role {ROLE!r})")
+            tls.close()
+            return None
+        if self._closing:
+            tls.close()
+            return None
+        self._track(tls, "out", expected, raft_address)
+        return tls
 
     # incoming -------------------------------------------------------------------------
 
     async def _admit(self, sock: socket.socket, address: Any, ticket: Ticket) -> None:
         """An incoming connection the gate let in: TLS, the member's certificate, the link."""
         ticket.started = True
-        loop = asyncio.get_running_loop()
         host, label = source_of(address), peer_label(address)
-        link = _Link(self, "in", "")
+        tls: PeerSocket | None = None
         try:
-            tls, _ = await asyncio.wait_for(loop.connect_accepted_socket(
-                lambda: link.remote, sock, ssl=self._server_ctx,
-                ssl_handshake_timeout=self.handshake_timeout), 2 * self.handshake_timeout)
+            sock.setblocking(False)
+            _tune(sock)
+            wrapped = self._server_ctx.wrap_socket(sock, server_side=True,
+                                                   do_handshake_on_connect=False)
+            assert isinstance(wrapped, PeerSocket)
+            tls = wrapped
+            async with asyncio.timeout(self.handshake_timeout):
+                await _handshake(tls)
         except asyncio.CancelledError:
-            sock.close()
+            (tls or sock).close()
             if swallow_eviction(ticket):  # the gate made room for a newer connection
                 self._refuse(("evicted", host), f"dropped a Raft peer connection from "
                              f"{label} still in its TLS handshake, to make room")
                 return
             raise
         except (OSError, EOFError) as exc:  # ssl.SSLError and TimeoutError included
-            sock.close()
+            (tls or sock).close()
             if is_exhaustion(exc):
                 self.gate.report.exhausted("starting TLS", exc)
             reason = failure_reason(exc)
@@ -490,19 +516,17 @@ class PeerLinks:
                          f"TLS handshake failed ({reason}: {exc})")
             return
         self.gate.settled(ticket)  # no longer evictable: it finished its handshake
-        link.done = loop.create_future()
-        self._links.add(link)
-        try:
-            if await self._join_incoming(link, tls, host, label):
-                await link.done  # the gate counts the link until it closes
-        finally:
-            link.close()
+        link = self._join_incoming(tls, host, label)
+        if link is None:
+            return
+        # The gate counts the link until the Raft thread closes it. Cancelled at
+        # shutdown: the link stays the Raft thread's.
+        assert link.done is not None
+        await link.done
 
-    async def _join_incoming(self, link: _Link, tls: asyncio.BaseTransport, host: str,
-                             label: str) -> bool:
-        """Check the member's certificate and hand pysyncobj its end of the link."""
-        loop = asyncio.get_running_loop()
-        peercert = tls.get_extra_info("peercert")
+    def _join_incoming(self, tls: PeerSocket, host: str, label: str) -> _Link | None:
+        """Check the member's certificate and hand the link to the Raft thread."""
+        peercert = tls.getpeercert()
         role, name = pki.peer_identity(peercert)
         members = self._current()
         problem = None
@@ -518,64 +542,15 @@ class PeerLinks:
         if problem is not None:
             self._refuse((f"identity {name}", host),
                          f"refused a Raft peer connection from {label}: {problem}")
-            return False
-        link.peer_address = members[name]
-        _set_keepalive(tls)
-        try:
-            ours, theirs = socket.socketpair()
-        except OSError as exc:  # out of descriptors: the peer reconnects later
-            self._refuse(("socketpair", host),
-                         f"cannot hand the Raft link from {name} to pysyncobj: {exc}")
-            return False
-        ours.setblocking(False)
-        theirs.setblocking(False)
-        try:
-            await loop.connect_accepted_socket(lambda: link.local, ours)
-        except BaseException:
-            theirs.close()
-            if link.local.transport is None:
-                ours.close()
-            raise
-        if link.closed:  # the peer went away meanwhile
-            theirs.close()
-            return False
-        link.peer_id = name
-        link.serial = pki.peer_serial(peercert) or ""
-        link.join()
+            tls.close()
+            return None
+        link = self._track(tls, "in", name, members[name])
+        link.done = asyncio.get_running_loop().create_future()
         log.debug("Raft peer %s connected from %s", name, label)
-        self._on_incoming(theirs, link.peer_address)
-        return True
+        self._on_incoming(tls, link.peer_address)
+        return link
 
-    # housekeeping ---------------------------------------------------------------------
-
-    async def _sweep(self) -> None:
-        while True:
-            await asyncio.sleep(SWEEP_PERIOD)
-            if not self._links:
-                continue
-            try:
-                members: Mapping[str, str] | None = self._members()
-            except Exception:  # a failed lookup says nothing about membership: keep links
-                log.exception("cannot read the current members; not sweeping this time")
-                members = None
-            now = time.monotonic()
-            revoked = self.revoked()
-            for link in list(self._links):
-                if link.peer_id is None:
-                    continue  # still connecting: bounded by the handshake timeout
-                if link.serial in revoked:
-                    log.warning("closing the Raft link %s %s: its certificate (serial %s) "
-                                "was revoked", "from" if link.direction == "in" else "to",
-                                link.peer_id, link.serial)
-                    link.close()
-                elif members is not None and members.get(link.peer_id) != link.peer_address:
-                    log.info("closing the Raft link %s %s: it is no longer a member",
-                             "from" if link.direction == "in" else "to", link.peer_id)
-                    link.close()
-                elif now - link.last_active > self.idle_timeout:
-                    log.debug("closing the idle Raft link with %s", link.peer_id)
-                    link.close()
-
-    def links(self) -> list[tuple[str, str | None, str]]:
+    def links(self) -> list[tuple[str, str, str]]:
         """``(direction, peer id, peer Raft address)`` of the open links (for tests)."""
-        return [(link.direction, link.peer_id, link.peer_address) for link in self._links]
+        return [(link.direction, link.peer_id, link.peer_address)
+                for link in list(self._links)]

@@ -3,16 +3,19 @@
 :class:`HardenedTransport` is pysyncobj's TCP transport minus what a holder of the cluster
 secret could abuse (read-only "observer" members, remote utility commands). With peer TLS
 (the default) :class:`PeerTLSTransport` binds nothing and dials nobody: every link is a
-socketpair whose other end :mod:`raftsso.raft.peer_links` joins to a mutual-TLS connection.
+mutual-TLS connection that :mod:`raftsso.raft.peer_links` made and verified, which
+pysyncobj then reads and writes in the Raft thread.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import logging
 import queue
 import socket
+import ssl
 import time
 from typing import Any
 
@@ -23,11 +26,12 @@ from pysyncobj.tcp_server import TcpServer
 from pysyncobj.transport import TCPTransport
 
 from raftsso.raft import storage
-from raftsso.raft.peer_links import PeerLinks
+from raftsso.raft.peer_links import PeerLinks, PeerSocket
 
 log = logging.getLogger(__name__)
 
 ACCEPT_PAUSE = 0.5  # password-only fallback: how long its listener rests after EMFILE
+SWEEP_PERIOD = 1.0  # peer TLS: how often links are checked against the members
 
 
 class _PausingTcpServer(TcpServer):  # type: ignore[misc]
@@ -149,7 +153,16 @@ class HardenedTransport(TCPTransport):  # type: ignore[misc]
         if elections is not None:
             elections.on_connected(node)
 
+    def _onNodeDisconnected(self, node: Any) -> None:
+        super()._onNodeDisconnected(node)
+        elections = getattr(self._syncObj, "elections", None)
+        if elections is not None:
+            elections.on_disconnected(node)
+
     def send(self, node: Any, message: Any) -> bool:
+        before_send = getattr(self._syncObj, "before_send", None)
+        if before_send is not None:
+            before_send(message)  # an acknowledgement leaves only once its entries are durable
         elections = getattr(self._syncObj, "elections", None)
         if elections is not None:
             message = elections.outgoing(message)
@@ -157,21 +170,28 @@ class HardenedTransport(TCPTransport):  # type: ignore[misc]
 
 
 class PeerTLSTransport(HardenedTransport):
-    """:class:`HardenedTransport` whose links are socketpairs to :mod:`~raftsso.raft.peer_links`.
+    """:class:`HardenedTransport` over the TLS links of :mod:`~raftsso.raft.peer_links`.
 
     pysyncobj binds nothing and dials nothing. Incoming links arrive authenticated (the TLS
-    front queues pysyncobj's end with the peer's Raft address; they are adopted here, in
-    the Raft thread, on the next tick). An outgoing link is pysyncobj's end of a socketpair
-    whose other end :meth:`PeerLinks.dial` joins to the peer over mutual TLS; it starts in
-    the state of a TCP connect under way, so pysyncobj's own handshake (key exchange with
-    the password, then its hello) runs exactly as over TCP. Only one side of a pair dials
-    (pysyncobj's ``_shouldConnect``: the greater address).
+    front queues each verified TLS socket with the peer's Raft address; they are adopted
+    here, in the Raft thread, on the next tick). For an outgoing link :meth:`PeerLinks.dial`
+    connects and verifies the peer in its own thread and queues the socket back (or None);
+    the link then starts in the state of a TCP connect just done, so pysyncobj's own
+    handshake (key exchange with the password, then its hello) runs exactly as over TCP.
+    Only one side of a pair dials (pysyncobj's ``_shouldConnect``: the greater address).
+    From then on pysyncobj reads and writes the TLS socket itself (see
+    :func:`raftsso.raft.hardening.harden_pysyncobj` for what a TLS socket needs). Once a
+    second, a link whose peer stopped being a member, or whose certificate was revoked,
+    is closed.
     """
 
     def __init__(self, syncObj: Any, selfNode: Any, otherNodes: Any) -> None:
         self._peer_links: PeerLinks = syncObj._peer_links
-        self._peer_incoming: queue.SimpleQueue[tuple[socket.socket, str]] = \
+        self._peer_incoming: queue.SimpleQueue[tuple[PeerSocket, str]] = \
             syncObj._peer_incoming
+        self._dialed: queue.SimpleQueue[tuple[Any, PeerSocket | None]] = queue.SimpleQueue()
+        self._dialing: set[Any] = set()  # nodes with a dial under way
+        self._next_sweep = 0.0
         super().__init__(syncObj, selfNode, otherNodes)
 
     def _createServer(self) -> None:
@@ -185,9 +205,15 @@ class PeerTLSTransport(HardenedTransport):
 
     def _onTick(self) -> None:
         self._adopt_incoming()
+        self._adopt_dialed()
+        self._read_pending()
+        now = time.monotonic()
+        if now >= self._next_sweep:
+            self._next_sweep = now + SWEEP_PERIOD
+            self._close_former_members()
         super()._onTick()
 
-    def _new_connection(self, sock: socket.socket) -> Any:
+    def _new_connection(self, sock: PeerSocket) -> Any:
         conf = self._syncObj.conf
         return TcpConnection(poller=self._syncObj._poller, socket=sock,
                              timeout=conf.connectionTimeout,
@@ -204,10 +230,61 @@ class PeerTLSTransport(HardenedTransport):
             conn.raftsso_peer_address = address
             self._onNewIncomingConnection(conn)
 
+    def _adopt_dialed(self) -> None:
+        while True:
+            try:
+                node, sock = self._dialed.get_nowait()
+            except queue.Empty:
+                return
+            self._dialing.discard(node)
+            if sock is None:
+                continue  # failed: pysyncobj dials again after connection_retry
+            current = self._connections.get(node)
+            if node not in self._nodes or (
+                    current is not None and current.state != CONNECTION_STATE.DISCONNECTED):
+                sock.close()  # dropped meanwhile, or linked another way
+                continue
+            conn = self._new_connection(sock)
+            conn._TcpConnection__state = CONNECTION_STATE.CONNECTING
+            conn.encryptor = self._syncObj.encryptor
+            conn.setOnConnectedCallback(functools.partial(self._onOutgoingConnected, conn))
+            conn.setOnMessageReceivedCallback(functools.partial(self._onMessageReceived, node))
+            conn.setOnDisconnectedCallback(functools.partial(self._onDisconnected, conn))
+            self._connections[node] = conn
+
+    def _links(self) -> list[Any]:
+        return [*self._connections.values(), *self._unknownConnections]
+
+    def _read_pending(self) -> None:
+        # TLS may hold decrypted bytes that the socket no longer signals (a read that
+        # stopped at the frame cap): read them now rather than at the next packet.
+        for conn in self._links():
+            sock = conn._TcpConnection__socket
+            if isinstance(sock, ssl.SSLSocket) and conn.state != CONNECTION_STATE.DISCONNECTED:
+                with contextlib.suppress(OSError, ValueError):
+                    if sock.pending():
+                        conn._TcpConnection__processConnection(sock.fileno(),
+                                                               POLL_EVENT_TYPE.READ)
+
+    def _close_former_members(self) -> None:  # and revoked certificates
+        for conn in self._links():
+            sock = conn._TcpConnection__socket
+            if not isinstance(sock, PeerSocket) or conn.state == CONNECTION_STATE.DISCONNECTED:
+                continue
+            reason = self._peer_links.close_reason(sock)
+            if reason is not None:
+                log.log(logging.WARNING if "revoked" in reason else logging.INFO,
+                        "closing the Raft link %s %s: %s",
+                        "from" if sock.direction == "in" else "to", sock.peer_id, reason)
+                conn.disconnect()
+                self._unknownConnections.discard(conn)
+
     def _connectIfNecessarySingle(self, node: Any) -> bool:
         # TCPTransport's version, with PeerLinks.dial instead of conn.connect(ip, port).
         current = self._connections.get(node)
         if current is not None and current.state != CONNECTION_STATE.DISCONNECTED:
+            return True
+        if node in self._dialing:
             return True
         if not self._shouldConnect(node):
             return False
@@ -216,14 +293,8 @@ class PeerTLSTransport(HardenedTransport):
                 _pso_monotonic() - last < self._syncObj.conf.connectionRetryTime:
             return False
         self._lastConnectAttempt[node] = _pso_monotonic()
-        sock = self._peer_links.dial(node.address)
-        if sock is None:
+        dialed = self._dialed
+        if not self._peer_links.dial(node.address, lambda sock: dialed.put((node, sock))):
             return False
-        conn = self._new_connection(sock)
-        conn._TcpConnection__state = CONNECTION_STATE.CONNECTING
-        conn.encryptor = self._syncObj.encryptor
-        conn.setOnConnectedCallback(functools.partial(self._onOutgoingConnected, conn))
-        conn.setOnMessageReceivedCallback(functools.partial(self._onMessageReceived, node))
-        conn.setOnDisconnectedCallback(functools.partial(self._onDisconnected, conn))
-        self._connections[node] = conn
+        self._dialing.add(node)
         return True

@@ -15,12 +15,13 @@ import binascii
 from collections.abc import Mapping
 from pathlib import Path
 
+from raftsso import envelope
 from raftsso.config import SECRET_FILE_HEADER, format_secret_file, read_secret_file
 from raftsso.errors import ConfigError
 from raftsso.fsutil import atomic_write, read_private
 from raftsso.seal import blob
 from raftsso.seal.base import SealError
-from raftsso.seal.keyed import KeyedSeal, check_secret
+from raftsso.seal.keyed import KeyedSeal, check_secret, check_version
 
 V1_HEADER = SECRET_FILE_HEADER["seal"]
 V2_HEADER = "raftsso-seal-key v2"
@@ -77,6 +78,20 @@ class FileSeal(KeyedSeal):
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         super().__init__(read_keys(self.path))
+
+    def wrap(self, secret: bytes, *, cluster_id: str, version: int,
+             generation: int | None = None) -> bytes:
+        """Generation 1 seals in format 1, byte for byte what nodes sealed before seal
+        providers existed, so that a node of an earlier release still applies what this
+        one proposes during a rolling upgrade; later generations (after a seal rekey,
+        which every node must support) seal in format 2."""
+        resolved, key = self._key(generation)
+        if resolved != blob.LEGACY_GENERATION:
+            return super().wrap(secret, cluster_id=cluster_id, version=version,
+                                generation=resolved)
+        check_secret(secret)
+        check_version(version)
+        return envelope.seal(key, bytes(secret), cluster_id=cluster_id, version=version)
 
     def _save(self, keys: Mapping[int, bytes]) -> None:
         atomic_write(self.path, format_keys(keys))

@@ -260,16 +260,18 @@ class Pkcs11Seal:
     def unwrap(self, sealed: bytes, *, cluster_id: str, version: int) -> bytes:
         check_version(version)
         if blob.is_legacy(sealed):
-            raise SealError("this secret was sealed in the format-1 file seal; the pkcs11 "
-                            "seal opens only what it sealed (rekey the seal to move)")
-        head, body = blob.split(sealed)
+            # Format 1 (the file seal's generation 1): the same key imported into the
+            # token opens it, so a cluster can move from the file seal to a token.
+            body, aad = sealed[1:], envelope.seal_aad(cluster_id, version)
+        else:
+            head, body = blob.split(sealed)
+            aad = blob.aad(head, cluster_id, version)
         nonce, data = body[:envelope.NONCE_SIZE], body[envelope.NONCE_SIZE:]
         with self._lock:
             _, key = self._key(blob.generation_of(sealed))
             try:
                 secret = key.decrypt(data, mechanism=Mechanism.AES_GCM,
-                                     mechanism_param=GCMParams(
-                                         nonce, blob.aad(head, cluster_id, version), _TAG_BITS))
+                                     mechanism_param=GCMParams(nonce, aad, _TAG_BITS))
             except (p11e.SessionHandleInvalid, p11e.SessionClosed, p11e.DeviceRemoved,
                     p11e.DeviceError, p11e.TokenNotPresent, p11e.UserNotLoggedIn) as exc:
                 raise SealError(f"PKCS#11 token {self.settings.token_label!r} failed "

@@ -81,7 +81,11 @@ def read_pin(settings: Pkcs11Settings, environ: Mapping[str, str] = os.environ) 
                               "set (start the node from its unit with LoadCredential= or "
                               "LoadCredentialEncrypted=)")
         path = Path(directory) / settings.pin_credential
-    raw = read_private(path, limit=1024)
+    try:
+        raw = read_private(path, limit=1024)
+    except ConfigError as exc:
+        raise ConfigError(f"no PKCS#11 user PIN for token {settings.token_label!r} ({exc}); "
+                          "the node cannot use its seal key without it") from None
     try:
         pin = raw.decode("utf-8").rstrip("\r\n")
     except UnicodeDecodeError:

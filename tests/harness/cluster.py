@@ -27,6 +27,7 @@ from raftsso.config import load_node_config, load_remote_config
 from raftsso.deployment import PORTS_PER_NODE, init_deployment
 from raftsso.errors import RaftssoError
 from raftsso.remote import ClusterClient
+from raftsso.seal.setup import SealPlan
 from tests.harness.net import LoopbackNet, NamespaceNet, Net
 from tests.harness.options import NodeOptions, configure_node
 from tests.harness.ports import reserve_ports
@@ -46,7 +47,8 @@ class Cluster:
     """``nodes`` node processes of a new deployment in ``root`` (not started yet)."""
 
     def __init__(self, root: Path, nodes: int = 3, *, options: NodeOptions | None = None,
-                 net: Net | None = None, client_timeout: float | None = None) -> None:
+                 net: Net | None = None, client_timeout: float | None = None,
+                 seal: SealPlan | None = None) -> None:
         self.root = root
         self.size = nodes
         self.net: Net = net if net is not None else LoopbackNet(nodes)
@@ -55,10 +57,11 @@ class Cluster:
         self._ports = reserve_ports(PORTS_PER_NODE * (nodes if hosts is None else 1))
         self.base_port = self._ports.base
         if hosts is None:
-            self.cluster_id = init_deployment(root, nodes=nodes, base_port=self.base_port)
+            self.cluster_id = init_deployment(root, nodes=nodes, base_port=self.base_port,
+                                              seal=seal)
         else:
             self.cluster_id = init_deployment(root, nodes=None, hosts=hosts,
-                                              base_port=self.base_port)
+                                              base_port=self.base_port, seal=seal)
         self.ids = [f"node{i + 1}" for i in range(nodes)]
         self.admin_toml = root / "admin.toml"
         self.client_toml = root / "client.toml"
@@ -309,12 +312,32 @@ class Cluster:
         return result
 
 
+    # the seal ------------------------------------------------------------------------------
+
+    def share_files(self) -> list[Path]:
+        """The unseal shares ``init --seal shamir`` wrote, in index order."""
+        return sorted((self.root / "seal-shares").glob("share-*.txt"),
+                      key=lambda p: int(p.stem.split("-")[1]))
+
+    def unseal(self, node_id: str, shares: Sequence[Path]) -> dict[str, Any]:
+        """Give ``node_id`` each share in turn (over admin mTLS); its last answer."""
+        from raftsso.admin import AdminClient
+
+        with AdminClient.from_config(self.admin_toml) as admin:
+            view = None
+            for share in shares:
+                view = admin.unseal(node_id, share)
+        assert view is not None
+        return view.to_wire()
+
+
 @contextlib.contextmanager
 def running_cluster(root: Path, nodes: int = 3, *, options: NodeOptions | None = None,
-                    net: Net | None = None,
-                    client_timeout: float | None = None) -> Iterator[Cluster]:
+                    net: Net | None = None, client_timeout: float | None = None,
+                    seal: SealPlan | None = None) -> Iterator[Cluster]:
     """A :class:`Cluster`, started and healthy; closed on the way out."""
-    with Cluster(root, nodes, options=options, net=net, client_timeout=client_timeout) as c:
+    with Cluster(root, nodes, options=options, net=net, client_timeout=client_timeout,
+                 seal=seal) as c:
         c.start()
         c.wait_healthy()
         # Healthy needs only a quorum: under load a third node may still be opening its

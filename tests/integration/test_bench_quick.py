@@ -20,7 +20,8 @@ pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 # openbao has its own test below: three OpenBao clusters take minutes even at --quick.
-SCENARIOS = ["encryption", "rewrap", "rotation", "load", "failover", "agent", "etcd"]
+SCENARIOS = ["encryption", "rewrap", "rotation", "commits", "load", "failover", "idle",
+             "agent", "etcd"]
 
 
 def _number(x: Any) -> bool:
@@ -53,6 +54,10 @@ def test_bench_quick_writes_a_report_with_every_scenario(tmp_path: Path) -> None
             assert all(_number(f[kind][metric][k]) for k in ("median", "p90", "p99", "max"))
         assert isinstance(f[kind]["failed_client_ops"], int)
         assert f[kind]["client_ops"] > 0
+        assert isinstance(f[kind]["elections"], int)
+    assert isinstance(f["load_without_failures"]["elections"], int)
+    assert isinstance(results["idle"]["elections"], int)
+    assert isinstance(results["load"]["elections"]["elections"], int)
     ld = results["load"]
     assert ld["clients"]["completed"] > 0 and _number(ld["clients"]["p99_s"])
     assert _number(ld["clients"]["node_cpu"]) and _number(ld["clients"]["node_rss_mib_after"])
@@ -70,6 +75,9 @@ def test_bench_quick_writes_a_report_with_every_scenario(tmp_path: Path) -> None
         assert all(_number(e[k]) and e[k] > 0 for k in
                    ("raw_encrypt", "client_encrypt", "raw_decrypt", "client_decrypt",
                     "encrypt_ratio"))
+    com = results["commits"]
+    assert _number(com["sequential"]["p50_s"]) and com["concurrent"]["commits"] > 0
+    assert _number(com["concurrent"]["leader_entries_per_fsync"])
     rw = results["rewrap"]
     assert rw["config"]["rows"] > 0 and _number(rw["rows_per_s"])
     etcd = results["etcd"]

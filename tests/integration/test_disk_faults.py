@@ -144,20 +144,24 @@ def test_leader_whose_fsync_fails_exits_and_never_acknowledges(tmp_path: Path) -
         print("unacknowledged entry in node1's journal file:",
               rid.hex() in _requests_on_disk(cluster.root / "node1" / "data" / "raft.journal"))
 
-        # The other two go on, and the version number the failed write would have taken
-        # is still free: nothing of it reached them.
+        # The other two go on. The leader sends an entry to its followers while it flushes
+        # it itself (the flushes run in parallel), so they may hold the failed write and
+        # the next leader may commit it: its outcome was unknown to the caller, as for any
+        # write whose leader dies. Either way it takes the next version or none.
         cluster.leader(exclude=("node1",))
         after = cluster.rotate(now=True)
-        assert after["version"] == base["version"] + 1
+        taken = after["version"] - base["version"] - 1
+        assert taken in (0, 1)
 
-        # With a working disk again, node1 rejoins and drops its never-committed entry.
+        # With a working disk again, node1 rejoins (dropping the entry if it never committed).
         cluster.start("node1")
         wait_for(lambda: _primary(cluster, "node1") == after["version"],
                  what="node1 to catch up after its restart")
         verdicts = _committed_verdicts(cluster)
-        assert rid.hex() not in verdicts, "the unacknowledged rotation was committed"
-        assert rid.hex() not in _requests_on_disk(
-            cluster.root / "node1" / "data" / "raft.journal")
+        assert (rid.hex() in verdicts) == bool(taken), "a version taken by nothing"
+        if not taken:
+            assert rid.hex() not in _requests_on_disk(
+                cluster.root / "node1" / "data" / "raft.journal")
     except BaseException:
         _fail_log(cluster)
         raise

@@ -162,6 +162,148 @@ def test_old_members_count_as_yes_while_connected(sync: FakeSync) -> None:
     assert sync._SyncObj__raftElectionDeadline > 0
 
 
+def test_a_member_that_just_connected_is_not_taken_for_an_old_one(sync: FakeSync) -> None:
+    # A node that has just restarted has heard no HELLO yet: if it counted every member
+    # as an old one, its first pre-vote would pass without asking anybody.
+    e = Elections(sync)
+    for node in sync.nodes:
+        e.on_connected(node)
+    e.before_tick()
+    assert sync._SyncObj__raftElectionDeadline > 0  # asked, waiting for answers
+    assert len(sync.sent(el.PRE_VOTE)) == 2 and sync._SyncObj__raftCurrentTerm == 5
+    # an old node never greets: once its link is older than an election timeout, it is one
+    for node in sync.nodes:
+        e._linked_at[node.id] -= sync.conf.raftMinTimeout
+    sync._SyncObj__raftElectionDeadline = 0.0
+    e.before_tick()
+    assert sync._SyncObj__raftElectionDeadline == 0
+
+
+def test_two_members_asking_for_the_same_term_do_not_both_pass(sync: FakeSync) -> None:
+    e = Elections(sync)
+    _speaks(e, sync)
+    sync._SyncObj__raftLeader = None
+    e.before_tick()  # this node (127.0.0.1:7100) asks for term 6
+    smaller, larger = TCPNode("127.0.0.1:7000"), sync.nodes[0]
+    assert not _pre_vote(e, larger)  # the larger id waits for us
+    assert e._round_term == 6
+    sync._SyncObj__otherNodes.add(smaller)
+    assert _pre_vote(e, smaller)  # we wait for the smaller id: our round is over
+    assert e._round_term is None
+    _answer(e, sync, sync.nodes[1], True)  # a late yes to our round elects nobody
+    assert sync._SyncObj__raftElectionDeadline > 0
+    # Once our own pre-vote has passed, we stand in that term: nobody else passes in it
+    # (until pysyncobj's election runs in the next tick, our term has not moved yet).
+    sync._SyncObj__raftElectionDeadline = 0.0
+    e.before_tick()
+    for node in sync.nodes:
+        _answer(e, sync, node, True)
+    assert sync._SyncObj__raftElectionDeadline == 0  # passed
+    assert not _pre_vote(e, smaller)
+
+
+def test_a_refusal_from_the_asker_lets_it_go_first(sync: FakeSync) -> None:
+    # We asked first and the other survivor refused (it had not yet noticed that the
+    # leader's link dropped); when it asks in turn, we yield although our id is smaller.
+    e = Elections(sync)
+    _speaks(e, sync)
+    sync._SyncObj__raftLeader = None
+    dead, other = sync.nodes
+    sync._SyncObj__connectedNodes = {dead, other}
+    e.before_tick()
+    _answer(e, sync, other, False)
+    assert e._round_term == 6  # the dead leader's link is still up: it may yet answer
+    assert _pre_vote(e, other)
+    assert e._round_term is None
+
+
+def test_a_round_ends_once_every_connected_member_refused(sync: FakeSync) -> None:
+    e = Elections(sync)
+    _speaks(e, sync)
+    _dead, other = sync.nodes
+    sync._SyncObj__connectedNodes = {other}  # the leader's link is gone
+    e.before_tick()
+    _answer(e, sync, other, False)
+    assert e._round_term is None  # over: nothing to wait for
+
+
+def test_losing_the_leaders_link_asks_for_a_pre_vote_in_turn(sync: FakeSync) -> None:
+    e = Elections(sync)
+    _speaks(e, sync)
+    leader, other = sync.nodes
+    sync._SyncObj__raftElectionDeadline = monotonic() + 10
+    e.on_message(leader, {"type": "append_entries", "term": 5})
+    assert e.in_lease()
+    e.on_disconnected(other)  # not our leader: nothing changes
+    assert e.in_lease() and sync._SyncObj__raftElectionDeadline > monotonic() + 5
+    e.on_disconnected(leader)
+    assert not e.in_lease()  # we no longer hear it: we grant pre-votes again
+    # survivors 127.0.0.1:7100 (this node) and :7102: this node goes first, at once
+    assert sync._SyncObj__raftElectionDeadline <= monotonic()
+    e.before_tick()
+    assert {m["term"] for _, m in sync.sent(el.PRE_VOTE)} == {6}
+    # the second survivor waits a third of the minimum election timeout
+    sync2 = FakeSync()
+    sync2.selfNode = TCPNode("127.0.0.1:7103")
+    e2 = Elections(sync2)
+    sync2._SyncObj__raftElectionDeadline = monotonic() + 10
+    e2.on_disconnected(sync2.nodes[0])
+    wait = sync2._SyncObj__raftElectionDeadline - monotonic()
+    assert 0 < wait <= el.STAGGER * sync2.conf.raftMinTimeout
+    # a leader, or a node whose leader transfer is under way, does not react
+    sync3 = FakeSync()
+    sync3._SyncObj__raftState = LEADER
+    sync3._SyncObj__raftElectionDeadline = deadline = monotonic() + 10
+    Elections(sync3).on_disconnected(sync3.nodes[0])
+    assert sync3._SyncObj__raftElectionDeadline == deadline
+
+
+def test_heartbeats_waiting_unread_are_read_before_a_pre_vote(sync: FakeSync) -> None:
+    # A node that did not get the CPU for a while finds its timer run out, with the
+    # leader's heartbeats in its socket: it reads them first, and asks nobody.
+    e = Elections(sync)
+    _speaks(e, sync)
+    leader = sync.nodes[0]
+
+    class Poller:
+        def poll(self, timeout: float) -> None:
+            assert timeout == 0
+            e.on_message(leader, {"type": "append_entries", "term": 5})
+            sync._SyncObj__raftElectionDeadline = monotonic() + 0.2  # pysyncobj's part
+
+    sync._poller = Poller()  # type: ignore[attr-defined]
+    e.before_tick()
+    assert not sync.sent(el.PRE_VOTE)
+
+
+def test_a_pre_vote_is_answered_after_the_rest_of_the_read(sync: FakeSync) -> None:
+    # The request and the leader's heartbeat arrive together: the answer reflects both.
+    e = Elections(sync)
+    _speaks(e, sync)
+    leader, asker = sync.nodes
+    e.on_message(asker, {"type": el.PRE_VOTE, "term": 6, "round": 1, "last_log_index": 40,
+                         "last_log_term": 5, el.EXTENSIONS_KEY: 1})
+    assert not sync.sent(el.PRE_VOTE_RESPONSE)
+    e.on_message(leader, {"type": "append_entries", "term": 5})
+    sync._SyncObj__raftElectionDeadline = monotonic() + 0.2
+    e.before_tick()
+    (to, reply), = sync.sent(el.PRE_VOTE_RESPONSE)
+    assert to == asker.id and reply["granted"] is False
+
+
+def test_a_pre_vote_that_passed_long_ago_starts_no_election(sync: FakeSync) -> None:
+    # The node lost the CPU between the yes and its next tick: the yes is stale.
+    e = Elections(sync)
+    _speaks(e, sync)
+    e.before_tick()
+    _answer(e, sync, sync.nodes[0], True)
+    assert sync._SyncObj__raftElectionDeadline == 0  # pysyncobj would elect next tick
+    e._passed_at -= 2 * sync.conf.raftMinTimeout
+    e.before_tick()
+    assert sync._SyncObj__raftElectionDeadline > monotonic()  # it will not
+    assert len(sync.sent(el.PRE_VOTE)) == 2  # and nobody was asked again yet
+
+
 def test_a_single_member_elects_itself_at_once() -> None:
     sync = FakeSync(peers=0)
     e = Elections(sync)
@@ -174,6 +316,7 @@ def _pre_vote(e: Elections, node: TCPNode, term: int = 6, index: int = 40,
     e.on_message(node, {"type": el.PRE_VOTE, "term": term, "round": 1,
                         "last_log_index": index, "last_log_term": log_term,
                         el.EXTENSIONS_KEY: 1})
+    e.answer_pre_votes()  # at the end of the read
     transport: FakeTransport = e._get("transport")
     reply = transport.sent[-1][1]
     assert reply["type"] == el.PRE_VOTE_RESPONSE and reply["round"] == 1

@@ -57,11 +57,17 @@ class StubCfg:
 
 
 @dataclass
+class StubSeal:
+    sealed: bool = False
+
+
+@dataclass
 class StubNode:
     raft: StubRaft
     fsm: StubFsm
     cfg: StubCfg = field(default_factory=StubCfg)
     ready_for_writes: bool = True
+    seal: StubSeal = field(default_factory=StubSeal)
 
 
 def _ring(*states: KeyState, backed_up: bool = False) -> Keyring:
@@ -75,6 +81,9 @@ def _node(**raft: Any) -> StubNode:
 
 def test_readiness_rules() -> None:
     assert readiness(_node())[0] is True  # type: ignore[arg-type]
+    sealed = _node()
+    sealed.seal.sealed = True
+    assert readiness(sealed)[1].startswith("sealed")  # type: ignore[arg-type]
     assert readiness(_node(leader_id=None)) == (False, "no leader known to this node")  # type: ignore[arg-type]
     assert readiness(_node(has_quorum=False))[1] == "this node is not connected to a quorum"  # type: ignore[arg-type]
     behind = readiness(_node(last_applied=7, leader_commit_index=9))  # type: ignore[arg-type]

@@ -8,6 +8,7 @@ import logging
 import os
 import stat
 import struct
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from raftsso.wire import versioned
 from tests.descriptors import no_free_descriptors
 
 HEADER = raft_journal.JOURNAL_MAGIC + bytes([raft_journal.JOURNAL_FORMAT])
-RECORD_OVERHEAD = 8 + 16  # length + crc, index + term
+RECORD_OVERHEAD = 8 + 17  # length + crc, index + term + flags
 
 
 @pytest.fixture
@@ -453,15 +454,177 @@ def test_a_torn_tail_followed_by_a_later_record_refuses_to_start(
         open_journal(path)
 
 
+# -- write groups (group commit) ------------------------------------------------------------
+
+
+def _count_fdatasync(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    calls: list[int] = []
+    real = os.fdatasync
+
+    def counting(fd: int) -> None:
+        calls.append(fd)
+        real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", counting)
+    return calls
+
+
+def _flags(path: str) -> list[tuple[int, bool]]:
+    """(index, starts a group) of every record in the file."""
+    data = Path(path).read_bytes()
+    offset, out = len(HEADER), []
+    while offset < len(data):
+        parsed = DurableJournal._parse(data, offset)
+        assert parsed is not None
+        out.append((parsed[2], parsed[4]))
+        offset += parsed[0]
+    return out
+
+
+def test_appends_in_a_group_share_one_fdatasync(path: str, open_journal: OpenJournal,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    j = open_journal(path)
+    calls = _count_fdatasync(monkeypatch)
+    j.add(b"\x00alone", 1, 1)
+    assert len(calls) == 1 and not j.unsynced  # outside a group: durable before add returns
+    with j.group():
+        for entry in _entries(4, start=2):
+            j.add(*entry)
+        assert len(calls) == 1 and j.unsynced  # written, not flushed yet
+        with j.group():  # nested: only the outermost flushes
+            j.add(*_entries(1, start=6)[0])
+        assert len(calls) == 1
+    assert len(calls) == 2 and not j.unsynced
+    assert (j.syncs, j.appends) == (2, 6)
+    assert [i for i, _ in _flags(path)] == [1, 2, 3, 4, 5, 6]
+    assert [start for _, start in _flags(path)] == [True, True, False, False, False, False]
+
+
+def test_sync_inside_a_group_flushes_and_starts_a_new_group(
+        path: str, open_journal: OpenJournal, monkeypatch: pytest.MonkeyPatch) -> None:
+    j = open_journal(path)
+    calls = _count_fdatasync(monkeypatch)
+    with j.group():
+        _fill(j, _entries(2))
+        j.sync()  # what an acknowledgement does before it leaves
+        assert len(calls) == 1 and not j.unsynced
+        j.sync()  # nothing new: no second flush
+        assert len(calls) == 1
+        _fill(j, _entries(2, start=3))
+    assert len(calls) == 2
+    assert [start for _, start in _flags(path)] == [True, False, True, False]
+    again = open_journal(path)
+    assert [again[i] for i in range(len(again))] == _entries(4)
+
+
+def test_a_cut_inside_a_group_flushes_before_the_conflicting_entry(
+        path: str, open_journal: OpenJournal) -> None:
+    entries = _entries(5)
+    j = open_journal(path)
+    _fill(j, entries)
+    with j.group():
+        j.deleteEntriesFrom(3)
+        j.add(*entries[3])  # the same entry again: kept as it is
+        j.add(b"\x00other", 5, 9)  # a conflict: the old tail is cut (and flushed) first
+    assert _flags(path)[-1] == (5, True)
+    again = open_journal(path)
+    assert [again[i] for i in range(len(again))] == [*entries[:4], (b"\x00other", 5, 9)]
+
+
+def test_a_failing_group_flush_calls_the_failure_hook(path: str, open_journal: OpenJournal,
+                                                      failures: list[str],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    j = open_journal(path)
+    monkeypatch.setattr(os, "fdatasync", _eio)
+    with pytest.raises(StorageError), j.group():
+        _fill(j, _entries(3))
+    assert len(failures) == 1 and "fdatasync" in failures[0]
+    assert j.unsynced  # nothing is taken for durable
+
+
+def _groups(path: str, sizes: list[int]) -> tuple[list[tuple[bytes, int, int]], list[int]]:
+    """Write groups of ``sizes`` records; return the entries and each record's offset."""
+    entries = _entries(sum(sizes))
+    j = DurableJournal(path)
+    try:
+        it = iter(entries)
+        for size in sizes:
+            with j.group():
+                for _ in range(size):
+                    j.add(*next(it))
+        offsets = list(j._offsets)
+    finally:
+        j._destroy()
+    return entries, offsets
+
+
+def test_a_damaged_record_in_the_last_group_is_a_torn_tail(
+        path: str, caplog: pytest.LogCaptureFixture, open_journal: OpenJournal) -> None:
+    # A crash of the machine can leave any part of the last group (never flushed, never
+    # acknowledged) unwritten, the later records of the group intact: still a tail.
+    entries, offsets = _groups(path, [3, 3])
+    full = Path(path).read_bytes()
+    for bad in range(3, 6):
+        damaged = bytearray(full)
+        damaged[offsets[bad] + 12] ^= 0x10
+        Path(path).write_bytes(bytes(damaged))
+        caplog.clear()
+        j = open_journal(path)
+        assert [j[i] for i in range(len(j))] == entries[:bad], bad
+        assert len(_torn_warnings(caplog)) == 1
+
+
+def test_a_damaged_record_of_a_flushed_group_refuses_to_start(path: str) -> None:
+    # The next group was written after this one was flushed: this is disk corruption.
+    _entries_written, offsets = _groups(path, [3, 3])
+    full = Path(path).read_bytes()
+    for bad in range(3):
+        damaged = bytearray(full)
+        damaged[offsets[bad] + 12] ^= 0x10
+        Path(path).write_bytes(bytes(damaged))
+        with pytest.raises(StorageError, match=r"corrupt.*index 4"):
+            DurableJournal(path)
+
+
+def test_a_journal_of_format_1_is_rewritten_in_format_2(path: str,
+                                                        open_journal: OpenJournal) -> None:
+    entries = _entries(5)
+    old = raft_journal.JOURNAL_MAGIC + b"\x01"
+    for cmd, idx, term in entries:
+        payload = struct.pack(">QQ", idx, term) + cmd
+        old += struct.pack(">II", len(payload), zlib.crc32(payload)) + payload
+    Path(path).write_bytes(old)
+    j = open_journal(path)
+    assert [j[i] for i in range(len(j))] == entries
+    assert Path(path).read_bytes().startswith(HEADER)
+    assert [start for _, start in _flags(path)] == [True] * 5
+    j.add(b"\x00new", 6, 3)
+    again = open_journal(path)
+    assert [again[i] for i in range(len(again))] == [*entries, (b"\x00new", 6, 3)]
+
+
+def test_a_format_1_journal_with_a_torn_tail_is_cut_then_rewritten(
+        path: str, open_journal: OpenJournal) -> None:
+    entries = _entries(3)
+    old = raft_journal.JOURNAL_MAGIC + b"\x01"
+    for cmd, idx, term in entries:
+        payload = struct.pack(">QQ", idx, term) + cmd
+        old += struct.pack(">II", len(payload), zlib.crc32(payload)) + payload
+    Path(path).write_bytes(old[:-3])
+    j = open_journal(path)
+    assert [j[i] for i in range(len(j))] == entries[:2]
+    assert Path(path).read_bytes().startswith(HEADER)
+
+
 @pytest.mark.parametrize("content", [
     b"",
     b"RSSOJN",
-    b"RSSOJNL\x02",
-    b"RSSOJNX\x01",
+    b"RSSOJNL\x03",
+    b"RSSOJNX\x02",
     b"\x80\x02}q\x00.",               # a pickle
     b"\x00" * 64,
     bytes(range(256)),
-], ids=["empty", "short-magic", "format-2", "wrong-magic", "pickle", "zeros", "bytes"])
+], ids=["empty", "short-magic", "format-3", "wrong-magic", "pickle", "zeros", "bytes"])
 def test_a_foreign_file_is_refused_untouched(path: str, content: bytes) -> None:
     Path(path).write_bytes(content)
     with pytest.raises(StorageError, match="not a raftsso journal") as info:
