@@ -43,7 +43,9 @@ from bench import (
     rewrap,
     rotation,
     summary,
+    targets,
 )
+from bench.report import comparisons
 
 # The peers last: their ratios are to raftsso's numbers of the same run.
 SCENARIOS: dict[str, Callable[..., dict[str, Any]]] = {
@@ -154,8 +156,8 @@ def main() -> int:
     report["elapsed_s"] = round(time.perf_counter() - t_all, 2)
     # Other work on the machine skews every number: say how busy it was.
     report["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
-    report["comparisons"] = summary.comparisons(report)
-    summary.print_targets(report)
+    report["comparisons"] = comparisons(report)
+    targets.print_targets(report)
 
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S") + ("-quick" if args.quick else "")
