@@ -52,7 +52,7 @@ def agent_rate(report: dict[str, Any], op: str, mode: str) -> float | None:
     x = (agent.get(f"{op} x{AGENT_CLIENTS[mode]}") or {}).get("ops_per_s")
     if x is None:  # the layout of the OpenBao transit figures, if a report uses it
         x = (agent.get(f"{op}_{mode}") or {}).get("per_s")
-    return float(x) if num(x) else None
+    return float(x) if x is not None and num(x) else None
 
 
 def comparisons(report: dict[str, Any]) -> dict[str, Any]:
