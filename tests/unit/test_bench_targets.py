@@ -279,3 +279,12 @@ def test_results_md_shows_the_issue_column_and_the_peers() -> None:
     assert "### CLI start" in md and "| `raftsso --version` |" in md
     assert "At exactly 10,000/s offered" in md and "resuming the TLS session" in md
     assert md.startswith(summary.BEGIN) and md.rstrip().endswith(summary.END)
+
+
+def test_results_md_of_a_partial_run_says_what_was_not_measured() -> None:
+    report = good_report()
+    report["results"] = {"cli": report["results"]["cli"]}
+    md = summary.markdown(report, None)
+    assert "| 16.6 | `raftsso --version` <= 60 ms wall |" in md
+    assert f"| 16.3 | >= 20,000 keyring fetches/s closed loop from one node | {NOT_MEASURED} " \
+           "| n/a | load |" in md
