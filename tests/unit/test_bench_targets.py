@@ -252,7 +252,8 @@ def test_a_skipped_openbao_leaves_item7_unmet() -> None:
 def test_item7_needs_the_agent_beside_transit() -> None:
     report = good_report()
     del report["results"]["agent"]
-    assert _row(targets(report), "16.7", "transit")[3] == "NO"
+    r = _row(targets(report), "16.7", "transit")
+    assert r[3] == "NO" and "(agent not measured)" in r[2]
 
 
 def test_agent_ratios_come_from_the_agent_scenario_keys() -> None:
