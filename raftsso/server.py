@@ -333,10 +333,9 @@ class Service:
 
     async def _rotate(self, caller: Caller, req: RotateRequest) -> Result:
         self._require_leader()
-        result = await asyncio.to_thread(self.node.rotate, req)
-        log.info("rotation by %s: version %s (%s), primary %s", caller.name, result.version,
-                 result.state, result.primary_version)
-        return result
+        # Awaited on the loop: no worker thread waits for the commit. No log line here:
+        # the rotation's event line (rotation_staged/promoted, raftsso.telemetry) says it.
+        return await self.node.rotate_async(req)
 
     async def _retire(self, caller: Caller, req: RetireRequest) -> Result:
         self._require_leader()
