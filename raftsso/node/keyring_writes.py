@@ -98,8 +98,9 @@ class KeyringWrites:
         def build(ring: Keyring) -> Command | None:
             if not still_wanted(ring):
                 return None
-            live = live_versions(ring)
-            if live >= MAX_LIVE_VERSIONS:
+            # Counting walks every version: only when there are enough to reach the cap.
+            if len(ring.versions) >= MAX_LIVE_VERSIONS and \
+                    (live := live_versions(ring)) >= MAX_LIVE_VERSIONS:
                 raise _too_many(live)
             version = version_id(ring.last_id + 1)
             key = envelope.new_key()
