@@ -166,10 +166,9 @@ class WritePath:
             self._lock.release()
             raise
         timeout = self._cfg.raft.commit_timeout
-        commit = _LoopCommit(asyncio.get_running_loop(), self._lock)
-        commit.expire_in(timeout, lambda: self._propose_until(
-            request_id, what, blob, time.monotonic() + timeout,
-            first=OutcomeUnknown(f"no commit within {timeout:.1f} s")))
+        commit = _LoopCommit(asyncio.get_running_loop(), self._lock, timeout,
+                             lambda first: self._propose_until(
+                                 request_id, what, blob, time.monotonic() + timeout, first))
         try:
             self._raft.submit(blob, commit.ended)
         except Exception as exc:  # not queued at all (the member stopped)
@@ -193,36 +192,40 @@ class _LoopCommit:
     """One proposal awaited on an event loop, holding the write lock until it is over.
 
     Exactly one side ends it and releases the lock: the Raft thread, with the applied
-    outcome (:meth:`ended`), or, when that is not heard within the commit timeout, a
-    worker thread that resolves the outcome as :meth:`WritePath.run` does. The waiting
-    coroutine may be cancelled meanwhile (its connection closed): the lock is released
-    all the same.
+    outcome or a certain failure (:meth:`ended`), or, when the outcome is unknown (not
+    heard within the commit timeout, or so reported), a worker thread that resolves it as
+    :meth:`WritePath.run` does (``resolve``: re-read the request id, propose the same
+    command again). The waiting coroutine may be cancelled meanwhile (its connection
+    closed): the lock is released all the same.
     """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, lock: threading.Lock) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, lock: threading.Lock, timeout: float,
+                 resolve: Callable[[OutcomeUnknown], Outcome]) -> None:
         self._loop = loop
         self._lock = lock
+        self._resolve = resolve
         self._future: asyncio.Future[Outcome] = loop.create_future()
         self._mutex = threading.Lock()
         self._over = False  # ended, or given to a worker: the other side does nothing
-        self._timer: asyncio.TimerHandle | None = None
-
-    def expire_in(self, timeout: float, resolve: Callable[[], Outcome]) -> None:
-        self._timer = self._loop.call_later(timeout, self._expired, resolve)
+        self._timer = loop.call_later(
+            timeout, self._expired, OutcomeUnknown(f"no commit within {timeout:.1f} s"))
 
     def ended(self, outcome: Outcome | Exception) -> None:
-        """In the Raft thread, right after the entry was applied (or certainly failed)."""
+        """In the Raft thread, right after the entry was applied (or certainly failed, or
+        its outcome became unknown)."""
         with self._mutex:
             if self._over:
                 return
             self._over = True
+        if isinstance(outcome, OutcomeUnknown):  # still under the lock, to a worker
+            self._loop.call_soon_threadsafe(self._to_worker, outcome)
+            return
         # Applied here: the next write, which builds on the keyring, may run now.
         self._lock.release()
         self._loop.call_soon_threadsafe(self._settle, outcome)
 
     def _settle(self, outcome: Outcome | Exception) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
+        self._timer.cancel()
         if self._future.done():  # the waiter was cancelled
             return
         if isinstance(outcome, Exception):
@@ -230,13 +233,18 @@ class _LoopCommit:
         else:
             self._future.set_result(outcome)
 
-    def _expired(self, resolve: Callable[[], Outcome]) -> None:
+    def _expired(self, unknown: OutcomeUnknown) -> None:
         with self._mutex:
             if self._over:
                 return  # the outcome is on its way to _settle
             self._over = True
+        self._to_worker(unknown)
+
+    def _to_worker(self, unknown: OutcomeUnknown) -> None:
+        """On the loop, holding the write lock: resolve the outcome in a worker thread."""
+        self._timer.cancel()
         try:
-            task = self._loop.run_in_executor(None, self._resolve, resolve)
+            task = self._loop.run_in_executor(None, self._resolve_unlock, unknown)
         except BaseException as exc:  # the loop is shutting down: give up, unlocked
             self._lock.release()
             if not self._future.done():
@@ -244,9 +252,9 @@ class _LoopCommit:
             return
         task.add_done_callback(self._resolved)
 
-    def _resolve(self, resolve: Callable[[], Outcome]) -> Outcome:
+    def _resolve_unlock(self, unknown: OutcomeUnknown) -> Outcome:
         try:
-            return resolve()
+            return self._resolve(unknown)
         finally:
             self._lock.release()
 

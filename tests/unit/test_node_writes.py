@@ -23,7 +23,7 @@ import pytest
 from raftsso import envelope
 from raftsso.config import NodeConfig, load_node_config
 from raftsso.deployment import init_deployment
-from raftsso.errors import NotLeader, RemoteError
+from raftsso.errors import NotLeader, OutcomeUnknown, RemoteError
 from raftsso.fsm import KeyringStateMachine
 from raftsso.keyring import KeyState
 from raftsso.node import MAX_LIVE_VERSIONS, Node
@@ -58,8 +58,8 @@ class LaggingRaft:
     index: int = 0
     proposed: list[bytes] = field(default_factory=list)
     # How submit() hands the outcome back: "thread" (from another thread, as the Raft
-    # thread does), "hold" (only when release_held() is called) or "lose" (never: the
-    # entry was lost in a leader change).
+    # thread does), "hold" (only when release_held() is called), "lose" (never: the
+    # entry was lost in a leader change) or "unknown" (OutcomeUnknown, nothing applied).
     submit_mode: str = "thread"
     held: list[Callable[[], None]] = field(default_factory=list)
 
@@ -91,6 +91,10 @@ class LaggingRaft:
             ended(outcome)
 
         if self.submit_mode == "lose":
+            return
+        if self.submit_mode == "unknown":  # e.g. discarded by a leader change
+            threading.Thread(target=ended, args=(OutcomeUnknown("discarded"),),
+                             daemon=True).start()
             return
         if self.submit_mode == "hold":
             self.held.append(run)
@@ -362,6 +366,19 @@ def test_a_lost_commit_callback_is_resolved_in_a_worker_and_frees_the_lock(
         assert node.rotate(RotateRequest(new_request_id())).version == 3
     finally:
         node.stop()
+
+
+def test_an_unknown_outcome_on_the_loop_is_resolved_by_proposing_the_same_command(
+        setup: Setup) -> None:
+    s = setup
+    _ready(s)
+    s.raft.submit_mode = "unknown"
+    proposed = len(s.raft.proposed)
+    result = asyncio.run(s.node.rotate_async(RotateRequest(new_request_id())))
+    assert result.version == 2
+    assert len(s.raft.proposed) == proposed + 1  # proposed again, applied once
+    s.raft.submit_mode = "thread"
+    assert s.node.rotate(RotateRequest(new_request_id())).version == 3
 
 
 def test_a_cancelled_waiter_on_the_loop_still_frees_the_lock_once_applied(
