@@ -19,9 +19,11 @@ issues requests on a fixed schedule; latency is measured from the *scheduled* ti
 generator or node that falls behind shows up as latency (no coordinated omission). A step
 is *sustained* when at least 99 % of its requests complete within the step plus 1 s, none
 fails, and p99 < 50 ms. The ramp stops at the first step that is not sustained (retried
-once). Last, a closed loop (``SATURATE_CONNECTIONS`` connections per process fetching back
-to back, on their own non-blocking TLS sockets, a lighter client than asyncio's streams)
-gives the most the node serves flat out. What limits the number is printed from
+once); when it stopped below ``TARGET_RATE`` (10,000/s, issue 16's p99 target), one more
+step at exactly that rate (run after the closed loop below) gives the p99 there. A closed loop
+(``SATURATE_CONNECTIONS`` connections per process fetching back to back, on their own
+non-blocking TLS sockets, a lighter client than asyncio's streams) gives the most the node
+serves flat out. What limits the number is printed from
 that measurement: the target node's CPU (one asyncio thread can use at most one core)
 against the generator's, the other nodes' and the machine's (every process, /proc/stat) on
 2 cores. ``lag`` is how late the generator launched requests.
@@ -71,6 +73,7 @@ CLIENT_PHASE_S = 20.0
 RAMP = [250, 500, 1000, 1500, 2000, 2500, 3000, 4000, 5000, 6000, 8000, 10000]
 STEP_S = 4.0
 SUSTAINED_P99 = 0.05
+TARGET_RATE = 10_000  # issue 16: keyring fetch p99 <= 5 ms at this offered rate
 SATURATE_CONNECTIONS = 8  # per generator process, for the closed-loop measurement
 CHURN_THREADS = 4  # per generator process: blocking TLS clients opening connections
 # Send the index held, as SSOClient does since the "unchanged" answer (RAFTSSO_BENCH_KNOWN=0:
@@ -517,8 +520,8 @@ def run(quick: bool = False, trials: int | None = None) -> dict[str, Any]:
             best = 0.0
             retried = False
             i = 0
-            while i < len(ramp):
-                rate = ramp[i]
+
+            def open_loop_step(rate: int, label: str) -> dict[str, Any]:
                 meter = CpuMeter({**node_pids, **gen.pids})
                 start_at = time.time() + 0.2
                 parts = gen.call("step", start_at=start_at, rate=rate, duration=step_s)
@@ -536,12 +539,18 @@ def run(quick: bool = False, trials: int | None = None) -> dict[str, Any]:
                                                           if k.startswith("generator")), 3),
                           "machine_cpu": cpu["machine"],
                           "node_rss_mib": proc_rss_mib(pid)})
-                steps.append(s)
-                print(f"  ramp {rate:6d}/s: done {s['achieved_per_s']:7.0f}/s  p50 "
+                print(f"  {label} {rate:6d}/s: done {s['achieved_per_s']:7.0f}/s  p50 "
                       f"{ms(s['p50_s']):>6} ms  p99 {ms(s['p99_s']):>7} ms  node CPU "
                       f"{s['node_cpu']:.2f}  generator CPU {s['generator_cpu_proc']:.2f}  machine "
                       f"{s['machine_cpu']:.2f}  lag p99 {ms(s['generator_lag_p99_s'])} ms  "
                       f"{'sustained' if sustained else 'NOT sustained'}", flush=True)
+                return s
+
+            while i < len(ramp):
+                rate = ramp[i]
+                s = open_loop_step(rate, "ramp")
+                sustained = s["sustained"]
+                steps.append(s)
                 if sustained:
                     best = max(best, float(rate))
                     i += 1
@@ -571,6 +580,18 @@ def run(quick: bool = False, trials: int | None = None) -> dict[str, Any]:
                   f"{ms(sat['p99_s'])} ms, node CPU {sat['node_cpu']:.2f}, generator CPU "
                   f"{sat['generator_cpu_proc']:.2f}, machine {sat['machine_cpu']:.2f} of "
                   f"{os.cpu_count()} cores", flush=True)
+            # Issue 16's latency target is at exactly TARGET_RATE/s: measured there even when
+            # the ramp stopped below it (the ramp's last sustained step says nothing of it);
+            # after the closed loop, so that an overloaded step cannot disturb that one.
+            tried = [s for s in steps if s["offered_per_s"] == TARGET_RATE]
+            at_target = next((s for s in tried if s["sustained"]), tried[-1] if tried else None)
+            if at_target is None:
+                at_target = open_loop_step(TARGET_RATE, "fixed")
+                at_target["ramp_step"] = False
+            else:
+                at_target = {**at_target, "ramp_step": True}
+            out["at_target_rate"] = at_target
+            out["p99_at_10000_s"] = at_target["p99_s"]
             out["max_sustained_per_s"] = best
             out["max_achieved_per_s"] = max(s["achieved_per_s"] for s in steps)
             at_1000 = next((s for s in steps if s["offered_per_s"] == 1000

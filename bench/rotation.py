@@ -8,7 +8,9 @@ threads, each with its own connection, rotating with ``expect_primary`` left to 
 (rotations to one leader are serialised), for ``CONCURRENT_S`` seconds.
 
 Every rotation adds a version to the keyring that each node serves to every client; the
-keyring answer's size before and after is reported, and the keyring fetch latency with it.
+keyring answer's size before and after is reported, and the keyring fetch latency with it,
+and the size of the answer to a client that already holds the keyring (it sends the index
+it holds as ``known``, as SSOClient does): that one must not grow with history.
 Last, ``rotate --now`` with SSO clients running (4 threads encrypting and decrypting each
 other's tokens, resync 0.25 s): decrypt failures when a client meets a token under a
 version it has not synced and its on-demand resync lands on a node that has not applied
@@ -34,13 +36,19 @@ CONCURRENT_S = 3.0
 NOW_ROTATIONS = 10
 
 
-def _keyring_size(client: ClusterClient, address: str) -> tuple[int, int, float]:
+def _keyring_size(client: ClusterClient, address: str) -> tuple[int, int, float, int | None]:
+    """The whole answer's size, its versions, fetch p50, and the size of the answer to a
+    client that already holds this keyring (None when the node sent the whole one again)."""
     times = []
     for _ in range(50):
         t = time.perf_counter()
         ring = client.call_node(address, "keyring", {"client_id": "bench"})
         times.append(time.perf_counter() - t)
-    return len(pack(ring)), len(ring["versions"]), percentile(times, 50)
+    whole: Any = ring  # a keyring answer: a mapping
+    held: Any = client.call_node(address, "keyring",
+                                 {"client_id": "bench", "known": whole["commit_index"]})
+    return (len(pack(ring)), len(ring["versions"]), percentile(times, 50),
+            len(pack(held)) if held.get("unchanged") else None)
 
 
 def run(quick: bool = False, trials: int | None = None) -> dict[str, Any]:
@@ -55,14 +63,14 @@ def run(quick: bool = False, trials: int | None = None) -> dict[str, Any]:
         leader = cluster.leader()
         leader_addr = cluster.address(leader)
         with ClusterClient.from_config(cfg) as admin:
-            size0, versions0, fetch0 = _keyring_size(admin, leader_addr)
+            size0, versions0, fetch0, held0 = _keyring_size(admin, leader_addr)
             lat: list[float] = []
             for _ in range(n):
                 t = time.perf_counter()
                 admin.call_node(leader_addr, "rotate",
                                 {"request_id": secrets.token_bytes(16), "now": False})
                 lat.append(time.perf_counter() - t)
-            size1, versions1, fetch1 = _keyring_size(admin, leader_addr)
+            size1, versions1, fetch1, held1 = _keyring_size(admin, leader_addr)
         # Concurrent.
         commits, errors, elapsed = concurrent_calls(
             THREADS, conc_s,
@@ -93,7 +101,9 @@ def run(quick: bool = False, trials: int | None = None) -> dict[str, Any]:
         "versions_before": versions0, "versions_after_sequential": versions1,
         "answer_bytes_before": size0, "answer_bytes_after_sequential": size1,
         "bytes_per_version": (size1 - size0) / max(1, versions1 - versions0),
-        "fetch_p50_s_before": fetch0, "fetch_p50_s_after": fetch1}
+        "fetch_p50_s_before": fetch0, "fetch_p50_s_after": fetch1,
+        # Issue 16: the answer to an up-to-date client must not grow with history.
+        "held_answer_bytes_before": held0, "held_answer_bytes_after_sequential": held1}
     out["rotate_now_with_clients"] = {"rotations": now_rotations, **window}
     s, c = out["sequential"], out["concurrent"]
     print_table("rotation (acknowledged = committed on a majority, fsynced)",

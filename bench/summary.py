@@ -1,190 +1,27 @@
-"""The issue's targets against a report, the ratios to etcd and OpenBao, and bench/RESULTS.md.
+"""bench/RESULTS.md from a report: the targets table, then a section per scenario.
 
-Peers side by side (all from one run): failover and acknowledged writes against etcd and
-OpenBao; 1 KiB encrypt/decrypt of raftsso's in-process client (``encryption``) and of the
-agent (``agent``, when that scenario exists) against OpenBao's transit engine. The agent
-slot reads ``results["agent"]`` with the keys of ``results["openbao"]["transit"]``:
-``{"encrypt_sequential": {"per_s", "p50_s"}, "encrypt_concurrent": {"per_s", "clients"},
-"decrypt_sequential": ..., "decrypt_concurrent": ...}``.
+The targets are bench/targets.py's (issue 6, and issue 16 by item); the ratios are
+bench/report.py's. Peers side by side (all from one run): failover and acknowledged writes
+against etcd and OpenBao; 1 KiB encrypt/decrypt of raftsso's in-process client
+(``encryption``) and of the agent (``agent``: 1 and 8 clients) against OpenBao's transit
+engine (1 and 8 clients).
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from bench.report import agent_rate, comparisons, fmt_ms, fmt_ops, fmt_rate, fmt_ratio, get
+from bench.targets import targets
 
 BEGIN = "<!-- bench:results:begin (written by python -m bench; edit outside the markers) -->"
 END = "<!-- bench:results:end -->"
 
 
-def _get(report: dict[str, Any], *path: str) -> Any:
-    node: Any = report.get("results", {})
-    for key in path:
-        if not isinstance(node, dict) or key not in node:
-            return None
-        node = node[key]
-    return node
-
-
-def _num(x: Any) -> bool:
-    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def _ms(x: Any) -> str:
-    return f"{x * 1000:.1f} ms" if _num(x) else "-"
-
-
-def _ops(x: Any) -> str:
-    return f"{x:,.0f}" if _num(x) else "-"
-
-
-def comparisons(report: dict[str, Any]) -> dict[str, Any]:
-    """raftsso / etcd ratios from the same run (None where either side is missing)."""
-    out: dict[str, Any] = {}
-    etcd_ack = _get(report, "etcd", "ack_write_s", "median")
-    etcd_leader = _get(report, "etcd", "new_leader_s", "median")
-    etcd_put = _get(report, "etcd", "sequential_put_s", "median")
-    r_ack = _get(report, "failover", "sigkill", "ack_rotate_s", "median")
-    r_leader = _get(report, "failover", "sigkill", "new_leader_s", "median")
-    r_rot = _get(report, "rotation", "sequential", "p50_s")
-    if _num(etcd_ack) and _num(r_ack):
-        out["failover_ack_median_ratio"] = r_ack / etcd_ack
-    if _num(etcd_leader) and _num(r_leader):
-        out["failover_new_leader_median_ratio"] = r_leader / etcd_leader
-    if _num(etcd_put) and _num(r_rot):
-        out["sequential_write_p50_ratio"] = r_rot / etcd_put
-    # OpenBao: times are raftsso / OpenBao (below 1: raftsso faster), rates too (above 1:
-    # raftsso faster).
-    for timing in ("default", "multiplier_1"):
-        bao_ack = _get(report, "openbao", "failover", timing, "ack_write_s", "median")
-        if _num(bao_ack) and _num(r_ack):
-            out[f"openbao_{timing}_failover_ack_median_ratio"] = r_ack / bao_ack
-    bao_rot = _get(report, "openbao", "transit", "rotate_sequential", "p50_s")
-    if _num(bao_rot) and _num(r_rot):
-        out["openbao_rotate_p50_ratio"] = r_rot / bao_rot
-    for op in ("encrypt", "decrypt"):
-        for mode in ("sequential", "concurrent"):
-            bao = _get(report, "openbao", "transit", f"{op}_{mode}", "per_s")
-            client = _get(report, "encryption", "1 KiB", f"client_{op}")
-            agent = _get(report, "agent", f"{op}_{mode}", "per_s")
-            if _num(bao) and bao > 0:
-                if _num(client):
-                    out[f"openbao_transit_{op}_{mode}_client_rate_ratio"] = client / bao
-                if _num(agent):
-                    out[f"openbao_transit_{op}_{mode}_agent_rate_ratio"] = agent / bao
-    return out
-
-
-def targets(report: dict[str, Any]) -> list[tuple[str, str, str, str]]:
-    """(target, measured, met, scenario) rows; met is yes / NO / n/a."""
-    rows: list[tuple[str, str, str, str]] = []
-
-    def row(name: str, measured: str, ok: bool | None, scenario: str) -> None:
-        rows.append((name, measured, "n/a" if ok is None else ("yes" if ok else "NO"),
-                     scenario))
-
-    k = _get(report, "failover", "sigkill")
-    if k:
-        a = k["ack_rotate_s"]
-        row("failover SIGKILL: median <= 0.5 s", _ms(a.get("median")),
-            a.get("median", 9) <= 0.5, "failover")
-        row("failover SIGKILL: p99 <= 1.0 s", _ms(a.get("p99")), a.get("p99", 9) <= 1.0,
-            "failover")
-        row("failover SIGKILL: no trial over 2 s",
-            f"{k['over_2s']} of {k['trials']} (max {_ms(a.get('max'))})", k["over_2s"] == 0,
-            "failover")
-        ratio = comparisons(report).get("failover_ack_median_ratio")
-        etcd_ack = _get(report, "etcd", "ack_write_s", "median")
-        row("failover SIGKILL median <= half of etcd's",
-            f"{ratio:.2f} x etcd ({_ms(etcd_ack)})" if ratio is not None
-            else "etcd not measured", None if ratio is None else ratio <= 0.5, "failover/etcd")
-        s = _get(report, "failover", "sigstop") or {}
-        failed = k["failed_client_ops"] + s.get("failed_client_ops", 0)
-        ops = k["client_ops"] + s.get("client_ops", 0)
-        row("zero client encrypt/decrypt failures in any failover trial",
-            f"{failed} failed of {ops + failed} (SIGKILL {k['failed_client_ops']}, "
-            f"SIGSTOP {s.get('failed_client_ops', '-')})", failed == 0, "failover")
-    load = _get(report, "load")
-    if load:
-        best = load["max_sustained_per_s"]
-        row(">= 2,000 keyring fetches/s from one node", f"{best:,.0f}/s sustained "
-            f"(max achieved {load['max_achieved_per_s']:,.0f}/s)", best >= 2000, "load")
-        p99 = load.get("p99_at_1000_s")
-        row("keyring fetch p99 < 50 ms at 1,000/s", _ms(p99),
-            None if p99 is None else p99 < 0.05, "load")
-    rot = _get(report, "rotation", "sequential")
-    if rot:
-        row("acknowledged rotate p50 <= 5 ms (fsync)", _ms(rot["p50_s"]),
-            rot["p50_s"] <= 0.005, "rotation")
-    _issue16_raft_targets(report, row)
-    enc = _get(report, "encryption", "1 KiB")
-    if enc:
-        for op in ("encrypt", "decrypt"):
-            floor = enc.get(f"{op}_floor_ratio")
-            row(f"{op} at 1 KiB >= 80% of raw AESGCM", f"{enc[f'{op}_ratio']:.0%} "
-                f"({enc[f'client_{op}']:,.0f} vs {enc[f'raw_{op}']:,.0f} ops/s"
-                + (f"; the format's Python floor {floor:.0%})" if floor else ")"),
-                enc[f"{op}_ratio"] >= 0.8, "encryption")
-    rw = _get(report, "rewrap") or {}
-    # Reports from before the PostgreSQL store hold one SQLite figure at the top level.
-    backends = rw.get("backends") or ({"sqlite": {**rw, "rows": rw["config"]["rows"],
-                                                  "target_rows_per_s": 20000}} if rw else {})
-    for kind, r in backends.items():
-        if r.get("skipped"):
-            continue
-        row(f"rewrap {kind} >= {r['target_rows_per_s']:,} rows/s",
-            f"{r['rows_per_s']:,.0f} rows/s ({r['rows']:,} rows in {r['seconds']:.2f} s)",
-            r["rows_per_s"] >= r["target_rows_per_s"], "rewrap")
-    return rows
-
-
-def _issue16_raft_targets(report: dict[str, Any],
-                          row: Callable[[str, str, bool | None, str], None]) -> None:
-    """Issue 16, items 2 and 4: failover, spurious elections, the write path."""
-    for kind in ("sigkill", "sigstop"):
-        k = _get(report, "failover", kind)
-        if k:
-            a = k["ack_rotate_s"]
-            row(f"failover {kind.upper()}: median <= 250 ms, p99 <= 500 ms (issue 16)",
-                f"{_ms(a.get('median'))} / {_ms(a.get('p99'))}",
-                a.get("median", 9) <= 0.25 and a.get("p99", 9) <= 0.5, "failover")
-    spurious = [(name, x["elections"]) for name, x in (
-        ("idle", _get(report, "idle")), ("load", _get(report, "load", "elections")),
-        ("failover load", _get(report, "failover", "load_without_failures")))
-        if x and x.get("elections") is not None]
-    if spurious:
-        row("no spurious elections (idle, load) (issue 16)",
-            ", ".join(f"{n} {e}" for n, e in spurious),
-            all(e == 0 for _, e in spurious), "idle/load/failover")
-    rot = _get(report, "rotation", "sequential")
-    if rot:
-        row("acknowledged rotate p50 <= 2.5 ms (issue 16)", _ms(rot["p50_s"]),
-            rot["p50_s"] <= 0.0025, "rotation")
-    c = _get(report, "commits", "concurrent")
-    if c:
-        row(">= 400 concurrent commits/s with 8 writers (issue 16)",
-            f"{c['commits_per_s']:,.0f}/s Raft ({c['leader_entries_per_fsync']:.1f} entries "
-            "per leader fsync)", c["commits_per_s"] >= 400, "commits")
-
-
-def print_targets(report: dict[str, Any]) -> None:
-    rows = targets(report)
-    if not rows:
-        return
-    widths = [max(len(r[i]) for r in rows) for i in range(3)]
-    print("\ntargets (issue 6; measured, never asserted)")
-    for r in rows:
-        print(f"  {r[0].ljust(widths[0])}  {r[1].ljust(widths[1])}  {r[2]}")
-    comp = comparisons(report)
-    if comp:
-        print("raftsso / peer, same run: " + ", ".join(f"{k} {v:.2f}" for k, v in comp.items()))
-
-
 def _scenario_tables(report: dict[str, Any]) -> list[str]:
     lines: list[str] = []
-    f = _get(report, "failover")
+    f = get(report, "failover")
     if f:
         lines += ["### Failover", "",
                   f"{f['config']['trials_per_signal']} trials per signal, "
@@ -200,19 +37,19 @@ def _scenario_tables(report: dict[str, Any]) -> list[str]:
             for metric, label in (("new_leader_s", "new leader"),
                                   ("ack_rotate_s", "first acknowledged rotate")):
                 s = e[metric]
-                lines.append(f"| {kind.upper()} | {label} | {_ms(s.get('median'))} | "
-                             f"{_ms(s.get('p90'))} | {_ms(s.get('p99'))} | "
-                             f"{_ms(s.get('max'))} | {e['failed_client_ops']} of "
+                lines.append(f"| {kind.upper()} | {label} | {fmt_ms(s.get('median'))} | "
+                             f"{fmt_ms(s.get('p90'))} | {fmt_ms(s.get('p99'))} | "
+                             f"{fmt_ms(s.get('max'))} | {e['failed_client_ops']} of "
                              f"{e['client_ops'] + e['failed_client_ops']:,} |")
         def slow(kind: str) -> str:
             x = f[kind]["slowest_client_op_s"]
-            return _ms(x) if x else "none over 50 ms"
+            return fmt_ms(x) if x else "none over 50 ms"
 
         lines += ["", f"Slowest single client operation: SIGKILL {slow('sigkill')}, SIGSTOP "
                   f"{slow('sigstop')}; largest "
-                  f"client sync age: SIGKILL {_ms(f['sigkill']['max_client_sync_age_s'])}, "
-                  f"SIGSTOP {_ms(f['sigstop']['max_client_sync_age_s'])}.", ""]
-    e = _get(report, "etcd")
+                  f"client sync age: SIGKILL {fmt_ms(f['sigkill']['max_client_sync_age_s'])}, "
+                  f"SIGSTOP {fmt_ms(f['sigstop']['max_client_sync_age_s'])}.", ""]
+    e = get(report, "etcd")
     if e and not e.get("skipped"):
         lines += [f"### etcd {e['config']['version']} (3 members, default timings, "
                   "same machine, same run)", "",
@@ -221,15 +58,15 @@ def _scenario_tables(report: dict[str, Any]) -> list[str]:
                            ("ack_write_s", "SIGKILL leader -> first acknowledged put"),
                            ("sequential_put_s", "sequential put (one client)")):
             s = e[key]
-            lines.append(f"| {label} | {_ms(s.get('median'))} | {_ms(s.get('p90'))} | "
-                         f"{_ms(s.get('p99'))} | {_ms(s.get('max'))} |")
+            lines.append(f"| {label} | {fmt_ms(s.get('median'))} | {fmt_ms(s.get('p90'))} | "
+                         f"{fmt_ms(s.get('p99'))} | {fmt_ms(s.get('max'))} |")
         comp = comparisons(report)
         lines += ["", "raftsso / etcd: " + ", ".join(f"{k.replace('_', ' ')} **{v:.2f}**"
                                                      for k, v in comp.items()), ""]
     elif e:
         lines += ["### etcd", "", e.get("note", "skipped"), ""]
     lines += _peer_tables(report)
-    ld = _get(report, "load")
+    ld = get(report, "load")
     if ld:
         c = ld["clients"]
         lines += ["### Client load (keyring fetches from node1)", "",
@@ -237,8 +74,8 @@ def _scenario_tables(report: dict[str, Any]) -> list[str]:
                   f"connection (opened in {c['connect_s']:.1f} s, "
                   f"{c['handshakes_per_s']:.0f} handshakes/s), resync "
                   f"{ld['config']['client_interval_s']:g} s +/-10 %: "
-                  f"{c['achieved_per_s']:.0f} fetches/s, p50 {_ms(c['p50_s'])}, p99 "
-                  f"{_ms(c['p99_s'])}, {c['errors'] + c['connect_errors']} errors; node CPU "
+                  f"{c['achieved_per_s']:.0f} fetches/s, p50 {fmt_ms(c['p50_s'])}, p99 "
+                  f"{fmt_ms(c['p99_s'])}, {c['errors'] + c['connect_errors']} errors; node CPU "
                   f"{c['node_cpu']:.2f} core, RSS {c['node_rss_mib_before']:.0f} MiB idle -> "
                   f"{c['node_rss_mib_connected']:.0f} MiB with the connections open.", "",
                   f"Ramp (measured first, on the fresh node; {ld['config']['ramp_pool']}):",
@@ -248,52 +85,72 @@ def _scenario_tables(report: dict[str, Any]) -> list[str]:
                   "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
         for s in ld["ramp"]:
             lines.append(f"| {s['offered_per_s']:,} | {s['achieved_per_s']:,.0f} | "
-                         f"{_ms(s['p50_s'])} | {_ms(s['p99_s'])} | {s['node_cpu']:.2f} | "
+                         f"{fmt_ms(s['p50_s'])} | {fmt_ms(s['p99_s'])} | {s['node_cpu']:.2f} | "
                          f"{s['generator_cpu_proc']:.2f} | {s.get('machine_cpu', 0):.2f} | "
-                         f"{_ms(s['generator_lag_p99_s'])} | "
+                         f"{fmt_ms(s['generator_lag_p99_s'])} | "
                          f"{'yes' if s['sustained'] else 'no'} |")
         sat = ld.get("saturation") or {}
         if sat:
             lines += ["", f"Closed loop ({sat['connections']} connections back to back): "
-                      f"**{sat['achieved_per_s']:,.0f}/s**, p50 {_ms(sat['p50_s'])}, p99 "
-                      f"{_ms(sat['p99_s'])}; node CPU {sat['node_cpu']:.2f}, generator "
+                      f"**{sat['achieved_per_s']:,.0f}/s**, p50 {fmt_ms(sat['p50_s'])}, p99 "
+                      f"{fmt_ms(sat['p99_s'])}; node CPU {sat['node_cpu']:.2f}, generator "
                       f"{sat['generator_cpu_proc']:.2f}, machine {sat['machine_cpu']:.2f} "
                       "cores."]
+        at = ld.get("at_target_rate")
+        if at:
+            lines += ["", f"At exactly {at['offered_per_s']:,}/s offered ("
+                      + ("the ramp's step" if at.get("ramp_step") else "one step after the "
+                         "ramp, which stopped below it")
+                      + f"): done {at['achieved_per_s']:,.0f}/s, p50 {fmt_ms(at['p50_s'])}, "
+                      f"**p99 {fmt_ms(at['p99_s'])}**, {at['errors']} errors, node CPU "
+                      f"{at['node_cpu']:.2f}."]
+        for kind, x in (ld.get("churn") or {}).items():
+            how = "resuming the TLS session" if kind == "resumed" else "full handshakes"
+            lines += ["", f"New connections, {how} "
+                      f"({x['threads']} threads: connect, one fetch, close): "
+                      f"**{x['achieved_per_s']:,.0f}/s**, {x['resumed']:,} of {x['completed']:,} "
+                      f"resumed, p50 {fmt_ms(x['p50_s'])}, {x['errors']} errors; node CPU "
+                      f"{x['node_cpu']:.2f}, generator {x['generator_cpu_proc']:.2f}."]
         lines += ["", f"Highest sustained: **{ld['max_sustained_per_s']:,.0f}/s**. "
                   f"Limit: {ld['limit']}.", ""]
-    r = _get(report, "rotation")
+    r = get(report, "rotation")
     if r:
         s, c, g = r["sequential"], r["concurrent"], r["keyring_growth"]
         w = r["rotate_now_with_clients"]
         lines += ["### Rotation", "",
-                  f"Sequential (n={s['n']}): p50 {_ms(s['p50_s'])}, p90 {_ms(s['p90_s'])}, "
-                  f"p99 {_ms(s['p99_s'])}, max {_ms(s['max_s'])} (first tenth p50 "
-                  f"{_ms(s['first_tenth_p50_s'])}, last tenth {_ms(s['last_tenth_p50_s'])}). "
+                  f"Sequential (n={s['n']}): p50 {fmt_ms(s['p50_s'])}, p90 {fmt_ms(s['p90_s'])}, "
+                  f"p99 {fmt_ms(s['p99_s'])}, max {fmt_ms(s['max_s'])} (first tenth p50 "
+                  f"{fmt_ms(s['first_tenth_p50_s'])}, last tenth {fmt_ms(s['last_tenth_p50_s'])}). "
                   f"Concurrent ({c['threads']} threads): {c['commits_per_s']:.0f} commits/s, "
                   f"{c['errors']} errors.", "",
                   f"Keyring growth: {g['versions_before']} -> {g['versions_after_sequential']} "
                   f"versions, answer {g['answer_bytes_before']:,} -> "
                   f"{g['answer_bytes_after_sequential']:,} bytes "
                   f"({g['bytes_per_version']:.0f} B per version), fetch p50 "
-                  f"{_ms(g['fetch_p50_s_before'])} -> {_ms(g['fetch_p50_s_after'])}.", "",
+                  f"{fmt_ms(g['fetch_p50_s_before'])} -> {fmt_ms(g['fetch_p50_s_after'])}"
+                  + (f"; the answer to a client that holds the keyring: "
+                     f"{g['held_answer_bytes_before']} -> "
+                     f"{g['held_answer_bytes_after_sequential']} bytes"
+                     if "held_answer_bytes_before" in g else "") + ".", "",
                   f"`rotate --now` x{w['rotations']} with 4 SSO clients running: "
                   f"**{w['failed_ops']}** failed client operations of "
                   f"{w['ok_ops'] + w['failed_ops']:,}"
                   + (f" (e.g. `{w['failures'][0]}`)" if w["failures"] else "") + ".", ""]
-    cm = _get(report, "commits")
+    cm = get(report, "commits")
     if cm:
         s, c = cm["sequential"], cm["concurrent"]
         lines += ["### Raft commits (the write path alone)", "",
-                  f"Sequential (n={s['n']}): p50 {_ms(s['p50_s'])}, p90 {_ms(s['p90_s'])}, "
-                  f"p99 {_ms(s['p99_s'])}; leader CPU {s['leader_cpu_ms_per_commit']:.2f} ms "
+                  f"Sequential (n={s['n']}): p50 {fmt_ms(s['p50_s'])}, p90 {fmt_ms(s['p90_s'])}, "
+                  f"p99 {fmt_ms(s['p99_s'])}; leader CPU {s['leader_cpu_ms_per_commit']:.2f} ms "
                   f"per commit. {c['threads']} writers: **{c['commits_per_s']:,.0f} "
                   f"commits/s**, {c['leader_entries_per_fsync']:.1f} entries per leader "
                   f"fsync, {c['errors']} errors.", ""]
-    idle = _get(report, "idle")
+    idle = get(report, "idle")
     if idle:
         lines += [f"Idle cluster, {idle['seconds']:.0f} s: {idle['elections']} elections, "
                   f"{idle['leader_changes']} leader changes.", ""]
-    enc = _get(report, "encryption")
+    lines += _cli_and_agent(report)
+    enc = get(report, "encryption")
     if enc:
         lines += ["### Encryption (ops/s, one thread)", "",
                   "Floor: the same token made (opened) by the least inline Python, no checks "
@@ -305,12 +162,12 @@ def _scenario_tables(report: dict[str, Any]) -> list[str]:
             x = enc.get(label)
             if x:
                 lines.append(f"| {label} | {x['raw_encrypt']:,.0f} | "
-                             f"{x['raw_nonce_encrypt']:,.0f} | {_ops(x.get('floor_encrypt'))} | "
+                             f"{x['raw_nonce_encrypt']:,.0f} | {fmt_ops(x.get('floor_encrypt'))} | "
                              f"{x['client_encrypt']:,.0f} | {x['encrypt_ratio']:.0%} | "
-                             f"{x['raw_decrypt']:,.0f} | {_ops(x.get('floor_decrypt'))} | "
+                             f"{x['raw_decrypt']:,.0f} | {fmt_ops(x.get('floor_decrypt'))} | "
                              f"{x['client_decrypt']:,.0f} | {x['decrypt_ratio']:.0%} |")
         lines.append("")
-    rw = _get(report, "rewrap")
+    rw = get(report, "rewrap")
     if rw:
         extra = (f"; {rw['rows_per_s_without_startup']:,.0f} rows/s less the "
                  f"{rw['noop_run_s']:.2f} s of an empty run"
@@ -327,17 +184,43 @@ def _scenario_tables(report: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _rate(x: Any) -> str:
-    return f"{x:,.0f}/s" if _num(x) else "-"
-
-
-def _ratio(a: Any, b: Any) -> str:
-    return f"{a / b:.2f}" if _num(a) and _num(b) and b else "-"
+def _cli_and_agent(report: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
+    cli = get(report, "cli")
+    if cli:
+        lines += ["### CLI start (wall time of a fresh process)", "",
+                  "| command | min | p50 | p90 | max | exit codes |",
+                  "| --- | ---: | ---: | ---: | ---: | --- |"]
+        for key, label in (("python_start", "`python -c pass`"),
+                           ("version", "`raftsso --version`"),
+                           ("status", "`raftsso status` (healthy local cluster)")):
+            x = cli.get(key)
+            if x:
+                lines.append(f"| {label} | {fmt_ms(x['min_s'])} | {fmt_ms(x['p50_s'])} | "
+                             f"{fmt_ms(x['p90_s'])} | {fmt_ms(x['max_s'])} | "
+                             f"{', '.join(map(str, x['exit_codes']))} |")
+        imports = cli.get("status_imports_s") or []
+        lines += ["", f"{cli['config']['runs']} runs each. Slowest top-level imports of "
+                  "`status`: " + (", ".join(f"`{name.strip()}` {fmt_ms(sec)}"
+                                            for name, sec in imports) or "-") + ".", ""]
+    agent = get(report, "agent")
+    if agent:
+        lines += ["### Agent (HTTP over its Unix socket, 1 KiB)", "",
+                  "| op | clients | ops/s | p50 | p99 | errors | agent CPU |",
+                  "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for key, x in agent.items():
+            if " x" in key and isinstance(x, dict):  # "encrypt x8"; not "target", "config"
+                lines.append(f"| {key.rsplit(' x', 1)[0]} | {x['clients']} | "
+                             f"{fmt_ops(x['ops_per_s'])} | {x['p50_ms']:.3f} ms | "
+                             f"{x['p99_ms']:.3f} ms | {x['errors']} | "
+                             f"{x.get('agent_cpu') or 0:.2f} |")
+        lines.append("")
+    return lines
 
 
 def _peer_tables(report: dict[str, Any]) -> list[str]:
     """raftsso beside etcd and OpenBao, from one run; '-' where a side was not measured."""
-    bao = _get(report, "openbao")
+    bao = get(report, "openbao")
     if not bao:
         return []
     if bao.get("skipped"):
@@ -345,10 +228,10 @@ def _peer_tables(report: dict[str, Any]) -> list[str]:
     lines: list[str] = []
     fo = bao["failover"]
     d, m1 = fo["default"], fo["multiplier_1"]
-    r_ack = _get(report, "failover", "sigkill", "ack_rotate_s") or {}
-    e_ack = _get(report, "etcd", "ack_write_s") or {}
-    r_rot = _get(report, "rotation", "sequential", "p50_s")
-    e_put = _get(report, "etcd", "sequential_put_s", "median")
+    r_ack = get(report, "failover", "sigkill", "ack_rotate_s") or {}
+    e_ack = get(report, "etcd", "ack_write_s") or {}
+    r_rot = get(report, "rotation", "sequential", "p50_s")
+    e_put = get(report, "etcd", "sequential_put_s", "median")
     b_rot = bao["transit"]["rotate_sequential"]["p50_s"]
     lines += [f"### raftsso beside etcd and OpenBao {bao['config']['version']} (same run)", "",
               "Failover: SIGKILL of the leader (OpenBao: the active node) to the first "
@@ -361,10 +244,10 @@ def _peer_tables(report: dict[str, Any]) -> list[str]:
                        ("max", "failover max")):
         r, e = r_ack.get(key), e_ack.get(key)
         bd, bm = d["ack_write_s"].get(key), m1["ack_write_s"].get(key)
-        lines.append(f"| {label} | {_ms(r)} | {_ms(e)} | {_ms(bd)} | {_ms(bm)} | "
-                     f"{_ratio(r, e)} | {_ratio(r, bd)} | {_ratio(r, bm)} |")
-    lines.append(f"| acknowledged write, sequential p50 | {_ms(r_rot)} | {_ms(e_put)} | "
-                 f"{_ms(b_rot)} | | {_ratio(r_rot, e_put)} | {_ratio(r_rot, b_rot)} | |")
+        lines.append(f"| {label} | {fmt_ms(r)} | {fmt_ms(e)} | {fmt_ms(bd)} | {fmt_ms(bm)} | "
+                     f"{fmt_ratio(r, e)} | {fmt_ratio(r, bd)} | {fmt_ratio(r, bm)} |")
+    lines.append(f"| acknowledged write, sequential p50 | {fmt_ms(r_rot)} | {fmt_ms(e_put)} | "
+                 f"{fmt_ms(b_rot)} | | {fmt_ratio(r_rot, e_put)} | {fmt_ratio(r_rot, b_rot)} | |")
     def failed(f: dict[str, Any]) -> str:
         by = ", ".join(f"{k} {v:,}" for k, v in (f.get("failed_by_status") or {}).items())
         return f"{f['failed_writes']:,}" + (f" ({by})" if by else "")
@@ -373,30 +256,28 @@ def _peer_tables(report: dict[str, Any]) -> list[str]:
               f"(heartbeat timeout {d['heartbeat_s']:g} s / {m1['heartbeat_s']:g} s); "
               "failed writes while electing (any answer but 2xx, by status, 307 to the dead "
               f"node included and not followed; 'error': no answer): {failed(d)} / "
-              f"{failed(m1)}; new active node median {_ms(d['new_active_s'].get('median'))} / "
-              f"{_ms(m1['new_active_s'].get('median'))}.", ""]
+              f"{failed(m1)}; new active node median {fmt_ms(d['new_active_s'].get('median'))} / "
+              f"{fmt_ms(m1['new_active_s'].get('median'))}.", ""]
     t = bao["transit"]
-    agent = _get(report, "agent") or {}
+    n = t["clients"]
     lines += ["Encryption of 1 KiB: raftsso's in-process client (one thread, from "
-              "`encryption`), the raftsso agent (when measured) and OpenBao transit over "
-              f"HTTP keep-alive, sequential and {t['clients']} clients. Ratios are "
-              "raftsso / OpenBao: above 1, raftsso is faster.", "",
-              "| op | raftsso client | raftsso agent | raftsso agent, "
-              f"{t['clients']} clients | OpenBao transit | OpenBao transit, {t['clients']} "
-              "clients | client / transit | agent / transit |",
-              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+              "`encryption`), the raftsso agent over its Unix socket (from `agent`: 1 and "
+              f"{n} clients) and OpenBao transit over HTTP keep-alive (1 and {n} clients). "
+              "Ratios are raftsso / OpenBao: above 1, raftsso is faster.", "",
+              f"| op | raftsso client | agent | agent x{n} | transit | transit x{n} | "
+              f"client / transit | agent / transit | agent x{n} / transit x{n} |",
+              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for op in ("encrypt", "decrypt"):
-        client = _get(report, "encryption", "1 KiB", f"client_{op}")
-        a_seq = (agent.get(f"{op}_sequential") or {}).get("per_s")
-        a_con = (agent.get(f"{op}_concurrent") or {}).get("per_s")
+        client = get(report, "encryption", "1 KiB", f"client_{op}")
+        a_seq, a_con = agent_rate(report, op, "sequential"), agent_rate(report, op, "concurrent")
         b_seq, b_con = t[f"{op}_sequential"]["per_s"], t[f"{op}_concurrent"]["per_s"]
-        lines.append(f"| {op} | {_rate(client)} | {_rate(a_seq)} | {_rate(a_con)} | "
-                     f"{_rate(b_seq)} | {_rate(b_con)} | {_ratio(client, b_seq)} | "
-                     f"{_ratio(a_seq, b_seq)} |")
+        lines.append(f"| {op} | {fmt_rate(client)} | {fmt_rate(a_seq)} | {fmt_rate(a_con)} | "
+                     f"{fmt_rate(b_seq)} | {fmt_rate(b_con)} | {fmt_ratio(client, b_seq)} | "
+                     f"{fmt_ratio(a_seq, b_seq)} | {fmt_ratio(a_con, b_con)} |")
     lines += ["", f"OpenBao transit, sequential p50: encrypt "
-              f"{_ms(t['encrypt_sequential']['p50_s'])}, decrypt "
-              f"{_ms(t['decrypt_sequential']['p50_s'])}; key rotate p50 {_ms(b_rot)}, p99 "
-              f"{_ms(t['rotate_sequential']['p99_s'])}; the {t['clients']}-client load "
+              f"{fmt_ms(t['encrypt_sequential']['p50_s'])}, decrypt "
+              f"{fmt_ms(t['decrypt_sequential']['p50_s'])}; key rotate p50 {fmt_ms(b_rot)}, p99 "
+              f"{fmt_ms(t['rotate_sequential']['p99_s'])}; the {t['clients']}-client load "
               f"generator used {t['encrypt_concurrent']['generator_cpu']:.2f} core.", ""]
     return lines
 
@@ -409,8 +290,10 @@ def markdown(report: dict[str, Any], png: str | None) -> str:
              f"Python {m['python']}; `python -m bench` took "
              f"{report.get('elapsed_s', 0):.0f} s. Load average (1/5/15 min) at start "
              f"{m.get('loadavg_at_start')}, at end {m.get('loadavg_at_end')}.", "",
-             "| target (issue 6) | measured | met | scenario |", "| --- | --- | --- | --- |"]
-    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in targets(report)]
+             "Targets: issue 6, and issue 16 by item (16.N); met is yes, NO, or n/a (not "
+             "measured, or at a size that cannot settle it).", "",
+             "| issue | target | measured | met | scenario |", "| --- | --- | --- | --- | --- |"]
+    lines += [f"| {i} | {a} | {b} | {c} | {d} |" for i, a, b, c, d in targets(report)]
     lines.append("")
     if png:
         lines += [f"![failover timeline and latency CDFs]({png})", ""]

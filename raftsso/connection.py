@@ -85,7 +85,7 @@ class Connection:
         self._out: bytes | None = None  # an answer the socket did not take yet
         self._busy = False  # a request is being answered: read nothing more meanwhile
         self._ending = False  # close once the last answer is sent
-        self._task: asyncio.Task[WireMap] | None = None
+        self._task: asyncio.Task[Answered] | None = None
         self._reading = False
         self._deadline = loop.time() + settings.idle_timeout
         self._when = self._deadline
@@ -105,6 +105,12 @@ class Connection:
             self._loop.remove_reader(self._fd)
 
     def _readable(self) -> None:
+        if self._busy:
+            # A request is being answered and the client sent more: stop watching the
+            # socket until the answer is out. (Not before: a client that waits for its
+            # answer sends nothing, and unwatching then rewatching costs two epoll_ctl.)
+            self._pause()
+            return
         settings = self._s
         sock = self._sock
         try:
@@ -167,22 +173,21 @@ class Connection:
         except DecodeError as exc:
             self._refuse(error(0, "BAD_FRAME", str(exc)))
             return
-        coro = self._s.service.handle(self.caller, message)
+        coro = self._s.service.answer(self.caller, message)
         # Reads finish without awaiting anything: run the coroutine here, with no task;
-        # only a request that awaits (a write, in a worker thread) gets one. So a handler
-        # must not need a current task before its first await (no asyncio.timeout there).
+        # only a request that awaits (a write) gets one. So a handler must not need a
+        # current task before its first await (no asyncio.timeout there).
         try:
             awaited = coro.send(None)
         except StopIteration as stop:
-            self._answer(stop.value)
+            self._answer(*stop.value)
             return
-        self._busy = True
-        self._pause()
+        self._busy = True  # read nothing more meanwhile (see _readable)
         task = self._loop.create_task(_finish(coro, awaited))
         self._task = task
         task.add_done_callback(self._answered)
 
-    def _answered(self, task: asyncio.Task[WireMap]) -> None:
+    def _answered(self, task: asyncio.Task[Answered]) -> None:
         self._task = None
         if task.cancelled() or self.closed:
             return
@@ -191,7 +196,7 @@ class Connection:
             self._failed(exc)
             return
         self._busy = False
-        self._answer(task.result())
+        self._answer(*task.result())
         self._continue()
 
     def _continue(self) -> None:
@@ -209,7 +214,8 @@ class Connection:
 
     # -- answering ----------------------------------------------------------------------
 
-    def _answer(self, answer: WireMap) -> None:
+    def _answer(self, answer: WireMap, later: Callable[[], None] | None = None) -> None:
+        """Send ``answer``; then ``later`` (the service's late observers)."""
         service = self._s.service
         try:
             data = service.encode(answer, self._s.answer_cap)
@@ -217,6 +223,8 @@ class Connection:
             self._failed(exc)
             return
         self._write(data)
+        if later is not None:
+            later()
         if service.ends_connection(answer):
             self._end_after_write()
 
@@ -351,8 +359,13 @@ def discard_input(sock: socket.socket, limit: int = 4) -> None:
             return
 
 
+#: What :meth:`raftsso.server.Service.answer` returns: the answer, what to do once it is sent.
+Answered = tuple[WireMap, Callable[[], None] | None]
+
+
 @types.coroutine
-def _finish(coro: Coroutine[Any, Any, WireMap], awaited: Any) -> Generator[Any, Any, WireMap]:
+def _finish(coro: Coroutine[Any, Any, Answered], awaited: Any
+            ) -> Generator[Any, Any, Answered]:
     """The rest of a coroutine already started (it yielded ``awaited``), as a task runs it:
     the task waits for what the coroutine yields and resumes it (or throws into it)."""
     while True:

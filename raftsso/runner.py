@@ -156,7 +156,9 @@ async def _serve(node: Node, metrics: NodeMetrics | None = None,
 
     node.drop_listeners.append(forget_answers)
     watch_revocations(server, node, audit, daytwo)
-    server.service.observers.append(RequestTelemetry(audit, metrics))
+    telemetry = RequestTelemetry(audit, metrics)
+    server.service.observers.append(telemetry.record)
+    server.service.late_observers.append(telemetry.announce)
     if metrics is not None:
         server.on_tls_failure = lambda reason: metrics.tls_handshake_failures.labels(
             reason).inc()

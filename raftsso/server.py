@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import socket
 import ssl
@@ -179,7 +180,11 @@ class Service:
 
     def __init__(self, node: Node) -> None:
         self.node = node
+        # Observers run before the answer leaves (the audit line: an answered request is
+        # on record); late observers once it has been handed to the socket (event lines,
+        # which wake the log thread: not worth delaying the caller for).
         self.observers: list[Observer] = []
+        self.late_observers: list[Observer] = []
         self.routes: dict[str, Route] = {
             Op.PING: route(READ_ROLES, PingRequest, self._ping),
             Op.STATUS: route(READ_ROLES, StatusRequest, self._status),
@@ -215,11 +220,25 @@ class Service:
         self._packed: dict[bool, tuple[KeyringResult, WireValue, bytes]] = {}
 
     async def handle(self, caller: Caller, message: WireMap) -> WireMap:
+        """The answer, every observer called (late ones too)."""
+        answer, later = await self.answer(caller, message)
+        if later is not None:
+            later()
+        return answer
+
+    async def answer(self, caller: Caller, message: WireMap
+                     ) -> tuple[WireMap, Callable[[], None] | None]:
+        """The answer, and what is left to do once it has been sent: call the late
+        observers (None: nothing)."""
         start = time.perf_counter()
         answer = await self._handle(caller, message)
-        if self.observers:
-            self._observe(caller, message, answer, time.perf_counter() - start)
-        return answer
+        if not self.observers and not self.late_observers:
+            return answer, None
+        seen = self._observed(caller, message, answer, time.perf_counter() - start)
+        _notify(self.observers, seen)
+        if not self.late_observers:
+            return answer, None
+        return answer, functools.partial(_notify, self.late_observers, seen)
 
     @staticmethod
     def ends_connection(answer: WireMap) -> bool:
@@ -227,22 +246,17 @@ class Service:
         body = answer.get("error")
         return isinstance(body, dict) and body.get("code") == ErrorCode.BAD_REQUEST
 
-    def _observe(self, caller: Caller, message: WireMap, answer: WireMap,
-                 seconds: float) -> None:
+    def _observed(self, caller: Caller, message: WireMap, answer: WireMap,
+                  seconds: float) -> Observed:
         op = message.get("op")
         op = op if isinstance(op, str) else ""
         args = message.get("args")
         body = answer.get("error")
         code = ErrorCode.from_wire(body.get("code")) if isinstance(body, dict) else None
         entry = self.routes.get(op)
-        seen = Observed(caller, op, args if isinstance(args, dict) else {},
+        return Observed(caller, op, args if isinstance(args, dict) else {},
                         entry.roles if entry else frozenset(), code, answer.get("result"),
                         seconds)
-        for observer in self.observers:
-            try:
-                observer(seen)
-            except Exception:  # observing must never break serving
-                log.exception("request observer failed")
 
     async def _handle(self, caller: Caller, message: WireMap) -> WireMap:
         rid = _rid(message)
@@ -333,10 +347,9 @@ class Service:
 
     async def _rotate(self, caller: Caller, req: RotateRequest) -> Result:
         self._require_leader()
-        result = await asyncio.to_thread(self.node.rotate, req)
-        log.info("rotation by %s: version %s (%s), primary %s", caller.name, result.version,
-                 result.state, result.primary_version)
-        return result
+        # Awaited on the loop: no worker thread waits for the commit. No log line here:
+        # the rotation's event line (rotation_staged/promoted, raftsso.telemetry) says it.
+        return await self.node.rotate_async(req)
 
     async def _retire(self, caller: Caller, req: RetireRequest) -> Result:
         self._require_leader()
@@ -446,6 +459,14 @@ class Service:
     def _require_leader(self) -> None:
         if not self.node.raft.is_leader:
             raise NotLeader("this node is not the leader")
+
+
+def _notify(observers: list[Observer], seen: Observed) -> None:
+    for observer in observers:
+        try:
+            observer(seen)
+        except Exception:  # observing must never break serving
+            log.exception("request observer failed")
 
 
 def _rid(message: WireMap) -> int:

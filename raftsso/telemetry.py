@@ -1,8 +1,10 @@
 """Wires what the service answers into metrics, the audit log and events.
 
 :class:`RequestTelemetry` is a :data:`raftsso.server.Observer`: the service calls it, on
-the event loop, after every answered request. Everything it does is in memory or one
-``write(2)`` (see :mod:`raftsso.audit`), so it adds microseconds to a request.
+the event loop, after every answered request: :meth:`~RequestTelemetry.record` (metrics, the
+audit line) before the answer leaves, :meth:`~RequestTelemetry.announce` (event lines) once
+it has. Everything it does is in memory or one ``write(2)`` (see :mod:`raftsso.audit`), so
+it adds microseconds to a request.
 
 Audit rule (documented in ``docs/operations.md``):
 
@@ -43,6 +45,11 @@ class RequestTelemetry:
         self.limiter = limiter or events.RateLimiter(60.0)
 
     def __call__(self, seen: Observed) -> None:
+        self.record(seen)
+        self.announce(seen)
+
+    def record(self, seen: Observed) -> None:
+        """Metrics and the audit line: before the answer leaves."""
         caller = seen.caller
         if self.metrics is not None:
             self.metrics.observe_request(caller.role, caller.name, seen.op, seen.code,
@@ -58,9 +65,9 @@ class RequestTelemetry:
             else:
                 self.audit.read(cn=caller.name, role=caller.role, op=seen.op,
                                 peer=caller.peer, code=seen.code)
-        self._events(seen)
 
-    def _events(self, seen: Observed) -> None:
+    def announce(self, seen: Observed) -> None:
+        """Event lines: once the answer has been sent (raftsso.server's late observers)."""
         caller, op, code = seen.caller, seen.op, seen.code
         who = {"client": caller.name, "role": caller.role, "peer": caller.peer}
         if code == "FORBIDDEN":

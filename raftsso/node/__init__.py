@@ -294,6 +294,11 @@ class Node:
     def rotate(self, req: RotateRequest) -> VersionResult:
         return self.keyring_writes.rotate(req)
 
+    async def rotate_async(self, req: RotateRequest) -> VersionResult:
+        """:meth:`rotate` on the service's event loop (no worker thread when none is
+        needed)."""
+        return await self.keyring_writes.rotate_async(req)
+
     def retire(self, req: RetireRequest) -> VersionResult:
         """Retire, then destroy: the answer says whether this node's files already hold no
         sealed copy of the version (``destroyed``); every other node compacts on its own

@@ -7,6 +7,7 @@ keyring as it is past the barrier (:mod:`raftsso.node.write_path`).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -73,16 +74,33 @@ class KeyringWrites:
         assert result is not None
         return result
 
+    async def rotate_async(self, req: RotateRequest) -> VersionResult:
+        """:meth:`rotate` for the service's event loop: built there and awaited there,
+        with no worker thread, when the seal wraps in memory and the write path is free
+        (:meth:`WritePath.run_async`); otherwise in a worker thread."""
+        if not self._seal.wraps_in_memory:  # a token call may block: not on the loop
+            return await asyncio.to_thread(self.rotate, req)
+        outcome = await self._writes.run_async(req.request_id, "rotation",
+                                               self._rotate_builder(req, lambda ring: True))
+        assert outcome is not None
+        return VersionResult.from_wire(result_of(outcome))
+
     def rotate_if(self, req: RotateRequest,
                   still_wanted: Callable[[Keyring], bool]) -> VersionResult | None:
         """:meth:`rotate`, unless ``still_wanted`` says no on the keyring past the barrier
         (the leader's rotation policy, :mod:`raftsso.node.schedule`): then None."""
+        outcome = self._writes.run(req.request_id, "rotation",
+                                   self._rotate_builder(req, still_wanted))
+        return None if outcome is None else VersionResult.from_wire(result_of(outcome))
 
+    def _rotate_builder(self, req: RotateRequest, still_wanted: Callable[[Keyring], bool]
+                        ) -> Callable[[Keyring], Command | None]:
         def build(ring: Keyring) -> Command | None:
             if not still_wanted(ring):
                 return None
-            live = live_versions(ring)
-            if live >= MAX_LIVE_VERSIONS:
+            # Counting walks every version: only when there are enough to reach the cap.
+            if len(ring.versions) >= MAX_LIVE_VERSIONS and \
+                    (live := live_versions(ring)) >= MAX_LIVE_VERSIONS:
                 raise _too_many(live)
             version = version_id(ring.last_id + 1)
             key = envelope.new_key()
@@ -97,8 +115,7 @@ class KeyringWrites:
             return Rotate(req.request_id, version, sealed, fingerprint, time.time(), expect,
                           req.now)
 
-        outcome = self._writes.run(req.request_id, "rotation", build)
-        return None if outcome is None else VersionResult.from_wire(result_of(outcome))
+        return build
 
     def retire(self, req: RetireRequest) -> VersionResult:
         """Destroy a non-primary version's key material in the replicated state.

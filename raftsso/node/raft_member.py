@@ -9,7 +9,7 @@ member).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from raftsso.config import NodeConfig, Peer
@@ -76,6 +76,11 @@ class RaftMember(Protocol):
 
     def propose(self, command: bytes, timeout: float) -> Outcome:
         """The applied outcome; NotLeader (certainly not appended) or OutcomeUnknown."""
+        ...
+
+    def submit(self, command: bytes, ended: Callable[[Outcome | Exception], None]) -> None:
+        """:meth:`propose` without waiting: ``ended`` gets the outcome (or the exception
+        :meth:`propose` would raise) in the Raft thread, at most once; maybe never."""
         ...
 
     def change_membership(self, add: bool, raft_address: str, timeout: float,

@@ -21,6 +21,7 @@ from raftsso.errors import InvalidToken, RemoteError
 from raftsso.keyring import Keyring
 from raftsso.protocol.codes import ErrorCode
 from raftsso.seal.base import InvalidShare, Sealed, SealError, SealProvider, SealStatus
+from raftsso.seal.keyed import KeyedSeal
 from raftsso.seal.shares import Progress, Share
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,12 @@ class NodeSeal:
     @property
     def sealed(self) -> bool:
         return self.provider.sealed
+
+    @property
+    def wraps_in_memory(self) -> bool:
+        """Wrapping is an AES-GCM call on a key in this process (file and shamir seals),
+        never a call into a token that may block (PKCS#11)."""
+        return isinstance(self.provider, KeyedSeal)
 
     def status(self) -> SealStatus:
         return self.provider.status()

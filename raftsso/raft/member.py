@@ -151,6 +151,16 @@ class _RaftSyncObj(SyncObj):  # type: ignore[misc]
         return self._machine.apply(command, self.raftLastApplied + 1)
 
 
+def _outcome(result: Any, error: int) -> Any:
+    """What pysyncobj's callback says: ``apply``'s result, or the exception it means."""
+    if error == FAIL_REASON.SUCCESS:
+        return result
+    if error in (FAIL_REASON.MISSING_LEADER, FAIL_REASON.NOT_LEADER,
+                 FAIL_REASON.QUEUE_FULL, FAIL_REASON.REQUEST_DENIED):
+        return NotLeader("this node cannot append the command now", leader=None)
+    return OutcomeUnknown(f"outcome unknown (pysyncobj reason {error})")
+
+
 class RaftNode(Generic[Result]):
     """One replica's Raft member: propose commands, read its view of the cluster.
 
@@ -467,22 +477,37 @@ class RaftNode(Generic[Result]):
         the caller re-reads by request id and retries with the same id.
         """
         done = threading.Event()
-        box: dict[str, Any] = {}
+        box: list[Result | Exception] = []
 
-        def callback(result: Any, error: int) -> None:
-            box["result"], box["error"] = result, error
+        def ended(outcome: Result | Exception) -> None:
+            box.append(outcome)
             done.set()
 
-        self.sync._apply_command(command, callback=callback)
+        self.submit(command, ended)
         if not done.wait(timeout):
             raise OutcomeUnknown(f"no commit within {timeout:.1f} s")
-        error = box["error"]
-        if error == FAIL_REASON.SUCCESS:
-            return cast(Result, box["result"])
-        if error in (FAIL_REASON.MISSING_LEADER, FAIL_REASON.NOT_LEADER,
-                     FAIL_REASON.QUEUE_FULL, FAIL_REASON.REQUEST_DENIED):
-            raise NotLeader("this node cannot append the command now", leader=None)
-        raise OutcomeUnknown(f"outcome unknown (pysyncobj reason {error})")
+        if isinstance(box[0], Exception):
+            raise box[0]
+        return box[0]
+
+    def submit(self, command: bytes, ended: Callable[[Result | Exception], None]) -> None:
+        """Queue ``command`` and return at once; ``ended`` is called once, in the Raft
+        thread, right after the command is applied here (with what ``apply`` returned), or
+        with :class:`NotLeader` / :class:`OutcomeUnknown` as :meth:`propose` raises them.
+        If the command is lost in a leader change, ``ended`` may never be called: the
+        caller keeps its own deadline.
+
+        ``ended`` runs in the Raft thread: it must only hand the outcome on (set an event,
+        ``loop.call_soon_threadsafe``), never block.
+        """
+
+        def callback(result: Any, error: int) -> None:
+            try:
+                ended(_outcome(result, error))
+            except Exception:  # never into pysyncobj's tick: the member would stop
+                log.exception("a commit callback failed")
+
+        self.sync._apply_command(command, callback=callback)
 
     def change_membership(self, add: bool, raft_address: str, timeout: float,
                           node_id: str | None = None) -> bool:

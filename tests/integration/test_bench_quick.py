@@ -20,7 +20,7 @@ pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 # openbao has its own test below: three OpenBao clusters take minutes even at --quick.
-SCENARIOS = ["encryption", "rewrap", "rotation", "commits", "load", "failover", "idle",
+SCENARIOS = ["encryption", "rewrap", "rotation", "commits", "load", "cli", "failover", "idle",
              "agent", "etcd"]
 
 
@@ -64,12 +64,21 @@ def test_bench_quick_writes_a_report_with_every_scenario(tmp_path: Path) -> None
     assert ld["ramp"] and all(_number(s["p50_s"]) and _number(s["node_cpu"])
                               for s in ld["ramp"])
     assert _number(ld["max_achieved_per_s"]) and ld["limit"]
+    # Issue 16's fetch-path figures: closed loop, p99 at 10,000/s, new connections, RSS.
+    assert _number(ld["saturation"]["achieved_per_s"])
+    assert ld["at_target_rate"]["offered_per_s"] == 10_000
+    assert _number(ld["p99_at_10000_s"])
+    assert ld["churn"]["resumed"]["completed"] > 0
+    assert _number(ld["clients"]["node_rss_mib_connected"])
+    cli = results["cli"]
+    assert all(_number(cli[k]["p50_s"]) for k in ("version", "status"))
     assert all(_number(results["agent"][f"{op} x{n}"]["ops_per_s"])
                for op in ("encrypt", "decrypt", "cred get") for n in (1, 8))
     rot = results["rotation"]
     assert _number(rot["sequential"]["p50_s"]) and _number(rot["sequential"]["p99_s"])
     assert rot["concurrent"]["commits"] > 0 and _number(rot["concurrent"]["commits_per_s"])
     assert rot["keyring_growth"]["versions_after_sequential"] > 1
+    assert isinstance(rot["keyring_growth"]["held_answer_bytes_after_sequential"], int)
     for size in ("64 B", "1 KiB", "64 KiB"):
         e = results["encryption"][size]
         assert all(_number(e[k]) and e[k] > 0 for k in

@@ -245,6 +245,18 @@ def _records(path: Path) -> list[tuple[int, int]]:
     return out
 
 
+def _group_starts(path: Path) -> set[int]:
+    """Offsets of the valid records that started a write group (the first after a flush)."""
+    data = path.read_bytes()
+    starts = set()
+    for offset, _ in _records(path):
+        parsed = DurableJournal._parse(data, offset)
+        assert parsed is not None
+        if parsed[4]:
+            starts.add(offset)
+    return starts
+
+
 def _follower_with_entries(cluster: Cluster, rotations: int = 3) -> tuple[str, int]:
     cluster.wait_healthy()
     for _ in range(rotations):
@@ -301,10 +313,15 @@ def test_corrupt_journal_refuses_to_start_and_recovers_from_peers_once_moved_awa
         node, version = _follower_with_entries(cluster)
         cluster.kill(node)
         journal = cluster.root / node / "data" / "raft.journal"
+        # A damaged record followed by a valid record that started a later write group:
+        # disk corruption, not a torn tail (a damage inside the last group is cut as torn).
         records = _records(journal)
-        offset, length = records[len(records) // 2]
+        starts = _group_starts(journal)
+        later = max(i for i, (offset, _) in enumerate(records) if offset in starts)
+        assert later >= 1, "the follower's journal holds a single write group"
+        offset, length = records[later - 1]
         data = bytearray(journal.read_bytes())
-        data[offset + length - 3] ^= 0xFF  # a damaged record with valid ones after it
+        data[offset + length - 3] ^= 0xFF
         journal.write_bytes(bytes(data))
         cluster.start(node)
         code = cluster.wait(node, timeout=30)

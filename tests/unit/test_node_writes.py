@@ -10,9 +10,11 @@ checks run past the barrier); the real Raft member and real processes are exerci
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,14 +23,19 @@ import pytest
 from raftsso import envelope
 from raftsso.config import NodeConfig, load_node_config
 from raftsso.deployment import init_deployment
-from raftsso.errors import NotLeader, RemoteError
+from raftsso.errors import NotLeader, OutcomeUnknown, RemoteError
 from raftsso.fsm import KeyringStateMachine
 from raftsso.keyring import KeyState
 from raftsso.node import MAX_LIVE_VERSIONS, Node
 from raftsso.protocol.codes import ErrorCode
 from raftsso.protocol.commands import Bootstrap, Command, Outcome, Retire, Rotate
 from raftsso.protocol.ids import VersionId, new_request_id
-from raftsso.protocol.messages import KeyringRequest, RetireRequest, RotateRequest
+from raftsso.protocol.messages import (
+    KeyringRequest,
+    RetireRequest,
+    RotateRequest,
+    VersionResult,
+)
 from raftsso.wire import MAX_FRAME, encode_frame, ok
 
 LONG_AGO = time.time() - 100_000
@@ -50,6 +57,11 @@ class LaggingRaft:
     started: bool = True
     index: int = 0
     proposed: list[bytes] = field(default_factory=list)
+    # How submit() hands the outcome back: "thread" (from another thread, as the Raft
+    # thread does), "hold" (only when release_held() is called), "lose" (never: the
+    # entry was lost in a leader change) or "unknown" (OutcomeUnknown, nothing applied).
+    submit_mode: str = "thread"
+    held: list[Callable[[], None]] = field(default_factory=list)
 
     def _apply(self, blob: bytes) -> Outcome:
         self.index += 1
@@ -69,6 +81,29 @@ class LaggingRaft:
         while self.unapplied:
             self._apply(self.unapplied.pop(0))
         return self._apply(command)
+
+    def submit(self, command: bytes, ended: Callable[[Outcome | Exception], None]) -> None:
+        def run() -> None:
+            try:
+                outcome: Outcome | Exception = self.propose(command, 0.0)
+            except Exception as exc:
+                outcome = exc
+            ended(outcome)
+
+        if self.submit_mode == "lose":
+            return
+        if self.submit_mode == "unknown":  # e.g. discarded by a leader change
+            threading.Thread(target=ended, args=(OutcomeUnknown("discarded"),),
+                             daemon=True).start()
+            return
+        if self.submit_mode == "hold":
+            self.held.append(run)
+            return
+        threading.Thread(target=run, daemon=True).start()
+
+    def release_held(self) -> None:
+        while self.held:
+            self.held.pop(0)()
 
     @property
     def commit_index(self) -> int:
@@ -98,6 +133,11 @@ class LaggingRaft:
 
     def transfer_leadership(self, node_id: str, timeout: float) -> bool:
         return False
+
+    def compact(self, timeout: float) -> int | None:
+        """No files here: a compaction is done at once, at the applied index (without it,
+        every retire waits out the destroy timeout)."""
+        return self.index
 
     def start(self) -> None:
         pass
@@ -131,6 +171,9 @@ def setup(tmp_path: Path) -> Iterator[Setup]:
     raft = LaggingRaft(fsm, cfg.raft_address)
     clock = Clock()
     node = Node(cfg, fsm, raft, clock=clock)
+    # The duties are run by hand here; the destroy thread runs as in a node, so a retire's
+    # answer does not wait out its timeout for a compaction nobody does.
+    node.destroyer.start()
     yield Setup(cfg, fsm, raft, clock, node)
     node.stop()
 
@@ -199,7 +242,8 @@ def test_a_retried_retire_returns_its_outcome_without_checking_again(setup: Setu
     s.node.duties.run_once()
     assert s.raft.apply_now(_rotate(s, 2, now=True, created=LONG_AGO)).ok
     request = RetireRequest(VersionId(1))
-    assert s.node.retire(request).state is KeyState.RETIRED
+    first = s.node.retire(request)
+    assert first.state is KeyState.RETIRED and first.destroyed
     s.node.clients.record("sso-a", "process-1", 1)  # would refuse a new retire
     assert s.node.retire(request).state is KeyState.RETIRED
 
@@ -253,3 +297,135 @@ def test_rotation_past_the_live_version_cap_is_refused_until_one_is_retired(
     assert len(encode_frame(ok(1, answer.to_wire()))) < MAX_FRAME * 0.75
     assert s.raft.apply_now(Retire(new_request_id(), VersionId(1))).ok
     assert s.node.rotate(RotateRequest(now=True)).version == MAX_LIVE_VERSIONS + 1
+
+
+# -- the service's event loop: rotate without a worker thread (raftsso.node.write_path) ---------
+
+
+def _ready(s: Setup) -> None:
+    _bootstrap(s)
+    s.node.duties.run_once()  # the barrier of this term
+    assert s.node.writes.ready_for_writes
+
+
+def test_rotate_on_the_loop_answers_the_applied_outcome_and_frees_the_write_lock(
+        setup: Setup) -> None:
+    s = setup
+    _ready(s)
+
+    async def rotations() -> list[int]:
+        return [(await s.node.rotate_async(RotateRequest(new_request_id()))).version
+                for _ in range(3)]
+
+    assert asyncio.run(rotations()) == [2, 3, 4]
+    assert s.fsm.keyring.last_id == 4
+    # The lock is free: a write from a thread (the leader duties do this) goes through.
+    assert s.node.rotate(RotateRequest(new_request_id())).version == 5
+    # A retried request id gets its remembered outcome, with nothing proposed again.
+    request = RotateRequest(new_request_id())
+    first = s.node.rotate(request)
+    proposed = len(s.raft.proposed)
+    assert asyncio.run(s.node.rotate_async(request)) == first
+    assert len(s.raft.proposed) == proposed
+
+
+def test_a_write_on_the_loop_holds_the_write_lock_until_its_entry_is_applied(
+        setup: Setup) -> None:
+    """A write in a thread waits while a loop write's entry is not applied yet, then builds
+    on the keyring that holds it (the next version id, not a conflict)."""
+    s = setup
+    _ready(s)
+    s.raft.submit_mode = "hold"
+
+    async def scenario() -> tuple[int, int]:
+        loop_write = asyncio.ensure_future(
+            s.node.rotate_async(RotateRequest(new_request_id())))
+        while not s.raft.held:
+            await asyncio.sleep(0.001)
+        s.raft.submit_mode = "thread"
+        thread, box = _in_thread(lambda: s.node.rotate(RotateRequest(new_request_id())))
+        thread.join(timeout=0.2)
+        assert thread.is_alive(), "the thread's write ran while the loop's held the lock"
+        s.raft.release_held()
+        first = await loop_write
+        await asyncio.to_thread(thread.join, 30)
+        result = box.get("result")
+        assert isinstance(result, VersionResult), box
+        return first.version, result.version
+
+    assert asyncio.run(scenario()) == (2, 3)
+
+
+def test_a_lost_commit_callback_is_resolved_in_a_worker_and_frees_the_lock(
+        setup: Setup) -> None:
+    """The Raft member never calls back (the entry was lost in a leader change): after the
+    commit timeout the outcome is resolved as the thread path does (re-read the request id,
+    propose the same command again), and the lock is released."""
+    s = setup
+    raft_timings = dataclasses.replace(s.cfg.raft, commit_timeout=0.2)
+    cfg = dataclasses.replace(s.cfg, raft=raft_timings)
+    node = Node(cfg, s.fsm, s.raft, clock=s.clock)
+    try:
+        _bootstrap(s)
+        node.duties.run_once()
+        s.raft.submit_mode = "lose"
+        result = asyncio.run(node.rotate_async(RotateRequest(new_request_id())))
+        assert result.version == 2
+        assert len(s.raft.proposed) == 2  # the barrier, then the retried rotation
+        assert node.rotate(RotateRequest(new_request_id())).version == 3
+    finally:
+        node.stop()
+
+
+def test_an_unknown_outcome_on_the_loop_is_resolved_by_proposing_the_same_command(
+        setup: Setup) -> None:
+    s = setup
+    _ready(s)
+    s.raft.submit_mode = "unknown"
+    proposed = len(s.raft.proposed)
+    result = asyncio.run(s.node.rotate_async(RotateRequest(new_request_id())))
+    assert result.version == 2
+    assert len(s.raft.proposed) == proposed + 1  # proposed again, applied once
+    s.raft.submit_mode = "thread"
+    assert s.node.rotate(RotateRequest(new_request_id())).version == 3
+
+
+def test_a_cancelled_waiter_on_the_loop_still_frees_the_lock_once_applied(
+        setup: Setup) -> None:
+    s = setup
+    _ready(s)
+    s.raft.submit_mode = "hold"
+
+    async def scenario() -> None:
+        waiter = asyncio.ensure_future(s.node.rotate_async(RotateRequest(new_request_id())))
+        while not s.raft.held:
+            await asyncio.sleep(0.001)
+        waiter.cancel()  # its connection closed
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        s.raft.release_held()  # the entry is applied after all
+
+    asyncio.run(scenario())
+    assert s.fsm.keyring.last_id == 2
+    s.raft.submit_mode = "thread"
+    assert s.node.rotate(RotateRequest(new_request_id())).version == 3
+
+
+def test_rotate_on_the_loop_refuses_on_a_follower_and_waits_for_the_barrier(
+        setup: Setup) -> None:
+    s = setup
+    _bootstrap(s)
+    s.raft.is_leader = False
+    with pytest.raises(NotLeader):
+        asyncio.run(s.node.rotate_async(RotateRequest(new_request_id())))
+    s.raft.is_leader = True
+
+    async def before_the_barrier() -> int:
+        # Not ready yet: the rotation waits (in a worker thread) for the barrier.
+        pending = asyncio.ensure_future(s.node.rotate_async(RotateRequest(new_request_id())))
+        await asyncio.sleep(0.05)
+        assert not pending.done()
+        await asyncio.to_thread(s.node.duties.run_once)
+        return (await pending).version
+
+    assert asyncio.run(before_the_barrier()) == 2
