@@ -20,6 +20,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stddef.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <string.h>
 #include <time.h>
@@ -34,20 +35,34 @@
 
 static uint32_t counter_hi;
 static uint64_t counter_lo;
+/* 0: not seeded (or forked and not yet reseeded), 1: counting, 2: 2^96 reached */
 static int counter_set;
+
+/* pthread_atfork child handler: a child that forked without running raftsso.envelope's
+ * os.register_at_fork hook (a fork() from C code that then runs Python) would continue the
+ * parent's run and repeat its nonces; with the counter forgotten it fails closed until
+ * reseeded (os.fork runs this first, then the Python hook reseeds). */
+static void
+forget_counter_in_child(void)
+{
+    counter_set = 0;
+}
 
 static int
 take_nonce(unsigned char *out)
 {
-    if (!counter_set) {
-        PyErr_SetString(PyExc_RuntimeError, "raftsso._tokens: nonce counter not seeded");
+    if (counter_set != 1) {
+        if (counter_set == 2)  /* as the Python path's int.to_bytes at 2^96 */
+            PyErr_SetString(PyExc_OverflowError, "raftsso._tokens: nonce counter exhausted");
+        else
+            PyErr_SetString(PyExc_RuntimeError, "raftsso._tokens: nonce counter not seeded");
         return -1;
     }
     uint32_t hi = counter_hi;
     uint64_t lo = counter_lo;
-    if (++counter_lo == 0) {
-        counter_hi++;  /* the start leaves 2^64 numbers before 2^96: this never wraps */
-    }
+    /* the start leaves 2^64 numbers before 2^96; a reseed near the top must still never
+     * wrap to 0 and repeat a nonce: stop instead */
+    if (++counter_lo == 0 && ++counter_hi == 0) counter_set = 2;
     for (int i = 3; i >= 0; i--) { out[i] = (unsigned char)hi; hi >>= 8; }
     for (int i = 11; i >= 4; i--) { out[i] = (unsigned char)lo; lo >>= 8; }
     return 0;
@@ -86,6 +101,8 @@ typedef struct {
     char *buf;
     Py_ssize_t len;
     int readonly;
+    Py_ssize_t exports;  /* buffers handed out and not yet released */
+    PyObject *owner;     /* the bytes object buf points into: alive while any view is */
 } Window;
 
 static int
@@ -96,16 +113,32 @@ window_getbuffer(PyObject *self, Py_buffer *view, int flags)
         PyErr_SetString(PyExc_BufferError, "this window is closed");
         return -1;
     }
-    return PyBuffer_FillInfo(view, self, w->buf, w->len, w->readonly, flags);
+    if (PyBuffer_FillInfo(view, self, w->buf, w->len, w->readonly, flags) < 0) return -1;
+    w->exports++;
+    return 0;
 }
 
-static PyBufferProcs window_as_buffer = {window_getbuffer, NULL};
+static void
+window_releasebuffer(PyObject *self, Py_buffer *view)
+{
+    ((Window *)self)->exports--;
+}
+
+static void
+window_dealloc(PyObject *self)
+{
+    Py_XDECREF(((Window *)self)->owner);
+    Py_TYPE(self)->tp_free(self);
+}
+
+static PyBufferProcs window_as_buffer = {window_getbuffer, window_releasebuffer};
 
 static PyTypeObject WindowType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "raftsso._tokens.Window",
     .tp_basicsize = sizeof(Window),
-    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    .tp_dealloc = window_dealloc,
     .tp_as_buffer = &window_as_buffer,
     .tp_doc = "A buffer over memory of one call of raftsso._tokens.",
 };
@@ -116,30 +149,59 @@ static PyTypeObject WindowType = {
 static Window *spare[WINDOWS];
 
 static Window *
-open_window(int slot, char *buf, Py_ssize_t len, int readonly)
+open_window(int slot, PyObject *owner, char *buf, Py_ssize_t len, int readonly)
 {
     Window *w = spare[slot];
     if (w == NULL || Py_REFCNT(w) != 1) {
         w = PyObject_New(Window, &WindowType);
         if (w == NULL) return NULL;
+        w->exports = 0;
+        w->owner = NULL;
         Py_XSETREF(spare[slot], w);
     }
     Py_INCREF(w);
     w->buf = buf;
     w->len = len;
     w->readonly = readonly;
+    Py_XSETREF(w->owner, Py_NewRef(owner));
     return w;
 }
 
-static void
+/* -1 when the callee kept a buffer (a memoryview) over the window past the call: it still
+ * points at the memory, so the window keeps the owner alive (no use after free) and the
+ * caller must fail rather than hand out bytes that the kept view could still change. */
+static int
 close_window(Window *w)
 {
-    if (w == NULL) return;
+    if (w == NULL) return 0;
     /* cryptography reads and writes the buffers only during the call; close the window so
      * that a reference kept by mistake cannot reach the memory afterwards */
+    int kept = w->exports != 0;
     w->buf = NULL;
     w->len = 0;
+    if (!kept) Py_CLEAR(w->owner);
     Py_DECREF(w);
+    return kept ? -1 : 0;
+}
+
+static int
+close_windows(Window *a, Window *b, Window *c)
+{
+    int kept = close_window(a) | close_window(b) | close_window(c);
+    return kept ? -1 : 0;
+}
+
+/* After the call of encrypt_into / decrypt_into: r, or NULL with BufferError when the callee
+ * kept a buffer over one of the windows. */
+static PyObject *
+check_windows(PyObject *r, Window *a, Window *b, Window *c)
+{
+    if (close_windows(a, b, c) < 0 && r != NULL) {
+        Py_DECREF(r);
+        PyErr_SetString(PyExc_BufferError, "raftsso._tokens: a buffer outlived the call");
+        return NULL;
+    }
+    return r;
 }
 
 /* The associated data of a token: its 5-byte header, then the caller's bytes.  A bytes
@@ -156,7 +218,13 @@ make_aad(const char *header, PyObject *associated_data)
         return aad;
     }
     Py_buffer ad;
-    if (PyObject_GetBuffer(associated_data, &ad, PyBUF_SIMPLE) < 0) return NULL;
+    if (PyObject_GetBuffer(associated_data, &ad, PyBUF_SIMPLE) < 0) {
+        /* the Python path's `header + associated_data` raises TypeError (not BufferError for
+         * a non-contiguous memoryview): the same exception class on both paths */
+        PyErr_Format(PyExc_TypeError, "can't concat %.100s to bytes",
+                     Py_TYPE(associated_data)->tp_name);
+        return NULL;
+    }
     PyObject *aad = ad.len <= PY_SSIZE_T_MAX - HEADER
                     ? PyBytes_FromStringAndSize(NULL, HEADER + ad.len) : PyErr_NoMemory();
     if (aad != NULL) {
@@ -182,34 +250,39 @@ buffer_size(PyObject *obj)
 static PyObject *
 do_seal(PyObject *encrypt_into, const char *header, PyObject *data, PyObject *associated_data)
 {
-    Py_ssize_t size = buffer_size(data);
-    if (size < 0) return NULL;
-    if (size > PY_SSIZE_T_MAX - OVERHEAD) return PyErr_NoMemory();
+    /* the associated data first, as the Python path (`header + associated_data` is
+     * evaluated before the call): the same exception when both arguments are wrong */
     PyObject *aad = make_aad(header, associated_data);
     if (aad == NULL) return NULL;
+    Py_ssize_t size = buffer_size(data);
+    if (size < 0 || size > PY_SSIZE_T_MAX - OVERHEAD) {
+        if (size >= 0) PyErr_NoMemory();
+        Py_DECREF(aad);
+        return NULL;
+    }
+    /* (if `data` changes size before encrypt_into, encrypt_into refuses the window: its
+     * length must be the data's plus the tag) */
     PyObject *token = PyBytes_FromStringAndSize(NULL, OVERHEAD + size);
     Window *nonce = NULL, *body = NULL;
-    if (token == NULL) goto fail;
+    PyObject *r = NULL;
+    if (token == NULL) goto done;
     char *p = PyBytes_AS_STRING(token);
     memcpy(p, header, HEADER);
-    if (take_nonce((unsigned char *)p + HEADER) < 0) goto fail;
-    nonce = open_window(0, p + HEADER, NONCE, 1);
-    body = nonce ? open_window(1, p + HEADER + NONCE, size + TAG, 0) : NULL;
-    if (body == NULL) goto fail;
+    if (take_nonce((unsigned char *)p + HEADER) < 0) goto done;
+    nonce = open_window(0, token, p + HEADER, NONCE, 1);
+    body = nonce ? open_window(1, token, p + HEADER + NONCE, size + TAG, 0) : NULL;
+    if (body == NULL) goto done;
     PyObject *call[4] = {(PyObject *)nonce, data, aad, (PyObject *)body};
-    PyObject *r = PyObject_Vectorcall(encrypt_into, call, 4, NULL);
-    if (r == NULL) goto fail;
+    r = PyObject_Vectorcall(encrypt_into, call, 4, NULL);
+done:
+    r = check_windows(r, nonce, body, NULL);
+    Py_DECREF(aad);
+    if (r == NULL) {
+        Py_XDECREF(token);
+        return NULL;
+    }
     Py_DECREF(r);
-    close_window(nonce);
-    close_window(body);
-    Py_DECREF(aad);
     return token;
-fail:
-    close_window(nonce);
-    close_window(body);
-    Py_DECREF(aad);
-    Py_XDECREF(token);
-    return NULL;
 }
 
 /* seal(encrypt_into, header, data, associated_data) -> token */
@@ -251,34 +324,33 @@ do_open(PyObject *by_version, PyObject *token, PyObject *associated_data)
     }
     Py_INCREF(decrypt_into);
     Py_ssize_t size = PyBytes_GET_SIZE(token) - OVERHEAD;
-    PyObject *plain = NULL;
+    PyObject *plain = NULL, *r = NULL;
     Window *nonce = NULL, *body = NULL, *out = NULL;
     PyObject *aad = make_aad(t, associated_data);
-    if (aad == NULL) goto fail;
+    if (aad == NULL) goto done;
     plain = PyBytes_FromStringAndSize(NULL, size);
-    if (plain == NULL) goto fail;
-    nonce = open_window(0, t + HEADER, NONCE, 1);
-    body = nonce ? open_window(1, t + HEADER + NONCE, size + TAG, 1) : NULL;
-    out = body ? open_window(2, PyBytes_AS_STRING(plain), size, 0) : NULL;
-    if (out == NULL) goto fail;
+    if (plain == NULL) goto done;
+    nonce = open_window(0, token, t + HEADER, NONCE, 1);
+    body = nonce ? open_window(1, token, t + HEADER + NONCE, size + TAG, 1) : NULL;
+    out = body ? open_window(2, plain, PyBytes_AS_STRING(plain), size, 0) : NULL;
+    if (out == NULL) goto done;
     PyObject *call[4] = {(PyObject *)nonce, (PyObject *)body, aad, (PyObject *)out};
-    PyObject *r = PyObject_Vectorcall(decrypt_into, call, 4, NULL);
-    if (r == NULL) goto fail;
-    Py_DECREF(r);
-    close_window(nonce);
-    close_window(body);
-    close_window(out);
-    Py_DECREF(aad);
-    Py_DECREF(decrypt_into);
-    return plain;
-fail:
-    close_window(nonce);
-    close_window(body);
-    close_window(out);
+    r = PyObject_Vectorcall(decrypt_into, call, 4, NULL);
+done:
+    r = check_windows(r, nonce, body, out);
     Py_XDECREF(aad);
-    Py_XDECREF(plain);
     Py_DECREF(decrypt_into);
-    return NULL;
+    if (r == NULL) {
+        if (plain != NULL) {
+            /* decrypt_into writes the plaintext before it checks the tag: a forged or
+             * bit-flipped token's would-be plaintext must not stay in freed memory */
+            memset(PyBytes_AS_STRING(plain), 0, (size_t)size);
+            Py_DECREF(plain);
+        }
+        return NULL;
+    }
+    Py_DECREF(r);
+    return plain;
 }
 
 static PyObject *
@@ -402,6 +474,14 @@ core_decrypt(PyObject *self_, PyObject *const *args, Py_ssize_t nargs, PyObject 
         if (r == NULL && PyErr_ExceptionMatches(does_not_open)) {
             PyErr_Clear();  /* one opaque error, with no cryptography context */
             PyErr_SetNone(invalid);
+            /* as `raise InvalidToken() from None`: no context shown either (inside an
+             * `except` block of the caller's, the handled exception would be) */
+            PyObject *type, *value, *tb;
+            PyErr_Fetch(&type, &value, &tb);
+            PyErr_NormalizeException(&type, &value, &tb);
+            if (value != NULL && PyExceptionInstance_Check(value))
+                PyException_SetCause(value, NULL);  /* sets __suppress_context__ */
+            PyErr_Restore(type, value, tb);
         }
         Py_DECREF(invalid);
         Py_DECREF(does_not_open);
@@ -424,6 +504,13 @@ core_arm_encrypt(PyObject *self_, PyObject *args)
     if (header.len != HEADER) {
         PyBuffer_Release(&header);
         PyErr_SetString(PyExc_ValueError, "a token header is 5 bytes");
+        return NULL;
+    }
+    /* encrypt calls PyIter_Next(uses), which does not check for tp_iternext: a list here
+     * would be a NULL function call */
+    if (!PyIter_Check(uses)) {
+        PyBuffer_Release(&header);
+        PyErr_SetString(PyExc_TypeError, "uses must be an iterator");
         return NULL;
     }
     /* every field before any reference is dropped: no other thread sees half of it */
@@ -492,12 +579,13 @@ static int
 core_clear(PyObject *self_)
 {
     ClientCore *self = (ClientCore *)self_;
-    Py_CLEAR(self->clock);
-    Py_CLEAR(self->uses);
-    Py_CLEAR(self->encrypt_into);
-    Py_CLEAR(self->by_version);
-    Py_CLEAR(self->invalid);
-    Py_CLEAR(self->does_not_open);
+    /* every field NULL before any reference is dropped: a DECREF can run Python code (a
+     * finalizer) that calls encrypt, which must not find encrypt_into set and clock NULL */
+    PyObject *old[6] = {self->clock, self->uses, self->encrypt_into, self->by_version,
+                        self->invalid, self->does_not_open};
+    self->clock = self->uses = self->encrypt_into = self->by_version = NULL;
+    self->invalid = self->does_not_open = NULL;
+    for (int i = 0; i < 6; i++) Py_XDECREF(old[i]);
     return 0;
 }
 
@@ -561,6 +649,14 @@ PyMODINIT_FUNC
 PyInit__tokens(void)
 {
     if (PyType_Ready(&WindowType) < 0 || PyType_Ready(&ClientCoreType) < 0) return NULL;
+    static int at_fork_registered;
+    if (!at_fork_registered) {
+        if (pthread_atfork(NULL, NULL, forget_counter_in_child) != 0) {
+            PyErr_SetString(PyExc_OSError, "pthread_atfork failed");
+            return NULL;
+        }
+        at_fork_registered = 1;
+    }
     empty_bytes = PyBytes_FromStringAndSize("", 0);
     str_encrypt_slow = PyUnicode_InternFromString("_encrypt_slow");
     str_decrypt_slow = PyUnicode_InternFromString("_decrypt_slow");

@@ -326,3 +326,146 @@ def test_the_pure_python_path_is_chosen_by_the_environment() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, timeout=60, env=env).stdout.split()
     assert out == ["None", "_PyClientCore"]
+
+
+# -- security review regressions (raftsso/_tokens.c) ---------------------------------------
+
+
+@needs_c
+def test_a_callee_that_keeps_a_buffer_fails_the_call_and_cannot_reach_freed_memory() -> None:
+    # A memoryview kept past the call pointed into the returned token (a bytes object that
+    # could then be changed) and, once the token was freed, at freed memory.
+    assert accel is not None
+    one = Envelope(1, KEY)
+    kept: list[memoryview] = []
+
+    def keeps_out(nonce: Any, data: Any, ad: Any, buf: Any) -> int:
+        kept.append(memoryview(buf))
+        return one._encrypt_into(nonce, data, ad, buf)
+
+    def keeps_in(nonce: Any, body: Any, ad: Any, buf: Any) -> int:
+        kept.extend((memoryview(body), memoryview(buf)))
+        return one._decrypt_into(nonce, body, ad, buf)
+
+    with pytest.raises(BufferError):
+        accel.seal(keeps_out, one.header, b"x" * 64, b"")
+    token = one.encrypt(b"y" * 64)
+    with pytest.raises(BufferError):
+        accel.open({1: keeps_in}, token, b"")
+    gc.collect()
+    for view in kept:  # the memory is still owned (by the window), so this is no UAF
+        if not view.readonly:
+            view[:4] = b"EVIL"
+        assert len(bytes(view)) == view.nbytes
+    assert one.decrypt(token) == b"y" * 64
+    kept.clear()
+    assert accel.open({1: one._decrypt_into}, token, b"") == b"y" * 64  # windows reused
+
+
+@needs_c
+def test_the_c_core_refuses_a_counter_that_is_not_an_iterator() -> None:
+    # encrypt's PyIter_Next(uses) called a NULL tp_iternext for a list: a segfault.
+    assert accel is not None
+    core: Any = accel.ClientCore()
+    one = Envelope(1, KEY)
+    with pytest.raises(TypeError):
+        core._arm_encrypt(None, 1e18, [1, 2], one._encrypt_into, one.header)
+
+
+@needs_c
+def test_the_c_nonce_counter_stops_at_2_96_rather_than_wrap() -> None:
+    assert accel is not None
+    try:
+        accel.reseed(b"\xff" * 11 + b"\xfe")
+        assert accel.next_nonce() == b"\xff" * 11 + b"\xfe"
+        assert accel.next_nonce() == b"\xff" * 12
+        for _ in range(2):  # as the Python path's int.to_bytes(2**96, 12)
+            with pytest.raises(OverflowError):
+                accel.next_nonce()
+        with pytest.raises(OverflowError):
+            Envelope(1, KEY).encrypt(b"x")
+    finally:
+        envelope._reseed_accelerator()
+    assert len(accel.next_nonce()) == NONCE_SIZE
+
+
+@needs_c
+def test_a_c_fork_without_the_python_hook_fails_closed() -> None:
+    # A child forked by C code (no os.register_at_fork hooks) must not continue the parent's
+    # nonce run: the C counter forgets itself in a pthread_atfork child handler.
+    assert accel is not None
+    code = ("import ctypes, os\n"
+            "from raftsso import envelope\n"
+            "libc = ctypes.CDLL(None, use_errno=True)\n"
+            "pid = libc.fork()\n"
+            "if pid == 0:\n"
+            "    try:\n"
+            "        envelope._accel.next_nonce()\n"
+            "        os._exit(1)\n"
+            "    except RuntimeError:\n"
+            "        envelope._reseed_accelerator()\n"
+            "        envelope._accel.next_nonce()\n"
+            "        os._exit(7)\n"
+            "_, status = os.waitpid(pid, 0)\n"
+            "print(os.waitstatus_to_exitcode(status), len(envelope._accel.next_nonce()))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=60).stdout.split()
+    assert out == ["7", "12"]
+
+
+def test_a_wrong_associated_data_raises_type_error_on_both_paths(core: Any) -> None:
+    one = Envelope(1, KEY)
+    envelope.arm_client(core, _Clock(), 130.0, itertools.count(), one, Keyset([one]))
+    token = one.encrypt(b"x", b"ad")
+    strided = memoryview(b"abcdef")[::2]  # not contiguous: BufferError from the C buffer
+    for ad in (strided, "str", None):
+        with pytest.raises(TypeError):
+            core.encrypt(b"data", ad)
+        with pytest.raises(TypeError):
+            core.encrypt(strided, ad)  # the associated data is checked first on both paths
+        with pytest.raises(TypeError):
+            core.decrypt(token, ad)
+    with pytest.raises(BufferError):
+        core.encrypt(strided, b"ad")
+
+
+def test_invalid_token_hides_the_callers_handled_exception_too(core: Any) -> None:
+    one = Envelope(1, KEY)
+    envelope.arm_client(core, _Clock(), 130.0, itertools.count(), one, Keyset([one]))
+    token = one.encrypt(b"secret", b"ad")
+    try:
+        raise KeyError("the caller's own")
+    except KeyError:
+        with pytest.raises(InvalidToken) as info:
+            core.decrypt(token, b"other")
+    assert info.value.__suppress_context__ and info.value.__cause__ is None
+
+
+@needs_c
+def test_malformed_tokens_get_the_same_answers_on_both_paths() -> None:
+    # A bounded differential fuzz (~1 s): truncations, bit flips, random bytes, header
+    # fields at their extremes, trailing bytes, other types.
+    import random
+    import time
+    rng = random.Random(80)
+    envs = [Envelope(1, KEY), Envelope(2, OTHER_KEY), Envelope(0xFFFFFFFF, KEY)]
+    c_keys, py_keys = Keyset(envs), _python_keyset(envs)
+    deadline = time.monotonic() + 1.0
+    rounds = 0
+    while time.monotonic() < deadline or rounds < 200:
+        rounds += 1
+        tok = bytearray(rng.choice(envs).encrypt(rng.randbytes(rng.choice([0, 1, 40])), b"a"))
+        kind = rng.randrange(6)
+        if kind == 0:
+            tok = tok[:rng.randrange(len(tok) + 1)]
+        elif kind == 1:
+            tok[rng.randrange(len(tok))] ^= 1 << rng.randrange(8)
+        elif kind == 2:
+            tok = bytearray(rng.randbytes(rng.randrange(80)))
+        elif kind == 3:
+            tok[1:5] = rng.choice([b"\xff\xff\xff\xff", b"\0\0\0\0", b"\x80\0\0\0"])
+        elif kind == 4:
+            tok += rng.randbytes(rng.randrange(1, 50))
+        token: Any = bytes(tok) if rng.random() < 0.9 else rng.choice([tok, str(tok), None])
+        ad: Any = rng.choice([b"a", b"a", bytearray(b"a"), b"", memoryview(b"a")])
+        assert _answers(c_keys.open, token, ad) == _answers(py_keys.open, token, ad), token
