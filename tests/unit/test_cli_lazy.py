@@ -50,3 +50,24 @@ def test_the_cheap_paths_skip_the_heavy_modules() -> None:
     # status needs the TLS client and the protocol, not certificates or Argon2id.
     loaded = _modules_after("import raftsso_cli.admin")
     assert not {"cryptography", "raftsso.backup", "asyncio"} & loaded
+
+
+def test_the_console_script_answers_version_without_click_and_runs_the_rest() -> None:
+    script = importlib.metadata.entry_points(group="console_scripts")["raftsso"]
+    assert script.value == "raftsso_cli.launch:main"
+    probe = ("import sys\nsys.argv = ['raftsso', '--version']\n"
+             "from raftsso_cli.launch import main\nmain()")
+    loaded = _modules_after(probe)
+    assert not {"click", "raftsso.errors"} & loaded
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, check=True)
+    assert done.stdout.decode().splitlines()[0] == f"raftsso, version {raftsso.__version__}"
+    # Anything else is the click CLI: the same line for an eager --version among other
+    # arguments, and a usage error keeps its exit code 2.
+    def launch(*args: str) -> subprocess.CompletedProcess[bytes]:
+        code = (f"import sys\nsys.argv = ['raftsso', *{list(args)!r}]\n"
+                "from raftsso_cli.launch import main\nmain()")
+        return subprocess.run([sys.executable, "-c", code], capture_output=True)
+
+    assert launch("--version", "status").stdout == done.stdout
+    usage = launch("--no-such-option")
+    assert usage.returncode == 2 and b"Usage: raftsso" in usage.stderr
