@@ -30,6 +30,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 from raftsso.config import NodeConfig
 from raftsso.errors import Conflict, NotLeader, OutcomeUnknown, RemoteError
@@ -42,6 +43,13 @@ from raftsso.protocol.ids import RequestId
 from raftsso.wire import WireMap
 
 log = logging.getLogger(__name__)
+
+# Where a loop commit with an unknown outcome is resolved, holding the write lock: never
+# the loop's default pool. Writes waiting for that lock (run, via asyncio.to_thread) block
+# workers of the default pool; with as many of them as it has workers, the resolution
+# never got one, the lock was never released and every write hung for good. One worker
+# is enough: only the holder of the write lock resolves. (Threads start on first use.)
+_RESOLVER = ThreadPoolExecutor(1, thread_name_prefix="raftsso-write-resolve")
 
 
 class WritePath:
@@ -244,7 +252,7 @@ class _LoopCommit:
         """On the loop, holding the write lock: resolve the outcome in a worker thread."""
         self._timer.cancel()
         try:
-            task = self._loop.run_in_executor(None, self._resolve_unlock, unknown)
+            task = self._loop.run_in_executor(_RESOLVER, self._resolve_unlock, unknown)
         except BaseException as exc:  # the loop is shutting down: give up, unlocked
             self._lock.release()
             if not self._future.done():

@@ -29,7 +29,7 @@ from tests.harness.cluster import Cluster, cluster_client, running_cluster
 from tests.harness.net import LoopbackNet, NamespaceNet, Net, make_net, namespaces_available
 from tests.harness.options import NodeOptions, configure_node
 from tests.harness.ports import free_base_port, reserve_ports
-from tests.harness.wait import DEFAULT_TIMEOUT, cli, wait_for
+from tests.harness.wait import DEFAULT_TIMEOUT, cli, sent_until_dropped, wait_for
 
 # The former name, for branches written before the harness was merged.
 LocalCluster = Cluster
@@ -50,5 +50,6 @@ __all__ = [
     "namespaces_available",
     "reserve_ports",
     "running_cluster",
+    "sent_until_dropped",
     "wait_for",
 ]

@@ -7,7 +7,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from raftsso.errors import RaftssoError
 
@@ -42,3 +42,17 @@ def cli(*args: str, stdin: bytes | None = None, timeout: float = 60.0,
     """Run the real ``raftsso`` command line in a subprocess."""
     return subprocess.run([sys.executable, "-m", "raftsso_cli", *args], input=stdin,
                           capture_output=True, timeout=timeout, cwd=cwd, check=False)
+
+
+def sent_until_dropped(sock: Any, frame: bytes, tries: int = 20_000) -> bool:
+    """Send ``frame`` over ``sock`` (with a short timeout set) until blocked: False (the
+    node no longer reads); True once the node closed the connection. For
+    ``wait_for(lambda: sent_until_dropped(...))`` on a client that never reads."""
+    try:
+        for _ in range(tries):
+            sock.sendall(frame)
+    except TimeoutError:
+        return False
+    except OSError:  # reset, broken pipe, TLS EOF: the node closed the connection
+        return True
+    raise AssertionError("the node kept reading although no answer was read")

@@ -33,7 +33,7 @@ from tests.flood import (
     rss_kib,
     wait_rss_back,
 )
-from tests.harness import Cluster, NodeOptions, cli, cluster_client, wait_for
+from tests.harness import Cluster, NodeOptions, cli, cluster_client, sent_until_dropped, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -232,18 +232,8 @@ def test_a_client_that_never_reads_is_dropped(single: Cluster) -> None:
         tls.settimeout(0.5)
         # status ignores its arguments: the padding only fills the node's receive buffer.
         frame = encode_frame({"id": 1, "op": "status", "args": {"pad": "x" * 4000}})
-        def dropped() -> bool:
-            """Send until blocked (the node no longer reads): False; dropped: True."""
-            try:
-                for _ in range(20_000):
-                    tls.sendall(frame)
-            except TimeoutError:
-                return False
-            except OSError:  # reset, broken pipe, TLS EOF: the node closed the connection
-                return True
-            raise AssertionError("the node kept reading although no answer was read")
-
-        wait_for(dropped, 60, interval=0.5, what="the node to drop a client that never reads")
+        wait_for(lambda: sent_until_dropped(tls, frame), 60, interval=0.5,
+                 what="the node to drop a client that never reads")
     assert single.alive("node1")
     assert _role(single, "node1") == "leader"  # a new connection: idle ones time out in 3 s
 
