@@ -26,6 +26,7 @@ from raftsso import events
 from raftsso.fsm import KeyringStateMachine
 from raftsso.node.raft_member import RaftMember
 from raftsso.node.sealing import NodeSeal
+from raftsso.node.ticker import Ticker
 
 log = logging.getLogger(__name__)
 
@@ -41,23 +42,18 @@ class Destroyer:
         self._raft = raft
         self._seal = seal
         self._cond = threading.Condition()
-        self._wake = threading.Event()
-        self._stopping = threading.Event()
+        self._ticker = Ticker("destroy", POLL, self._tick)
         self._start: int | None = None  # a compaction owed since the start (its index)
         self._done = 0  # every blob dropped at or before this index is gone from the files
-        self._thread = threading.Thread(target=self._loop, name="destroy", daemon=True)
 
     def start(self) -> None:
-        self._thread.start()
+        self._ticker.start()
 
     def stop(self) -> None:
-        self._stopping.set()
-        self._wake.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=5)
+        self._ticker.stop()
 
     def wake(self) -> None:
-        self._wake.set()
+        self._ticker.wake()
 
     def wait(self, index: int, timeout: float) -> bool:
         """True once every blob dropped up to Raft index ``index`` (the state machine's
@@ -70,20 +66,17 @@ class Destroyer:
                 if left <= 0:
                     return False
                 self._cond.wait(min(left, POLL))
-                self._wake.set()
+                self._ticker.wake()
         return True
 
-    def _loop(self) -> None:
-        while not self._stopping.is_set():
-            self._wake.wait(POLL)
-            self._wake.clear()
-            if self._stopping.is_set() or not self._raft.started:
-                continue
-            try:
-                self.run_once()
-            except Exception:  # never let the thread die; try again on the next round
-                log.exception("destroying dropped sealed secrets failed; will retry")
-                time.sleep(1.0)
+    def _tick(self) -> None:
+        if not self._raft.started:
+            return
+        try:
+            self.run_once()
+        except Exception:  # never let the thread die; try again on the next round
+            log.exception("destroying dropped sealed secrets failed; will retry")
+            time.sleep(1.0)
 
     def run_once(self) -> None:
         ring, index = self._fsm.view()

@@ -14,7 +14,6 @@ keyring past the barrier with no other write in between.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 
 from raftsso import envelope, events
@@ -24,6 +23,7 @@ from raftsso.fsm import KeyringStateMachine
 from raftsso.keyring import Keyring, KeyState
 from raftsso.node.raft_member import RaftMember
 from raftsso.node.sealing import NodeSeal, scrub
+from raftsso.node.ticker import Ticker
 from raftsso.node.tracking import ClientCensus
 from raftsso.node.write_path import WritePath
 from raftsso.protocol.commands import Barrier, Bootstrap, Command, Promote
@@ -43,40 +43,30 @@ class LeaderDuties:
         self._writes = writes
         self._census = census
         self._seal = seal
-        self._wake = threading.Event()
-        self._stopping = threading.Event()
         self._last_early_check = 0.0
-        self._thread = threading.Thread(target=self._loop, name="leader-duties", daemon=True)
+        self._ticker = Ticker("leader-duties", 0.25, self._tick)
 
     def start(self) -> None:
-        self._thread.start()
+        self._ticker.start()
 
     def stop(self) -> None:
-        self._stopping.set()
-        self._wake.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=5)
+        self._ticker.stop()
 
     def wake(self) -> None:
-        self._wake.set()
+        self._ticker.wake()
 
-    def _loop(self) -> None:
-        while not self._stopping.is_set():
-            self._wake.wait(0.25)
-            self._wake.clear()
-            if self._stopping.is_set():
-                return
-            try:
-                if self._raft.is_leader:
-                    self.run_once()
-            except RaftssoError as exc:
-                log.info("leader duty deferred: %s", exc)
-                time.sleep(0.05)
-                if self._raft.is_leader:
-                    self._wake.set()
-            except Exception:
-                log.exception("unexpected error in leader duties")
-                time.sleep(0.5)
+    def _tick(self) -> None:
+        try:
+            if self._raft.is_leader:
+                self.run_once()
+        except RaftssoError as exc:
+            log.info("leader duty deferred: %s", exc)
+            time.sleep(0.05)
+            if self._raft.is_leader:
+                self._ticker.wake()
+        except Exception:
+            log.exception("unexpected error in leader duties")
+            time.sleep(0.5)
 
     def run_once(self) -> None:
         term = self._raft.term

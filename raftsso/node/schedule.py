@@ -21,7 +21,6 @@ it never stops the thread.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
 
@@ -34,6 +33,7 @@ from raftsso.fsm import KeyringStateMachine
 from raftsso.keyring import Keyring, KeyState
 from raftsso.node.keyring_writes import KeyringWrites
 from raftsso.node.raft_member import RaftMember
+from raftsso.node.ticker import Ticker
 from raftsso.node.tracking import node_client
 from raftsso.node.usage import EncryptionReportTracker
 from raftsso.node.write_path import WritePath
@@ -82,9 +82,7 @@ class ScheduledDuties:
         self.last_backup_file: str | None = None
         self._last_count = 0.0
         self._peers: ClusterClient | None = None
-        self._wake = threading.Event()
-        self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="leader-schedule", daemon=True)
+        self._ticker = Ticker("leader-schedule", TICK, self._tick)
         # Counters for /metrics (read by raftsso.daytwo_metrics).
         self.backups_written = 0
         self.backup_failures = 0
@@ -96,33 +94,25 @@ class ScheduledDuties:
             log.info("scheduled backups (when leader): to key %s in %s every %g s, keeping "
                      "%d", self._recipient.key_id, schedule.dir, schedule.interval,
                      schedule.keep)
-        self._thread.start()
+        self._ticker.start()
 
     def stop(self) -> None:
-        self._stopping.set()
-        self._wake.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=5)
+        self._ticker.stop()
         if self._peers is not None:
             self._peers.close()
 
     def wake(self) -> None:
-        self._wake.set()
+        self._ticker.wake()
 
-    def _loop(self) -> None:
-        while not self._stopping.is_set():
-            self._wake.wait(TICK)
-            self._wake.clear()
-            if self._stopping.is_set():
-                return
-            try:
-                if self._writes.ready_for_writes:
-                    self.run_once()
-            except RaftssoError as exc:
-                log.info("scheduled duty deferred: %s", exc)
-            except Exception:
-                log.exception("unexpected error in the leader's scheduled duties")
-                self._stopping.wait(1.0)
+    def _tick(self) -> None:
+        try:
+            if self._writes.ready_for_writes:
+                self.run_once()
+        except RaftssoError as exc:
+            log.info("scheduled duty deferred: %s", exc)
+        except Exception:
+            log.exception("unexpected error in the leader's scheduled duties")
+            self._ticker.pause(1.0)
 
     def run_once(self) -> None:
         term = self._raft.term
