@@ -7,6 +7,7 @@ certificate is refused whatever its request claims, and the node stays up."""
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import socket
@@ -55,7 +56,18 @@ def _rotate(rid: int, request_id: bytes, **extra: Any) -> bytes:
 
 
 def _primary(cluster: Cluster) -> int:
-    return int(cluster.node_status("node1")["primary_version"])
+    # The harness client may reuse a connection the node has since closed (idle_timeout
+    # is 2 s here): wait_for takes that ConnectionError as "not yet".
+    status = wait_for(lambda: cluster.node_status("node1"), 10, what="node1's status")
+    return int(status["primary_version"])
+
+
+def _rotate_on(cluster: Cluster, request_id: bytes | None = None) -> int:
+    """A rotation on node1, retried over a fresh connection (same request id: once)."""
+    rid = request_id or secrets.token_bytes(16)
+    result = wait_for(lambda: cluster.rotate_on("node1", request_id=rid, timeout=30), 30,
+                      what="a rotation on node1")
+    return int(result["version"])
 
 
 def _read(sock: ssl.SSLSocket) -> Any:
@@ -101,9 +113,9 @@ def test_closing_right_after_a_rotate_leaves_no_write_lock_held_and_no_double_ap
         sock.sendall(_rotate(1, request_id) + encode_frame({"id": 2, "op": "ping", "args": {}}))
         sock.close()  # before any answer: the node may cancel the waiting coroutine
     # A rotate on another connection gets through (the lock is not held for good) ...
-    last = single.rotate_on("node1", timeout=30)["version"]
+    last = _rotate_on(single)
     # ... and every abandoned rotate, retried, was applied exactly once or now is.
-    versions = {single.rotate_on("node1", request_id=r, timeout=30)["version"] for r in ids}
+    versions = {_rotate_on(single, r) for r in ids}
     assert len(versions) == len(ids)  # each request id its own version
     assert last not in versions
     assert _primary(single) == before + len(ids) + 1
@@ -146,7 +158,8 @@ def test_a_client_certificate_claiming_to_be_the_admin_is_forbidden(
     assert refused["error"]["code"] == "FORBIDDEN", refused
     assert ping["id"] == 6 and ping["ok"] is True  # the connection serves on
     assert _primary(single) == before
-    assert 1 in single.keyring("node1")  # version 1 not retired by a client
+    # version 1 not retired by a client
+    assert 1 in wait_for(lambda: single.keyring("node1"), 10, what="the keyring")
 
 
 def test_a_slow_reader_pipelining_behind_a_rotate_is_dropped_not_buffered(
@@ -161,7 +174,7 @@ def test_a_slow_reader_pipelining_behind_a_rotate_is_dropped_not_buffered(
                  what="the node to drop a client that never reads")
     assert single.alive("node1")
     wait_for(lambda: _primary(single) == before + 1, 30, what="the rotate applied once")
-    assert single.rotate_on("node1", timeout=30)["version"] == before + 2
+    assert _rotate_on(single) == before + 2
 
 
 def test_a_rotate_whose_outcome_is_unknown_while_other_rotates_wait_does_not_deadlock(
@@ -205,3 +218,23 @@ def test_a_rotate_whose_outcome_is_unknown_while_other_rotates_wait_does_not_dea
         versions = [cluster.rotate(request_id=rid)["version"] for rid in ids]
         assert len(set(versions)) == len(ids), versions
         assert cluster.rotate()["version"] == max(versions) + 1
+
+
+def _audited_rotations(cluster: Cluster) -> list[dict[str, Any]]:
+    path = cluster.root / "node1" / "data" / "audit.jsonl"
+    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [a for a in lines if a.get("kind") == "request" and a.get("op") == "rotate"]
+
+
+def test_a_rotate_whose_client_hangs_up_is_still_audited(single: Cluster) -> None:
+    """Closing the connection right after sending a rotate must not cancel its handler:
+    the rotation is applied (a new primary) and must then be on record. (It is: a busy
+    connection stops watching its socket, so the hang-up is seen only after the answer.)"""
+    before = _primary(single)
+    audited = len(_audited_rotations(single))
+    sock = _tls(single)
+    sock.sendall(_rotate(1, secrets.token_bytes(16)))
+    sock.close()  # no answer read: the node finds the connection closed
+    wait_for(lambda: _primary(single) == before + 1, 30, what="the rotation applied")
+    wait_for(lambda: len(_audited_rotations(single)) == audited + 1, 30,
+             what="the applied rotation's audit line")
