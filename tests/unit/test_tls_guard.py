@@ -80,3 +80,61 @@ def test_a_failing_observer_does_not_break_the_guard() -> None:
 
     guard = RevocationGuard(lambda: frozenset({"s"}), boom)
     assert guard.admit("s", "n", "client", "p", Conn().close) is None
+
+
+
+def _records(data: bytes) -> int:
+    """How many TLS records ``data`` holds (5-byte headers: type, version, length)."""
+    count = pos = 0
+    while pos + 5 <= len(data):
+        pos += 5 + int.from_bytes(data[pos + 3:pos + 5], "big")
+        count += 1
+    assert pos == len(data)
+    return count
+
+
+def _connect(server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext,
+             session: ssl.SSLSession | None) -> tuple[ssl.SSLObject, ssl.SSLObject, int]:
+    """A TLS 1.3 handshake over memory BIOs, then one byte each way: (server, client,
+    records the server sent in the call that finished its handshake: its tickets)."""
+    s_in, s_out, c_in, c_out = (ssl.MemoryBIO() for _ in range(4))
+    server = server_ctx.wrap_bio(s_in, s_out, server_side=True)
+    client = client_ctx.wrap_bio(c_in, c_out, server_hostname="127.0.0.1", session=session)
+    with pytest.raises(ssl.SSLWantReadError):
+        client.do_handshake()  # ClientHello
+    s_in.write(c_out.read())
+    with pytest.raises(ssl.SSLWantReadError):
+        server.do_handshake()  # ServerHello ... Finished
+    c_in.write(s_out.read())
+    client.do_handshake()  # (Certificate, CertificateVerify,) Finished
+    s_in.write(c_out.read())
+    server.do_handshake()  # done: what it wrote in this call are the session tickets
+    tickets = s_out.read()
+    c_in.write(tickets)
+    client.write(b"?")
+    s_in.write(c_out.read())
+    assert server.read(1) == b"?"
+    server.write(b"!")
+    c_in.write(s_out.read())
+    assert client.read(1) == b"!"  # the client takes the tickets on its way
+    return server, client, _records(tickets)
+
+
+def test_one_ticket_per_handshake_and_a_resumed_session_keeps_the_role(tmp_path: Path
+                                                                         ) -> None:
+    d = tmp_path / "d"
+    init_deployment(d, nodes=1, base_port=7100)
+    node = d / "node1"
+    server_ctx = pki.server_context(node / "ca.pem", node / "node.pem", node / "node.key")
+    client_ctx = pki.client_context(d / "ca.pem", d / "client.pem", d / "client.key")
+    server, client, tickets = _connect(server_ctx, client_ctx, None)
+    # One ticket, not OpenSSL's default two: each costs the node a session encoding and
+    # parse (the client certificate's key decoded again) and a write; a client keeps one.
+    assert tickets == 1 and not server.session_reused
+    assert client.version() == "TLSv1.3"
+    server, client, tickets = _connect(server_ctx, client_ctx, client.session)
+    assert server.session_reused and client.session_reused and tickets == 1
+    # The resumed session still carries the verified client certificate: role and serial.
+    peercert = server.getpeercert()
+    assert pki.peer_identity(peercert)[0] == "client"
+    assert pki.peer_serial(peercert) == pki.describe((d / "client.pem").read_bytes()).serial
