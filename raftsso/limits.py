@@ -235,7 +235,7 @@ class PortLimits:
     max_per_source: int
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)  # one per open connection: no __dict__
 class Ticket:
     """One admitted connection. ``on_evict`` is called (once) if it is dropped for room."""
 

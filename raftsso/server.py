@@ -136,7 +136,8 @@ ADMIN_ROLES = frozenset({"admin"})
 Rq = TypeVar("Rq", bound=Request[Result])
 
 
-@dataclass(frozen=True)
+# Slots: one per open connection (10,000 idle clients: 10,000 of them).
+@dataclass(frozen=True, slots=True)
 class Caller:
     role: str
     name: str

@@ -71,7 +71,7 @@ Closer = Callable[[], None]
 OnRevoked = Callable[[str, str, str, str, str], None]
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)  # one per open connection: no __dict__
 class Tracked:
     serial: str
     name: str
