@@ -60,6 +60,7 @@ from bench.common import (
     local_cluster,
     ms,
     print_table,
+    proc_cpu_seconds,
     proc_nofile,
     proc_rss_mib,
 )
@@ -616,13 +617,20 @@ def run(quick: bool = False, trials: int | None = None) -> dict[str, Any]:
             out["churn"] = {}
             for resume in (False, True):
                 meter = CpuMeter({**node_pids, **gen.pids})
+                cpu0 = proc_cpu_seconds(pid)
                 parts = gen.call("churn", start_at=time.time() + 0.2, duration=step_s,
                                  threads=CHURN_THREADS, resume=resume)
+                node_cpu_s = proc_cpu_seconds(pid) - cpu0
                 cpu = meter.read()
                 ch = _merge(parts, step_s)
                 ch.pop("_latencies")
                 ch.update({"threads": CHURN_THREADS * WORKERS, "resumed":
                            sum(p["reused"] for p in parts), "node_cpu": cpu[target],
+                           # CPU time is what load distorts least: per connection it says
+                           # what a connection costs, whatever else ran on the machine.
+                           "node_cpu_ms_per_connection": round(
+                               node_cpu_s * 1000 / max(1, ch["completed"]), 3),
+                           "load_average": round(os.getloadavg()[0], 2),
                            "machine_cpu": cpu["machine"],
                            "generator_cpu_proc": round(sum(v for k, v in cpu.items()
                                                            if k.startswith("generator")), 3)})
@@ -631,8 +639,9 @@ def run(quick: bool = False, trials: int | None = None) -> dict[str, Any]:
                       f"{CHURN_THREADS * WORKERS} threads, connect + one fetch + close): "
                       f"{ch['achieved_per_s']:.0f}/s, {ch['resumed']} resumed, p50 "
                       f"{ms(ch['p50_s'])} ms, {ch['errors']} errors, node CPU "
-                      f"{ch['node_cpu']:.2f}, generator {ch['generator_cpu_proc']:.2f}, "
-                      f"machine {ch['machine_cpu']:.2f}", flush=True)
+                      f"{ch['node_cpu']:.2f} ({ch['node_cpu_ms_per_connection']:.2f} ms per "
+                      f"connection), generator {ch['generator_cpu_proc']:.2f}, "
+                      f"machine {ch['machine_cpu']:.2f}, load {ch['load_average']}", flush=True)
             # Then every client its own connection (the node keeps their memory afterwards).
             gen.call("connect", n=0, prefix="none")  # the pool's connections closed first
             rss0 = proc_rss_mib(pid)
@@ -655,6 +664,8 @@ def run(quick: bool = False, trials: int | None = None) -> dict[str, Any]:
                 "other_nodes_cpu": {k: v for k, v in cpu.items()
                                     if k != target and k.startswith("node")},
                 "node_rss_mib_before": rss0, "node_rss_mib_connected": rss_conn,
+                "node_rss_kib_per_connection": round(
+                    (rss_conn - rss0) * 1024 / max(1, sum(c["connected"] for c in conn)), 2),
                 "node_rss_mib_after": proc_rss_mib(pid)})
             clients_lat = phase.pop("_latencies")
             out["clients"] = phase
@@ -666,7 +677,8 @@ def run(quick: bool = False, trials: int | None = None) -> dict[str, Any]:
                 [[f"{phase['connected']} in {connect_s:.1f} s", f"{clients / interval:.0f}",
                   f"{phase['achieved_per_s']:.0f}", ms(phase["p50_s"]), ms(phase["p99_s"]),
                   str(phase["errors"] + phase["connect_errors"]), f"{cpu[target]:.2f}",
-                  f"{rss0:.0f} / {rss_conn:.0f}"]])
+                  f"{rss0:.0f} / {rss_conn:.0f} ({phase['node_rss_kib_per_connection']:.1f} "
+                  "KiB each)"]])
             out["_plot"] = {"clients_latencies": clients_lat, "ramp_latencies": lat_by_rate,
                             "saturation_latencies": sat_lat}
         finally:
