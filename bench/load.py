@@ -645,10 +645,14 @@ def run(quick: bool = False, trials: int | None = None) -> dict[str, Any]:
             # Then every client its own connection (the node keeps their memory afterwards).
             gen.call("connect", n=0, prefix="none")  # the pool's connections closed first
             rss0 = proc_rss_mib(pid)
+            fds0 = _open_fds(pid)
             t = time.perf_counter()
             conn = gen.call("connect", n=clients, prefix="client")
             connect_s = time.perf_counter() - t
             rss_conn = proc_rss_mib(pid)
+            # Connections the node holds open now: on a loaded machine the connect phase
+            # can outlast the node's idle_timeout, which closes the first ones meanwhile.
+            held = _open_fds(pid) - fds0
             meter = CpuMeter({**node_pids, **gen.pids})
             start_at = time.time() + 0.3
             parts = gen.call("clients", start_at=start_at, duration=phase_s,
@@ -664,8 +668,8 @@ def run(quick: bool = False, trials: int | None = None) -> dict[str, Any]:
                 "other_nodes_cpu": {k: v for k, v in cpu.items()
                                     if k != target and k.startswith("node")},
                 "node_rss_mib_before": rss0, "node_rss_mib_connected": rss_conn,
-                "node_rss_kib_per_connection": round(
-                    (rss_conn - rss0) * 1024 / max(1, sum(c["connected"] for c in conn)), 2),
+                "node_connections_held": held,
+                "node_rss_kib_per_connection": round((rss_conn - rss0) * 1024 / max(1, held), 2),
                 "node_rss_mib_after": proc_rss_mib(pid)})
             clients_lat = phase.pop("_latencies")
             out["clients"] = phase
@@ -678,7 +682,7 @@ def run(quick: bool = False, trials: int | None = None) -> dict[str, Any]:
                   f"{phase['achieved_per_s']:.0f}", ms(phase["p50_s"]), ms(phase["p99_s"]),
                   str(phase["errors"] + phase["connect_errors"]), f"{cpu[target]:.2f}",
                   f"{rss0:.0f} / {rss_conn:.0f} ({phase['node_rss_kib_per_connection']:.1f} "
-                  "KiB each)"]])
+                  f"KiB each of {held} held)"]])
             out["_plot"] = {"clients_latencies": clients_lat, "ramp_latencies": lat_by_rate,
                             "saturation_latencies": sat_lat}
         finally:
@@ -687,6 +691,14 @@ def run(quick: bool = False, trials: int | None = None) -> dict[str, Any]:
             print(f"  elections during the load scenario (spurious): "
                   f"{out['elections']['elections']}")
     return out
+
+
+def _open_fds(pid: int) -> int:
+    """How many descriptors a process has open (its connections among them)."""
+    try:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return 0
 
 
 def _limit(step: dict[str, Any], cpus: int) -> str:
