@@ -239,6 +239,7 @@ class NodeMetrics:
         self.events = Counter("raftsso_events", "Events emitted, by name.", ["event"],
                               registry=r)
         self._children: dict[str, Counter] = {}  # see observe_request
+        self._fetches: dict[bool, Counter] = {}  # the fetch series by success, looked up once
         if node is not None:
             r.register(_StateCollector(node, self))
 
@@ -259,11 +260,11 @@ class NodeMetrics:
         if code is not None:
             self.request_errors.labels(op_label, code).inc()
         if op == "keyring":
-            result = "ok" if code is None else "error"
-            fetches = self._children.get(f" fetch {result}")
-            if fetches is None:
-                fetches = self._children[f" fetch {result}"] = self.keyring_fetches.labels(
-                    result)
+            ok = code is None
+            fetches = self._fetches.get(ok)
+            if fetches is None:  # a series appears with its first fetch, as ever
+                fetches = self._fetches[ok] = self.keyring_fetches.labels(
+                    "ok" if ok else "error")
             fetches.inc()
             self.keyring_fetch_seconds.observe(seconds)
             if code is None and role == "client":

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import asyncio.sslproto
+import importlib
 import logging
 import os
 import signal
 import sys
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 from raftsso import events, memscrub
 from raftsso.audit import AuditLog
@@ -93,7 +96,7 @@ def run_node(config_path: str | Path) -> int:
     try:
         node.start()
         watch.start()
-        return asyncio.run(_serve(node, metrics, audit, daytwo))
+        return run_loop(_serve(node, metrics, audit, daytwo))
     finally:
         watch.stop()
         node.stop()
@@ -102,6 +105,33 @@ def run_node(config_path: str | Path) -> int:
             health.close()
         log.info("node %s stopped", cfg.node_id)
         events.shutdown()
+
+
+#: ``uvloop`` makes a node serve on uvloop's loop (installed with the optional ``fast`` extra).
+EVENT_LOOP_ENV = "RAFTSSO_EVENT_LOOP"
+
+
+def run_loop(main: Coroutine[Any, Any, int]) -> int:
+    """Run the service's loop: asyncio's own, or uvloop's with ``RAFTSSO_EVENT_LOOP=uvloop``
+    (when it is installed; otherwise a warning and asyncio's).
+
+    Why: every keyring fetch is a few loop callbacks (readable, timers); uvloop runs them
+    with less CPU (issue 16.3). Opt-in, not the default: the whole test suite has not run on
+    it (two runs of tests/integration/test_flood.py on it ended with /readyz 503 in the
+    metrics-port test, which passed alone and on asyncio; not understood yet). Only the
+    main thread's loop changes (the metrics server and peer TLS links keep asyncio's)."""
+    if os.environ.get(EVENT_LOOP_ENV, "") == "uvloop":
+        try:
+            # By name: an optional package, so the types do not depend on its presence.
+            uvloop = importlib.import_module("uvloop")
+        except ImportError:
+            log.warning("%s=uvloop but uvloop is not installed: serving on asyncio's loop",
+                        EVENT_LOOP_ENV)
+        else:
+            log.info("event loop: uvloop %s", getattr(uvloop, "__version__", "?"))
+            return int(uvloop.run(main))
+    log.info("event loop: asyncio")
+    return asyncio.run(main)
 
 
 def reload_certificates(node: Node, server: Server,

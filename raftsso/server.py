@@ -151,6 +151,9 @@ class Route:
     roles: frozenset[str]
     request: type[Request[Result]]
     call: Callable[[Caller, WireMap], Awaitable[Result]]
+    # The same call for a read that never waits (the keyring fetch), run without a
+    # coroutine (issue 16.3: every fetch used to create and run two more); None: await call.
+    now: Callable[[Caller, WireMap], Result] | None = None
 
 
 def route(roles: frozenset[str], request: type[Rq],
@@ -158,6 +161,17 @@ def route(roles: frozenset[str], request: type[Rq],
     async def call(caller: Caller, args: WireMap) -> Result:
         return await handler(caller, request.from_wire(args))
     return Route(roles, request, call)
+
+
+def read_route(roles: frozenset[str], request: type[Rq],
+               handler: Callable[[Caller, Rq], Result]) -> Route:
+    """A route whose handler answers at once (no await, no worker thread)."""
+    def now(caller: Caller, args: WireMap) -> Result:
+        return handler(caller, request.from_wire(args))
+
+    async def call(caller: Caller, args: WireMap) -> Result:
+        return now(caller, args)
+    return Route(roles, request, call, now)
 
 
 @dataclass(frozen=True)
@@ -189,7 +203,7 @@ class Service:
         self.routes: dict[str, Route] = {
             Op.PING: route(READ_ROLES, PingRequest, self._ping),
             Op.STATUS: route(READ_ROLES, StatusRequest, self._status),
-            Op.KEYRING: route(READ_ROLES, KeyringRequest, self._keyring),
+            Op.KEYRING: read_route(READ_ROLES, KeyringRequest, self._keyring),
             Op.ROTATE: route(ADMIN_ROLES, RotateRequest, self._rotate),
             Op.RETIRE: route(ADMIN_ROLES, RetireRequest, self._retire),
             Op.BACKED_UP: route(ADMIN_ROLES, BackedUpRequest, self._backed_up),
@@ -275,7 +289,9 @@ class Service:
                             caller.peer)
                 raise PermissionDenied(
                     f"a {caller.role or 'certificate without a'} role may not call {op}")
-            return ok(rid, self._result_wire(await entry.call(caller, args)))
+            now = entry.now
+            result = now(caller, args) if now is not None else await entry.call(caller, args)
+            return ok(rid, self._result_wire(result))
         except Exception as exc:
             body = self.error_body(exc, op, caller)
             return error(rid, body.code.value, body.message,
@@ -330,7 +346,7 @@ class Service:
     async def _status(self, caller: Caller, req: StatusRequest) -> Result:
         return self.node.status()
 
-    async def _keyring(self, caller: Caller, req: KeyringRequest) -> Result:
+    def _keyring(self, caller: Caller, req: KeyringRequest) -> Result:
         # A backup must hold the newest state: it asks for the leader's keyring.
         if req.require_leader:
             self._require_ready_leader()

@@ -69,6 +69,9 @@ class RequestTelemetry:
     def announce(self, seen: Observed) -> None:
         """Event lines: once the answer has been sent (raftsso.server's late observers)."""
         caller, op, code = seen.caller, seen.op, seen.code
+        if op == "keyring" and code is None and isinstance(seen.result, dict) \
+                and seen.result.get("primary") is not None:
+            return  # a sync served a primary: nothing to announce (every fetch, so first)
         who = {"client": caller.name, "role": caller.role, "peer": caller.peer}
         if code == "FORBIDDEN":
             self.limiter.emit(("refused", caller.name, caller.role, op),

@@ -27,6 +27,7 @@ from raftsso.known_stores import MAX_KIND, KnownStore, decode_counts, store_id_p
 from raftsso.protocol.codes import ErrorCode
 from raftsso.protocol.fields import ErrorFactory, Fields
 from raftsso.protocol.ids import (
+    MAX_CLIENT_ID,
     ClientId,
     NodeId,
     RequestId,
@@ -445,6 +446,10 @@ class KeyringResult(Result):
                    f.integer("commit_index"), primary, versions)
 
 
+#: The arguments an SSO client's sync carries (KeyringRequest.from_wire's fast path).
+_SYNC_FIELDS = frozenset({"client_id", "known"})
+
+
 @dataclass(frozen=True)
 class KeyringRequest(Request[KeyringResult]):
     """``client_id`` lets the nodes tell which SSO clients have synced a staged version;
@@ -470,6 +475,20 @@ class KeyringRequest(Request[KeyringResult]):
         if self.encryptions:
             out["encryptions"] = {str(v): n for v, n in self.encryptions.items()}
         return out
+
+    @classmethod
+    def from_wire(cls, args: WireValue) -> Self:
+        # The hot path (issue 16.3): an SSO client's sync sends only ``client_id`` and
+        # ``known`` (or nothing). That shape is read here without a Fields, with the same
+        # checks and outcome as decode(); any other shape goes through decode().
+        if type(args) is dict and args.keys() <= _SYNC_FIELDS:
+            raw = args.get("client_id")
+            cid = (ClientId(raw) if type(raw) is str and 0 < len(raw) <= MAX_CLIENT_ID
+                   else None)
+            known = args.get("known")
+            return cls(cid, False, known if type(known) is int and 0 <= known < 2**63
+                       else None)
+        return super().from_wire(args)
 
     @classmethod
     def decode(cls, f: Fields) -> Self:

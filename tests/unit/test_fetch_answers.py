@@ -94,3 +94,24 @@ def test_the_client_merges_an_unchanged_answer_into_the_keyring_it_holds() -> No
 def test_a_prepacked_answer_frame_is_the_frame_encode_frame_makes(
         rid: int, result: dict[str, object]) -> None:
     assert encode_ok_frame(rid, pack(result)) == encode_frame(ok(rid, result))
+
+
+_ARG_VALUES = st.one_of(st.none(), st.booleans(), st.integers(-2, 2**64), st.text(max_size=70),
+                        st.binary(max_size=4), st.floats(allow_nan=False),
+                        st.dictionaries(st.text(max_size=3), st.integers(0, 9), max_size=2))
+
+
+@given(st.dictionaries(st.sampled_from(["client_id", "known", "require_leader",
+                                        "encryptions", "other"]), _ARG_VALUES, max_size=4))
+def test_the_sync_fast_path_decodes_as_the_general_decoder(args: dict[str, object]) -> None:
+    # KeyringRequest.from_wire reads an SSO client's sync (client_id, known) without Fields:
+    # for every arguments map it must give what decode() gives.
+    assert KeyringRequest.from_wire(args) == _request(args)  # type: ignore[arg-type]
+
+
+def test_the_sync_fast_path_keeps_the_limits() -> None:
+    assert KeyringRequest.from_wire({"client_id": "c" * 64, "known": 2**63 - 1}) == \
+        KeyringRequest("c" * 64, known=2**63 - 1)  # type: ignore[arg-type]
+    assert KeyringRequest.from_wire({"client_id": "c" * 65, "known": 2**63}) == \
+        KeyringRequest()
+    assert KeyringRequest.from_wire({"client_id": "", "known": True}) == KeyringRequest()
