@@ -37,8 +37,8 @@ from raftsso.errors import (
     RemoteError,
     Unavailable,
 )
+from raftsso.protocol.base import ErrorBody, Request, Result
 from raftsso.protocol.codes import RETRYABLE, ErrorCode
-from raftsso.protocol.messages import ErrorBody, Request, Result
 from raftsso.wire import MAX_FRAME, WireMap, WireValue, encode_frame, read_frame
 
 R = TypeVar("R", bound=Result)

@@ -13,7 +13,7 @@ from raftsso.admin import AdminClient
 from raftsso.errors import RaftssoError
 from raftsso.fsutil import read_private
 from raftsso.keyring import KeyState
-from raftsso.protocol.messages import NodeStatus, VersionInfo
+from raftsso.protocol.node_status import NodeStatus, VersionInfo
 from raftsso_cli.common import admin_client, print_json, remote_config, table
 
 
