@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
@@ -26,6 +25,7 @@ from raftsso.errors import ConfigError, RaftssoError
 from raftsso.fsutil import atomic_write
 from raftsso.protocol.ids import NodeId, VersionId, node_id, version_id
 from raftsso.protocol.node_status import PingRequest, SealView, StatusRequest
+from raftsso.protocol.record import record
 from raftsso.remote import ClusterClient
 
 # Every other operation's types are imported by the method that sends it: building the
@@ -54,7 +54,7 @@ MEMBER_DEADLINE = 30.0
 TRANSFER_DEADLINE = 20.0
 
 
-@dataclass(frozen=True)
+@record
 class BackupWritten:
     """A backup file written and recorded in the cluster (``versions``: their ids)."""
 
@@ -399,7 +399,7 @@ class AdminClient:
                                       timeout=DEFAULT_WRITE_DEADLINE)
 
 
-@dataclass(frozen=True)
+@record
 class SealRekeyed:
     """A finished seal rekey: the new generation, the seal kind, new share files."""
 

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from raftsso import cluster_health
 from raftsso.errors import RaftssoError
 from raftsso.protocol.ids import VersionId
 from raftsso.protocol.node_status import NodeStatus, SealView, StatusRequest, VersionInfo
+from raftsso.protocol.record import record
 from raftsso.remote import ClusterClient
 
 
-@dataclass(frozen=True)
+@record
 class NodeRow:
     """One configured node as ``status`` shows it (``reachable`` false: no answer)."""
 
@@ -41,7 +41,7 @@ class NodeRow:
                 "seal": None if self.seal is None else self.seal.to_wire()}
 
 
-@dataclass(frozen=True)
+@record
 class ClusterStatus:
     """The contract's ``status --json`` object (DESIGN.md section 5), plus the versions."""
 

@@ -12,12 +12,13 @@ import binascii
 import math
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from raftsso.errors import ConfigError, RaftssoError
 from raftsso.fsutil import atomic_write, check_private, read_private
+from raftsso.protocol.record import record
 
 # Only a node's configuration needs these (the limits pull in logging, ctypes and the event
 # log; the seal settings the seal providers): they are imported when a node.toml is read,
@@ -44,7 +45,7 @@ def split_address(address: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-@dataclass(frozen=True)
+@record
 class RaftTimings:
     """Raft timings; the defaults give sub-second failover on a LAN."""
 
@@ -81,14 +82,14 @@ class RaftTimings:
             raise ConfigError("raft.log_compaction_min_entries must be at least 2")
 
 
-@dataclass(frozen=True)
+@record
 class Peer:
     id: str
     raft_address: str
     service_address: str
 
 
-@dataclass(frozen=True)
+@record
 class BackupSchedule:
     """``[backup]`` in node.toml: the leader writes a backup encrypted to ``recipient`` into
     ``dir`` after every new version and every ``interval`` seconds, keeping ``keep`` files
@@ -112,7 +113,7 @@ def _default_seal() -> SealSettings:
     return SealSettings()
 
 
-@dataclass(frozen=True)
+@record
 class NodeConfig:
     path: Path
     node_id: str
@@ -177,13 +178,13 @@ class NodeConfig:
         return read_secret_file(self.cluster_secret_file, "cluster")
 
 
-@dataclass(frozen=True)
+@record
 class Endpoint:
     id: str
     address: str
 
 
-@dataclass(frozen=True)
+@record
 class RemoteConfig:
     """What an operator (admin.toml) or an SSO client (client.toml) needs to reach nodes."""
 

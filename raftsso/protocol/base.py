@@ -10,13 +10,13 @@ apiece on a small machine).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 from enum import StrEnum
 from typing import ClassVar, Generic, Self, TypeVar
 
 from raftsso.errors import BadRequest, DecodeError
 from raftsso.protocol.codes import ErrorCode
 from raftsso.protocol.fields import Fields
+from raftsso.protocol.record import record
 from raftsso.wire import WireMap, WireValue
 
 
@@ -91,7 +91,7 @@ class Request(ABC, Generic[R]):
     def decode_result(self, raw: WireValue) -> R: ...
 
 
-@dataclass(frozen=True)
+@record
 class ErrorBody:
     """An error answer: ``{"code", "message"}``, plus ``leader`` for NOT_LEADER (the
     leader's service address or null) and ``request_id`` for OUTCOME_UNKNOWN."""

@@ -19,7 +19,7 @@ type here; this module re-exports them, and :data:`REQUESTS` names every op's re
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import ClassVar, Self
 
 from raftsso.config import split_address
@@ -50,6 +50,7 @@ from raftsso.protocol.node_status import (
     VersionInfo,
     version_state,
 )
+from raftsso.protocol.record import record
 from raftsso.revocation import MAX_NAME as MAX_CERT_NAME
 from raftsso.revocation import CertRecord, canonical_serial
 from raftsso.wire import WireMap, WireValue
@@ -65,7 +66,7 @@ def _addresses(f: Fields, *names: str) -> None:
             raise f.fail(f"{name!r}: {exc}") from None
 
 
-@dataclass(frozen=True)
+@record
 class VersionResult(Result):
     """``rotate`` and ``retire``: the version acted on, its state, the primary."""
 
@@ -92,7 +93,7 @@ class VersionResult(Result):
 # -- keyring ---------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@record
 class KeyringVersion:
     """A usable version with its key (plaintext master secret: never in a repr)."""
 
@@ -110,7 +111,7 @@ class KeyringVersion:
         return cls(info, f.blob("key", KEY_SIZE))
 
 
-@dataclass(frozen=True)
+@record
 class KeyringResult(Result):
     """What an SSO client caches. ``commit_index`` is the Raft index the keyring reflects,
     so answers of different nodes can be ordered.
@@ -160,7 +161,7 @@ class KeyringResult(Result):
                    f.integer("commit_index"), primary, versions)
 
 
-@dataclass(frozen=True)
+@record
 class KeyringRequest(Request[KeyringResult]):
     """``client_id`` lets the nodes tell which SSO clients have synced a staged version;
     ``require_leader``: the leader's keyring past its barrier (a backup); ``known``: the
@@ -211,7 +212,7 @@ class KeyringRequest(Request[KeyringResult]):
 # -- writes to the keyring ------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@record
 class RotateRequest(Request[VersionResult]):
     """A new version, staged (or primary with ``now``): a compare-and-set on the primary
     (``expect_primary``; without it, the primary the leader sees)."""
@@ -235,7 +236,7 @@ class RotateRequest(Request[VersionResult]):
         return VersionResult.from_wire(raw)
 
 
-@dataclass(frozen=True)
+@record
 class RetireRequest(Request[VersionResult]):
     """Destroy a non-primary version's key; ``force`` skips the client-window check."""
 
@@ -266,7 +267,7 @@ def _fingerprints(f: Fields, name: str) -> dict[VersionId, str]:
     return out
 
 
-@dataclass(frozen=True)
+@record
 class BackedUpResult(Result):
     marked: tuple[VersionId, ...]
 
@@ -285,7 +286,7 @@ def _version_list(f: Fields, name: str) -> list[VersionId]:
     return [VersionId(int(i)) for i in items if type(i) is int]
 
 
-@dataclass(frozen=True)
+@record
 class BackedUpRequest(Request[BackedUpResult]):
     """Record that a backup holds these versions (id -> fingerprint)."""
 
@@ -305,7 +306,7 @@ class BackedUpRequest(Request[BackedUpResult]):
         return BackedUpResult.from_wire(raw)
 
 
-@dataclass(frozen=True)
+@record
 class RestoreVersion:
     """A version from a backup, with its plaintext key (sealed by the leader)."""
 
@@ -324,7 +325,7 @@ class RestoreVersion:
                    f.number("created"))
 
 
-@dataclass(frozen=True)
+@record
 class RestoreResult(Result):
     added: tuple[VersionId, ...]
     revived: tuple[VersionId, ...]
@@ -341,7 +342,7 @@ class RestoreResult(Result):
                    tuple(_version_list(f, "replaced")), f.optional_version("primary_version"))
 
 
-@dataclass(frozen=True)
+@record
 class RestoreRequest(Request[RestoreResult]):
     """Merge a backup's versions; ``force`` admits another cluster's backup (and lets it
     replace the first secret of a brand-new cluster)."""
@@ -377,7 +378,7 @@ class RestoreRequest(Request[RestoreResult]):
 # -- clients seen (node to node) --------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@record
 class ClientSeen:
     """An SSO client a node served within ``client_window``: who (certificate name and the
     client's own id), how long ago, the highest version it has been served."""
@@ -388,7 +389,7 @@ class ClientSeen:
     version: int
 
 
-@dataclass(frozen=True)
+@record
 class ClientsView(Result):
     """The clients a node served within its window. ``overflowed``: its table was full
     within the window (or the view too long to send), so the view is incomplete and the
@@ -427,7 +428,7 @@ class ClientsView(Result):
                    f.flag("overflowed"))
 
 
-@dataclass(frozen=True)
+@record
 class ClientsRequest(Request[ClientsView]):
     op: ClassVar[Op] = Op.CLIENTS
 
@@ -445,7 +446,7 @@ class ClientsRequest(Request[ClientsView]):
 # -- membership and leadership ---------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@record
 class TransferResult(Result):
     leader: str
     term: int
@@ -459,7 +460,7 @@ class TransferResult(Result):
         return cls(f.text("leader"), f.integer("term"), f.flag("changed"))
 
 
-@dataclass(frozen=True)
+@record
 class TransferLeaderRequest(Request[TransferResult]):
     op: ClassVar[Op] = Op.TRANSFER_LEADER
     node_id: NodeId
@@ -475,7 +476,7 @@ class TransferLeaderRequest(Request[TransferResult]):
         return TransferResult.from_wire(raw)
 
 
-@dataclass(frozen=True)
+@record
 class MemberView:
     """A member as one node sees it (the leader's view has match indexes and lags)."""
 
@@ -503,7 +504,7 @@ class MemberView:
                    f.optional_number("last_contact"))
 
 
-@dataclass(frozen=True)
+@record
 class MembersResult(Result):
     leader: str | None
     node_id: str
@@ -519,7 +520,7 @@ class MembersResult(Result):
                    f.each("members", MemberView.decode))
 
 
-@dataclass(frozen=True)
+@record
 class MembersRequest(Request[MembersResult]):
     op: ClassVar[Op] = Op.MEMBERS
     require_leader: bool = False
@@ -535,7 +536,7 @@ class MembersRequest(Request[MembersResult]):
         return MembersResult.from_wire(raw)
 
 
-@dataclass(frozen=True)
+@record
 class MemberChangeResult(Result):
     node_id: str
     members: tuple[str, ...]
@@ -554,7 +555,7 @@ class MemberChangeResult(Result):
                    f.flag("changed", True))
 
 
-@dataclass(frozen=True)
+@record
 class MemberAddRequest(Request[MemberChangeResult]):
     op: ClassVar[Op] = Op.MEMBER_ADD
     node_id: NodeId
@@ -576,7 +577,7 @@ class MemberAddRequest(Request[MemberChangeResult]):
         return MemberChangeResult.from_wire(raw)
 
 
-@dataclass(frozen=True)
+@record
 class MemberRemoveRequest(Request[MemberChangeResult]):
     op: ClassVar[Op] = Op.MEMBER_REMOVE
     node_id: NodeId
@@ -599,7 +600,7 @@ class MemberRemoveRequest(Request[MemberChangeResult]):
 MAX_SHARE = 4096  # raftsso.seal.shares.MAX_SHARE_FILE
 
 
-@dataclass(frozen=True)
+@record
 class UnsealRequest(Request[SealView]):
     """One unseal share (the share file's bytes) for a shamir node; never logged."""
 
@@ -627,7 +628,7 @@ def _generation(f: Fields, name: str = "generation") -> int:
     return value
 
 
-@dataclass(frozen=True)
+@record
 class SealInstallRequest(Request[SealView]):
     """A seal rekey's first step on each node: hold ``key`` as seal ``generation``
     (file: written to the key file; pkcs11: imported into the token; shamir: memory)."""
@@ -647,7 +648,7 @@ class SealInstallRequest(Request[SealView]):
         return SealView.from_wire(raw)
 
 
-@dataclass(frozen=True)
+@record
 class SealForgetRequest(Request[SealView]):
     """A seal rekey's last step on each node: destroy an older generation's key (refused
     while the node's keyring still seals under it)."""
@@ -666,7 +667,7 @@ class SealForgetRequest(Request[SealView]):
         return SealView.from_wire(raw)
 
 
-@dataclass(frozen=True)
+@record
 class ResealResult(Result):
     """The keyring's seal generation after the reseal and the versions it re-sealed;
     ``compacted``: this leader's journal and snapshot hold no older sealed copy."""
@@ -689,7 +690,7 @@ class ResealResult(Result):
         return cls(_generation(f), tuple(versions), f.flag("compacted", False))
 
 
-@dataclass(frozen=True)
+@record
 class ResealRequest(Request[ResealResult]):
     """The leader re-seals every live version under seal ``generation`` (which every node
     must hold already: ``seal_install``) through the log."""
@@ -725,7 +726,7 @@ def _known_store(f: Fields) -> KnownStore:
                       f.optional_number("counted_at"), decode_counts(f, "versions_in_use"))
 
 
-@dataclass(frozen=True)
+@record
 class StoreResult(Result):
     """A store as the cluster knows it (after a report)."""
 
@@ -739,7 +740,7 @@ class StoreResult(Result):
         return cls(_known_store(f))
 
 
-@dataclass(frozen=True)
+@record
 class StoreReportRequest(Request[StoreResult]):
     """Which key versions a store uses, counted at ``counted_at`` from token headers.
 
@@ -771,7 +772,7 @@ class StoreReportRequest(Request[StoreResult]):
         return StoreResult.from_wire(raw)
 
 
-@dataclass(frozen=True)
+@record
 class StoresResult(Result):
     stores: tuple[KnownStore, ...]
 
@@ -783,7 +784,7 @@ class StoresResult(Result):
         return cls(f.each("stores", _known_store))
 
 
-@dataclass(frozen=True)
+@record
 class StoresRequest(Request[StoresResult]):
     """The stores known to the cluster (the leader's view, past its barrier)."""
 
@@ -800,7 +801,7 @@ class StoresRequest(Request[StoresResult]):
         return StoresResult.from_wire(raw)
 
 
-@dataclass(frozen=True)
+@record
 class StoreForgetResult(Result):
     store_id: str
     forgotten: bool
@@ -813,7 +814,7 @@ class StoreForgetResult(Result):
         return cls(f.text("store_id"), f.flag("forgotten"))
 
 
-@dataclass(frozen=True)
+@record
 class StoreForgetRequest(Request[StoreForgetResult]):
     op: ClassVar[Op] = Op.STORE_FORGET
     store_id: str
@@ -833,7 +834,7 @@ class StoreForgetRequest(Request[StoreForgetResult]):
 # -- certificates (issue 15) -------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@record
 class CertView:
     """A certificate the cluster knows of: registered by ``certs issue``, or revoked."""
 
@@ -862,7 +863,7 @@ class CertView:
                    f.optional_number("revoked"), f.text("revoked_by", default=""))
 
 
-@dataclass(frozen=True)
+@record
 class CertsResult(Result):
     certificates: tuple[CertView, ...]
 
@@ -874,7 +875,7 @@ class CertsResult(Result):
         return cls(f.each("certificates", CertView.decode))
 
 
-@dataclass(frozen=True)
+@record
 class CertsRequest(Request[CertsResult]):
     """Every certificate registered or revoked (``require_leader``: the leader's view)."""
 
@@ -899,7 +900,7 @@ def _serial_field(f: Fields, name: str) -> str:
         raise f.fail(f"{name!r} must be a certificate serial (hexadecimal)") from None
 
 
-@dataclass(frozen=True)
+@record
 class CertRegisterResult(Result):
     serial: str
     name: str
@@ -912,7 +913,7 @@ class CertRegisterResult(Result):
         return cls(f.text("serial"), f.text("name"))
 
 
-@dataclass(frozen=True)
+@record
 class CertRegisterRequest(Request[CertRegisterResult]):
     """Register a certificate made by ``certs issue`` (serial, name, role, expiry)."""
 
@@ -942,7 +943,7 @@ class CertRegisterRequest(Request[CertRegisterResult]):
         return CertRegisterResult.from_wire(raw)
 
 
-@dataclass(frozen=True)
+@record
 class CertRevokeResult(Result):
     serials: tuple[str, ...]  # every serial the target named
     revoked: tuple[str, ...]  # those revoked now (the others were already)
@@ -958,7 +959,7 @@ class CertRevokeResult(Result):
         return cls(tuple(str(s) for s in serials), tuple(str(s) for s in revoked))
 
 
-@dataclass(frozen=True)
+@record
 class CertRevokeRequest(Request[CertRevokeResult]):
     """Revoke every registered certificate named ``target``, or the serial ``target``;
     ``name`` names a serial the cluster never registered (from ``--cert FILE``)."""
@@ -985,7 +986,7 @@ class CertRevokeRequest(Request[CertRevokeResult]):
 # -- encryption counts (node to node, issue 15) ------------------------------------------------
 
 
-@dataclass(frozen=True)
+@record
 class EncryptionReports(Result):
     """The latest cumulative encryption counts SSO clients reported to one node, by client
     (``certificate/client id``). ``overflowed``: some were left out (too many)."""
@@ -1009,7 +1010,7 @@ class EncryptionReports(Result):
         return cls(reports, f.flag("overflowed", False))
 
 
-@dataclass(frozen=True)
+@record
 class EncryptionsRequest(Request[EncryptionReports]):
     op: ClassVar[Op] = Op.ENCRYPTIONS
 

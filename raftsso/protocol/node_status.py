@@ -9,7 +9,7 @@ them.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import ClassVar, Self
 
 from raftsso.encryption_counts import parse_counts
@@ -18,10 +18,11 @@ from raftsso.keyring import KeyState, KeyVersion
 from raftsso.protocol.base import Op, Request, Result
 from raftsso.protocol.fields import Fields
 from raftsso.protocol.ids import VersionId
+from raftsso.protocol.record import record
 from raftsso.wire import WireMap, WireValue
 
 
-@dataclass(frozen=True)
+@record
 class VersionInfo:
     """A version as ``status`` shows it (no key material)."""
 
@@ -60,7 +61,7 @@ def version_state(f: Fields) -> KeyState:
 # -- ping, status ------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@record
 class PingResult(Result):
     node_id: str
     cluster_id: str | None = None  # since the typed protocol; older nodes leave it out
@@ -73,7 +74,7 @@ class PingResult(Result):
         return cls(f.text("node_id"), f.optional_text("cluster_id"))
 
 
-@dataclass(frozen=True)
+@record
 class PingRequest(Request[PingResult]):
     op: ClassVar[Op] = Op.PING
 
@@ -88,7 +89,7 @@ class PingRequest(Request[PingResult]):
         return PingResult.from_wire(raw)
 
 
-@dataclass(frozen=True)
+@record
 class PeerStatus:
     id: str
     connected: bool
@@ -105,7 +106,7 @@ class PeerStatus:
                    f.integer("match_index") if f.has("match_index") else None)
 
 
-@dataclass(frozen=True)
+@record
 class NodeStatus(Result):
     """One node's own view: Raft, the keyring without keys, its peers."""
 
@@ -182,7 +183,7 @@ def _counts(f: Fields, name: str) -> Mapping[int, int]:
         raise f.fail(f"{name!r}: {exc}") from None
 
 
-@dataclass(frozen=True)
+@record
 class RotationPolicyView:
     """The leader's rotation policy (``rotation_period``, ``max_encryptions``; 0: off)."""
 
@@ -204,7 +205,7 @@ class RotationPolicyView:
                    f.optional_number("next_rotation"))
 
 
-@dataclass(frozen=True)
+@record
 class StatusRequest(Request[NodeStatus]):
     op: ClassVar[Op] = Op.STATUS
 
@@ -222,7 +223,7 @@ class StatusRequest(Request[NodeStatus]):
 # -- the seal ---------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@record
 class SealView(Result):
     """A node's seal: its kind, whether it is sealed, the generations it holds, the
     cluster's current seal generation (its keyring's), unseal progress. Never a key."""
