@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
@@ -24,48 +23,30 @@ from raftsso.cluster_status import ClusterStatus
 from raftsso.config import Endpoint, RemoteConfig, load_remote_config, split_address
 from raftsso.errors import ConfigError, RaftssoError
 from raftsso.fsutil import atomic_write
-from raftsso.known_stores import KnownStore, store_id_problem
-from raftsso.pki import CertInfo
 from raftsso.protocol.ids import NodeId, VersionId, node_id, version_id
-from raftsso.protocol.messages import (
-    BackedUpRequest,
-    CertRegisterRequest,
-    CertRegisterResult,
-    CertRevokeRequest,
-    CertRevokeResult,
-    CertsRequest,
-    CertsResult,
-    KeyringRequest,
-    MemberAddRequest,
-    MemberChangeResult,
-    MemberRemoveRequest,
-    MembersRequest,
-    MembersResult,
-    PingRequest,
-    ResealRequest,
-    RestoreRequest,
-    RestoreResult,
-    RestoreVersion,
-    RetireRequest,
-    RotateRequest,
-    SealForgetRequest,
-    SealInstallRequest,
-    SealView,
-    StatusRequest,
-    StoreForgetRequest,
-    StoreForgetResult,
-    StoreReportRequest,
-    StoreResult,
-    StoresRequest,
-    TransferLeaderRequest,
-    TransferResult,
-    UnsealRequest,
-    VersionResult,
-)
+from raftsso.protocol.node_status import PingRequest, SealView, StatusRequest
+from raftsso.protocol.record import record
 from raftsso.remote import ClusterClient
 
+# Every other operation's types are imported by the method that sends it: building the
+# frozen dataclasses of raftsso.protocol.messages is about half the start of a CLI call
+# on a small machine, and ``status`` (and ``seal_status``) need only the status types.
 if TYPE_CHECKING:  # Argon2id (cryptography) is loaded by the backup calls only
     from raftsso import backup as backups
+    from raftsso.known_stores import KnownStore
+    from raftsso.pki import CertInfo
+    from raftsso.protocol.messages import (
+        CertRegisterResult,
+        CertRevokeResult,
+        CertsResult,
+        MemberChangeResult,
+        MembersResult,
+        RestoreResult,
+        StoreForgetResult,
+        StoreResult,
+        TransferResult,
+        VersionResult,
+    )
     from raftsso.store.model import StoreReport  # the store: only its callers load it
 
 DEFAULT_WRITE_DEADLINE = 15.0
@@ -73,7 +54,7 @@ MEMBER_DEADLINE = 30.0
 TRANSFER_DEADLINE = 20.0
 
 
-@dataclass(frozen=True)
+@record
 class BackupWritten:
     """A backup file written and recorded in the cluster (``versions``: their ids)."""
 
@@ -136,6 +117,8 @@ class AdminClient:
 
     def members(self) -> MembersResult:
         """The members as the leader sees them (match indexes, lags, contact times)."""
+        from raftsso.protocol.messages import MembersRequest
+
         self.check_cluster()
         return self.cluster.request_leader(MembersRequest(require_leader=True))
 
@@ -145,6 +128,8 @@ class AdminClient:
                deadline: float = DEFAULT_WRITE_DEADLINE) -> VersionResult:
         """A new master secret version, staged (or primary with ``now``); with
         ``expect_primary``, only if the primary is still that version."""
+        from raftsso.protocol.messages import RotateRequest
+
         self.check_cluster()
         expect = None if expect_primary is None else _version(expect_primary)
         return self.cluster.request_leader(RotateRequest(now=now, expect_primary=expect),
@@ -152,6 +137,8 @@ class AdminClient:
 
     def retire(self, version: int, *, force: bool = False) -> VersionResult:
         """Destroy ``version``'s key material (check the stores first: see the CLI)."""
+        from raftsso.protocol.messages import RetireRequest
+
         self.check_cluster()
         return self.cluster.request_leader(RetireRequest(_version(version), force))
 
@@ -164,6 +151,7 @@ class AdminClient:
         committed version.
         """
         from raftsso import backup as backups
+        from raftsso.protocol.messages import BackedUpRequest, KeyringRequest
 
         backups.check_password(password)
         if out.exists() and not overwrite:
@@ -183,6 +171,8 @@ class AdminClient:
     def restore(self, info: backups.BackupInfo, *, force: bool = False) -> RestoreResult:
         """Merge an opened backup's versions into the cluster (never drops or overwrites a
         newer version); ``force`` admits another cluster's backup."""
+        from raftsso.protocol.messages import RestoreRequest, RestoreVersion
+
         self.check_cluster()
         versions = tuple(RestoreVersion(_version(v.id), v.key, v.fingerprint, v.created)
                          for v in info.versions if v.key is not None)
@@ -194,12 +184,16 @@ class AdminClient:
 
     def certs(self) -> CertsResult:
         """Every certificate registered with the cluster or revoked (the leader's view)."""
+        from raftsso.protocol.messages import CertsRequest
+
         self.check_cluster()
         return self.cluster.request_leader(CertsRequest(require_leader=True))
 
     def cert_register(self, info: CertInfo) -> CertRegisterResult:
         """Register a certificate made by ``certs issue`` (so ``certs list`` shows it and
         ``certs revoke NAME`` finds it)."""
+        from raftsso.protocol.messages import CertRegisterRequest
+
         self.check_cluster()
         return self.cluster.request_leader(CertRegisterRequest(
             info.serial, info.name, info.role, info.not_after))
@@ -207,6 +201,8 @@ class AdminClient:
     def cert_revoke(self, target: str, *, name: str = "") -> CertRevokeResult:
         """Revoke every registered certificate named ``target``, or the serial ``target``
         (``name``: the name of a serial the cluster never registered, for the record)."""
+        from raftsso.protocol.messages import CertRevokeRequest
+
         self.check_cluster()
         return self.cluster.request_leader(CertRevokeRequest(target, name))
 
@@ -216,6 +212,8 @@ class AdminClient:
                    service_address: str | None = None) -> MemberChangeResult:
         """Add ``node`` (start it first); its service address defaults to the Raft port + 1,
         as ``init`` lays nodes out."""
+        from raftsso.protocol.messages import MemberAddRequest
+
         host, port = split_address(raft_address)
         request = MemberAddRequest(_node(node), raft_address,
                                    service_address or f"{host}:{port + 1}")
@@ -224,12 +222,16 @@ class AdminClient:
 
     def member_remove(self, node: str) -> MemberChangeResult:
         """Remove ``node`` for good (its id can never rejoin)."""
+        from raftsso.protocol.messages import MemberRemoveRequest
+
         self.check_cluster()
         return self.cluster.request_leader(MemberRemoveRequest(_node(node)),
                                            deadline=MEMBER_DEADLINE)
 
     def transfer_leader(self, node: str) -> TransferResult:
         """Make ``node`` the leader and wait until it is."""
+        from raftsso.protocol.messages import TransferLeaderRequest
+
         self.check_cluster()
         return self.cluster.request_leader(TransferLeaderRequest(_node(node)),
                                            deadline=TRANSFER_DEADLINE)
@@ -238,12 +240,16 @@ class AdminClient:
 
     def stores(self) -> list[KnownStore]:
         """The SSO stores known to the cluster (the leader's view), by id."""
+        from raftsso.protocol.messages import StoresRequest
+
         self.check_cluster()
         return list(self.cluster.request_leader(StoresRequest()).stores)
 
     def store_report(self, report: StoreReport, *, full: bool = True) -> StoreResult:
         """Tell the cluster which versions a store uses (``rewrap``, ``retire --store``);
         a full count needs an admin certificate."""
+        from raftsso.protocol.messages import StoreReportRequest
+
         self.check_cluster()
         return self.cluster.request_leader(StoreReportRequest(
             report.store_id, report.kind, report.counted_at, dict(report.versions_in_use),
@@ -251,6 +257,9 @@ class AdminClient:
 
     def store_forget(self, store_id: str) -> StoreForgetResult:
         """Drop a store the cluster knows (it is gone, or was reported by mistake)."""
+        from raftsso.known_stores import store_id_problem
+        from raftsso.protocol.messages import StoreForgetRequest
+
         problem = store_id_problem(store_id)
         if problem:
             raise RaftssoError(f"{store_id!r} is not a store id: {problem}")
@@ -277,6 +286,7 @@ class AdminClient:
     def unseal(self, node: str, share_file: Path) -> SealView:
         """Give ``node`` one unseal share (read from a 0600 share file, checked here first);
         the share goes over admin mTLS only and is never logged."""
+        from raftsso.protocol.messages import UnsealRequest
         from raftsso.seal.shares import read_share_file  # (AES-GCM: only when needed)
 
         share = read_share_file(share_file)
@@ -296,6 +306,7 @@ class AdminClient:
         old key and compacts. Run again after an interruption: a rekey whose reseal
         committed is finished (old keys destroyed), one that did not starts over.
         """
+        from raftsso.protocol.messages import ResealRequest, SealInstallRequest
         from raftsso.seal import rekey
 
         self.check_cluster()
@@ -367,6 +378,8 @@ class AdminClient:
     def _forget_older(self, node: str, generation: int) -> None:
         """Destroy every generation older than ``generation`` on ``node`` once it has
         applied the reseal (a follower may lag a moment)."""
+        from raftsso.protocol.messages import SealForgetRequest
+
         address = self._endpoint(node).address
         deadline = time.monotonic() + DEFAULT_WRITE_DEADLINE
         while True:
@@ -386,7 +399,7 @@ class AdminClient:
                                       timeout=DEFAULT_WRITE_DEADLINE)
 
 
-@dataclass(frozen=True)
+@record
 class SealRekeyed:
     """A finished seal rekey: the new generation, the seal kind, new share files."""
 

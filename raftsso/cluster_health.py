@@ -13,7 +13,8 @@ leader's ``/metrics`` (from its own view of its peers).
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+
+from raftsso.protocol.record import record  # (cheap to define: see there)
 
 #: A follower whose last contact with the leader is older than this is unhealthy (seconds).
 #: Heartbeats go every ``append_entries_period`` (0.03 s by default): seconds of silence
@@ -37,7 +38,7 @@ def failure_tolerance(voters: int, healthy_voters: int) -> int:
     return max(0, healthy_voters - quorum(voters))
 
 
-@dataclass(frozen=True)
+@record
 class NodeHealth:
     id: str
     reachable: bool

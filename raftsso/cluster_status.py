@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 from raftsso import cluster_health
 from raftsso.errors import RaftssoError
 from raftsso.protocol.ids import VersionId
-from raftsso.protocol.messages import NodeStatus, SealView, StatusRequest, VersionInfo
+from raftsso.protocol.node_status import NodeStatus, SealView, StatusRequest, VersionInfo
+from raftsso.protocol.record import record
 from raftsso.remote import ClusterClient
 
 
-@dataclass(frozen=True)
+@record
 class NodeRow:
     """One configured node as ``status`` shows it (``reachable`` false: no answer)."""
 
@@ -41,7 +41,7 @@ class NodeRow:
                 "seal": None if self.seal is None else self.seal.to_wire()}
 
 
-@dataclass(frozen=True)
+@record
 class ClusterStatus:
     """The contract's ``status --json`` object (DESIGN.md section 5), plus the versions."""
 
@@ -74,16 +74,28 @@ def survey(client: ClusterClient, timeout: float = 2.0) -> ClusterStatus:
     certificate against our ``ca_cert`` (a wrong file, not an outage).
     """
     failures: list[BaseException] = []
+    unexpected: list[BaseException] = []
+    answers: list[NodeStatus | None] = [None] * len(client.nodes)
 
-    def ask(address: str) -> NodeStatus | None:
+    def ask(i: int, address: str) -> None:
         try:
-            return client.request_node(address, StatusRequest(), timeout=timeout)
+            answers[i] = client.request_node(address, StatusRequest(), timeout=timeout)
         except (OSError, RaftssoError) as exc:
             failures.append(exc)
-            return None
+        except BaseException as exc:  # a bug, not an unreachable node: raised below
+            unexpected.append(exc)
 
-    with ThreadPoolExecutor(max_workers=len(client.nodes)) as pool:
-        answers = list(pool.map(ask, [n.address for n in client.nodes]))
+    # One thread per node (plain threads: concurrent.futures would add its import to every
+    # `raftsso status`); the calling thread asks the last node itself.
+    threads = [threading.Thread(target=ask, args=(i, n.address), daemon=True)
+               for i, n in enumerate(client.nodes[:-1])]
+    for thread in threads:
+        thread.start()
+    ask(len(client.nodes) - 1, client.nodes[-1].address)
+    for thread in threads:
+        thread.join()
+    if unexpected:
+        raise unexpected[0]
     wrong_ca = client.wrong_ca_error(failures)
     if wrong_ca is not None:
         raise wrong_ca

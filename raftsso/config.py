@@ -12,16 +12,21 @@ import binascii
 import math
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import field, fields
 from pathlib import Path
-from typing import Any
-
-import tomli_w
+from typing import TYPE_CHECKING, Any
 
 from raftsso.errors import ConfigError, RaftssoError
 from raftsso.fsutil import atomic_write, check_private, read_private
-from raftsso.limits import Limits, LimitsError, resolve_limits
-from raftsso.seal.settings import SealSettings, parse_seal_settings
+from raftsso.protocol.record import record
+
+# Only a node's configuration needs these (the limits pull in logging, ctypes and the event
+# log; the seal settings the seal providers): they are imported when a node.toml is read,
+# so that every CLI call and SSO client reading admin.toml or client.toml does not load
+# them. tomli_w is imported by the two functions that write TOML.
+if TYPE_CHECKING:
+    from raftsso.limits import Limits
+    from raftsso.seal.settings import SealSettings
 
 CONFIG_FORMAT = 1
 MIN_MAX_FRAME = 4 << 10
@@ -40,7 +45,7 @@ def split_address(address: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-@dataclass(frozen=True)
+@record
 class RaftTimings:
     """Raft timings; the defaults give sub-second failover on a LAN."""
 
@@ -77,14 +82,14 @@ class RaftTimings:
             raise ConfigError("raft.log_compaction_min_entries must be at least 2")
 
 
-@dataclass(frozen=True)
+@record
 class Peer:
     id: str
     raft_address: str
     service_address: str
 
 
-@dataclass(frozen=True)
+@record
 class BackupSchedule:
     """``[backup]`` in node.toml: the leader writes a backup encrypted to ``recipient`` into
     ``dir`` after every new version and every ``interval`` seconds, keeping ``keep`` files
@@ -96,7 +101,19 @@ class BackupSchedule:
     keep: int = 24
 
 
-@dataclass(frozen=True)
+def _default_limits() -> Limits:
+    from raftsso.limits import Limits
+
+    return Limits()
+
+
+def _default_seal() -> SealSettings:
+    from raftsso.seal.settings import SealSettings
+
+    return SealSettings()
+
+
+@record
 class NodeConfig:
     path: Path
     node_id: str
@@ -125,7 +142,7 @@ class NodeConfig:
     peer_tls: bool = True
     # [limits]: caps on every listening port, resolved against RLIMIT_NOFILE at load
     # (raftsso.limits; peer_max_* are read by the Raft package).
-    limits: Limits = field(default_factory=Limits)
+    limits: Limits = field(default_factory=_default_limits)
     # [backup]: unattended backups to a public key (None: off).
     backup: BackupSchedule | None = None
     # Rotation policy of the leader (0: off): a staged rotation once the newest version is
@@ -134,7 +151,7 @@ class NodeConfig:
     max_encryptions: int = 0
     # Where the seal key lives (raftsso.seal.settings): `seal`, `seal_key_file`, [pkcs11],
     # [shamir] in node.toml.
-    seal: SealSettings = field(default_factory=SealSettings)
+    seal: SealSettings = field(default_factory=_default_seal)
     # Overwrite freed memory (raftsso.memscrub): a retired key does not linger in the heap.
     scrub_freed_memory: bool = True
 
@@ -161,13 +178,13 @@ class NodeConfig:
         return read_secret_file(self.cluster_secret_file, "cluster")
 
 
-@dataclass(frozen=True)
+@record
 class Endpoint:
     id: str
     address: str
 
 
-@dataclass(frozen=True)
+@record
 class RemoteConfig:
     """What an operator (admin.toml) or an SSO client (client.toml) needs to reach nodes."""
 
@@ -253,6 +270,8 @@ def load_node_config(path: str | Path) -> NodeConfig:
         timings.validate()
     except ConfigError as exc:
         raise ConfigError(f"{p}: {exc}") from None
+    from raftsso.seal.settings import parse_seal_settings
+
     idle_timeout = _get(data, "idle_timeout", float, p, 300.0)
     seal = parse_seal_settings(data, base, p)
     cfg = NodeConfig(
@@ -318,6 +337,8 @@ def load_node_config(path: str | Path) -> NodeConfig:
 
 
 def _limits(raw: Mapping[str, Any], path: Path, idle_timeout: float) -> Limits:
+    from raftsso.limits import Limits, LimitsError, resolve_limits
+
     typed = {}
     for key, value in raw.items():
         if key in Limits.__dataclass_fields__ and key not in ("nofile", "notes"):
@@ -464,6 +485,8 @@ def _without_none(value: Any) -> Any:
 def dump_toml(data: Mapping[str, Any]) -> str:
     """TOML text for one of our configs; keys whose value is None are left out (TOML has
     no null). A value TOML cannot hold raises ``TypeError``."""
+    import tomli_w
+
     return tomli_w.dumps(_without_none(data))
 
 

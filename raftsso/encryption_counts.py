@@ -21,9 +21,11 @@ are dropped.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from types import MappingProxyType
 from typing import Any
+
+from raftsso.protocol.record import record  # (cheap to define: see there)
 
 MAX_CLIENTS = 100_000
 MAX_COUNT = 1 << 62
@@ -55,13 +57,13 @@ def parse_counts(raw: Any) -> dict[int, int]:
     return {_version(k): _count(v) for k, v in raw.items()}
 
 
-@dataclass(frozen=True)
+@record
 class ClientReport:
     counts: Mapping[int, int]
     at: float
 
 
-@dataclass(frozen=True)
+@record
 class EncryptionLedger:
     """Totals per version, and the last counted report of every client (immutable)."""
 

@@ -37,8 +37,8 @@ from raftsso.errors import (
     RemoteError,
     Unavailable,
 )
+from raftsso.protocol.base import ErrorBody, Request, Result
 from raftsso.protocol.codes import RETRYABLE, ErrorCode
-from raftsso.protocol.messages import ErrorBody, Request, Result
 from raftsso.wire import MAX_FRAME, WireMap, WireValue, encode_frame, read_frame
 
 R = TypeVar("R", bound=Result)
@@ -82,10 +82,18 @@ class Connection:
 
     def _connect(self) -> ssl.SSLSocket:
         host, port = split_address(self.endpoint.address)
-        raw = socket.create_connection((host, port), timeout=self._timeout)
+        # An ASCII name (or address) goes as bytes: a str is encoded with the "idna" codec
+        # by getaddrinfo and by ssl, whose import (stringprep, unicodedata) every CLI call
+        # would pay, and for ASCII that codec only checks label lengths. The certificate
+        # is checked against the same name either way.
+        name: str | bytes = host.encode("ascii") if host.isascii() else host
+        # (typeshed types create_connection's host as str only; it hands it to
+        # getaddrinfo, which takes bytes and is typed so)
+        raw = socket.create_connection((name, port),  # type: ignore[arg-type]
+                                       timeout=self._timeout)
         raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         try:
-            return self._ctx.wrap_socket(raw, server_hostname=host, session=self._session)
+            return self._ctx.wrap_socket(raw, server_hostname=name, session=self._session)
         except BaseException:
             raw.close()
             raise

@@ -15,9 +15,11 @@ an expired certificate anyway), which keeps the registry bounded by the live cer
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from types import MappingProxyType
 from typing import Any
+
+from raftsso.protocol.record import record  # (cheap to define: see there)
 
 MAX_RECORDS = 100_000
 EXPIRED_KEEP = 7 * 86400.0
@@ -42,7 +44,7 @@ def canonical_serial(text: str | int) -> str:
     return format(value, "x")
 
 
-@dataclass(frozen=True)
+@record
 class CertRecord:
     serial: str
     name: str

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import click
@@ -10,6 +10,8 @@ import click
 from raftsso.admin import AdminClient
 from raftsso.config import RemoteConfig, load_remote_config
 from raftsso.errors import ConfigError
+from raftsso.keyring import KeyState
+from raftsso.protocol.node_status import VersionInfo
 
 
 def remote_config(ctx: click.Context, role: str | None = None) -> RemoteConfig:
@@ -29,6 +31,8 @@ def admin_client(ctx: click.Context, role: str | None = None) -> AdminClient:
 
 
 def print_json(obj: object) -> None:
+    import json  # only the --json outputs need it
+
     click.echo(json.dumps(obj, indent=None, sort_keys=False, default=str))
 
 
@@ -38,3 +42,11 @@ def table(headers: list[str], rows: list[list[str]]) -> str:
     lines = ["  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
     return "\n".join(line.rstrip() for line in lines)
+
+
+def warn_not_backed_up(versions: Sequence[VersionInfo]) -> None:
+    missing = [str(v.id) for v in versions
+               if not v.backed_up and v.state is not KeyState.RETIRED]
+    if missing:
+        click.echo(f"warning: version(s) {', '.join(missing)} were never backed up; run "
+                   "`raftsso -c admin.toml backup --out FILE --password-file PF`", err=True)

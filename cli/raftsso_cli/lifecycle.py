@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
 from pathlib import Path
 
 import click
@@ -12,9 +11,8 @@ import click
 from raftsso.admin import AdminClient
 from raftsso.errors import RaftssoError
 from raftsso.fsutil import read_private
-from raftsso.keyring import KeyState
-from raftsso.protocol.messages import NodeStatus, VersionInfo
-from raftsso_cli.common import admin_client, print_json, remote_config, table
+from raftsso.protocol.node_status import NodeStatus
+from raftsso_cli.common import admin_client, print_json, remote_config, table, warn_not_backed_up
 
 
 def _when(ts: float | None) -> str:
@@ -79,14 +77,6 @@ def print_policy(leader: NodeStatus | None) -> None:
     if p.next_rotation is not None:
         when = dt.datetime.fromtimestamp(p.next_rotation, dt.UTC)
         click.echo(f"next rotation by period: {when:%Y-%m-%d %H:%M:%SZ}")
-
-
-def warn_not_backed_up(versions: Sequence[VersionInfo]) -> None:
-    missing = [str(v.id) for v in versions
-               if not v.backed_up and v.state is not KeyState.RETIRED]
-    if missing:
-        click.echo(f"warning: version(s) {', '.join(missing)} were never backed up; run "
-                   "`raftsso -c admin.toml backup --out FILE --password-file PF`", err=True)
 
 
 @click.command()

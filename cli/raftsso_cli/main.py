@@ -21,7 +21,7 @@ from raftsso.errors import RaftssoError, exit_code_for
 #: imported only when that command runs (or ``--help`` lists them all), so ``--version``
 #: and ``status`` do not pay for certificates, Argon2id or the SSO store.
 COMMANDS: dict[str, str] = {
-    "init": "raftsso_cli.admin:init",
+    "init": "raftsso_cli.deploy:init",
     "local": "raftsso_cli.local:local",
     "node": "raftsso_cli.local:node",
     "status": "raftsso_cli.admin:status",

@@ -16,7 +16,7 @@ This module imports nothing of raftsso.
 
 from __future__ import annotations
 
-import secrets
+import os
 from typing import NewType, TypeGuard
 
 MAX_VERSION_ID = 2**32 - 1
@@ -49,7 +49,9 @@ def request_id(value: object) -> RequestId:
 
 def new_request_id() -> RequestId:
     """A fresh random request id; reuse it on every retry of the same write."""
-    return RequestId(secrets.token_bytes(REQUEST_ID_SIZE))
+    # os.urandom is what secrets.token_bytes returns; importing secrets would load random,
+    # hmac and hashlib into every process that imports the error tree (the CLI's start).
+    return RequestId(os.urandom(REQUEST_ID_SIZE))
 
 
 def _short_text(value: object, limit: int, what: str) -> str:

@@ -9,22 +9,25 @@ An error answer carries an :class:`ErrorBody`.
 
 The field names are the wire contract of ``docs/architecture.md`` (*The service protocol*);
 new fields are optional on decoding so that older nodes and clients keep working.
+
+The bases (:class:`Op`, :class:`Request`, :class:`Result`, :class:`ErrorBody`) live in
+:mod:`raftsso.protocol.base` and the ``ping``/``status`` types in
+:mod:`raftsso.protocol.node_status`, so that a status or a client call does not build every
+type here; this module re-exports them, and :data:`REQUESTS` names every op's request.
 """
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from enum import StrEnum
-from typing import ClassVar, Generic, Self, TypeVar
+from dataclasses import field
+from typing import ClassVar, Self
 
 from raftsso.config import split_address
 from raftsso.encryption_counts import parse_counts
-from raftsso.errors import BadRequest, DecodeError, RaftssoError
-from raftsso.keyring import KeyState, KeyVersion
+from raftsso.errors import RaftssoError
+from raftsso.keyring import KeyState
 from raftsso.known_stores import MAX_KIND, KnownStore, decode_counts, store_id_problem
-from raftsso.protocol.codes import ErrorCode
+from raftsso.protocol.base import ErrorBody, Op, Request, Result
 from raftsso.protocol.fields import ErrorFactory, Fields
 from raftsso.protocol.ids import (
     MAX_CLIENT_ID,
@@ -37,109 +40,23 @@ from raftsso.protocol.ids import (
     new_request_id,
     version_id,
 )
+from raftsso.protocol.node_status import (
+    NodeStatus,
+    PeerStatus,
+    PingRequest,
+    PingResult,
+    RotationPolicyView,
+    SealView,
+    StatusRequest,
+    VersionInfo,
+    version_state,
+)
+from raftsso.protocol.record import record
 from raftsso.revocation import MAX_NAME as MAX_CERT_NAME
 from raftsso.revocation import CertRecord, canonical_serial
 from raftsso.wire import WireMap, WireValue
 
 KEY_SIZE = 32  # a master secret (raftsso.envelope.KEY_SIZE; this module stays crypto-free)
-
-
-class Op(StrEnum):
-    """Every operation of the node service (``docs/architecture.md`` lists each)."""
-
-    PING = "ping"
-    STATUS = "status"
-    KEYRING = "keyring"
-    ROTATE = "rotate"
-    RETIRE = "retire"
-    BACKED_UP = "backed_up"
-    RESTORE = "restore"
-    CLIENTS = "clients"
-    TRANSFER_LEADER = "transfer_leader"
-    MEMBERS = "members"
-    MEMBER_ADD = "member_add"
-    MEMBER_REMOVE = "member_remove"
-    # the seal (raftsso.seal): unseal shares, and the steps of a seal rekey
-    UNSEAL = "unseal"
-    SEAL_INSTALL = "seal_install"
-    RESEAL = "reseal"
-    SEAL_FORGET = "seal_forget"
-    # the stores known to the cluster
-    STORE_REPORT = "store_report"
-    STORES = "stores"
-    STORE_FORGET = "store_forget"
-    CERTS = "certs"
-    CERT_REGISTER = "cert_register"
-    CERT_REVOKE = "cert_revoke"
-    ENCRYPTIONS = "encryptions"
-
-
-# -- bases ----------------------------------------------------------------------------------
-
-
-class Result(ABC):
-    """What an operation answers."""
-
-    @abstractmethod
-    def to_wire(self) -> WireMap: ...
-
-    @classmethod
-    def from_wire(cls, raw: WireValue) -> Self:
-        return cls.decode(Fields(raw, f"the {cls.__name__} answer", DecodeError))
-
-    @classmethod
-    @abstractmethod
-    def decode(cls, f: Fields) -> Self: ...
-
-
-R = TypeVar("R", bound=Result, covariant=True)
-
-
-class Request(ABC, Generic[R]):
-    """An operation's arguments; ``decode_result`` reads its answer."""
-
-    op: ClassVar[Op]
-
-    @abstractmethod
-    def to_wire(self) -> WireMap: ...
-
-    @classmethod
-    def from_wire(cls, args: WireValue) -> Self:
-        return cls.decode(Fields(args, str(cls.op), BadRequest))
-
-    @classmethod
-    @abstractmethod
-    def decode(cls, f: Fields) -> Self: ...
-
-    @abstractmethod
-    def decode_result(self, raw: WireValue) -> R: ...
-
-
-@dataclass(frozen=True)
-class ErrorBody:
-    """An error answer: ``{"code", "message"}``, plus ``leader`` for NOT_LEADER (the
-    leader's service address or null) and ``request_id`` for OUTCOME_UNKNOWN."""
-
-    code: ErrorCode
-    message: str
-    leader: str | None = None
-    request_id: bytes | None = None
-
-    def to_wire(self) -> WireMap:
-        out: dict[str, WireValue] = {"code": self.code.value, "message": self.message}
-        if self.code is ErrorCode.NOT_LEADER:
-            out["leader"] = self.leader
-        if self.request_id is not None:
-            out["request_id"] = self.request_id
-        return out
-
-    @classmethod
-    def from_wire(cls, raw: WireValue) -> ErrorBody:
-        f = Fields(raw, "an error answer")
-        leader, rid = f.raw("leader"), f.raw("request_id")
-        return cls(ErrorCode.from_wire(f.raw("code")), str(f.raw("message") or ""),
-                   leader if isinstance(leader, str) else None,
-                   rid if isinstance(rid, bytes) else None)
 
 
 def _addresses(f: Fields, *names: str) -> None:
@@ -150,46 +67,7 @@ def _addresses(f: Fields, *names: str) -> None:
             raise f.fail(f"{name!r}: {exc}") from None
 
 
-# -- shared parts ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class VersionInfo:
-    """A version as ``status`` shows it (no key material)."""
-
-    id: VersionId
-    state: KeyState
-    fingerprint: str
-    created: float
-    promoted: float | None = None
-    backed_up: bool = False
-
-    @classmethod
-    def of(cls, v: KeyVersion) -> VersionInfo:
-        return cls(VersionId(v.id), v.state, v.fingerprint, v.created, v.promoted,
-                   v.backed_up)
-
-    def to_wire(self) -> dict[str, WireValue]:
-        return {"id": self.id, "state": self.state.value, "fingerprint": self.fingerprint,
-                "created": self.created, "promoted": self.promoted,
-                "backed_up": self.backed_up}
-
-    @classmethod
-    def decode(cls, f: Fields) -> VersionInfo:
-        # Only id, state and fingerprint are needed by an SSO client; the rest is shown.
-        return cls(f.version("id"), _state(f), f.text("fingerprint"),
-                   f.optional_number("created") or 0.0, f.optional_number("promoted"),
-                   f.flag("backed_up", False))
-
-
-def _state(f: Fields) -> KeyState:
-    try:
-        return KeyState(f.text("state"))
-    except ValueError:
-        raise f.fail(f"unknown version state {f.raw('state')!r}") from None
-
-
-@dataclass(frozen=True)
+@record
 class VersionResult(Result):
     """``rotate`` and ``retire``: the version acted on, its state, the primary."""
 
@@ -209,176 +87,14 @@ class VersionResult(Result):
 
     @classmethod
     def decode(cls, f: Fields) -> Self:
-        return cls(f.version("version"), _state(f), f.optional_version("primary_version"),
+        return cls(f.version("version"), version_state(f), f.optional_version("primary_version"),
                    f.flag("destroyed") if f.has("destroyed") else None)
-
-
-# -- ping, status ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PingResult(Result):
-    node_id: str
-    cluster_id: str | None = None  # since the typed protocol; older nodes leave it out
-
-    def to_wire(self) -> WireMap:
-        return {"node_id": self.node_id, "cluster_id": self.cluster_id}
-
-    @classmethod
-    def decode(cls, f: Fields) -> Self:
-        return cls(f.text("node_id"), f.optional_text("cluster_id"))
-
-
-@dataclass(frozen=True)
-class PingRequest(Request[PingResult]):
-    op: ClassVar[Op] = Op.PING
-
-    def to_wire(self) -> WireMap:
-        return {}
-
-    @classmethod
-    def decode(cls, f: Fields) -> Self:
-        return cls()
-
-    def decode_result(self, raw: WireValue) -> PingResult:
-        return PingResult.from_wire(raw)
-
-
-@dataclass(frozen=True)
-class PeerStatus:
-    id: str
-    connected: bool
-    last_contact: float | None
-    match_index: int | None
-
-    def to_wire(self) -> dict[str, WireValue]:
-        return {"id": self.id, "connected": self.connected, "last_contact": self.last_contact,
-                "match_index": self.match_index}
-
-    @classmethod
-    def decode(cls, f: Fields) -> PeerStatus:
-        return cls(f.text("id"), f.flag("connected", False), f.optional_number("last_contact"),
-                   f.integer("match_index") if f.has("match_index") else None)
-
-
-@dataclass(frozen=True)
-class NodeStatus(Result):
-    """One node's own view: Raft, the keyring without keys, its peers."""
-
-    node_id: str
-    cluster_id: str
-    address: str
-    raft_address: str
-    role: str
-    term: int
-    commit_index: int
-    last_applied: int
-    leader: str | None
-    leader_address: str | None
-    has_quorum: bool
-    ready: bool
-    primary_version: VersionId | None
-    versions: tuple[VersionInfo, ...]
-    peers: tuple[PeerStatus, ...]
-    # Day-two operations (issue 15); absent from older nodes' answers.
-    policy: RotationPolicyView = field(default_factory=lambda: RotationPolicyView())
-    encryptions: Mapping[int, int] = field(default_factory=dict)
-    last_backup: float | None = None  # this node's last scheduled backup (wall clock)
-    # The node's seal (None from nodes older than seal providers).
-    seal: SealView | None = None
-
-    @property
-    def sealed(self) -> bool | None:
-        return None if self.seal is None else self.seal.sealed
-
-    def to_wire(self) -> WireMap:
-        return {
-            "node_id": self.node_id, "cluster_id": self.cluster_id, "address": self.address,
-            "raft_address": self.raft_address, "role": self.role, "term": self.term,
-            "commit_index": self.commit_index, "last_applied": self.last_applied,
-            "leader": self.leader, "leader_address": self.leader_address,
-            "has_quorum": self.has_quorum, "ready": self.ready,
-            "primary_version": self.primary_version,
-            "versions": [v.to_wire() for v in self.versions],
-            "peers": [p.to_wire() for p in self.peers],
-            "policy": self.policy.to_wire(),
-            "encryptions": {str(v): n for v, n in self.encryptions.items()},
-            "last_backup": self.last_backup,
-            **({} if self.seal is None else {"sealed": self.seal.sealed,
-                                            "seal": self.seal.to_wire()}),
-        }
-
-    @classmethod
-    def decode(cls, f: Fields) -> Self:
-        return cls(
-            node_id=f.text("node_id"), cluster_id=f.text("cluster_id"),
-            address=f.text("address", default=""), raft_address=f.text("raft_address",
-                                                                       default=""),
-            role=f.text("role"), term=f.integer("term"), commit_index=f.integer("commit_index"),
-            last_applied=f.integer("last_applied"), leader=f.optional_text("leader"),
-            leader_address=f.optional_text("leader_address"),
-            has_quorum=f.flag("has_quorum", False), ready=f.flag("ready", False),
-            primary_version=f.optional_version("primary_version"),
-            versions=f.each("versions", VersionInfo.decode),
-            peers=f.each("peers", PeerStatus.decode) if f.has("peers") else (),
-            policy=(RotationPolicyView.decode(Fields(f.raw("policy"), "policy", DecodeError))
-                    if f.has("policy") else RotationPolicyView()),
-            encryptions=_counts(f, "encryptions"),
-            last_backup=f.optional_number("last_backup"),
-            seal=SealView.decode(Fields(f.raw("seal"), "the seal of a status", DecodeError))
-            if f.has("seal") else None)
-
-
-def _counts(f: Fields, name: str) -> Mapping[int, int]:
-    if not f.has(name):
-        return {}
-    try:
-        return parse_counts(f.raw(name))
-    except ValueError as exc:
-        raise f.fail(f"{name!r}: {exc}") from None
-
-
-@dataclass(frozen=True)
-class RotationPolicyView:
-    """The leader's rotation policy (``rotation_period``, ``max_encryptions``; 0: off)."""
-
-    rotation_period: float = 0.0
-    max_encryptions: int = 0
-    rotate_at: int | None = None  # the primary's count that starts a rotation
-    next_rotation: float | None = None  # when the period rotates next (wall clock)
-
-    def to_wire(self) -> dict[str, WireValue]:
-        return {"rotation_period": self.rotation_period,
-                "max_encryptions": self.max_encryptions, "rotate_at": self.rotate_at,
-                "next_rotation": self.next_rotation}
-
-    @classmethod
-    def decode(cls, f: Fields) -> RotationPolicyView:
-        return cls(f.optional_number("rotation_period") or 0.0,
-                   f.integer("max_encryptions") if f.has("max_encryptions") else 0,
-                   f.integer("rotate_at") if f.has("rotate_at") else None,
-                   f.optional_number("next_rotation"))
-
-
-@dataclass(frozen=True)
-class StatusRequest(Request[NodeStatus]):
-    op: ClassVar[Op] = Op.STATUS
-
-    def to_wire(self) -> WireMap:
-        return {}
-
-    @classmethod
-    def decode(cls, f: Fields) -> Self:
-        return cls()
-
-    def decode_result(self, raw: WireValue) -> NodeStatus:
-        return NodeStatus.from_wire(raw)
 
 
 # -- keyring ---------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@record
 class KeyringVersion:
     """A usable version with its key (plaintext master secret: never in a repr)."""
 
@@ -396,7 +112,7 @@ class KeyringVersion:
         return cls(info, f.blob("key", KEY_SIZE))
 
 
-@dataclass(frozen=True)
+@record
 class KeyringResult(Result):
     """What an SSO client caches. ``commit_index`` is the Raft index the keyring reflects,
     so answers of different nodes can be ordered.
@@ -450,7 +166,7 @@ class KeyringResult(Result):
 _SYNC_FIELDS = frozenset({"client_id", "known"})
 
 
-@dataclass(frozen=True)
+@record
 class KeyringRequest(Request[KeyringResult]):
     """``client_id`` lets the nodes tell which SSO clients have synced a staged version;
     ``require_leader``: the leader's keyring past its barrier (a backup); ``known``: the
@@ -515,7 +231,7 @@ class KeyringRequest(Request[KeyringResult]):
 # -- writes to the keyring ------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@record
 class RotateRequest(Request[VersionResult]):
     """A new version, staged (or primary with ``now``): a compare-and-set on the primary
     (``expect_primary``; without it, the primary the leader sees)."""
@@ -539,7 +255,7 @@ class RotateRequest(Request[VersionResult]):
         return VersionResult.from_wire(raw)
 
 
-@dataclass(frozen=True)
+@record
 class RetireRequest(Request[VersionResult]):
     """Destroy a non-primary version's key; ``force`` skips the client-window check."""
 
@@ -570,7 +286,7 @@ def _fingerprints(f: Fields, name: str) -> dict[VersionId, str]:
     return out
 
 
-@dataclass(frozen=True)
+@record
 class BackedUpResult(Result):
     marked: tuple[VersionId, ...]
 
@@ -589,7 +305,7 @@ def _version_list(f: Fields, name: str) -> list[VersionId]:
     return [VersionId(int(i)) for i in items if type(i) is int]
 
 
-@dataclass(frozen=True)
+@record
 class BackedUpRequest(Request[BackedUpResult]):
     """Record that a backup holds these versions (id -> fingerprint)."""
 
@@ -609,7 +325,7 @@ class BackedUpRequest(Request[BackedUpResult]):
         return BackedUpResult.from_wire(raw)
 
 
-@dataclass(frozen=True)
+@record
 class RestoreVersion:
     """A version from a backup, with its plaintext key (sealed by the leader)."""
 
@@ -628,7 +344,7 @@ class RestoreVersion:
                    f.number("created"))
 
 
-@dataclass(frozen=True)
+@record
 class RestoreResult(Result):
     added: tuple[VersionId, ...]
     revived: tuple[VersionId, ...]
@@ -645,7 +361,7 @@ class RestoreResult(Result):
                    tuple(_version_list(f, "replaced")), f.optional_version("primary_version"))
 
 
-@dataclass(frozen=True)
+@record
 class RestoreRequest(Request[RestoreResult]):
     """Merge a backup's versions; ``force`` admits another cluster's backup (and lets it
     replace the first secret of a brand-new cluster)."""
@@ -681,7 +397,7 @@ class RestoreRequest(Request[RestoreResult]):
 # -- clients seen (node to node) --------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@record
 class ClientSeen:
     """An SSO client a node served within ``client_window``: who (certificate name and the
     client's own id), how long ago, the highest version it has been served."""
@@ -692,7 +408,7 @@ class ClientSeen:
     version: int
 
 
-@dataclass(frozen=True)
+@record
 class ClientsView(Result):
     """The clients a node served within its window. ``overflowed``: its table was full
     within the window (or the view too long to send), so the view is incomplete and the
@@ -731,7 +447,7 @@ class ClientsView(Result):
                    f.flag("overflowed"))
 
 
-@dataclass(frozen=True)
+@record
 class ClientsRequest(Request[ClientsView]):
     op: ClassVar[Op] = Op.CLIENTS
 
@@ -749,7 +465,7 @@ class ClientsRequest(Request[ClientsView]):
 # -- membership and leadership ---------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@record
 class TransferResult(Result):
     leader: str
     term: int
@@ -763,7 +479,7 @@ class TransferResult(Result):
         return cls(f.text("leader"), f.integer("term"), f.flag("changed"))
 
 
-@dataclass(frozen=True)
+@record
 class TransferLeaderRequest(Request[TransferResult]):
     op: ClassVar[Op] = Op.TRANSFER_LEADER
     node_id: NodeId
@@ -779,7 +495,7 @@ class TransferLeaderRequest(Request[TransferResult]):
         return TransferResult.from_wire(raw)
 
 
-@dataclass(frozen=True)
+@record
 class MemberView:
     """A member as one node sees it (the leader's view has match indexes and lags)."""
 
@@ -807,7 +523,7 @@ class MemberView:
                    f.optional_number("last_contact"))
 
 
-@dataclass(frozen=True)
+@record
 class MembersResult(Result):
     leader: str | None
     node_id: str
@@ -823,7 +539,7 @@ class MembersResult(Result):
                    f.each("members", MemberView.decode))
 
 
-@dataclass(frozen=True)
+@record
 class MembersRequest(Request[MembersResult]):
     op: ClassVar[Op] = Op.MEMBERS
     require_leader: bool = False
@@ -839,7 +555,7 @@ class MembersRequest(Request[MembersResult]):
         return MembersResult.from_wire(raw)
 
 
-@dataclass(frozen=True)
+@record
 class MemberChangeResult(Result):
     node_id: str
     members: tuple[str, ...]
@@ -858,7 +574,7 @@ class MemberChangeResult(Result):
                    f.flag("changed", True))
 
 
-@dataclass(frozen=True)
+@record
 class MemberAddRequest(Request[MemberChangeResult]):
     op: ClassVar[Op] = Op.MEMBER_ADD
     node_id: NodeId
@@ -880,7 +596,7 @@ class MemberAddRequest(Request[MemberChangeResult]):
         return MemberChangeResult.from_wire(raw)
 
 
-@dataclass(frozen=True)
+@record
 class MemberRemoveRequest(Request[MemberChangeResult]):
     op: ClassVar[Op] = Op.MEMBER_REMOVE
     node_id: NodeId
@@ -903,36 +619,7 @@ class MemberRemoveRequest(Request[MemberChangeResult]):
 MAX_SHARE = 4096  # raftsso.seal.shares.MAX_SHARE_FILE
 
 
-@dataclass(frozen=True)
-class SealView(Result):
-    """A node's seal: its kind, whether it is sealed, the generations it holds, the
-    cluster's current seal generation (its keyring's), unseal progress. Never a key."""
-
-    kind: str
-    sealed: bool
-    generations: tuple[int, ...]
-    seal_generation: int
-    supplied: int | None = None   # shamir, while sealed: shares supplied so far
-    threshold: int | None = None  # shamir, while sealed: shares needed
-
-    def to_wire(self) -> WireMap:
-        return {"kind": self.kind, "sealed": self.sealed,
-                "generations": list(self.generations),
-                "seal_generation": self.seal_generation, "supplied": self.supplied,
-                "threshold": self.threshold}
-
-    @classmethod
-    def decode(cls, f: Fields) -> Self:
-        generations = tuple(g for g in f.items("generations", []) if type(g) is int)
-        if len(generations) != len(f.items("generations", [])):
-            raise f.fail("'generations' must be a list of integers")
-        return cls(f.text("kind"), f.flag("sealed"), generations,
-                   f.integer("seal_generation", 1),
-                   f.integer("supplied") if f.raw("supplied") is not None else None,
-                   f.integer("threshold") if f.raw("threshold") is not None else None)
-
-
-@dataclass(frozen=True)
+@record
 class UnsealRequest(Request[SealView]):
     """One unseal share (the share file's bytes) for a shamir node; never logged."""
 
@@ -960,7 +647,7 @@ def _generation(f: Fields, name: str = "generation") -> int:
     return value
 
 
-@dataclass(frozen=True)
+@record
 class SealInstallRequest(Request[SealView]):
     """A seal rekey's first step on each node: hold ``key`` as seal ``generation``
     (file: written to the key file; pkcs11: imported into the token; shamir: memory)."""
@@ -980,7 +667,7 @@ class SealInstallRequest(Request[SealView]):
         return SealView.from_wire(raw)
 
 
-@dataclass(frozen=True)
+@record
 class SealForgetRequest(Request[SealView]):
     """A seal rekey's last step on each node: destroy an older generation's key (refused
     while the node's keyring still seals under it)."""
@@ -999,7 +686,7 @@ class SealForgetRequest(Request[SealView]):
         return SealView.from_wire(raw)
 
 
-@dataclass(frozen=True)
+@record
 class ResealResult(Result):
     """The keyring's seal generation after the reseal and the versions it re-sealed;
     ``compacted``: this leader's journal and snapshot hold no older sealed copy."""
@@ -1022,7 +709,7 @@ class ResealResult(Result):
         return cls(_generation(f), tuple(versions), f.flag("compacted", False))
 
 
-@dataclass(frozen=True)
+@record
 class ResealRequest(Request[ResealResult]):
     """The leader re-seals every live version under seal ``generation`` (which every node
     must hold already: ``seal_install``) through the log."""
@@ -1058,7 +745,7 @@ def _known_store(f: Fields) -> KnownStore:
                       f.optional_number("counted_at"), decode_counts(f, "versions_in_use"))
 
 
-@dataclass(frozen=True)
+@record
 class StoreResult(Result):
     """A store as the cluster knows it (after a report)."""
 
@@ -1072,7 +759,7 @@ class StoreResult(Result):
         return cls(_known_store(f))
 
 
-@dataclass(frozen=True)
+@record
 class StoreReportRequest(Request[StoreResult]):
     """Which key versions a store uses, counted at ``counted_at`` from token headers.
 
@@ -1104,7 +791,7 @@ class StoreReportRequest(Request[StoreResult]):
         return StoreResult.from_wire(raw)
 
 
-@dataclass(frozen=True)
+@record
 class StoresResult(Result):
     stores: tuple[KnownStore, ...]
 
@@ -1116,7 +803,7 @@ class StoresResult(Result):
         return cls(f.each("stores", _known_store))
 
 
-@dataclass(frozen=True)
+@record
 class StoresRequest(Request[StoresResult]):
     """The stores known to the cluster (the leader's view, past its barrier)."""
 
@@ -1133,7 +820,7 @@ class StoresRequest(Request[StoresResult]):
         return StoresResult.from_wire(raw)
 
 
-@dataclass(frozen=True)
+@record
 class StoreForgetResult(Result):
     store_id: str
     forgotten: bool
@@ -1146,7 +833,7 @@ class StoreForgetResult(Result):
         return cls(f.text("store_id"), f.flag("forgotten"))
 
 
-@dataclass(frozen=True)
+@record
 class StoreForgetRequest(Request[StoreForgetResult]):
     op: ClassVar[Op] = Op.STORE_FORGET
     store_id: str
@@ -1166,7 +853,7 @@ class StoreForgetRequest(Request[StoreForgetResult]):
 # -- certificates (issue 15) -------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@record
 class CertView:
     """A certificate the cluster knows of: registered by ``certs issue``, or revoked."""
 
@@ -1195,7 +882,7 @@ class CertView:
                    f.optional_number("revoked"), f.text("revoked_by", default=""))
 
 
-@dataclass(frozen=True)
+@record
 class CertsResult(Result):
     certificates: tuple[CertView, ...]
 
@@ -1207,7 +894,7 @@ class CertsResult(Result):
         return cls(f.each("certificates", CertView.decode))
 
 
-@dataclass(frozen=True)
+@record
 class CertsRequest(Request[CertsResult]):
     """Every certificate registered or revoked (``require_leader``: the leader's view)."""
 
@@ -1232,7 +919,7 @@ def _serial_field(f: Fields, name: str) -> str:
         raise f.fail(f"{name!r} must be a certificate serial (hexadecimal)") from None
 
 
-@dataclass(frozen=True)
+@record
 class CertRegisterResult(Result):
     serial: str
     name: str
@@ -1245,7 +932,7 @@ class CertRegisterResult(Result):
         return cls(f.text("serial"), f.text("name"))
 
 
-@dataclass(frozen=True)
+@record
 class CertRegisterRequest(Request[CertRegisterResult]):
     """Register a certificate made by ``certs issue`` (serial, name, role, expiry)."""
 
@@ -1275,7 +962,7 @@ class CertRegisterRequest(Request[CertRegisterResult]):
         return CertRegisterResult.from_wire(raw)
 
 
-@dataclass(frozen=True)
+@record
 class CertRevokeResult(Result):
     serials: tuple[str, ...]  # every serial the target named
     revoked: tuple[str, ...]  # those revoked now (the others were already)
@@ -1291,7 +978,7 @@ class CertRevokeResult(Result):
         return cls(tuple(str(s) for s in serials), tuple(str(s) for s in revoked))
 
 
-@dataclass(frozen=True)
+@record
 class CertRevokeRequest(Request[CertRevokeResult]):
     """Revoke every registered certificate named ``target``, or the serial ``target``;
     ``name`` names a serial the cluster never registered (from ``--cert FILE``)."""
@@ -1318,7 +1005,7 @@ class CertRevokeRequest(Request[CertRevokeResult]):
 # -- encryption counts (node to node, issue 15) ------------------------------------------------
 
 
-@dataclass(frozen=True)
+@record
 class EncryptionReports(Result):
     """The latest cumulative encryption counts SSO clients reported to one node, by client
     (``certificate/client id``). ``overflowed``: some were left out (too many)."""
@@ -1342,7 +1029,7 @@ class EncryptionReports(Result):
         return cls(reports, f.flag("overflowed", False))
 
 
-@dataclass(frozen=True)
+@record
 class EncryptionsRequest(Request[EncryptionReports]):
     op: ClassVar[Op] = Op.ENCRYPTIONS
 
