@@ -13,34 +13,13 @@ from raftsso_cli.common import (
     admin_client,
     print_json,
     remote_config,
-    table,
     warn_not_backed_up,
 )
-
-
-def _fmt(value: object, suffix: str = "") -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        return f"{value:.2f}{suffix}"
-    return f"{value}{suffix}"
+from raftsso_cli.status_view import UNHEALTHY, status_text
 
 
 def print_status(status: ClusterStatus) -> None:
-    rows = [[n.id, n.address, _fmt(n.reachable), _fmt(n.role), _fmt(n.term),
-             _fmt(n.commit_index), _fmt(n.primary_version), _fmt(n.last_contact, "s"),
-             _fmt(n.lag), _fmt(n.healthy),
-             _fmt(n.sealed)]
-            for n in status.nodes]
-    click.echo(f"cluster {status.cluster_id or '?'}  leader {status.leader or 'NONE'}  "
-               f"quorum {_fmt(status.has_quorum)}  "
-               f"primary version {_fmt(status.primary_version)}  "
-               f"failure tolerance {status.failure_tolerance}")
-    click.echo(table(["node", "address", "reachable", "role", "term", "commit index",
-                      "primary version", "last contact", "lag", "healthy",
-                      "sealed"], rows))
+    click.echo(status_text(status))
 
 
 @click.command()
@@ -58,8 +37,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
         print_status(result)
         warn_not_backed_up(result.versions)
         if not result.healthy:
-            click.echo("no leader with a quorum: writes (rotation) are unavailable; "
-                       "SSO clients keep decrypting with their cached secrets", err=True)
+            click.echo(UNHEALTHY, err=True)
     sys.exit(0 if result.healthy else 3)
 
 

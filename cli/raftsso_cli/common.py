@@ -10,8 +10,9 @@ import click
 from raftsso.admin import AdminClient
 from raftsso.config import RemoteConfig, load_remote_config
 from raftsso.errors import ConfigError
-from raftsso.keyring import KeyState
 from raftsso.protocol.node_status import VersionInfo
+from raftsso_cli.status_view import not_backed_up_warning
+from raftsso_cli.status_view import table as table  # shared by the commands
 
 
 def remote_config(ctx: click.Context, role: str | None = None) -> RemoteConfig:
@@ -36,17 +37,7 @@ def print_json(obj: object) -> None:
     click.echo(json.dumps(obj, indent=None, sort_keys=False, default=str))
 
 
-def table(headers: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
-              for i, h in enumerate(headers)]
-    lines = ["  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True))]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-    return "\n".join(line.rstrip() for line in lines)
-
-
 def warn_not_backed_up(versions: Sequence[VersionInfo]) -> None:
-    missing = [str(v.id) for v in versions
-               if not v.backed_up and v.state is not KeyState.RETIRED]
-    if missing:
-        click.echo(f"warning: version(s) {', '.join(missing)} were never backed up; run "
-                   "`raftsso -c admin.toml backup --out FILE --password-file PF`", err=True)
+    warning = not_backed_up_warning(versions)
+    if warning:
+        click.echo(warning, err=True)

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -78,9 +82,6 @@ def test_local_up_status_rotate_down(deployment: Path) -> None:
 def test_without_quorum_status_and_rotate_exit_3(deployment: Path) -> None:
     d = deployment
     assert cli("local", "up", str(d)).returncode == 0
-    import os
-    import signal
-
     for i in (1, 2):
         os.kill(int((d / f"node{i}" / "node.pid").read_text()), signal.SIGKILL)
     _, status = wait_for(lambda: (r := _status(d))[0] == 3 and r,
@@ -116,3 +117,57 @@ def test_errors_are_one_line_with_the_documented_exit_codes(tmp_path: Path,
     nothing_running = cli("-c", str(deployment / "admin.toml"), "rotate", "--timeout", "2")
     assert nothing_running.returncode == 3
     assert b"Traceback" not in nothing_running.stderr
+
+
+def _click_cli(*args: str) -> subprocess.CompletedProcess[bytes]:
+    """The same command line through click (raftsso_cli.main), not the console script's
+    click-free status path."""
+    code = (f"import sys\nsys.argv = ['raftsso', *{list(args)!r}]\n"
+            "from raftsso_cli.main import main\nmain()")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60,
+                          check=False)
+
+
+def _shape(out: bytes) -> list[list[str]]:
+    # Every cell but the ones that move between two calls (last contact, lag, term).
+    lines = out.decode().splitlines()
+    rows = [line.split() for line in lines[1:]]
+    return [lines[0].split()] + [r[:4] + r[5:7] for r in rows]
+
+
+def test_plain_status_without_click_says_what_click_says(tmp_path: Path,
+                                                          deployment: Path) -> None:
+    d = deployment
+    admin = str(d / "admin.toml")
+    assert cli("local", "up", str(d)).returncode == 0
+    wait_for(lambda: _status(d)[0] == 0, what="a healthy cluster")
+    # Every spelling of a plain status goes the click-free way; both ways agree.
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import sys\nsys.argv = ['raftsso', '-c', "
+         f"{admin!r}, 'status']\nfrom raftsso_cli.launch import main\n"
+         "try:\n    main()\nexcept SystemExit:\n    pass\n"
+         "print('click' in sys.modules, file=sys.stderr)"],
+        capture_output=True, timeout=60, check=False)
+    assert loaded.stderr.splitlines()[-1] == b"False", loaded.stderr
+    theirs = _click_cli("-c", admin, "status")
+    assert theirs.returncode == 0, theirs.stderr
+    for argv in (["-c", admin, "status"], ["--config", admin, "status"],
+                 [f"--config={admin}", "status"]):
+        ours = cli(*argv)
+        assert ours.returncode == 0, ours.stderr
+        assert _shape(ours.stdout) == _shape(theirs.stdout)
+        assert ours.stderr == theirs.stderr  # the never-backed-up warning
+
+    # Without a quorum: exit 3 and the same two lines on stderr.
+    for i in (1, 2):
+        os.kill(int((d / f"node{i}" / "node.pid").read_text()), signal.SIGKILL)
+    wait_for(lambda: _status(d)[0] == 3, what="status to report no quorum")
+    ours, theirs = cli("-c", admin, "status"), _click_cli("-c", admin, "status")
+    assert ours.returncode == theirs.returncode == 3
+    assert ours.stderr == theirs.stderr and b"no leader with a quorum" in ours.stderr
+
+    # A missing file: one error line, exit 1, both ways.
+    missing = str(tmp_path / "nope.toml")
+    ours, theirs = cli("-c", missing, "status"), _click_cli("-c", missing, "status")
+    assert ours.returncode == theirs.returncode == 1
+    assert ours.stderr == theirs.stderr and ours.stderr.startswith(b"error: ")
