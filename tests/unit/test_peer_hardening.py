@@ -398,7 +398,7 @@ def test_a_sent_frame_reads_as_before_with_and_without_fernet(name: str) -> None
     key = os.urandom(32)
     for enc in (None, encryptor):
         conn = _Capture(key, enc)
-        raft._send(conn, message)  # type: ignore[arg-type]
+        raft._send(conn, message)
         (frame,) = _frames(conn)
         if enc is not None:
             frame = enc.decrypt(frame)
@@ -410,7 +410,7 @@ def test_a_sent_frame_reads_as_before_with_and_without_fernet(name: str) -> None
 def test_large_messages_are_still_compressed() -> None:
     conn = _Capture()
     message = {"type": "append_entries", "entries": [(b"\x00" * 100_000, 1, 1)]}
-    raft._send(conn, message)  # type: ignore[arg-type]
+    raft._send(conn, message)
     (frame,) = _frames(conn)
     assert len(frame) < 10_000
     assert restricted_loads(zlib.decompress(frame)) == message
