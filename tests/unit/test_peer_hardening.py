@@ -15,10 +15,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pysyncobj.encryptor as pso_encryptor
 import pysyncobj.pickle as pso_pickle
 import pysyncobj.syncobj as pso_syncobj
 import pysyncobj.tcp_connection as pso_tcp
 import pytest
+from cryptography.fernet import InvalidToken
 from pysyncobj.serializer import Serializer
 
 from raftsso.errors import StorageError
@@ -230,8 +232,8 @@ def hardened(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 def test_harden_replaces_the_peer_unpickler() -> None:
     assert pso_tcp.pickle.loads is restricted_loads
     assert pso_syncobj.pickle.loads is restricted_loads
-    # pickling (what we send) is pysyncobj's own
-    assert pso_tcp.pickle.dumps is pso_pickle.dumps
+    # pickling (what we send): pysyncobj's, with protocol 4 (test_commands_pickle_...)
+    assert pso_tcp.pickle.dumps is raft._dumps
     assert pso_tcp.pickle.to_bytes is pso_pickle.to_bytes
     assert pso_tcp.TcpConnection._TcpConnection__processRead is raft._bounded_process_read
     raft.harden_pysyncobj()  # idempotent
@@ -419,3 +421,35 @@ def test_large_messages_are_still_compressed() -> None:
 def test_the_patched_connection_sends_through_send() -> None:
     raft.harden_pysyncobj()
     assert pso_tcp.TcpConnection.send is raft._send
+
+
+def test_the_peer_encryptor_reads_pysyncobj_tokens_and_refuses_forgeries() -> None:
+    raft.harden_pysyncobj()
+    ours = pso_syncobj.getEncryptor("a" * 64)
+    theirs = pso_encryptor.getEncryptor("a" * 64)  # an earlier node's Fernet, same secret
+    for sender, receiver in ((theirs, ours), (ours, theirs), (ours, ours)):
+        token = sender.encrypt_at_time(b"frame", 1234)
+        # pysyncobj's order: the timestamp, then the plaintext, of one token object.
+        assert receiver.extract_timestamp(token) == 1234
+        assert receiver.decrypt(token) == b"frame"
+    token = ours.encrypt_at_time(b"frame", 5)
+    forged = token[:-8] + (b"A" * 8 if token[-8:] != b"A" * 8 else b"B" * 8)
+    with pytest.raises(InvalidToken):
+        ours.extract_timestamp(forged)
+    with pytest.raises(InvalidToken):
+        ours.decrypt(forged)
+    # A plaintext kept for one token is never handed out for another.
+    other = ours.encrypt_at_time(b"other", 6)
+    assert ours.extract_timestamp(token) == 5
+    assert ours.decrypt(other) == b"other"
+    assert ours.decrypt(token) == b"frame"
+    with pytest.raises(InvalidToken):
+        pso_encryptor.getEncryptor("b" * 64).decrypt(token)
+
+
+def test_commands_pickle_with_protocol_4_and_unpickle_restricted() -> None:
+    raft.harden_pysyncobj()
+    cmd: tuple[int, tuple[bytes], dict[str, int]] = (3, (b"\x01command",), {})
+    blob = pso_syncobj.pickle.dumps(cmd)
+    assert blob[:2] == b"\x80\x04"
+    assert restricted_loads(blob) == cmd and pickle.loads(blob) == cmd
