@@ -13,6 +13,7 @@ plaintext secret.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
@@ -52,6 +53,9 @@ class KeyVersion:
         )
 
 
+_UNKNOWN = -1  # Keyring._primary not looked up yet (version ids start at 1)
+
+
 @dataclass(frozen=True)
 class Keyring:
     """An immutable view of the replicated keyring; every change makes a new one."""
@@ -60,13 +64,18 @@ class Keyring:
     # The seal generation new versions are sealed under (raftsso.seal): 1 until the first
     # seal rekey, then raised by each ``reseal`` command, which re-seals every live version.
     seal_generation: int = 1
+    # The primary's id, found once per keyring (every change makes a new keyring): a rotate
+    # reads it several times (the leader's build, apply's compare-and-set, the answer), and
+    # a walk over every version each time grew with history (issue 16.4).
+    _primary: int | None = field(default=_UNKNOWN, init=False, repr=False, compare=False)
 
     @property
     def primary(self) -> int | None:
-        for v in self.versions:
-            if v.state is KeyState.PRIMARY:
-                return v.id
-        return None
+        primary = self._primary
+        if primary == _UNKNOWN:
+            primary = next((v.id for v in self.versions if v.state is KeyState.PRIMARY), None)
+            object.__setattr__(self, "_primary", primary)  # a cache, not a change
+        return primary
 
     @property
     def last_id(self) -> int:
@@ -77,16 +86,29 @@ class Keyring:
         return bool(self.versions)
 
     def get(self, version: int) -> KeyVersion | None:
-        for v in self.versions:
-            if v.id == version:
-                return v
-        return None
+        # Versions are kept sorted by id (with_version): a binary search, not a walk.
+        versions = self.versions
+        i = bisect_left(versions, version, key=_version_id)
+        if i < len(versions) and versions[i].id == version:
+            return versions[i]
+        # Not there, or a keyring built unsorted by hand (tests): the walk decides.
+        return next((v for v in versions if v.id == version), None)
 
     def with_version(self, new: KeyVersion) -> Keyring:
         """Add a version (ids strictly increasing) or replace the one with the same id."""
-        kept = [v for v in self.versions if v.id != new.id]
+        versions = self.versions
+        if not versions or new.id > versions[-1].id:
+            # A rotation: the next id goes last. One tuple copy, no walk and no sort, so a
+            # rotate's apply does not grow with the number of versions.
+            ring = replace(self, versions=(*versions, new))
+            if new.state is KeyState.PRIMARY:
+                object.__setattr__(ring, "_primary", new.id)
+            elif self._primary != _UNKNOWN:
+                object.__setattr__(ring, "_primary", self._primary)  # unchanged
+            return ring
+        kept = [v for v in versions if v.id != new.id]
         kept.append(new)
-        kept.sort(key=lambda v: v.id)
+        kept.sort(key=_version_id)
         return replace(self, versions=tuple(kept))
 
     def promote(self, version: int, at: float) -> Keyring:
@@ -128,3 +150,7 @@ class Keyring:
             else:
                 out.append(v)
         return replace(self, versions=tuple(out)), marked
+
+
+def _version_id(v: KeyVersion) -> int:
+    return v.id

@@ -57,9 +57,15 @@ def _check_array(items: list[Any]) -> list[Any]:
     return items
 
 
+_PACK_BUFFER = 1024
+
+
 def pack(obj: WireValue) -> bytes:
     """msgpack with binary and text kept apart (``use_bin_type``)."""
-    return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
+    # A small first buffer (msgpack grows it as needed): packb's default is 256 KiB, which
+    # the node's scrubbing allocator fills on malloc and on free, 9 us per call instead
+    # of 0.8 (measured, PYTHONMALLOC=malloc with MALLOC_PERTURB_).
+    return msgpack.Packer(use_bin_type=True, buf_size=_PACK_BUFFER).pack(obj)  # type: ignore[no-any-return]
 
 
 def unpack(data: bytes) -> Any:

@@ -15,10 +15,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pysyncobj.encryptor as pso_encryptor
 import pysyncobj.pickle as pso_pickle
 import pysyncobj.syncobj as pso_syncobj
 import pysyncobj.tcp_connection as pso_tcp
 import pytest
+from cryptography.fernet import InvalidToken
 from pysyncobj.serializer import Serializer
 
 from raftsso.errors import StorageError
@@ -230,8 +232,8 @@ def hardened(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 def test_harden_replaces_the_peer_unpickler() -> None:
     assert pso_tcp.pickle.loads is restricted_loads
     assert pso_syncobj.pickle.loads is restricted_loads
-    # pickling (what we send) is pysyncobj's own
-    assert pso_tcp.pickle.dumps is pso_pickle.dumps
+    # pickling (what we send): pysyncobj's, with protocol 4 (test_commands_pickle_...)
+    assert pso_tcp.pickle.dumps is raft._dumps
     assert pso_tcp.pickle.to_bytes is pso_pickle.to_bytes
     assert pso_tcp.TcpConnection._TcpConnection__processRead is raft._bounded_process_read
     raft.harden_pysyncobj()  # idempotent
@@ -357,3 +359,97 @@ def test_bounded_reader_waits_when_nothing_arrived(
 def test_shim_is_a_namespace_not_the_pickle_module() -> None:
     assert isinstance(raft._PICKLE_SHIM, types.SimpleNamespace)
     assert not hasattr(raft._PICKLE_SHIM, "load")
+
+
+# -- peer frames out: what an earlier node reads ------------------------------------------
+
+
+@pytest.mark.parametrize("size", [0, 1, 0xFFFE, 0xFFFF, 0x10000, 3 * 0xFFFF + 7])
+def test_a_stored_zlib_stream_is_read_by_zlib(size: int) -> None:
+    data = os.urandom(size)
+    assert zlib.decompress(raft._zlib_stored(data)) == data
+
+
+class _Capture:
+    """A stand-in for pysyncobj's connection: what _send queues, nothing sent."""
+
+    def __init__(self, rand_key: bytes | None = None, encryptor: Any = None) -> None:
+        self.sendRandKey = rand_key
+        self.encryptor = encryptor
+        self._TcpConnection__writeBuffer = b""
+
+    def _TcpConnection__trySendBuffer(self) -> None:
+        pass
+
+
+def _frames(conn: _Capture) -> list[bytes]:
+    buf, out = conn._TcpConnection__writeBuffer, []
+    while buf:
+        (n,) = struct.unpack("i", buf[:4])
+        out.append(buf[4:4 + n])
+        buf = buf[4 + n:]
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(REAL_MESSAGES))
+def test_a_sent_frame_reads_as_before_with_and_without_fernet(name: str) -> None:
+    # An earlier node parses a frame as pysyncobj does: Fernet, zlib, then (restricted)
+    # pickle; with the connection's random key first. Every real message type round-trips.
+    message = REAL_MESSAGES[name]
+    encryptor = pso_syncobj.getEncryptor("0" * 64)
+    key = os.urandom(32)
+    for enc in (None, encryptor):
+        conn = _Capture(key, enc)
+        raft._send(conn, message)
+        (frame,) = _frames(conn)
+        if enc is not None:
+            frame = enc.decrypt(frame)
+        got_key, got = restricted_loads(zlib.decompress(frame))
+        assert got_key == key and got == message
+        assert pso_pickle.loads(zlib.decompress(frame)) == (key, message)
+
+
+def test_large_messages_are_still_compressed() -> None:
+    conn = _Capture()
+    message = {"type": "append_entries", "entries": [(b"\x00" * 100_000, 1, 1)]}
+    raft._send(conn, message)
+    (frame,) = _frames(conn)
+    assert len(frame) < 10_000
+    assert restricted_loads(zlib.decompress(frame)) == message
+
+
+def test_the_patched_connection_sends_through_send() -> None:
+    raft.harden_pysyncobj()
+    assert pso_tcp.TcpConnection.send is raft._send
+
+
+def test_the_peer_encryptor_reads_pysyncobj_tokens_and_refuses_forgeries() -> None:
+    raft.harden_pysyncobj()
+    ours = pso_syncobj.getEncryptor("a" * 64)
+    theirs = pso_encryptor.getEncryptor("a" * 64)  # an earlier node's Fernet, same secret
+    for sender, receiver in ((theirs, ours), (ours, theirs), (ours, ours)):
+        token = sender.encrypt_at_time(b"frame", 1234)
+        # pysyncobj's order: the timestamp, then the plaintext, of one token object.
+        assert receiver.extract_timestamp(token) == 1234
+        assert receiver.decrypt(token) == b"frame"
+    token = ours.encrypt_at_time(b"frame", 5)
+    forged = token[:-8] + (b"A" * 8 if token[-8:] != b"A" * 8 else b"B" * 8)
+    with pytest.raises(InvalidToken):
+        ours.extract_timestamp(forged)
+    with pytest.raises(InvalidToken):
+        ours.decrypt(forged)
+    # A plaintext kept for one token is never handed out for another.
+    other = ours.encrypt_at_time(b"other", 6)
+    assert ours.extract_timestamp(token) == 5
+    assert ours.decrypt(other) == b"other"
+    assert ours.decrypt(token) == b"frame"
+    with pytest.raises(InvalidToken):
+        pso_encryptor.getEncryptor("b" * 64).decrypt(token)
+
+
+def test_commands_pickle_with_protocol_4_and_unpickle_restricted() -> None:
+    raft.harden_pysyncobj()
+    cmd: tuple[int, tuple[bytes], dict[str, int]] = (3, (b"\x01command",), {})
+    blob = pso_syncobj.pickle.dumps(cmd)
+    assert blob[:2] == b"\x80\x04"
+    assert restricted_loads(blob) == cmd and pickle.loads(blob) == cmd
