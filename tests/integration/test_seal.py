@@ -57,9 +57,16 @@ def _as_latin1(data: bytes) -> bytes:
 
 
 def _sealed_blobs(data: bytes) -> set[bytes]:
-    out = set()
-    for view in (data, _as_latin1(data)):
-        out |= {view[m.end():m.end() + m.group(1)[0]] for m in _SEALED_FIELD.finditer(view)}
+    """Every sealed secret in a file: stored raw (msgpack; pysyncobj's pickles since
+    protocol 4), or as a latin-1 string (older pysyncobj pickles). A match in the latin-1
+    view of raw bytes is garbled (a UTF-8-looking pair of raw bytes reads as one): it
+    counts only if its stored form really is in the file."""
+    out = {data[m.end():m.end() + m.group(1)[0]] for m in _SEALED_FIELD.finditer(data)}
+    view = _as_latin1(data)
+    for m in _SEALED_FIELD.finditer(view):
+        blob = view[m.end():m.end() + m.group(1)[0]]
+        if _forms(blob)[1] in data:
+            out.add(blob)
     return out
 
 
